@@ -1,0 +1,18 @@
+"""maxsim: train ColBERT late-interaction retrievers on your own data and put them to work."""
+
+from maxsim.data.errors import DataError
+from maxsim.model import ColBERT, ColBERTSettings, ModelLoadError, default_base_model
+from maxsim.scoring import maxsim
+from maxsim.training import TrainConfig, Trainer
+
+__all__ = [
+    "ColBERT",
+    "ColBERTSettings",
+    "DataError",
+    "ModelLoadError",
+    "TrainConfig",
+    "Trainer",
+    "default_base_model",
+    "maxsim",
+]
+__version__ = "0.1.0"

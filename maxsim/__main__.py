@@ -1,0 +1,3 @@
+from maxsim.cli import main
+
+main()

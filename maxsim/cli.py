@@ -1,0 +1,119 @@
+"""The ``maxsim`` command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+app = typer.Typer(
+    help="Train ColBERT late-interaction retrievers on your own data, then search with them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@app.callback()
+def _root() -> None:
+    """maxsim: prepare data, train, index, search and evaluate ColBERT retrievers."""
+
+
+@app.command()
+def train(
+    data: Annotated[Path | None, typer.Option(help="Training-data folder: queries.jsonl, corpus.jsonl, triples.jsonl.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Output folder: checkpoints/, best/, metrics.jsonl, training.png, config.yaml.")] = None,
+    base_model: Annotated[str | None, typer.Option(help="Model folder to start from (default: the bundled all-MiniLM-L6-v2).")] = None,
+    config: Annotated[Path | None, typer.Option(help="A config.yaml from an earlier run; flags given here override it.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Passes over the training examples [default: 1].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Global batch size (queries per step, over all processes) [default: 32].")] = None,
+    accumulation_steps: Annotated[int | None, typer.Option(help="Micro-batches per optimizer step [default: 1].")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Peak AdamW learning rate [default: 5e-6].")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay, not applied to biases and LayerNorm [default: 0.01].")] = None,
+    warmup_steps: Annotated[str | None, typer.Option(help="Linear warmup steps, or 'auto' for 10% of all steps [default: auto].")] = None,
+    max_grad_norm: Annotated[float | None, typer.Option(help="Gradient-norm clipping [default: 2.0].")] = None,
+    nway: Annotated[int | None, typer.Option(help="Documents per query: 1 positive + nway-1 negatives [default: 2].")] = None,
+    ib_negatives: Annotated[bool | None, typer.Option("--ib-negatives/--no-ib-negatives", help="Use other queries' documents as negatives [default: on].")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Scores are divided by this in the loss [default: 1.0].")] = None,
+    doc_maxlen: Annotated[int | None, typer.Option(help="Document length cap in tokens [default: 256].")] = None,
+    query_maxlen: Annotated[int | None, typer.Option(help="Query length in tokens, padded with [MASK] [default: 32].")] = None,
+    dim: Annotated[int | None, typer.Option(help="Token vector size [default: 128; a maxsim checkpoint keeps its own].")] = None,
+    attend_to_expansion_tokens: Annotated[bool | None, typer.Option("--attend-to-expansion-tokens/--no-attend-to-expansion-tokens", help="Let the encoder attend to query [MASK] padding [default: off].")] = None,
+    save_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps (always at the end).")] = None,
+    keep_checkpoints: Annotated[int | None, typer.Option(help="Newest checkpoints to keep; best/ is kept besides [default: 3].")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Validate every N steps (always at the end, when there is a dev set).")] = None,
+    dev_data: Annotated[Path | None, typer.Option(help="BEIR folder whose --dev-split queries validate the run.")] = None,
+    dev_split: Annotated[str | None, typer.Option(help="qrels split of --dev-data [default: dev].")] = None,
+    dev_fraction: Annotated[float | None, typer.Option(help="Hold out this share of training queries (chosen by --seed) for validation.")] = None,
+    metric: Annotated[str | None, typer.Option(help="Dev metric that picks best/: ndcg@10 or mrr@10 [default: ndcg@10].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for shuffling, sampling and initialisation [default: 42].")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda [default: auto].")] = None,
+    log_every: Annotated[int | None, typer.Option(help="Write metrics.jsonl every N steps [default: 1].")] = None,
+    progress_bar: Annotated[bool | None, typer.Option("--progress-bar/--no-progress-bar", help="Show a progress bar [default: on].")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in --output.")] = False,
+) -> None:
+    """Train a ColBERT model; the last line printed is the checkpoint to use (best/ with a dev set)."""
+    from maxsim.data.errors import DataError
+    from maxsim.model import ModelLoadError
+    from maxsim.training import TrainConfig, Trainer
+
+    values = {
+        "data": data, "output": output, "base_model": base_model, "max_steps": max_steps,
+        "epochs": epochs, "batch_size": batch_size, "accumulation_steps": accumulation_steps,
+        "learning_rate": learning_rate, "weight_decay": weight_decay, "warmup_steps": warmup_steps,
+        "max_grad_norm": max_grad_norm, "nway": nway, "use_ib_negatives": ib_negatives,
+        "temperature": temperature, "doc_maxlen": doc_maxlen, "query_maxlen": query_maxlen,
+        "dim": dim, "attend_to_expansion_tokens": attend_to_expansion_tokens,
+        "save_every": save_every, "keep_checkpoints": keep_checkpoints, "eval_every": eval_every,
+        "dev_data": dev_data, "dev_split": dev_split, "dev_fraction": dev_fraction,
+        "metric": metric, "seed": seed, "device": device, "log_every": log_every,
+        "progress_bar": progress_bar,
+    }
+    try:
+        if config is not None:
+            if not config.is_file():
+                _fail(f"--config {config}: file not found")
+            cfg = TrainConfig.from_yaml(config, **values)
+        else:
+            if data is None or output is None:
+                _fail("--data and --output are required (or --config FILE)")
+            cfg = TrainConfig(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        _fail(f"invalid settings: {problems}")
+    _quiet_libraries()
+    try:
+        path = Trainer(cfg).train(resume=resume)
+    except (DataError, ModelLoadError, FileExistsError, ValueError) as err:
+        _fail(str(err))
+    if int(os.environ.get("RANK", "0")) == 0:
+        typer.echo(str(path))
+
+
+def _quiet_libraries() -> None:
+    """Show maxsim's own progress; hide Hugging Face's per-file progress bars."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

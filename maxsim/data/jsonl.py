@@ -1,0 +1,52 @@
+"""Reading JSON Lines files with errors that name the file and the line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from maxsim.data.errors import DataError
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """Yield (1-based line number, object) for each non-blank line of a JSONL file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, None, "file not found", "check the folder holds this file")
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(
+                    path, number, f"malformed JSON ({err.msg} at column {err.colno})",
+                    "write one JSON object per line",
+                ) from None
+            if not isinstance(obj, dict):
+                raise DataError(path, number, "expected a JSON object", "write one {...} per line")
+            yield number, obj
+
+
+def require_text(path: Path, number: int, obj: dict, field: str) -> str:
+    """The non-empty string field ``field`` of ``obj``, or a DataError naming the line."""
+    if field not in obj:
+        raise DataError(path, number, f'missing field "{field}"', f'add "{field}" to this line')
+    value = obj[field]
+    if not isinstance(value, str):
+        raise DataError(path, number, f'field "{field}" must be a string, got {type(value).__name__}')
+    if not value.strip():
+        raise DataError(path, number, f'field "{field}" is empty', "remove the line or fill it in")
+    return value
+
+
+def require_id(path: Path, number: int, obj: dict, field: str) -> str:
+    """An id field (string or integer), as a string."""
+    if field not in obj:
+        raise DataError(path, number, f'missing field "{field}"', f'add "{field}" to this line')
+    value = obj[field]
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
+        raise DataError(path, number, f'field "{field}" must be a non-empty string or integer id')
+    return str(value)

@@ -1,0 +1,213 @@
+"""The training-data folder that ``maxsim train`` reads.
+
+::
+
+    DIR/queries.jsonl   {"_id": "q1", "text": "..."}
+    DIR/corpus.jsonl    {"_id": "d1", "title": "...", "text": "..."}   (title optional)
+    DIR/triples.jsonl   {"query_id": "q1", "positive_ids": ["d1"], "negative_ids": ["d7", "d9"]}
+
+Everything is checked when the folder is loaded, before any model is built: each problem is a
+:class:`~maxsim.data.errors.DataError` naming the file and the line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from maxsim.data.errors import DataError
+from maxsim.data.jsonl import read_jsonl, require_id, require_text
+
+
+def document_text(title: str | None, text: str) -> str:
+    """The text a document is encoded from: its title, a space, its body."""
+    title = (title or "").strip()
+    return f"{title} {text}".strip() if title else text.strip()
+
+
+@dataclass
+class Corpus:
+    """Documents by position: ``ids[i]`` has text ``texts[i]``; ``index`` maps id -> position."""
+
+    ids: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    index: dict[str, int] = field(default_factory=dict)
+
+    def add(self, path: Path, number: int, doc_id: str, text: str) -> None:
+        if doc_id in self.index:
+            raise DataError(path, number, f'duplicate id "{doc_id}"', "give every line its own _id")
+        self.index[doc_id] = len(self.ids)
+        self.ids.append(doc_id)
+        self.texts.append(text)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def read_queries(path: Path) -> Corpus:
+    """Queries of a ``queries.jsonl`` (``_id``, ``text``)."""
+    queries = Corpus()
+    for number, obj in read_jsonl(path):
+        queries.add(path, number, require_id(path, number, obj, "_id"),
+                    require_text(path, number, obj, "text"))
+    return queries
+
+
+def read_corpus(path: Path) -> Corpus:
+    """Documents of a BEIR ``corpus.jsonl`` (``_id``, optional ``title``, ``text``)."""
+    corpus = Corpus()
+    for number, obj in read_jsonl(path):
+        doc_id = require_id(path, number, obj, "_id")
+        text = require_text(path, number, obj, "text")
+        title = obj.get("title") or ""
+        if not isinstance(title, str):
+            raise DataError(path, number, 'field "title" must be a string')
+        corpus.add(path, number, doc_id, document_text(title, text))
+    return corpus
+
+
+@dataclass
+class Example:
+    """One training line: positions of the query, its positives and its negatives."""
+
+    query: int
+    positives: list[int]
+    negatives: list[int]
+
+
+@dataclass
+class TrainingData:
+    """A checked training folder: queries, corpus and examples, all by position."""
+
+    folder: Path
+    queries: Corpus
+    corpus: Corpus
+    examples: list[Example]
+
+    @classmethod
+    def load(cls, folder: str | Path, nway: int = 2) -> TrainingData:
+        """Read and check a training folder; ``nway - 1`` negatives are needed per example."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise DataError(folder, None, "training-data folder not found",
+                            "pass --data with a folder holding queries.jsonl, corpus.jsonl and "
+                            "triples.jsonl (maxsim prepare writes one)")
+        queries = read_queries(folder / "queries.jsonl")
+        corpus = read_corpus(folder / "corpus.jsonl")
+        path = folder / "triples.jsonl"
+        examples: list[Example] = []
+        lines: list[int] = []
+        for number, obj in read_jsonl(path):
+            query_id = require_id(path, number, obj, "query_id")
+            if query_id not in queries.index:
+                raise DataError(path, number, f'query_id "{query_id}" is not in queries.jsonl',
+                                "add the query to queries.jsonl or remove this line")
+            positives = _id_list(path, number, obj, "positive_ids", corpus)
+            negatives = _id_list(path, number, obj, "negative_ids", corpus)
+            if not positives:
+                raise DataError(path, number, "positive_ids is empty", "give at least one positive")
+            examples.append(Example(queries.index[query_id], positives, negatives))
+            lines.append(number)
+        if not examples:
+            raise DataError(path, None, "no training examples", "add at least one line")
+        data = cls(folder, queries, corpus, examples)
+        # A query listed on several lines keeps every positive it has anywhere in the file, and
+        # none of them is ever its negative.
+        positives_of = data.positives_of()
+        for number, ex in zip(lines, examples):
+            ex.negatives = [n for n in ex.negatives if n not in positives_of[ex.query]]
+            if len(ex.negatives) < nway - 1:
+                raise DataError(
+                    path, number,
+                    f"{len(ex.negatives)} usable negatives (not also positives) but nway={nway} "
+                    f"needs {nway - 1}",
+                    f"add negatives to this line or train with --nway {len(ex.negatives) + 1}",
+                )
+        return data
+
+    def positives_of(self) -> dict[int, set[int]]:
+        """Every known positive of each query (by position), over all examples."""
+        out: dict[int, set[int]] = {}
+        for ex in self.examples:
+            out.setdefault(ex.query, set()).update(ex.positives)
+        return out
+
+    def hold_out(self, fraction: float, seed: int) -> tuple[TrainingData, dict[str, dict[str, int]]]:
+        """Split off ``fraction`` of the distinct queries, chosen by ``seed``, as a dev set.
+
+        Returns (the training data without them, dev qrels ``{query_id: {doc_id: 1}}``).
+        """
+        query_positions = sorted({ex.query for ex in self.examples})
+        n_dev = int(round(fraction * len(query_positions)))
+        if not 0 < n_dev < len(query_positions):
+            raise DataError(self.folder / "triples.jsonl", None,
+                            f"dev_fraction={fraction} leaves {n_dev} of {len(query_positions)} "
+                            "queries for dev", "choose a fraction that keeps some of each")
+        rng = np.random.default_rng(seed)
+        dev = {query_positions[i] for i in rng.permutation(len(query_positions))[:n_dev]}
+        positives = self.positives_of()
+        qrels = {
+            self.queries.ids[q]: {self.corpus.ids[d]: 1 for d in sorted(positives[q])}
+            for q in sorted(dev)
+        }
+        kept = [ex for ex in self.examples if ex.query not in dev]
+        return TrainingData(self.folder, self.queries, self.corpus, kept), qrels
+
+
+def _id_list(path: Path, number: int, obj: dict, name: str, corpus: Corpus) -> list[int]:
+    if name not in obj:
+        raise DataError(path, number, f'missing field "{name}"', f'add "{name}": [...] to this line')
+    values = obj[name]
+    if isinstance(values, (str, int)) and not isinstance(values, bool):
+        values = [values]
+    if not isinstance(values, list):
+        raise DataError(path, number, f'"{name}" must be a list of document ids')
+    out = []
+    for value in values:
+        doc_id = str(value)
+        if doc_id not in corpus.index:
+            raise DataError(path, number, f'{name} has "{doc_id}", which is not in corpus.jsonl',
+                            "add the document to corpus.jsonl or remove the id")
+        out.append(corpus.index[doc_id])
+    return list(dict.fromkeys(out))
+
+
+def read_beir_split(folder: str | Path, split: str) -> tuple[Corpus, Corpus, dict[str, dict[str, int]]]:
+    """A BEIR folder's queries, corpus and ``qrels/<split>.tsv`` (scores > 0 are relevant).
+
+    Returns (queries restricted to the split, corpus, qrels ``{query_id: {doc_id: score}}``).
+    """
+    folder = Path(folder)
+    queries = read_queries(folder / "queries.jsonl")
+    corpus = read_corpus(folder / "corpus.jsonl")
+    path = folder / "qrels" / f"{split}.tsv"
+    if not path.is_file():
+        raise DataError(path, None, f"no qrels for split {split!r}",
+                        f"choose a split that {folder / 'qrels'} has")
+    qrels: dict[str, dict[str, int]] = {}
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            parts = line.rstrip("\r\n").split("\t")
+            if number == 1 and parts[0].strip().lower() in {"query-id", "query_id", "qid"}:
+                continue
+            if not line.strip():
+                continue
+            if len(parts) < 3:
+                raise DataError(path, number, "expected query-id<TAB>corpus-id<TAB>score")
+            qid, did, score = parts[0], parts[1], parts[2]
+            try:
+                value = int(float(score))
+            except ValueError:
+                raise DataError(path, number, f"score {score!r} is not a number") from None
+            if qid not in queries.index:
+                raise DataError(path, number, f'query "{qid}" is not in queries.jsonl')
+            if did not in corpus.index:
+                raise DataError(path, number, f'document "{did}" is not in corpus.jsonl')
+            if value > 0:
+                qrels.setdefault(qid, {})[did] = value
+    split_queries = Corpus()
+    for qid in qrels:
+        split_queries.add(path, None, qid, queries.texts[queries.index[qid]])
+    return split_queries, corpus, qrels

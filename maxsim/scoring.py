@@ -1,0 +1,78 @@
+"""MaxSim: the late-interaction score, in one place for training, evaluation and search.
+
+For a query with token vectors ``q_i`` and a document with token vectors ``d_j``::
+
+    S(q, d) = sum_i  max_j  <q_i, d_j>
+
+over the query tokens that take part (``query_mask``) and the document tokens that take part
+(``document_mask``). Document positions outside the mask are set to ``-inf`` before the max, so a
+padded or punctuation position can never win (multiplying by zero would let a 0 beat a negative
+similarity). The per-token maxima are summed in float32 whatever the input dtype, so bf16
+activations do not lose precision in the sum.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: Upper bound on the number of elements of the (queries, documents, Lq, Ld) similarity block
+#: computed at once; larger inputs are processed in document chunks.
+DEFAULT_BLOCK_ELEMENTS = 1 << 25
+
+
+def _token_maxima(
+    queries: torch.Tensor, documents: torch.Tensor, document_mask: torch.Tensor
+) -> torch.Tensor:
+    """Best document-token similarity for each query token.
+
+    queries: (Q, Lq, dim); documents: (D, Ld, dim); document_mask: (D, Ld) bool.
+    Returns (Q, D, Lq) in the input dtype. A document with no valid token gives 0.
+    """
+    sim = torch.einsum("qid,bjd->qbij", queries, documents)  # (Q, D, Lq, Ld)
+    sim = sim.masked_fill(~document_mask[None, :, None, :], float("-inf"))
+    # ``max`` (not ``amax``) keeps only the argmax indices for backward, so the 4-D block is
+    # freed as soon as this chunk is done, even when gradients are needed.
+    best = sim.max(dim=-1).values
+    return torch.where(torch.isneginf(best), torch.zeros_like(best), best)
+
+
+def maxsim(
+    queries: torch.Tensor,
+    query_mask: torch.Tensor,
+    documents: torch.Tensor,
+    document_mask: torch.Tensor,
+    block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+) -> torch.Tensor:
+    """Score every query against every document.
+
+    Parameters
+    ----------
+    queries: (Q, Lq, dim) token vectors (normally L2-normalised).
+    query_mask: (Q, Lq) bool, True where a query token takes part.
+    documents: (D, Ld, dim) token vectors.
+    document_mask: (D, Ld) bool, True where a document token takes part.
+    block_elements: most elements of the (Q, D_chunk, Lq, Ld) similarity block held at once.
+
+    Returns
+    -------
+    (Q, D) float32 scores.
+
+    >>> q = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    >>> d = torch.tensor([[[1.0, 0.0], [0.6, 0.8]]])
+    >>> maxsim(q, torch.ones(1, 2, dtype=torch.bool), d, torch.ones(1, 2, dtype=torch.bool))
+    tensor([[1.8000]])
+    """
+    n_q, len_q, _ = queries.shape
+    n_d, len_d, _ = documents.shape
+    chunk = max(1, block_elements // max(1, n_q * len_q * len_d))
+    qmask = query_mask.to(torch.float32)[:, None, :]  # (Q, 1, Lq)
+    parts = []
+    for start in range(0, n_d, chunk):
+        best = _token_maxima(
+            queries, documents[start : start + chunk], document_mask[start : start + chunk]
+        )
+        parts.append((best.float() * qmask).sum(dim=-1))
+    if not parts:
+        return queries.new_zeros((n_q, 0), dtype=torch.float32)
+    return torch.cat(parts, dim=1)
+

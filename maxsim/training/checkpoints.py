@@ -1,0 +1,114 @@
+"""Checkpoints: ``checkpoints/step-N/`` (model + training state) and ``best/``.
+
+A checkpoint folder is written under a temporary name and renamed into place, so a folder named
+``step-N`` is always complete; a run killed mid-write leaves only a hidden ``.tmp-*`` folder,
+removed on the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from maxsim.files import atomic_directory, atomic_write_text, recover_directory, remove_stale_temps
+from maxsim.model import ColBERT
+
+STATE_FILE = "trainer_state.pt"
+POSITION_FILE = "training_state.json"
+BEST_FILE = "best.json"
+_STEP = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class Position:
+    """Where a run stands: optimizer steps done, and the next batch to train on."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    best_value: float | None = None
+    best_step: int | None = None
+
+
+def checkpoint_dir(output: Path, step: int) -> Path:
+    return output / "checkpoints" / f"step-{step}"
+
+
+def list_checkpoints(output: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first."""
+    folder = output / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = []
+    for child in folder.iterdir():
+        match = _STEP.match(child.name)
+        if match and (child / POSITION_FILE).is_file() and (child / STATE_FILE).is_file():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(output: Path) -> Path | None:
+    found = list_checkpoints(output)
+    return found[-1][1] if found else None
+
+
+def clean_interrupted_writes(output: Path) -> None:
+    """Remove half-written temporary folders and restore a best/ whose swap was cut short."""
+    remove_stale_temps(output / "checkpoints")
+    remove_stale_temps(output)
+    recover_directory(output / "best")
+
+
+def save_checkpoint(
+    output: Path,
+    model: ColBERT,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    position: Position,
+    keep: int,
+) -> Path:
+    """Write ``checkpoints/step-N`` atomically, then delete all but the newest ``keep``."""
+    path = checkpoint_dir(output, position.step)
+    with atomic_directory(path) as tmp:
+        model.save_to(tmp)
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            tmp / STATE_FILE,
+        )
+        (tmp / POSITION_FILE).write_text(json.dumps(asdict(position), indent=2) + "\n")
+    for _, old in list_checkpoints(output)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def load_checkpoint(path: Path, optimizer: torch.optim.Optimizer, scheduler) -> Position:
+    """Restore optimizer, scheduler and RNG states from a checkpoint; return its position.
+
+    The model weights are loaded separately, with ``ColBERT.from_pretrained(path)``.
+    """
+    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng_cpu"])
+    if state["rng_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    return Position(**json.loads((path / POSITION_FILE).read_text()))
+
+
+def save_best(output: Path, model: ColBERT, info: dict) -> Path:
+    """Replace ``best/`` with the current model and a ``best.json`` saying which step it is."""
+    path = output / "best"
+    with atomic_directory(path) as tmp:
+        model.save_to(tmp)
+        atomic_write_text(tmp / BEST_FILE, json.dumps(info, indent=2) + "\n")
+    return path

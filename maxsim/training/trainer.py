@@ -1,0 +1,287 @@
+"""The training loop, top to bottom: data, model, optimizer, schedule, step, validation, checkpoints.
+
+Runs the same in one process (CPU or GPU), from a notebook (no child processes), and under
+torchrun, where each rank trains on its own shard of every global batch and in-batch negatives
+are gathered across ranks with their gradients.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from maxsim.data.batches import (
+    TokenCache,
+    TrainBatch,
+    build_batch,
+    epoch_order,
+    global_batches,
+    micro_batches,
+    shard,
+)
+from maxsim.data.errors import DataError
+from maxsim.data.training_folder import Corpus, TrainingData, read_beir_split
+from maxsim.evaluation import evaluate_run, exact_search
+from maxsim.files import atomic_write_text
+from maxsim.losses import candidate_mask_for_batch, contrastive_loss
+from maxsim.model import ColBERT
+from maxsim.scoring import maxsim
+from maxsim.training import checkpoints, distributed
+from maxsim.training.config import TrainConfig
+from maxsim.training.report import MetricsLog, finite, plot_training
+
+logger = logging.getLogger(__name__)
+
+DEV_METRICS = ("ndcg@10", "mrr@10")
+
+
+@dataclass
+class DevSet:
+    """Validation queries, the corpus they search, and their qrels."""
+
+    query_ids: list[str]
+    query_texts: list[str]
+    corpus: Corpus
+    qrels: dict[str, dict[str, int]]
+
+
+class Trainer:
+    """Train a ColBERT model as ``config`` says; ``train()`` returns the checkpoint to use."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+
+    def train(self, resume: bool = False) -> Path:
+        """Run training; with ``resume``, continue from the newest complete checkpoint.
+
+        Returns ``OUTPUT/best`` when there is a dev set, else the last checkpoint.
+        """
+        context = distributed.setup(self.config.device)
+        try:
+            return self._train(context, resume)
+        finally:
+            distributed.teardown(context)
+
+    def _train(self, ctx: distributed.Context, resume: bool) -> Path:
+        cfg = self.config
+        out = Path(cfg.output)
+
+        # ---- data: everything is checked before a model is loaded ---------------------------
+        data = TrainingData.load(cfg.data, cfg.nway)
+        dev = None
+        if cfg.dev_fraction is not None:
+            data, qrels = data.hold_out(cfg.dev_fraction, cfg.seed)
+            ids = list(qrels)
+            dev = DevSet(ids, [data.queries.texts[data.queries.index[q]] for q in ids],
+                         data.corpus, qrels)
+        elif cfg.dev_data is not None:
+            queries, corpus, qrels = read_beir_split(cfg.dev_data, cfg.dev_split)
+            dev = DevSet(queries.ids, queries.texts, corpus, qrels)
+        if len(data.examples) < ctx.world_size:
+            raise DataError(cfg.data / "triples.jsonl", None,
+                            f"{len(data.examples)} examples cannot feed {ctx.world_size} processes",
+                            "use fewer processes or more data")
+        if cfg.batch_size < ctx.world_size * cfg.accumulation_steps:
+            raise ValueError(f"batch_size {cfg.batch_size} must be at least world size "
+                             f"({ctx.world_size}) x accumulation_steps ({cfg.accumulation_steps})")
+        resume_from = checkpoints.latest_checkpoint(out) if resume else None
+        if not resume and checkpoints.latest_checkpoint(out) is not None:
+            raise FileExistsError(f"{out} already holds checkpoints: pass --resume to continue "
+                                  "that run, or choose another --output")
+        if resume and resume_from is None:
+            logger.info("no checkpoint in %s: starting from the beginning", out)
+        if ctx.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            checkpoints.clean_interrupted_writes(out)
+            atomic_write_text(out / "config.yaml", cfg.to_yaml())
+        distributed.barrier(ctx)
+
+        # ---- model, tokenised data -------------------------------------------------------------
+        torch.manual_seed(cfg.seed)
+        if resume_from is not None:
+            model = ColBERT.from_pretrained(resume_from, dim=cfg.dim, device=ctx.device)
+        else:
+            model = ColBERT.from_pretrained(
+                cfg.base_model, dim=cfg.dim, query_maxlen=cfg.query_maxlen,
+                doc_maxlen=cfg.doc_maxlen, attend_to_expansion_tokens=cfg.attend_to_expansion_tokens,
+                seed=cfg.seed, device=ctx.device,
+            )
+        cache = TokenCache(model, data)  # every text tokenised once, here
+        positives_of = data.positives_of()
+        dev_tokens = model.tokenize_documents(dev.corpus.texts) if dev and ctx.is_main else None
+
+        # ---- optimizer and schedule -------------------------------------------------------------
+        steps_per_epoch = len(global_batches(range(len(data.examples)), cfg.batch_size, ctx.world_size))
+        total_steps = cfg.epochs * steps_per_epoch
+        if cfg.max_steps is not None:
+            total_steps = min(total_steps, cfg.max_steps)
+        warmup = round(0.1 * total_steps) if cfg.warmup_steps == "auto" else cfg.warmup_steps
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": [p for p in parameters if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+                {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0},
+            ],
+            lr=cfg.learning_rate, eps=1e-8,
+        )
+        scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+        position = checkpoints.Position()
+        metrics_log = MetricsLog(out / "metrics.jsonl")
+        if resume_from is not None:
+            position = checkpoints.load_checkpoint(resume_from, optimizer, scheduler)
+            if ctx.is_main:
+                metrics_log.truncate(position.step)
+            logger.info("resumed from %s (step %d)", resume_from, position.step)
+        logger.info("%d examples, %d steps per epoch, %d steps, %d warmup, world size %d",
+                    len(data.examples), steps_per_epoch, total_steps, warmup, ctx.world_size)
+
+        def evaluate() -> dict[str, float]:
+            scores, positions = exact_search(model, dev.query_texts, dev_tokens, k=100,
+                                             batch_size=cfg.eval_batch_size)
+            run = {
+                qid: {dev.corpus.ids[int(j)]: float(s) for s, j in zip(scores[i], positions[i])}
+                for i, qid in enumerate(dev.query_ids)
+            }
+            return evaluate_run(dev.qrels, run, DEV_METRICS)
+
+        def save(pos: checkpoints.Position) -> Path:
+            path = checkpoints.checkpoint_dir(out, pos.step)
+            if ctx.is_main:
+                checkpoints.save_checkpoint(out, model, optimizer, scheduler, pos, cfg.keep_checkpoints)
+                plot_training(metrics_log.rows(), out / "training.png", cfg.metric)
+            distributed.barrier(ctx)
+            return path
+
+        # ---- the loop ----------------------------------------------------------------------------
+        progress = tqdm(total=total_steps, initial=position.step, unit="step", dynamic_ncols=True,
+                        disable=not (ctx.is_main and cfg.progress_bar))
+        model.train()
+        last_saved = None
+        epoch, start_batch = position.epoch, position.batch
+        while position.step < total_steps and epoch < cfg.epochs:
+            batches = global_batches(epoch_order(len(data.examples), cfg.seed, epoch),
+                                     cfg.batch_size, ctx.world_size)
+            for batch_index in range(start_batch, len(batches)):
+                if position.step >= total_steps:
+                    break
+                batch = batches[batch_index]
+                started = time.perf_counter()
+                optimizer.zero_grad(set_to_none=True)
+                stats = torch.zeros(7, dtype=torch.float64)
+                for micro in micro_batches(batch, cfg.accumulation_steps, ctx.world_size):
+                    local, offset = shard(micro, ctx.rank, ctx.world_size)
+                    tb = build_batch(model, data, cache, positives_of, local, cfg.nway, cfg.seed, epoch)
+                    stats += forward_backward(model, tb, ctx, cfg, offset, len(batch))
+                distributed.average_gradients(ctx, parameters)
+                grad_norm = torch.nn.utils.clip_grad_norm_(parameters, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                stats = distributed.all_sum(ctx, stats.to(ctx.device)).cpu()
+                elapsed = time.perf_counter() - started
+                position.step += 1
+                position.epoch, position.batch = epoch, batch_index + 1
+                if position.batch == len(batches):
+                    position.epoch, position.batch = epoch + 1, 0
+                progress.update(1)
+
+                row = {}
+                if position.step % cfg.log_every == 0 or position.step == total_steps:
+                    count = len(batch)
+                    row = {
+                        "step": position.step, "epoch": epoch + (batch_index + 1) / len(batches),
+                        "loss": float(stats[0]) / count,
+                        "loss_positive_term": float(stats[1]) / count,
+                        "loss_logsumexp_term": float(stats[2]) / count,
+                        "positive_score": float(stats[3]) / count,
+                        "negative_score": float(stats[4]) / count,
+                        "accuracy": float(stats[5]) / count,
+                        "lr": scheduler.get_last_lr()[0], "grad_norm": finite(float(grad_norm)),
+                        "triplets_per_s": count / elapsed, "tokens_per_s": float(stats[6]) / elapsed,
+                    }
+                    progress.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
+                                         trip_s=f"{row['triplets_per_s']:.1f}")
+                due_eval = dev is not None and (
+                    position.step == total_steps
+                    or (cfg.eval_every is not None and position.step % cfg.eval_every == 0))
+                if due_eval:
+                    improved = False
+                    if ctx.is_main:
+                        scores = evaluate()
+                        row.setdefault("step", position.step)
+                        row.update({f"dev_{k}": v for k, v in scores.items()})
+                        value = scores[cfg.metric]
+                        improved = position.best_value is None or value > position.best_value
+                        logger.info("step %d: dev %s", position.step,
+                                    ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
+                        if improved:
+                            position.best_value, position.best_step = value, position.step
+                            checkpoints.save_best(out, model, {
+                                "step": position.step, "metric": cfg.metric, "value": value,
+                                "metrics": scores})
+                    position.best_value, position.best_step = distributed.broadcast_object(
+                        ctx, (position.best_value, position.best_step))
+                    model.train()
+                if row and ctx.is_main:
+                    metrics_log.append(row)
+                if (cfg.save_every is not None and position.step % cfg.save_every == 0) or (
+                        position.step == total_steps):
+                    save(position)
+                    last_saved = position.step
+            epoch, start_batch = epoch + 1, 0
+        progress.close()
+
+        # ---- what the run leaves ----------------------------------------------------------------
+        if last_saved != position.step and position.step > 0 and not (
+                checkpoints.checkpoint_dir(out, position.step).is_dir()):
+            save(position)
+        if dev is not None and position.best_step is not None:
+            logger.info("best checkpoint: step %d, dev %s %.4f", position.best_step, cfg.metric,
+                        position.best_value)
+            return out / "best"
+        if dev is None:
+            logger.info("no dev set: returning the last checkpoint (pass --dev-fraction or "
+                        "--dev-data to choose the best one)")
+        return checkpoints.checkpoint_dir(out, position.step)
+
+
+def forward_backward(
+    model: ColBERT,
+    batch: TrainBatch,
+    ctx: distributed.Context,
+    cfg: TrainConfig,
+    offset: int,
+    global_batch_size: int,
+) -> torch.Tensor:
+    """Loss and backward pass for this rank's share of one micro-batch.
+
+    ``offset`` is the micro-batch position of this rank's first query. The loss is scaled so
+    that, after gradients are averaged over ranks and accumulated over micro-batches, they
+    equal those of the mean loss over the whole global batch in one process.
+
+    Returns float64 sums over this rank's queries: (loss, positive term, logsumexp term,
+    positive score, negative score, accuracy, tokens).
+    """
+    queries, documents = batch.queries.to(ctx.device), batch.documents.to(ctx.device)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx.device.type == "cuda"):
+        q_vectors = model(queries.input_ids, queries.attention_mask)
+        d_vectors = model(documents.input_ids, documents.attention_mask)
+        d_vectors, d_mask, d_ids = distributed.gather_documents(
+            ctx, d_vectors, documents.score_mask, batch.document_ids.to(ctx.device))
+        scores = maxsim(q_vectors, queries.score_mask, d_vectors, d_mask)
+    positive_column, candidates = candidate_mask_for_batch(
+        d_ids, batch.positives, offset, cfg.nway, cfg.use_ib_negatives)
+    normaliser = global_batch_size / ctx.world_size
+    result = contrastive_loss(scores, positive_column, candidates, cfg.temperature, normaliser)
+    result.loss.backward()
+    n = len(batch.positives)
+    return torch.tensor([
+        result.loss.item() * normaliser, result.positive_term.item() * n,
+        result.logsumexp_term.item() * n, result.positive_score.item() * n,
+        result.negative_score.item() * n, result.accuracy.item() * n, batch.n_tokens(),
+    ], dtype=torch.float64)

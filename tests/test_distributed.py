@@ -1,0 +1,108 @@
+"""Two CPU processes (gloo) must give the loss and gradients of one process on the same batch."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from maxsim.data.batches import TokenCache, build_batch, micro_batches, shard
+from maxsim.data.training_folder import TrainingData
+from maxsim.model import ColBERT
+from maxsim.training import TrainConfig
+from maxsim.training.distributed import Context, average_gradients, setup, teardown
+from maxsim.training.trainer import forward_backward
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _step(model_dir, data_dir, ctx, batch):
+    """Gradients of one global batch on this rank, averaged over ranks."""
+    torch.manual_seed(0)
+    model = ColBERT.from_pretrained(model_dir, dim=16, query_maxlen=12, doc_maxlen=24, seed=3)
+    model.train()
+    cfg = TrainConfig(data=data_dir, output="unused", nway=3, temperature=0.5)
+    data = TrainingData.load(data_dir, nway=3)
+    cache = TokenCache(model, data)
+    stats = torch.zeros(7, dtype=torch.float64)
+    for micro in micro_batches(batch, 1, ctx.world_size):
+        local, offset = shard(micro, ctx.rank, ctx.world_size)
+        tb = build_batch(model, data, cache, data.positives_of(), local, 3, 7, 0)
+        stats += forward_backward(model, tb, ctx, cfg, offset, len(batch))
+    params = [p for p in model.parameters()]
+    average_gradients(ctx, params)
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return stats, grads
+
+
+def _worker(rank, world, port, model_dir, data_dir, batch, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    ctx = setup("cpu")
+    try:
+        stats, grads = _step(model_dir, data_dir, ctx, batch)
+        from maxsim.training.distributed import all_sum
+        stats = all_sum(ctx, stats)
+        if rank == 0:
+            torch.save({"stats": stats, "grads": grads}, out)
+    finally:
+        teardown(ctx)
+
+
+@pytest.fixture(scope="module")
+def no_dropout_model(tmp_path_factory, tiny_model_dir):
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-no-dropout")
+    config = BertConfig.from_pretrained(tiny_model_dir)
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+    model = BertModel.from_pretrained(tiny_model_dir, config=config)
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((tiny_model_dir / name).read_bytes())
+    return folder
+
+
+@pytest.mark.parametrize("batch_size", [6, 5])  # 5: ranks hold 3 and 2 queries
+def test_two_processes_match_one(no_dropout_model, training_folder, tmp_path, batch_size):
+    batch = np.random.default_rng(0).permutation(16)[:batch_size]
+    one_stats, one_grads = _step(no_dropout_model, training_folder, Context(), batch)
+    out = tmp_path / "rank0.pt"
+    mp.spawn(_worker, args=(2, _free_port(), no_dropout_model, training_folder, batch, out), nprocs=2)
+    two = torch.load(out)
+    assert abs(one_stats[0] - two["stats"][0]) / batch_size < 1e-5  # the mean loss
+    assert one_grads.keys() == two["grads"].keys()
+    worst = max((one_grads[k] - two["grads"][k]).abs().max().item() for k in one_grads)
+    assert worst < 1e-5, worst
+
+
+def test_torchrun_two_cpu_processes_train_and_resume(tiny_model_dir, training_folder, tmp_path):
+    out = tmp_path / "run"
+    base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+            "--master_port", str(_free_port()), "-m", "maxsim", "train", "--data", str(training_folder),
+            "--output", str(out), "--base-model", str(tiny_model_dir), "--dim", "16", "--batch-size", "4",
+            "--doc-maxlen", "24", "--query-maxlen", "12", "--device", "cpu", "--no-progress-bar",
+            "--save-every", "2", "--dev-fraction", "0.25", "--eval-every", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = subprocess.run(base + ["--max-steps", "2"], capture_output=True, text=True, env=env, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.strip().splitlines() == [str(out / "best")]  # printed once, by rank 0
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 2  # written once, by rank 0
+    base[base.index("--output") + 1] = str(out)
+    second = subprocess.run(base + ["--max-steps", "3", "--resume"], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stderr
+    assert (out / "checkpoints" / "step-3").is_dir()

@@ -1,0 +1,104 @@
+import pytest
+import torch
+
+from maxsim.model import ColBERT, ModelLoadError
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return ColBERT.from_pretrained(tiny_model_dir, dim=16, query_maxlen=8, doc_maxlen=12, seed=1)
+
+
+def test_markers_follow_the_first_special_token(model):
+    tokens = model.tokenize_queries(["the cat"])[0]
+    vocab = model.tokenizer
+    assert vocab.convert_ids_to_tokens(tokens) == ["[CLS]", "[unused0]", "the", "cat", "[SEP]"]
+    doc = model.tokenize_documents(["the cat"])[0]
+    assert vocab.convert_ids_to_tokens(doc)[:2] == ["[CLS]", "[unused1]"]
+
+
+def test_query_expansion_with_mask_tokens(model):
+    batch = model.pad_queries(model.tokenize_queries(["the cat"]))
+    assert batch.input_ids.shape == (1, 8)
+    assert model.tokenizer.convert_ids_to_tokens(batch.input_ids[0, 5:].tolist()) == ["[MASK]"] * 3
+    assert batch.attention_mask[0].tolist() == [1, 1, 1, 1, 1, 0, 0, 0]
+    assert batch.score_mask.all()  # expansion tokens take part in MaxSim
+    vectors = model.encode_queries(["the cat"])[0]
+    assert vectors.shape == (8, 16)
+
+
+def test_attend_to_expansion_tokens(tiny_model_dir):
+    m = ColBERT.from_pretrained(tiny_model_dir, dim=16, query_maxlen=8, attend_to_expansion_tokens=True)
+    assert m.pad_queries(m.tokenize_queries(["the cat"])).attention_mask.all()
+
+
+def test_documents_truncated_and_punctuation_not_scored(model):
+    tokens = model.tokenize_documents(["a, b. c! " * 20])[0]
+    assert len(tokens) == 12 and model.tokenizer.convert_ids_to_tokens(tokens[-1]) == "[SEP]"
+    batch = model.pad_documents(model.tokenize_documents(["cat, dog.", "cat"]))
+    words = model.tokenizer.convert_ids_to_tokens(batch.input_ids[0].tolist())
+    assert words == ["[CLS]", "[unused1]", "cat", ",", "dog", ".", "[SEP]"]
+    assert batch.score_mask[0].tolist() == [True, True, True, False, True, False, True]
+    assert batch.score_mask[1].tolist() == [True, True, True, True, False, False, False]
+    assert [v.shape[0] for v in model.encode_documents(["cat, dog.", "cat"])] == [5, 4]
+
+
+def test_vectors_are_unit_norm_and_batching_does_not_change_them(model):
+    texts = ["short", "a somewhat longer document about cats", "mid length text"]
+    one_by_one = [model.encode_documents([t])[0] for t in texts]
+    together = model.encode_documents(texts, batch_size=2)
+    for a, b in zip(one_by_one, together):
+        assert torch.allclose(a, b, atol=1e-5)
+        assert torch.allclose(a.norm(dim=-1), torch.ones(a.shape[0]), atol=1e-5)
+    padded, mask = model.encode_documents(texts, padded=True)
+    assert padded.shape[0] == 3 and mask.sum(1).tolist() == [t.shape[0] for t in together]
+
+
+def test_save_and_load_give_identical_embeddings(model, tmp_path):
+    texts = ["the cat sat on the mat", "dogs, too."]
+    model.save(tmp_path / "ckpt")
+    names = {p.name for p in (tmp_path / "ckpt").iterdir()}
+    assert {"model.safetensors", "config.json", "projection.safetensors", "maxsim_config.json",
+            "tokenizer.json"} <= names
+    loaded = ColBERT.from_pretrained(tmp_path / "ckpt")
+    assert loaded.settings == model.settings
+    for a, b in zip(model.encode_documents(texts), loaded.encode_documents(texts)):
+        assert torch.equal(a, b)
+    for a, b in zip(model.encode_queries(texts), loaded.encode_queries(texts)):
+        assert torch.equal(a, b)
+
+
+def test_dim_disagreeing_with_checkpoint_is_an_error(model, tmp_path):
+    model.save(tmp_path / "ckpt")
+    with pytest.raises(ModelLoadError, match="dim=16"):
+        ColBERT.from_pretrained(tmp_path / "ckpt", dim=128)
+    assert ColBERT.from_pretrained(tmp_path / "ckpt", dim=16).settings.dim == 16
+
+
+def test_missing_base_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="neither a local folder"):
+        ColBERT.from_pretrained(tmp_path / "no-such-model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="config.json"):
+        ColBERT.from_pretrained(tmp_path / "empty")
+
+
+def test_vocabulary_without_unused_tokens_gets_new_markers(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<s>", "</s>", "<mask>", "cat", "dog", "."])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
+                                  bos_token="<s>", eos_token="</s>", mask_token="<mask>")
+    tok.save_pretrained(tmp_path)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=32)).save_pretrained(tmp_path)
+    m = ColBERT.from_pretrained(tmp_path, dim=8)
+    assert (m.settings.query_marker, m.settings.document_marker) == ("[Q]", "[D]")
+    assert m.encoder.get_input_embeddings().weight.shape[0] == len(vocab) + 2
+    assert m.query_marker_id == len(vocab) and m.document_marker_id == len(vocab) + 1
+    m.save(tmp_path / "saved")
+    again = ColBERT.from_pretrained(tmp_path / "saved")
+    assert torch.equal(again.encode_queries(["cat dog"])[0], m.encode_queries(["cat dog"])[0])

@@ -1,0 +1,64 @@
+import torch
+
+from maxsim.scoring import maxsim
+
+
+def test_maxsim_hand_computed_with_masks():
+    # query 0: tokens (1,0) and (0,1); query 1: tokens (1,0) and a padded token that is ignored
+    q = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]]])
+    q_mask = torch.tensor([[True, True], [True, False]])
+    # doc 0: (0.6, 0.8), (-1, 0); doc 1: (0, -1) and a padded (1, 0) that must not count
+    d = torch.tensor([[[0.6, 0.8], [-1.0, 0.0]], [[0.0, -1.0], [1.0, 0.0]]])
+    d_mask = torch.tensor([[True, True], [True, False]])
+    scores = maxsim(q, q_mask, d, d_mask)
+    # q0.d0: max(0.6,-1) + max(0.8, 0) = 1.4 ; q0.d1: 0 + (-1) = -1
+    # q1.d0: 0.6 ; q1.d1: 0.0
+    expected = torch.tensor([[1.4, -1.0], [0.6, 0.0]])
+    assert torch.allclose(scores, expected, atol=1e-6)
+    assert scores.dtype == torch.float32
+
+
+def test_padding_is_minus_infinity_not_zero():
+    # every real similarity is negative; a zero-multiplied padding slot would win with 0
+    q = torch.tensor([[[1.0, 0.0]]])
+    d = torch.tensor([[[-0.5, 0.5], [0.0, 0.0]]])
+    scores = maxsim(q, torch.tensor([[True]]), d, torch.tensor([[True, False]]))
+    assert scores.item() == -0.5
+
+
+def test_chunked_equals_unchunked():
+    g = torch.Generator().manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(3, 5, 8, generator=g), dim=-1)
+    d = torch.nn.functional.normalize(torch.randn(11, 7, 8, generator=g), dim=-1)
+    q_mask = torch.rand(3, 5, generator=g) > 0.2
+    d_mask = torch.rand(11, 7, generator=g) > 0.3
+    whole = maxsim(q, q_mask, d, d_mask)
+    chunked = maxsim(q, q_mask, d, d_mask, block_elements=3 * 5 * 7 * 2)
+    assert torch.equal(whole, chunked)
+    # brute force over python loops
+    for i in range(3):
+        for j in range(11):
+            total = 0.0
+            for a in range(5):
+                if not q_mask[i, a]:
+                    continue
+                sims = [float(q[i, a] @ d[j, b]) for b in range(7) if d_mask[j, b]]
+                total += max(sims) if sims else 0.0
+            assert abs(whole[i, j].item() - total) < 1e-5
+
+
+def test_bf16_inputs_are_summed_in_float32():
+    q = torch.full((1, 32, 1), 1.0, dtype=torch.bfloat16)
+    d = torch.full((1, 1, 1), 1.0 + 2**-7, dtype=torch.bfloat16)  # exactly representable
+    score = maxsim(q, torch.ones(1, 32, dtype=torch.bool), d, torch.ones(1, 1, dtype=torch.bool))
+    assert score.dtype == torch.float32
+    # 32 * 1.0078125 = 32.25; a bf16 accumulator would round it to 32.0 or 32.5
+    assert score.item() == 32.25
+
+
+def test_gradients_flow_only_to_the_best_token():
+    q = torch.tensor([[[1.0, 0.0]]], requires_grad=True)
+    d = torch.tensor([[[0.9, 0.1], [0.2, 0.8]]], requires_grad=True)
+    maxsim(q, torch.tensor([[True]]), d, torch.tensor([[True, True]])).sum().backward()
+    assert torch.equal(d.grad, torch.tensor([[[1.0, 0.0], [0.0, 0.0]]]))
+    assert torch.equal(q.grad, torch.tensor([[[0.9, 0.1]]]))
