@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import pytrec_eval
 import torch
+from tqdm.auto import tqdm
 
 from maxsim.model import ColBERT
 from maxsim.scoring import maxsim
@@ -25,10 +26,12 @@ def exact_search(
     document_tokens: Sequence[Sequence[int]],
     k: int = 100,
     batch_size: int = 64,
+    progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` documents for each query by exact MaxSim over all documents.
 
     document_tokens: cached token ids of every document (from ``model.tokenize_documents``).
+    progress: show a progress bar over the documents.
     Returns (scores (Q, k') float32, positions (Q, k') long), best first, k' = min(k, D).
     """
     query_tokens = model.tokenize_queries(list(query_texts))
@@ -39,8 +42,11 @@ def exact_search(
     for positions, vectors, mask in model.encode_batches(query_tokens, True, batch_size):
         q_vectors[positions], q_mask[positions] = vectors, mask
     scores = torch.empty(len(query_tokens), len(document_tokens), device=model.device)
+    bar = tqdm(total=len(document_tokens), desc="exact search", unit="doc", leave=False, disable=not progress)
     for positions, vectors, mask in model.encode_batches(document_tokens, False, batch_size):
         scores[:, positions] = maxsim(q_vectors, q_mask, vectors, mask)
+        bar.update(len(positions))
+    bar.close()
     top = scores.topk(min(k, scores.shape[1]), dim=1)
     return top.values.cpu(), top.indices.cpu()
 

@@ -9,7 +9,6 @@ give unpadded id lists (markers inserted, truncated), :meth:`ColBERT.pad_queries
 from __future__ import annotations
 
 import importlib.resources
-import json
 import logging
 import math
 import string
@@ -367,7 +366,3 @@ def _punctuation_ids(tokenizer) -> set[int]:
                 ids.add(encoded[0])
     return ids
 
-
-def settings_of(path: str | Path) -> ColBERTSettings:
-    """The settings saved in a maxsim model folder."""
-    return ColBERTSettings.model_validate(json.loads((Path(path) / SETTINGS_FILE).read_text()))

@@ -83,9 +83,10 @@ def test_missing_base_model_is_a_clear_error(tmp_path):
         ColBERT.from_pretrained(tmp_path / "empty")
 
 
-def test_vocabulary_without_unused_tokens_gets_new_markers(tmp_path):
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_vocabulary_without_unused_tokens_gets_new_markers(tmp_path, arch):
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast, RobertaConfig, RobertaModel
 
     vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<s>", "</s>", "<mask>", "cat", "dog", "."])}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -93,9 +94,11 @@ def test_vocabulary_without_unused_tokens_gets_new_markers(tmp_path):
     tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
                                   bos_token="<s>", eos_token="</s>", mask_token="<mask>")
     tok.save_pretrained(tmp_path)
-    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
-                         num_attention_heads=2, intermediate_size=32)).save_pretrained(tmp_path)
+    config_cls, model_cls = (BertConfig, BertModel) if arch == "bert" else (RobertaConfig, RobertaModel)
+    model_cls(config_cls(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, pad_token_id=0, max_position_embeddings=64)).save_pretrained(tmp_path)
     m = ColBERT.from_pretrained(tmp_path, dim=8)
+    assert type(m.encoder) is model_cls  # the class comes from the checkpoint's model_type
     assert (m.settings.query_marker, m.settings.document_marker) == ("[Q]", "[D]")
     assert m.encoder.get_input_embeddings().weight.shape[0] == len(vocab) + 2
     assert m.query_marker_id == len(vocab) and m.document_marker_id == len(vocab) + 1

@@ -62,3 +62,17 @@ def test_gradients_flow_only_to_the_best_token():
     maxsim(q, torch.tensor([[True]]), d, torch.tensor([[True, True]])).sum().backward()
     assert torch.equal(d.grad, torch.tensor([[[1.0, 0.0], [0.0, 0.0]]]))
     assert torch.equal(q.grad, torch.tensor([[[0.9, 0.1]]]))
+
+
+def test_chunked_gradients_equal_unchunked():
+    g = torch.Generator().manual_seed(1)
+    q0 = torch.randn(4, 6, 8, generator=g)
+    d0 = torch.randn(9, 5, 8, generator=g)
+    q_mask = torch.ones(4, 6, dtype=torch.bool)
+    d_mask = torch.rand(9, 5, generator=g) > 0.2
+    grads = []
+    for block in (1 << 25, 4 * 6 * 5):  # whole, then one document per chunk
+        q, d = q0.clone().requires_grad_(), d0.clone().requires_grad_()
+        (maxsim(q, q_mask, d, d_mask) * torch.arange(9.0)).sum().backward()
+        grads.append((q.grad, d.grad))
+    assert torch.allclose(grads[0][0], grads[1][0]) and torch.allclose(grads[0][1], grads[1][1])

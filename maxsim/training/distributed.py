@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -48,7 +49,9 @@ def setup(device: str = "auto") -> Context:
     else:
         torch_device = torch.device(device)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch_device.type == "cuda" else "gloo")
+        # rank 0 validates alone while the others wait: allow for a long evaluation
+        dist.init_process_group(backend="nccl" if torch_device.type == "cuda" else "gloo",
+                                timeout=timedelta(hours=2))
     return Context(rank=rank, world_size=world_size, device=torch_device)
 
 

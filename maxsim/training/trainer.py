@@ -143,7 +143,7 @@ class Trainer:
 
         def evaluate() -> dict[str, float]:
             scores, positions = exact_search(model, dev.query_texts, dev_tokens, k=100,
-                                             batch_size=cfg.eval_batch_size)
+                                             batch_size=cfg.eval_batch_size, progress=cfg.progress_bar)
             run = {
                 qid: {dev.corpus.ids[int(j)]: float(s) for s, j in zip(scores[i], positions[i])}
                 for i, qid in enumerate(dev.query_ids)
