@@ -1,6 +1,7 @@
 """maxsim: train ColBERT late-interaction retrievers on your own data and put them to work."""
 
 from maxsim.data.errors import DataError
+from maxsim.data.prepare import prepare_training_data
 from maxsim.model import ColBERT, ColBERTSettings, ModelLoadError, default_base_model
 from maxsim.scoring import maxsim
 from maxsim.training import TrainConfig, Trainer
@@ -14,5 +15,6 @@ __all__ = [
     "Trainer",
     "default_base_model",
     "maxsim",
+    "prepare_training_data",
 ]
 __version__ = "0.1.0"

@@ -16,6 +16,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 
@@ -27,6 +28,61 @@ def _fail(message: str) -> None:
 @app.callback()
 def _root() -> None:
     """maxsim: prepare data, train, index, search and evaluate ColBERT retrievers."""
+
+
+@app.command()
+def prepare(
+    inputs: Annotated[list[Path], typer.Argument(help="Files (.jsonl, .csv, .tsv, .parquet) of pairs, labelled pairs or triplets, and/or BEIR folders.", show_default=False)],
+    output: Annotated[Path, typer.Option(help="Training-data folder to write (queries.jsonl, corpus.jsonl, triples.jsonl, manifest.json).")],
+    kind: Annotated[str | None, typer.Option(help="Force the input kind: pairs, labelled or triplets [default: read from the columns].")] = None,
+    split: Annotated[str, typer.Option(help="qrels split of BEIR folders.")] = "train",
+    corpus: Annotated[list[Path] | None, typer.Option(help="Extra documents (corpus.jsonl or a table with a 'text' column), only candidates for negatives. Repeatable.")] = None,
+    mine: Annotated[str, typer.Option(help="Negative mining: bm25, dense (needs --miner-model) or none (random).")] = "bm25",
+    miner_model: Annotated[str | None, typer.Option(help="maxsim checkpoint or base model folder for --mine dense.")] = None,
+    negatives: Annotated[int, typer.Option(help="Negatives mined per query.")] = 10,
+    min_rank: Annotated[int, typer.Option(help="Best (1-based) rank a mined negative may have; skips likely false negatives at the top.")] = 10,
+    max_rank: Annotated[int, typer.Option(help="Worst rank a mined negative may have.")] = 100,
+    false_negative_margin: Annotated[float | None, typer.Option(help="Drop candidates scoring above this times the query's lowest positive score.")] = None,
+    dev_fraction: Annotated[float | None, typer.Option(help="Hold out this share of queries as dev/ (BEIR style), used by maxsim train for validation.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for sampling negatives and the dev split.")] = 42,
+    positive_label: Annotated[list[str] | None, typer.Option(help="Label value that marks a positive in labelled pairs [default: 1]. Repeatable.")] = None,
+    negative_label: Annotated[list[str] | None, typer.Option(help="Label value that marks a negative in labelled pairs [default: 0]. Repeatable.")] = None,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip bad rows (counted in the manifest) instead of stopping.")] = False,
+    export: Annotated[list[str] | None, typer.Option(help="Also write other formats: colbert (colbert-ai / RAGatouille files in colbert/).")] = None,
+) -> None:
+    """Turn pairs, labelled pairs, triplets or a BEIR folder into a checked training folder."""
+    from maxsim.data.errors import DataError
+    from maxsim.data.prepare import KINDS, prepare_training_data
+    from maxsim.model import ModelLoadError
+
+    if kind is not None and kind not in KINDS:
+        _fail(f"--kind must be one of {', '.join(KINDS)}")
+    if mine not in ("bm25", "dense", "none"):
+        _fail("--mine must be bm25, dense or none")
+    for name in export or []:
+        if name != "colbert":
+            _fail(f"--export {name}: the only export is colbert")
+    _quiet_libraries()
+    options = dict(kind=kind, split=split, mine=mine, miner_model=miner_model, negatives=negatives,
+                   min_rank=min_rank, max_rank=max_rank, false_negative_margin=false_negative_margin,
+                   dev_fraction=dev_fraction, seed=seed, skip_invalid=skip_invalid,
+                   export=tuple(export or ()))
+    if positive_label:
+        options["positive_labels"] = tuple(positive_label)
+    if negative_label:
+        options["negative_labels"] = tuple(negative_label)
+    try:
+        manifest = prepare_training_data(list(inputs), output, corpus=list(corpus or []), **options)
+    except (DataError, ModelLoadError, FileExistsError, ValueError) as err:
+        _fail(str(err))
+    counts = manifest["counts"]
+    typer.echo(", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()), err=True)
+    for what, section in (("dropped", manifest["dropped"]), ("merged", manifest["merged"])):
+        if section:
+            typer.echo(f"{what}: " + ", ".join(f"{v} {k}" for k, v in section.items()), err=True)
+    for note in manifest["mining"]["notes"]:
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(str(output))
 
 
 @app.command()
@@ -108,6 +164,7 @@ def _quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
     hf_logging.set_verbosity_error()
 
 

@@ -20,6 +20,34 @@ METRICS = {
 }
 
 
+def exact_scores(
+    model: ColBERT,
+    query_texts: Sequence[str],
+    document_tokens: Sequence[Sequence[int]],
+    batch_size: int = 64,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Exact MaxSim of every query against every document: (Q, D) float32 on the model's device.
+
+    document_tokens: cached token ids of every document (from ``model.tokenize_documents``).
+    progress: show a progress bar over the documents.
+    """
+    query_tokens = model.tokenize_queries(list(query_texts))
+    q_vectors = torch.empty(len(query_tokens), model.settings.query_maxlen, model.settings.dim,
+                            device=model.device)
+    q_mask = torch.empty(len(query_tokens), model.settings.query_maxlen, dtype=torch.bool,
+                         device=model.device)
+    for positions, vectors, mask in model.encode_batches(query_tokens, True, batch_size):
+        q_vectors[positions], q_mask[positions] = vectors, mask
+    scores = torch.empty(len(query_tokens), len(document_tokens), device=model.device)
+    bar = tqdm(total=len(document_tokens), desc="exact MaxSim", unit="doc", leave=False, disable=not progress)
+    for positions, vectors, mask in model.encode_batches(document_tokens, False, batch_size):
+        scores[:, positions] = maxsim(q_vectors, q_mask, vectors, mask)
+        bar.update(len(positions))
+    bar.close()
+    return scores
+
+
 def exact_search(
     model: ColBERT,
     query_texts: Sequence[str],
@@ -30,23 +58,10 @@ def exact_search(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` documents for each query by exact MaxSim over all documents.
 
-    document_tokens: cached token ids of every document (from ``model.tokenize_documents``).
-    progress: show a progress bar over the documents.
-    Returns (scores (Q, k') float32, positions (Q, k') long), best first, k' = min(k, D).
+    Returns (scores (Q, k') float32, positions (Q, k') long) on the CPU, best first,
+    k' = min(k, D).
     """
-    query_tokens = model.tokenize_queries(list(query_texts))
-    q_vectors = torch.empty(len(query_tokens), model.settings.query_maxlen, model.settings.dim,
-                            device=model.device)
-    q_mask = torch.empty(len(query_tokens), model.settings.query_maxlen, dtype=torch.bool,
-                         device=model.device)
-    for positions, vectors, mask in model.encode_batches(query_tokens, True, batch_size):
-        q_vectors[positions], q_mask[positions] = vectors, mask
-    scores = torch.empty(len(query_tokens), len(document_tokens), device=model.device)
-    bar = tqdm(total=len(document_tokens), desc="exact search", unit="doc", leave=False, disable=not progress)
-    for positions, vectors, mask in model.encode_batches(document_tokens, False, batch_size):
-        scores[:, positions] = maxsim(q_vectors, q_mask, vectors, mask)
-        bar.update(len(positions))
-    bar.close()
+    scores = exact_scores(model, query_texts, document_tokens, batch_size, progress)
     top = scores.topk(min(k, scores.shape[1]), dim=1)
     return top.values.cpu(), top.indices.cpu()
 

@@ -222,26 +222,15 @@ class ColBERT(nn.Module):
 
         Expansion positions are attended to only with ``attend_to_expansion_tokens``.
         """
-        length = self.settings.query_maxlen
-        batch = len(token_ids)
-        ids = torch.full((batch, length), self.mask_token_id, dtype=torch.long)
-        attention = torch.zeros((batch, length), dtype=torch.long)
-        for i, row in enumerate(token_ids):
-            ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
-            attention[i, : len(row)] = 1
+        ids, attention = _pad(token_ids, self.settings.query_maxlen, self.mask_token_id)
         if self.settings.attend_to_expansion_tokens:
             attention.fill_(1)
-        return TokenBatch(ids, attention, torch.ones((batch, length), dtype=torch.bool))
+        return TokenBatch(ids, attention, torch.ones(ids.shape, dtype=torch.bool))
 
     def pad_documents(self, token_ids: Sequence[Sequence[int]]) -> TokenBatch:
         """Pad documents to the longest in the batch; padding and punctuation are not scored."""
         length = max((len(row) for row in token_ids), default=1)
-        batch = len(token_ids)
-        ids = torch.full((batch, length), self.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((batch, length), dtype=torch.long)
-        for i, row in enumerate(token_ids):
-            ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
-            attention[i, : len(row)] = 1
+        ids, attention = _pad(token_ids, length, self.pad_token_id)
         score_mask = attention.bool()
         if self.punctuation_ids.numel():
             score_mask &= ~torch.isin(ids, self.punctuation_ids)
@@ -313,6 +302,16 @@ class ColBERT(nn.Module):
         ``padded=True`` a tuple (vectors (N, L, dim), mask (N, L) bool).
         """
         return self._encode(texts, False, batch_size, padded)
+
+
+def _pad(token_ids: Sequence[Sequence[int]], length: int, fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids (B, length) filled with ``fill`` after each row, attention mask (B, length) long)."""
+    ids = torch.full((len(token_ids), length), fill, dtype=torch.long)
+    attention = torch.zeros((len(token_ids), length), dtype=torch.long)
+    for i, row in enumerate(token_ids):
+        ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        attention[i, : len(row)] = 1
+    return ids, attention
 
 
 def _autocast(device: torch.device):

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import torch
 
-#: Upper bound on the number of elements of the (queries, documents, Lq, Ld) similarity block
-#: computed at once; larger inputs are processed in document chunks.
-DEFAULT_BLOCK_ELEMENTS = 1 << 25
+#: Upper bound on the number of elements of the (queries, Lq, documents, Ld) similarity block
+#: computed at once; larger inputs are processed in document chunks. On a CPU a block that
+#: stays in cache is fastest (8M elements measured best on a 2-core Xeon); on a GPU larger
+#: blocks mean fewer kernel launches.
+BLOCK_ELEMENTS = {"cpu": 1 << 23, "cuda": 1 << 28}
 
 
 def _token_maxima(
@@ -26,10 +28,16 @@ def _token_maxima(
     """Best document-token similarity for each query token.
 
     queries: (Q, Lq, dim); documents: (D, Ld, dim); document_mask: (D, Ld) bool.
-    Returns (Q, D, Lq) in the input dtype. A document with no valid token gives 0.
+    Returns (Q, Lq, D) in the input dtype. A document with no valid token gives 0.
     """
-    sim = torch.einsum("qid,bjd->qbij", queries, documents)  # (Q, D, Lq, Ld)
-    sim = sim.masked_fill(~document_mask[None, :, None, :], float("-inf"))
+    n_q, len_q, dim = queries.shape
+    n_d, len_d, _ = documents.shape
+    # one (Q*Lq, dim) @ (dim, D*Ld) matmul; the result is already laid out as (Q, Lq, D, Ld)
+    sim = (queries.reshape(n_q * len_q, dim) @ documents.reshape(n_d * len_d, dim).T).view(n_q, len_q, n_d, len_d)
+    if torch.is_grad_enabled() and (queries.requires_grad or documents.requires_grad):
+        sim = sim.masked_fill(~document_mask[None, None], float("-inf"))
+    else:
+        sim.masked_fill_(~document_mask[None, None], float("-inf"))  # no copy when nothing needs gradients
     # ``max`` (not ``amax``) keeps only the argmax indices for backward, so the 4-D block is
     # freed as soon as this chunk is done, even when gradients are needed.
     best = sim.max(dim=-1).values
@@ -41,7 +49,7 @@ def maxsim(
     query_mask: torch.Tensor,
     documents: torch.Tensor,
     document_mask: torch.Tensor,
-    block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+    block_elements: int | None = None,
 ) -> torch.Tensor:
     """Score every query against every document.
 
@@ -51,7 +59,8 @@ def maxsim(
     query_mask: (Q, Lq) bool, True where a query token takes part.
     documents: (D, Ld, dim) token vectors.
     document_mask: (D, Ld) bool, True where a document token takes part.
-    block_elements: most elements of the (Q, D_chunk, Lq, Ld) similarity block held at once.
+    block_elements: most elements of the (Q, Lq, D_chunk, Ld) similarity block held at once
+        (default: :data:`BLOCK_ELEMENTS` for the device).
 
     Returns
     -------
@@ -64,14 +73,16 @@ def maxsim(
     """
     n_q, len_q, _ = queries.shape
     n_d, len_d, _ = documents.shape
+    if block_elements is None:
+        block_elements = BLOCK_ELEMENTS.get(queries.device.type, 1 << 25)
     chunk = max(1, block_elements // max(1, n_q * len_q * len_d))
-    qmask = query_mask.to(torch.float32)[:, None, :]  # (Q, 1, Lq)
+    qmask = query_mask.to(torch.float32)[:, :, None]  # (Q, Lq, 1)
     parts = []
     for start in range(0, n_d, chunk):
         best = _token_maxima(
             queries, documents[start : start + chunk], document_mask[start : start + chunk]
         )
-        parts.append((best.float() * qmask).sum(dim=-1))
+        parts.append((best.float() * qmask).sum(dim=1))
     if not parts:
         return queries.new_zeros((n_q, 0), dtype=torch.float32)
     return torch.cat(parts, dim=1)

@@ -50,7 +50,9 @@ class TrainConfig(BaseModel):
     save_every: int | None = Field(None, gt=0, description="checkpoint every N steps (and at the end)")
     keep_checkpoints: int = Field(3, gt=0, description="newest checkpoints kept (best/ is extra)")
     eval_every: int | None = Field(None, gt=0, description="validate every N steps (and at the end)")
-    dev_data: Path | None = Field(None, description="BEIR folder with the dev queries and qrels")
+    dev_data: Path | None = Field(
+        None, description="BEIR folder with the dev queries and qrels; default: DATA/dev when maxsim prepare wrote one"
+    )
     dev_split: str = Field("dev", description="qrels split of dev_data")
     dev_fraction: float | None = Field(
         None, gt=0, lt=1, description="hold out this share of training queries for validation"

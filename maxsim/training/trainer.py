@@ -83,6 +83,10 @@ class Trainer:
         elif cfg.dev_data is not None:
             queries, corpus, qrels = read_beir_split(cfg.dev_data, cfg.dev_split)
             dev = DevSet(queries.ids, queries.texts, corpus, qrels)
+        elif (Path(cfg.data) / "dev" / "qrels" / "dev.tsv").is_file():  # written by maxsim prepare
+            queries, corpus, qrels = read_beir_split(Path(cfg.data) / "dev", "dev")
+            dev = DevSet(queries.ids, queries.texts, corpus, qrels)
+            logger.info("validating on %s (%d queries)", Path(cfg.data) / "dev", len(qrels))
         if len(data.examples) < ctx.world_size:
             raise DataError(cfg.data / "triples.jsonl", None,
                             f"{len(data.examples)} examples cannot feed {ctx.world_size} processes",

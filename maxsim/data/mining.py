@@ -1,0 +1,152 @@
+"""Hard-negative mining: rank the corpus for each query, then sample from a rank window.
+
+A miner ranks every query's candidates (BM25 with ``bm25s``, or exact MaxSim with a ColBERT
+checkpoint). :func:`sample_negatives` then draws a query's negatives from ranks
+``[min_rank, max_rank]`` (1-based, in the miner's ranking), never one of its known positives,
+and, with a false-negative margin, never a candidate scoring above ``margin`` times the
+query's lowest-scoring positive.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Ranking:
+    """The miner's ranking: ``positions[i]`` are corpus positions for query i, best first.
+
+    positions: (Q, k) int64; scores: (Q, k) float32, the matching scores.
+    """
+
+    positions: np.ndarray
+    scores: np.ndarray
+
+
+class BM25Miner:
+    """BM25 (bm25s, English stop words, Snowball stemming) over a list of document texts."""
+
+    def __init__(self, documents: Sequence[str]) -> None:
+        import bm25s
+        import Stemmer
+
+        self._bm25s = bm25s
+        self._stemmer = Stemmer.Stemmer("english")
+        tokens = bm25s.tokenize(list(documents), stopwords="en", stemmer=self._stemmer,
+                                show_progress=False)
+        self.retriever = bm25s.BM25()
+        self.retriever.index(tokens, show_progress=False)
+        self.n_documents = len(documents)
+
+    def rank(self, queries: Sequence[str], k: int) -> Ranking:
+        tokens = self._bm25s.tokenize(list(queries), stopwords="en", stemmer=self._stemmer,
+                                      show_progress=False)
+        self._queries = list(queries)
+        k = min(k, self.n_documents)
+        positions, scores = self.retriever.retrieve(tokens, k=k, show_progress=False)
+        return Ranking(np.asarray(positions, dtype=np.int64), np.asarray(scores, dtype=np.float32))
+
+    def score_of(self, query_index: int, positions: Sequence[int]) -> np.ndarray:
+        """BM25 scores of some documents for one query of the last :meth:`rank` call."""
+        words = self._bm25s.tokenize([self._queries[query_index]], stopwords="en", stemmer=self._stemmer,
+                                     show_progress=False, return_ids=False)[0]
+        return self.retriever.get_scores(words)[np.asarray(positions, dtype=np.int64)]
+
+
+class DenseMiner:
+    """Exact MaxSim with a ColBERT model over a corpus that fits in memory."""
+
+    def __init__(self, model, documents: Sequence[str], batch_size: int = 64) -> None:
+        self.model = model
+        self.batch_size = batch_size
+        self.document_tokens = model.tokenize_documents(list(documents))
+        self._scores: np.ndarray | None = None
+
+    def rank(self, queries: Sequence[str], k: int) -> Ranking:
+        import torch
+
+        from maxsim.evaluation import exact_scores
+
+        scores = exact_scores(self.model, queries, self.document_tokens, self.batch_size, progress=True)
+        self._scores = scores.cpu().numpy()
+        top = scores.topk(min(k, scores.shape[1]), dim=1)
+        return Ranking(top.indices.cpu().numpy().astype(np.int64),
+                       top.values.to(torch.float32).cpu().numpy())
+
+    def score_of(self, query_index: int, positions: Sequence[int]) -> np.ndarray:
+        assert self._scores is not None, "call rank() first"
+        return self._scores[query_index, np.asarray(positions, dtype=np.int64)]
+
+
+def window_for(n_documents: int, min_rank: int, max_rank: int, negatives: int,
+               max_positives: int) -> tuple[int, int, str | None]:
+    """The rank window to use: the requested one, shrunk to fit a small corpus.
+
+    Returns (min_rank, max_rank, a note saying what changed, or None).
+    """
+    if min_rank < 1 or max_rank < min_rank:
+        raise ValueError(f"rank window [{min_rank}, {max_rank}] is empty: need 1 <= min-rank <= max-rank")
+    used_max = min(max_rank, n_documents)
+    used_min = min(min_rank, max(1, used_max - negatives - max_positives + 1))
+    if (used_min, used_max) == (min_rank, max_rank):
+        return min_rank, max_rank, None
+    note = (f"the corpus has {n_documents} documents, too few for ranks [{min_rank}, {max_rank}] "
+            f"with {negatives} negatives: used [{used_min}, {used_max}]")
+    return used_min, used_max, note
+
+
+def sample_negatives(
+    positions: np.ndarray,
+    scores: np.ndarray,
+    positives: set[int],
+    n: int,
+    min_rank: int,
+    max_rank: int,
+    rng: np.random.Generator,
+    margin: float | None = None,
+    positive_score: float | None = None,
+) -> tuple[list[int], int]:
+    """Draw up to ``n`` negatives for one query from its ranking.
+
+    positions, scores: the query's ranking, best first (1-D). Candidates are the ranks
+    ``min_rank..max_rank`` (1-based) that are not known positives and, with ``margin``, score
+    at most ``margin * positive_score``. Returns (chosen corpus positions in rank order, the
+    number of candidates dropped by the margin).
+    """
+    window = range(min_rank - 1, min(max_rank, len(positions)))
+    candidates = []
+    dropped = 0
+    for r in window:
+        p = int(positions[r])
+        if p in positives:
+            continue
+        if margin is not None and positive_score is not None and scores[r] > margin * positive_score:
+            dropped += 1
+            continue
+        candidates.append(r)
+    if len(candidates) > n:
+        candidates = sorted(rng.choice(candidates, size=n, replace=False).tolist())
+    return [int(positions[r]) for r in candidates], dropped
+
+
+def random_negatives(n_documents: int, positives: set[int], n: int, rng: np.random.Generator) -> list[int]:
+    """``n`` documents drawn uniformly (without replacement), none of them a known positive."""
+    pool = n_documents - len(positives)
+    n = min(n, max(0, pool))
+    chosen: list[int] = []
+    seen = set(positives)
+    while len(chosen) < n:
+        for p in rng.choice(n_documents, size=min(n_documents, 2 * (n - len(chosen)) + 8), replace=False):
+            p = int(p)
+            if p not in seen:
+                seen.add(p)
+                chosen.append(p)
+                if len(chosen) == n:
+                    break
+    return sorted(chosen)

@@ -1,0 +1,281 @@
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from maxsim.data.errors import DataError
+from maxsim.data.mining import BM25Miner, DenseMiner
+from maxsim.data.prepare import prepare_training_data, stable_id
+from maxsim.data.training_folder import TrainingData, document_text
+
+SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
+
+PAIRS = [
+    ("what do cats eat", "Cats eat fish and mice."),
+    ("how do bees make honey", "Bees make honey from nectar."),
+    ("what do cats eat", "Cats also eat dry food."),  # a second positive for the same query
+]
+DOCS = ["Rain falls from clouds.", "Iron rusts in water.", "Stars shine by fusion.", "Bread is baked in ovens."]
+
+
+def _read(folder):
+    def load(name):
+        return [json.loads(x) for x in (folder / name).read_text().splitlines()]
+    queries = {q["_id"]: q["text"] for q in load("queries.jsonl")}
+    corpus = {d["_id"]: document_text(d["title"], d["text"]) for d in load("corpus.jsonl")}
+    triples = [(queries[t["query_id"]], corpus[t["positive_ids"][0]], sorted(corpus[n] for n in t["negative_ids"]))
+               for t in load("triples.jsonl")]
+    return queries, corpus, triples
+
+
+def _write_table(path: Path, rows: list[dict]):
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif path.suffix in (".csv", ".tsv"):
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="," if path.suffix == ".csv" else "\t")
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def test_stable_ids_from_normalised_text():
+    assert stable_id("what do  cats\neat ", "q") == stable_id("what do cats eat", "q")
+    assert stable_id("what do cats eat", "q") != stable_id("what do cats eat?", "q")
+    assert stable_id("x", "q") == "q" + "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"[:16]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".tsv", ".parquet"])
+def test_pairs_from_every_file_format(tmp_path, suffix):
+    path = tmp_path / f"pairs{suffix}"
+    _write_table(path, [{"query": q, "positive": p} for q, p in PAIRS])
+    manifest = prepare_training_data([path], tmp_path / "out", all_documents=DOCS, mine="none", negatives=2)
+    queries, corpus, triples = _read(tmp_path / "out")
+    assert sorted(queries.values()) == ["how do bees make honey", "what do cats eat"]
+    assert len(corpus) == 7
+    assert sorted((q, p) for q, p, _ in triples) == sorted(PAIRS)
+    for q, _, negs in triples:
+        assert len(negs) == 2
+        own = {pp for qq, pp in PAIRS if qq == q}
+        assert not set(negs) & own  # never one of the query's own positives
+    assert manifest["counts"] == {"queries": 2, "documents": 7, "positives": 3, "given_negatives": 0,
+                                  "mined_negatives": 4, "triples": 3, "dev_queries": 0}
+    assert manifest["merged"] == {"duplicate queries": 1}
+    assert manifest["inputs"][0]["kind"] == "pairs" and len(manifest["inputs"][0]["sha256"]) == 64
+
+
+def test_labelled_pairs_triplets_and_python_lists(tmp_path):
+    labelled = tmp_path / "labelled.csv"
+    _write_table(labelled, [
+        {"query": "what do cats eat", "passage": "Cats eat fish and mice.", "label": "yes"},
+        {"query": "what do cats eat", "passage": "Iron rusts in water.", "label": "no"},
+    ])
+    triplets = tmp_path / "triplets.jsonl"
+    _write_table(triplets, [{"query": "how do bees make honey", "positive": ["Bees make honey from nectar."],
+                             "negative": ["Rain falls from clouds.", "Stars shine by fusion."]}])
+    python_rows = [("why does iron rust", "Iron rusts in water.", 1), ("why does iron rust", "Bread is baked in ovens.", 0)]
+    manifest = prepare_training_data([labelled, triplets, python_rows], tmp_path / "out", mine="none", negatives=0,
+                                     positive_labels=("yes", "1"), negative_labels=("no", "0"))
+    _, _, triples = _read(tmp_path / "out")
+    assert sorted(triples) == sorted([
+        ("what do cats eat", "Cats eat fish and mice.", ["Iron rusts in water."]),
+        ("how do bees make honey", "Bees make honey from nectar.", ["Rain falls from clouds.", "Stars shine by fusion."]),
+        ("why does iron rust", "Iron rusts in water.", ["Bread is baked in ovens."]),
+    ])
+    assert [i["kind"] for i in manifest["inputs"]] == ["labelled", "triplets", "labelled"]
+    # RAGatouille-style raw_data: one list of pairs
+    prepare_training_data(list(PAIRS), tmp_path / "ragatouille", all_documents=DOCS, mine="none", negatives=1)
+    assert len(_read(tmp_path / "ragatouille")[2]) == 3
+
+
+def test_given_ids_are_kept_and_merged(tmp_path):
+    rows = [{"query_id": "Q1", "query": "what do cats eat", "positive_id": "D1", "positive": "Cats eat fish."},
+            {"query_id": "Q1", "query": "what do cats eat", "positive_id": "D2", "positive": "Cats eat mice."}]
+    path = tmp_path / "pairs.jsonl"
+    _write_table(path, rows)
+    prepare_training_data([path], tmp_path / "out", all_documents=DOCS, mine="none", negatives=1)
+    queries, corpus, triples = _read(tmp_path / "out")
+    assert list(queries) == ["Q1"] and {"D1", "D2"} <= set(corpus)
+    data = TrainingData.load(tmp_path / "out")
+    assert data.positives_of()[0] == {data.corpus.index["D1"], data.corpus.index["D2"]}
+    rows.append({"query_id": "Q1", "query": "something else", "positive_id": "D3", "positive": "x"})
+    _write_table(path, rows)
+    with pytest.raises(DataError, match=r'pairs.jsonl:3: id "Q1" was given two different texts'):
+        prepare_training_data([path], tmp_path / "out2", all_documents=DOCS, mine="none")
+
+
+def test_beir_folder_and_the_rank_window(tmp_path):
+    manifest = prepare_training_data([SCIFACT], tmp_path / "out", negatives=5, min_rank=10, max_rank=30)
+    assert manifest["counts"]["queries"] == 807  # 809 train queries; 2 repeat another's text
+    assert manifest["merged"] == {"queries with the same text under two ids": 2}
+    data = TrainingData.load(tmp_path / "out")
+    assert len(data.corpus) == 5183
+    # every negative sits at ranks 10..30 of BM25's own ranking, never a positive of its query
+    queries = sorted({ex.query for ex in data.examples})
+    miner = BM25Miner(data.corpus.texts)
+    ranking = miner.rank([data.queries.texts[q] for q in queries], 100)
+    row_of = {q: i for i, q in enumerate(queries)}
+    positives = data.positives_of()
+    for ex in data.examples:
+        ranks = {int(p): r + 1 for r, p in enumerate(ranking.positions[row_of[ex.query]])}
+        assert len(ex.negatives) == 5
+        assert all(10 <= ranks[n] <= 30 for n in ex.negatives)
+        assert not set(ex.negatives) & positives[ex.query]
+
+
+def test_no_query_gets_its_own_positive_as_negative_even_when_given(tmp_path):
+    # q2's given negative is q1's positive (fine) and q1's own positive (must be dropped for q1)
+    rows = [("what do cats eat", "Cats eat fish.", "Cats eat mice."),
+            ("what do cats eat", "Cats eat mice.", "Rain falls from clouds."),
+            ("why does iron rust", "Iron rusts in water.", "Cats eat fish.")]
+    manifest = prepare_training_data([rows], tmp_path / "out", all_documents=DOCS, mine="bm25", negatives=3,
+                                     min_rank=1, max_rank=10)
+    data = TrainingData.load(tmp_path / "out")
+    positives = data.positives_of()
+    for ex in data.examples:
+        assert not set(ex.negatives) & positives[ex.query]
+    assert manifest["dropped"]["given negative that is also a positive"] == 1
+    iron = data.queries.index[next(q for q, t in zip(data.queries.ids, data.queries.texts) if "iron" in t)]
+    assert data.corpus.index[stable_id("Cats eat fish.", "d")] in next(e for e in data.examples if e.query == iron).negatives
+
+
+def test_small_corpus_shrinks_the_window_and_says_so(tmp_path):
+    manifest = prepare_training_data([list(PAIRS)], tmp_path / "out", all_documents=DOCS, negatives=2)
+    assert manifest["mining"]["window_requested"] == [10, 100]
+    low, high = manifest["mining"]["window_used"]
+    assert high == 7 and low <= 7 - 2
+    assert "too few" in manifest["mining"]["notes"][0]
+
+
+def test_same_seed_same_bytes_other_seed_other_negatives(tmp_path):
+    args = dict(negatives=4, min_rank=5, max_rank=60, dev_fraction=0.1, export=("colbert",))
+    prepare_training_data([SCIFACT], tmp_path / "a", seed=1, **args)
+    prepare_training_data([SCIFACT], tmp_path / "b", seed=1, **args)
+    prepare_training_data([SCIFACT], tmp_path / "c", seed=2, **args)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert len(files) == 11  # 4 colbert, 3 dev, corpus, queries, triples, manifest
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    assert (tmp_path / "a" / "triples.jsonl").read_bytes() != (tmp_path / "c" / "triples.jsonl").read_bytes()
+
+
+def test_dev_fraction_writes_a_beir_dev_folder_that_train_uses(tmp_path, tiny_model_dir):
+    from maxsim.data.training_folder import read_beir_split
+    from maxsim.training import TrainConfig, Trainer
+
+    rows = [(f"question number {i} about topic {i}", f"answer text {i} for topic {i}") for i in range(20)]
+    manifest = prepare_training_data([rows], tmp_path / "data", mine="none", negatives=2, dev_fraction=0.2)
+    assert manifest["counts"]["dev_queries"] == 4 and manifest["counts"]["queries"] == 16
+    queries, corpus, qrels = read_beir_split(tmp_path / "data" / "dev", "dev")
+    train_queries = {json.loads(x)["_id"] for x in (tmp_path / "data" / "queries.jsonl").read_text().splitlines()}
+    assert len(qrels) == 4 and not set(qrels) & train_queries and len(corpus) == 20
+    cfg = TrainConfig(data=tmp_path / "data", output=tmp_path / "run", base_model=str(tiny_model_dir), dim=16,
+                      batch_size=8, max_steps=2, progress_bar=False)
+    best = Trainer(cfg).train()
+    assert best.name == "best" and json.loads((best / "best.json").read_text())["step"] == 2
+
+
+def test_colbert_export_round_trips(tmp_path):
+    prepare_training_data([SCIFACT], tmp_path / "out", negatives=3, export=("colbert",))
+    queries, corpus, triples = _read(tmp_path / "out")
+    colbert = tmp_path / "out" / "colbert"
+    q_text = dict(line.split("\t", 1) for line in colbert.joinpath("queries.tsv").read_text().splitlines())
+    lines = colbert.joinpath("collection.tsv").read_text().splitlines()
+    assert [int(line.split("\t", 1)[0]) for line in lines] == list(range(len(lines)))  # pid = line number
+    p_text = [line.split("\t", 1)[1] for line in lines]
+    rebuilt = []
+    for line in colbert.joinpath("triples.jsonl").read_text().splitlines():
+        qid, pos, *negs = json.loads(line)
+        rebuilt.append((q_text[str(qid)], p_text[pos], sorted(p_text[n] for n in negs)))
+    assert rebuilt == triples
+    ids = json.loads(colbert.joinpath("ids.json").read_text())
+    assert ids["queries"] == list(queries) and ids["documents"] == list(corpus)
+
+
+def test_false_negative_margin_drops_close_candidates(tmp_path):
+    manifest = prepare_training_data([SCIFACT], tmp_path / "out", negatives=5, min_rank=1, max_rank=20,
+                                     false_negative_margin=0.9)
+    assert manifest["mining"]["dropped_by_false_negative_margin"] > 0
+    data = TrainingData.load(tmp_path / "out")
+    queries = sorted({ex.query for ex in data.examples})[:50]
+    miner = BM25Miner(data.corpus.texts)
+    miner.rank([data.queries.texts[q] for q in queries], 20)
+    positives = data.positives_of()
+    for i, q in enumerate(queries):
+        floor = miner.score_of(i, sorted(positives[q])).min()
+        negatives = {n for ex in data.examples if ex.query == q for n in ex.negatives}
+        assert (miner.score_of(i, sorted(negatives)) <= 0.9 * floor + 1e-5).all()
+
+
+def test_dense_mining_with_a_colbert_model(tmp_path, tiny_model_dir):
+    from maxsim.model import ColBERT
+
+    rows = [(f"question {i} about topic {i}", f"answer {i} for topic {i}") for i in range(12)]
+    docs = [f"filler document number {i}" for i in range(30)]
+    prepare_training_data([rows], tmp_path / "out", all_documents=docs, mine="dense", miner_model=str(tiny_model_dir),
+                          negatives=3, min_rank=3, max_rank=15)
+    data = TrainingData.load(tmp_path / "out")
+    miner = DenseMiner(ColBERT.from_pretrained(tiny_model_dir), data.corpus.texts)
+    queries = sorted({ex.query for ex in data.examples})
+    ranking = miner.rank([data.queries.texts[q] for q in queries], 42)
+    for i, q in enumerate(queries):
+        ranks = {int(p): r + 1 for r, p in enumerate(ranking.positions[i])}
+        ex = next(e for e in data.examples if e.query == q)
+        assert len(ex.negatives) == 3 and all(3 <= ranks[n] <= 15 for n in ex.negatives)
+
+
+@pytest.mark.parametrize(
+    "name, content, line, message",
+    [
+        ("bad.jsonl", '{"query": "a", "positive": "b"}\n{"query": "c", "positive": \n', 2, "malformed JSON"),
+        ("bad.csv", "query,passage\nwhat,that\n", 1, "cannot tell the kind"),
+        ("bad.tsv", "query\tpositive\nwhat\tthat\n \tother\n", 3, "the query is empty"),
+        ("bad.csv", "query,passage,label\na,b,1\nc,d,maybe\n", 3, "label 'maybe' is neither"),
+        ("bad.jsonl", '{"query": "a", "positive": ""}\n', 1, "the passage is empty"),
+    ],
+)
+def test_bad_input_names_the_file_and_line(tmp_path, name, content, line, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(DataError) as err:
+        prepare_training_data([path], tmp_path / "out", all_documents=DOCS, mine="none")
+    assert str(err.value).startswith(f"{path}:{line}: ") and message in str(err.value)
+    assert not (tmp_path / "out").exists()  # nothing written before the input is clean
+
+
+def test_qrels_id_absent_from_corpus_and_skip_invalid(tmp_path):
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "corpus.jsonl").write_text('{"_id": "d1", "text": "Cats eat fish."}\n{"_id": "d2", "text": "Rain falls."}\n')
+    (beir / "queries.jsonl").write_text('{"_id": "q1", "text": "what do cats eat"}\n{"_id": "q2", "text": "rain"}\n')
+    (beir / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td9\t1\n")
+    with pytest.raises(DataError, match=r'train.tsv:3: document "d9" is not in corpus.jsonl'):
+        prepare_training_data([beir], tmp_path / "out", mine="none", negatives=1)
+    manifest = prepare_training_data([beir], tmp_path / "out", mine="none", negatives=1, skip_invalid=True)
+    assert manifest["dropped"] == {"qrels id absent from corpus": 1}
+    assert manifest["counts"]["triples"] == 1
+
+
+def test_cli_prepare(tmp_path):
+    from typer.testing import CliRunner
+
+    from maxsim.cli import app
+
+    path = tmp_path / "pairs.jsonl"
+    _write_table(path, [{"query": q, "positive": p} for q, p in PAIRS])
+    docs = tmp_path / "docs.jsonl"
+    _write_table(docs, [{"text": t} for t in DOCS])
+    result = CliRunner().invoke(app, ["prepare", str(path), "--corpus", str(docs), "--output", str(tmp_path / "out"),
+                                      "--mine", "bm25", "--negatives", "2"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1] == str(tmp_path / "out")
+    assert "2 queries, 7 documents" in result.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["counts"]["triples"] == 3 and np.isclose(manifest["settings"]["negatives"], 2)
+    bad = CliRunner().invoke(app, ["prepare", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "file not found" in bad.output
