@@ -157,6 +157,39 @@ def train(
         typer.echo(str(path))
 
 
+@app.command("eval")
+def evaluate(
+    model: Annotated[str, typer.Option(help="A maxsim checkpoint folder, a base model folder, 'base' (the untrained bundled MiniLM) or 'bm25' (the BM25 baseline).")],
+    data: Annotated[Path, typer.Option(help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.")],
+    split: Annotated[str, typer.Option(help="qrels split to evaluate.")] = "test",
+    output: Annotated[Path | None, typer.Option(help="Folder for run.trec and metrics.json.")] = None,
+    k: Annotated[int, typer.Option(help="Documents retrieved per query.")] = 100,
+    drop_self_hits: Annotated[bool, typer.Option("--drop-self-hits", help="Remove a document whose id equals the query id (ArguAna-style sets).")] = False,
+    batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,
+) -> None:
+    """nDCG@10, MRR@10, Recall@100 and MAP (pytrec_eval) of exact MaxSim or BM25 on a BEIR split.
+
+    The last line printed is the metrics as one JSON object.
+    """
+    import json
+
+    from maxsim.data.errors import DataError
+    from maxsim.evaluation import evaluate_beir, write_trec_run
+    from maxsim.files import atomic_write_text
+    from maxsim.model import ModelLoadError
+
+    _quiet_libraries()
+    try:
+        metrics, run = evaluate_beir(model, data, split, k, drop_self_hits, batch_size, progress=True)
+    except (DataError, ModelLoadError, ValueError) as err:
+        _fail(str(err))
+    result = {"model": model, "data": str(data), "split": split, **{k_: round(v, 4) for k_, v in metrics.items()}}
+    if output is not None:
+        write_trec_run(run, output / "run.trec", tag="bm25" if model == "bm25" else "maxsim")
+        atomic_write_text(output / "metrics.json", json.dumps(result, indent=2) + "\n")
+    typer.echo(json.dumps(result))
+
+
 def _quiet_libraries() -> None:
     """Show maxsim's own progress; hide Hugging Face's per-file progress bars."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -93,3 +93,66 @@ def _top(docs: dict[str, float], cutoff: int | None) -> dict[str, float]:
         return dict(docs)
     best = sorted(docs.items(), key=lambda item: (-item[1], item[0]))[:cutoff]
     return dict(best)
+
+
+def run_from_ranking(query_ids: Sequence[str], doc_ids: Sequence[str], scores, positions,
+                     drop_self_hits: bool = False, k: int | None = None) -> dict[str, dict[str, float]]:
+    """A run ``{query_id: {doc_id: score}}`` from per-query top positions and scores.
+
+    scores, positions: (Q, k) arrays or tensors, best first. With ``drop_self_hits`` a document
+    whose id equals the query id is removed (ArguAna-style sets), then each query keeps ``k``.
+    """
+    run = {}
+    for i, qid in enumerate(query_ids):
+        hits = {}
+        for s, j in zip(scores[i], positions[i]):
+            did = doc_ids[int(j)]
+            if drop_self_hits and did == qid:
+                continue
+            hits[did] = float(s)
+            if k is not None and len(hits) == k:
+                break
+        run[qid] = hits
+    return run
+
+
+def write_trec_run(run: dict[str, dict[str, float]], path, tag: str = "maxsim") -> None:
+    """Write a TREC run file: ``qid Q0 docid rank score tag``, best first, rank from 1."""
+    from maxsim.files import atomic_write_text
+
+    lines = []
+    for qid, hits in run.items():
+        ranked = sorted(hits.items(), key=lambda item: (-item[1], item[0]))
+        lines.extend(f"{qid} Q0 {did} {rank} {score:.6f} {tag}" for rank, (did, score) in enumerate(ranked, start=1))
+    atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+
+
+def evaluate_beir(
+    model: str,
+    data,
+    split: str = "test",
+    k: int = 100,
+    drop_self_hits: bool = False,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Evaluate a checkpoint (exact MaxSim), ``"base"`` (the untrained bundled MiniLM with a fresh
+    projection, seed 0) or ``"bm25"`` on a BEIR split.
+
+    Returns (metrics: nDCG@10, MRR@10, Recall@100, MAP; the run).
+    """
+    from maxsim.data.training_folder import read_beir_split
+
+    queries, corpus, qrels = read_beir_split(data, split)
+    depth = k + 1 if drop_self_hits else k
+    if model == "bm25":
+        from maxsim.data.mining import BM25Miner
+
+        ranking = BM25Miner(corpus.texts).rank(queries.texts, depth)
+        scores, positions = ranking.scores, ranking.positions
+    else:
+        colbert = ColBERT.from_pretrained(None if model == "base" else model)
+        tokens = colbert.tokenize_documents(corpus.texts)
+        scores, positions = exact_search(colbert, queries.texts, tokens, depth, batch_size, progress)
+    run = run_from_ranking(queries.ids, corpus.ids, scores, positions, drop_self_hits, k)
+    return evaluate_run(qrels, run, ("ndcg@10", "mrr@10", "recall@100", "map")), run

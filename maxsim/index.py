@@ -1,0 +1,275 @@
+"""A PLAID-style compressed index on disk: centroids, residual codes, an inverted file.
+
+Every token vector is stored as the id of its nearest centroid plus its residual (vector minus
+centroid) quantised to ``nbits`` per dimension: bucket cutoffs are quantiles of all residual
+values, and each bucket decodes to the median of its values. Search finds each query token's
+``ncells`` nearest centroids, takes the chunks holding them (inverted file), scores those from
+centroid scores alone (centroids scoring under ``centroid_score_threshold`` for every query
+token are ignored), then decompresses the ``ndocs`` best and ranks them by exact MaxSim.
+
+Files (all listed with their sha256 in ``index.json``; a damaged or truncated file is an error
+on load, never wrong results)::
+
+    index.json        settings, model settings, counts, file checksums
+    centroids.npy     (C, dim) float16
+    codec.npy         (2 * 2**nbits - 1,) float32: bucket cutoffs then bucket values
+    codes.npy         (T,) int32 centroid id of each token
+    residuals.npy     (T, dim * nbits / 8) uint8, packed bucket ids
+    doclens.npy       (N,) int32 tokens per chunk
+    chunk_docs.npy    (N,) int32 document position of each chunk
+    ivf.npy, ivf_offsets.npy   chunk ids per centroid (sorted, unique) and offsets (C + 1,)
+    documents.jsonl   {"id", "content", "metadata"} per document
+    chunks.jsonl      {"start", "end"}: character span of each chunk in its document
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from maxsim.files import atomic_directory
+
+FORMAT = "maxsim-plaid-1"
+ARRAYS = ("centroids", "codec", "codes", "residuals", "doclens", "chunk_docs", "ivf", "ivf_offsets")
+
+
+class IndexLoadError(ValueError):
+    """An index that cannot be used: damaged, truncated, or made for another model."""
+
+
+def n_centroids_for(n_tokens: int) -> int:
+    """``2 ** floor(log2(16 * sqrt(n_tokens)))``, as PLAID, never more than the tokens."""
+    if n_tokens <= 1:
+        return 1
+    return int(min(n_tokens, 2 ** math.floor(math.log2(16 * math.sqrt(n_tokens)))))
+
+
+def train_centroids(vectors: np.ndarray, k: int, seed: int = 0, max_points_per_centroid: int = 64) -> np.ndarray:
+    """Spherical k-means (faiss) over at most ``k * max_points_per_centroid`` sampled vectors.
+
+    vectors: (T, dim) float32 unit vectors. Returns (k, dim) float32 unit vectors.
+    """
+    import faiss
+
+    rng = np.random.default_rng(seed)
+    sample = vectors
+    if len(vectors) > k * max_points_per_centroid:
+        sample = vectors[np.sort(rng.choice(len(vectors), k * max_points_per_centroid, replace=False))]
+    kmeans = faiss.Kmeans(vectors.shape[1], k, niter=20, seed=seed, spherical=True, verbose=False,
+                          max_points_per_centroid=max_points_per_centroid)
+    kmeans.train(np.ascontiguousarray(sample, dtype=np.float32))
+    return kmeans.centroids.astype(np.float32)
+
+
+def nearest_centroids(vectors: np.ndarray, centroids: np.ndarray, batch: int = 1 << 15) -> np.ndarray:
+    """Id of the most similar centroid (inner product) for each vector: (T,) int32."""
+    out = np.empty(len(vectors), dtype=np.int32)
+    c = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32))
+    for start in range(0, len(vectors), batch):
+        v = torch.from_numpy(np.ascontiguousarray(vectors[start : start + batch], dtype=np.float32))
+        out[start : start + batch] = (v @ c.T).argmax(dim=1).numpy()
+    return out
+
+
+@dataclass
+class Codec:
+    """Residual quantiser: ``cutoffs`` (2**nbits - 1,) and ``values`` (2**nbits,) float32."""
+
+    nbits: int
+    cutoffs: np.ndarray
+    values: np.ndarray
+
+    @classmethod
+    def fit(cls, residuals: np.ndarray, nbits: int) -> Codec:
+        levels = 2**nbits
+        flat = residuals.reshape(-1)
+        cutoffs = np.quantile(flat, np.arange(1, levels) / levels).astype(np.float32)
+        values = np.quantile(flat, (np.arange(levels) + 0.5) / levels).astype(np.float32)
+        return cls(nbits, cutoffs, values)
+
+    def encode(self, residuals: np.ndarray) -> np.ndarray:
+        """(T, dim) float residuals -> (T, dim * nbits / 8) uint8 packed bucket ids."""
+        buckets = np.searchsorted(self.cutoffs, residuals, side="right").astype(np.uint8)  # (T, dim)
+        bits = ((buckets[..., None] >> np.arange(self.nbits, dtype=np.uint8)) & 1).astype(np.uint8)
+        return np.packbits(bits.reshape(len(residuals), -1), axis=1)
+
+    def decode(self, packed: np.ndarray, dim: int) -> np.ndarray:
+        """(T, dim * nbits / 8) uint8 -> (T, dim) float32 residuals."""
+        bits = np.unpackbits(packed, axis=1)[:, : dim * self.nbits].reshape(len(packed), dim, self.nbits)
+        buckets = (bits << np.arange(self.nbits, dtype=np.uint8)).sum(axis=2)
+        return self.values[buckets]
+
+    def to_array(self) -> np.ndarray:
+        return np.concatenate([self.cutoffs, self.values]).astype(np.float32)
+
+    @classmethod
+    def from_array(cls, array: np.ndarray, nbits: int) -> Codec:
+        levels = 2**nbits
+        return cls(nbits, array[: levels - 1], array[levels - 1 :])
+
+
+def build_ivf(codes: np.ndarray, doclens: np.ndarray, n_centroids: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inverted file: for each centroid, the sorted unique chunks that have a token there."""
+    chunk_of_token = np.repeat(np.arange(len(doclens), dtype=np.int32), doclens)
+    pairs = np.unique(codes.astype(np.int64) * max(1, len(doclens)) + chunk_of_token)
+    centroid = (pairs // max(1, len(doclens))).astype(np.int64)
+    chunks = (pairs % max(1, len(doclens))).astype(np.int32)
+    offsets = np.zeros(n_centroids + 1, dtype=np.int64)
+    np.add.at(offsets, centroid + 1, 1)
+    return chunks, np.cumsum(offsets)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class IndexData:
+    """An index in memory. Chunks are the units stored and searched; documents own chunks."""
+
+    settings: dict
+    centroids: np.ndarray
+    codec: Codec
+    codes: np.ndarray
+    residuals: np.ndarray
+    doclens: np.ndarray
+    chunk_docs: np.ndarray
+    ivf: np.ndarray
+    ivf_offsets: np.ndarray
+    documents: list[dict] = field(default_factory=list)  # {"id", "content", "metadata"}
+    spans: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def dim(self) -> int:
+        return int(self.centroids.shape[1])
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.doclens, dtype=np.int64)])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"centroids": self.centroids.astype(np.float16), "codec": self.codec.to_array(),
+                "codes": self.codes, "residuals": self.residuals, "doclens": self.doclens,
+                "chunk_docs": self.chunk_docs, "ivf": self.ivf, "ivf_offsets": self.ivf_offsets}
+
+    def save(self, path: str | Path) -> None:
+        """Write every file to a new folder, then swap it in: a crash leaves the old index."""
+        path = Path(path)
+        with atomic_directory(path) as tmp:
+            files = {}
+            for name, array in self.arrays().items():
+                np.save(tmp / f"{name}.npy", array, allow_pickle=False)
+                files[f"{name}.npy"] = None
+            with (tmp / "documents.jsonl").open("w", encoding="utf-8") as handle:
+                for doc in self.documents:
+                    handle.write(json.dumps(doc, ensure_ascii=False) + "\n")
+            with (tmp / "chunks.jsonl").open("w", encoding="utf-8") as handle:
+                for start, end in self.spans:
+                    handle.write(json.dumps({"start": start, "end": end}) + "\n")
+            files["documents.jsonl"] = files["chunks.jsonl"] = None
+            meta = dict(self.settings)
+            meta.update(format=FORMAT, n_documents=len(self.documents), n_chunks=len(self.doclens),
+                        n_tokens=int(self.doclens.sum()), n_centroids=int(len(self.centroids)),
+                        files={name: _sha256(tmp / name) for name in sorted(files)})
+            (tmp / "index.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> IndexData:
+        path = Path(path)
+        meta_path = path / "index.json"
+        if not meta_path.is_file():
+            raise IndexLoadError(f"{path} is not a maxsim index (no index.json)")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as err:
+            raise IndexLoadError(f"{meta_path} is damaged ({err.msg}): rebuild the index") from None
+        if meta.get("format") != FORMAT:
+            raise IndexLoadError(f"{path}: unknown index format {meta.get('format')!r}")
+        for name, digest in meta["files"].items():
+            file = path / name
+            if not file.is_file() or _sha256(file) != digest:
+                raise IndexLoadError(f"{file} is missing, truncated or damaged (checksum mismatch): "
+                                  "rebuild the index, or restore the folder from a copy")
+        arrays = {name: np.load(path / f"{name}.npy", allow_pickle=False) for name in ARRAYS}
+        documents = [json.loads(x) for x in (path / "documents.jsonl").read_text(encoding="utf-8").splitlines()]
+        spans = [tuple(json.loads(x).values()) for x in (path / "chunks.jsonl").read_text().splitlines()]
+        settings = {k: v for k, v in meta.items()
+                    if k not in {"format", "n_documents", "n_chunks", "n_tokens", "n_centroids", "files"}}
+        return cls(settings=settings, centroids=arrays["centroids"].astype(np.float32),
+                   codec=Codec.from_array(arrays["codec"], settings["nbits"]), codes=arrays["codes"],
+                   residuals=arrays["residuals"], doclens=arrays["doclens"], chunk_docs=arrays["chunk_docs"],
+                   ivf=arrays["ivf"], ivf_offsets=arrays["ivf_offsets"], documents=documents, spans=spans)
+
+    # ------------------------------------------------------------------ changes
+    def append(self, vectors: np.ndarray, doclens: np.ndarray, chunk_docs: np.ndarray) -> None:
+        """Add chunks (their token vectors, concatenated) with the existing centroids and codec."""
+        codes = nearest_centroids(vectors, self.centroids)
+        residuals = self.codec.encode(vectors - self.centroids[codes])
+        self.codes = np.concatenate([self.codes, codes])
+        self.residuals = np.concatenate([self.residuals, residuals])
+        self.doclens = np.concatenate([self.doclens, doclens.astype(np.int32)])
+        self.chunk_docs = np.concatenate([self.chunk_docs, chunk_docs.astype(np.int32)])
+        self.ivf, self.ivf_offsets = build_ivf(self.codes, self.doclens, len(self.centroids))
+
+    def remove_documents(self, positions: set[int]) -> None:
+        """Drop documents (by position) and their chunks; later documents move up."""
+        keep_chunk = ~np.isin(self.chunk_docs, np.fromiter(positions, dtype=np.int64))
+        keep_token = np.repeat(keep_chunk, self.doclens)
+        new_position = np.cumsum([i not in positions for i in range(len(self.documents))]) - 1
+        self.codes, self.residuals = self.codes[keep_token], self.residuals[keep_token]
+        self.doclens = self.doclens[keep_chunk]
+        self.chunk_docs = new_position[self.chunk_docs[keep_chunk]].astype(np.int32)
+        self.spans = [s for s, keep in zip(self.spans, keep_chunk) if keep]
+        self.documents = [d for i, d in enumerate(self.documents) if i not in positions]
+        self.ivf, self.ivf_offsets = build_ivf(self.codes, self.doclens, len(self.centroids))
+
+    # ------------------------------------------------------------------ search
+    def decompress(self, chunk_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token vectors of some chunks: (n, L, dim) float32 unit vectors and (n, L) mask."""
+        offsets = self.offsets
+        lengths = self.doclens[chunk_ids]
+        length = int(lengths.max()) if len(lengths) else 1
+        index = np.concatenate([np.arange(offsets[c], offsets[c + 1]) for c in chunk_ids]) if len(chunk_ids) else \
+            np.zeros(0, dtype=np.int64)
+        vectors = self.centroids[self.codes[index]] + self.codec.decode(self.residuals[index], self.dim)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+        out = torch.zeros(len(chunk_ids), length, self.dim)
+        mask = torch.arange(length)[None, :] < torch.from_numpy(lengths.astype(np.int64))[:, None]
+        out[mask] = torch.from_numpy(vectors)
+        return out, mask
+
+    def candidates(self, centroid_scores: torch.Tensor, ncells: int) -> np.ndarray:
+        """Chunks that hold one of each query token's ``ncells`` nearest centroids.
+
+        centroid_scores: (Lq, C). Returns sorted unique chunk ids.
+        """
+        cells = centroid_scores.topk(min(ncells, centroid_scores.shape[1]), dim=1).indices.unique().numpy()
+        parts = [self.ivf[self.ivf_offsets[c] : self.ivf_offsets[c + 1]] for c in cells]
+        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int32)
+
+    def approximate_scores(self, centroid_scores: torch.Tensor, chunk_ids: np.ndarray,
+                           threshold: float) -> torch.Tensor:
+        """MaxSim from centroids only: (n,) float32 for the given chunks.
+
+        Centroids whose best score over the query tokens is under ``threshold`` are left out.
+        """
+        offsets = self.offsets
+        lengths = self.doclens[chunk_ids]
+        index = np.concatenate([np.arange(offsets[c], offsets[c + 1]) for c in chunk_ids])
+        kept = centroid_scores.max(dim=0).values >= threshold  # (C,)
+        scores = centroid_scores.masked_fill(~kept[None, :], float("-inf"))
+        token_scores = scores[:, torch.from_numpy(self.codes[index].astype(np.int64))].T  # (tokens, Lq)
+        best = torch.segment_reduce(token_scores, "max", lengths=torch.from_numpy(lengths.astype(np.int64)),
+                                    axis=0, unsafe=True)
+        best = torch.where(torch.isneginf(best), torch.zeros_like(best), best)
+        return best.sum(dim=1)

@@ -1,0 +1,51 @@
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from maxsim.cli import app
+from maxsim.evaluation import evaluate_run, run_from_ranking, write_trec_run
+
+
+def test_metrics_on_a_hand_made_qrels_and_run():
+    qrels = {"q1": {"d1": 1, "d2": 1}, "q2": {"d3": 1}}
+    run = {"q1": {"d1": 3.0, "d4": 2.0, "d2": 1.0}, "q2": {"d5": 2.0, "d3": 1.0}}
+    m = evaluate_run(qrels, run, ("ndcg@10", "mrr@10", "recall@100", "map"))
+    ndcg_q1 = (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
+    ndcg_q2 = 1 / math.log2(3)
+    assert m["ndcg@10"] == pytest.approx((ndcg_q1 + ndcg_q2) / 2, abs=1e-4)
+    assert m["mrr@10"] == pytest.approx((1 + 0.5) / 2)
+    assert m["recall@100"] == pytest.approx(1.0)
+    assert m["map"] == pytest.approx(((1 + 2 / 3) / 2 + 0.5) / 2, abs=1e-4)
+
+
+def test_mrr_cutoff_and_missing_queries_count_as_zero():
+    qrels = {"q1": {"d11": 1}, "q2": {"d1": 1}}
+    run = {"q1": {f"d{i}": 100.0 - i for i in range(1, 12)}}  # the relevant one is 11th
+    m = evaluate_run(qrels, run, ("mrr@10", "ndcg@10"))
+    assert m["mrr@10"] == 0.0 and m["ndcg@10"] == 0.0
+
+
+def test_self_hits_are_dropped_and_trec_file(tmp_path):
+    run = run_from_ranking(["a", "b"], ["a", "b", "c"], [[3.0, 2.0, 1.0], [3.0, 2.0, 1.0]],
+                           [[0, 1, 2], [0, 1, 2]], drop_self_hits=True, k=2)
+    assert run == {"a": {"b": 2.0, "c": 1.0}, "b": {"a": 3.0, "c": 1.0}}
+    write_trec_run(run, tmp_path / "run.trec")
+    assert (tmp_path / "run.trec").read_text().splitlines()[:2] == [
+        "a Q0 b 1 2.000000 maxsim", "a Q0 c 2 1.000000 maxsim"]
+
+
+def test_eval_command_bm25_on_a_small_beir_folder(tmp_path):
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    docs = {"d1": "Cats eat fish and mice.", "d2": "Rain falls from clouds.", "d3": "Iron rusts in water."}
+    (beir / "corpus.jsonl").write_text("".join(json.dumps({"_id": k, "title": "", "text": v}) + "\n" for k, v in docs.items()))
+    (beir / "queries.jsonl").write_text('{"_id": "q1", "text": "what do cats eat"}\n{"_id": "q2", "text": "why does iron rust"}\n')
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td3\t1\n")
+    result = CliRunner().invoke(app, ["eval", "--model", "bm25", "--data", str(beir), "--output", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert metrics["ndcg@10"] == 1.0 and metrics["mrr@10"] == 1.0 and metrics["recall@100"] == 1.0
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["map"] == 1.0
+    assert (tmp_path / "out" / "run.trec").read_text().startswith("q1 Q0 d1 1 ")
