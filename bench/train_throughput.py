@@ -99,8 +99,8 @@ def worker_maxsim(args) -> dict:
             pid = corpus.setdefault(t["positive"], f"d{len(corpus)}")
             nid = corpus.setdefault(t["negative"], f"d{len(corpus)}")
             lines.append({"query_id": qid, "positive_ids": [pid], "negative_ids": [nid]})
-        (data / "queries.jsonl").write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for t, i in queries.items()))
-        (data / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for t, i in corpus.items()))
+        for name, table in (("queries.jsonl", queries), ("corpus.jsonl", corpus)):
+            (data / name).write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for t, i in table.items()))
         (data / "triples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
         cfg = TrainConfig(data=data, output=Path(tmp) / "out", batch_size=args.batch_size,
                           doc_maxlen=args.doc_maxlen, query_maxlen=args.query_maxlen,
@@ -209,8 +209,8 @@ def main() -> None:
 
     pylate_python = ensure_pylate_env()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, {args.threads} threads"
-    report = {"machine": machine, "settings": {k: v for k, v in vars(args).items() if k not in {"worker", "triplets", "result"}},
-              "results": {}}
+    hidden = {"worker", "triplets", "result"}
+    report = {"machine": machine, "settings": {k: v for k, v in vars(args).items() if k not in hidden}, "results": {}}
     for workload in args.workloads:
         triplets = make_triplets(Path(args.scifact), workload, seed=0)
         random.Random(1).shuffle(triplets)

@@ -3,6 +3,7 @@
 from maxsim.data.errors import DataError
 from maxsim.data.prepare import prepare_training_data
 from maxsim.model import ColBERT, ColBERTSettings, ModelLoadError, default_base_model
+from maxsim.retriever import Hit, Retriever
 from maxsim.scoring import maxsim
 from maxsim.training import TrainConfig, Trainer
 
@@ -10,7 +11,9 @@ __all__ = [
     "ColBERT",
     "ColBERTSettings",
     "DataError",
+    "Hit",
     "ModelLoadError",
+    "Retriever",
     "TrainConfig",
     "Trainer",
     "default_base_model",

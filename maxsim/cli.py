@@ -190,6 +190,69 @@ def evaluate(
     typer.echo(json.dumps(result))
 
 
+@app.command("index")
+def build_index(
+    corpus: Annotated[Path, typer.Argument(help="A corpus.jsonl (_id, title, text) or a BEIR folder.", show_default=False)],
+    model: Annotated[str, typer.Option(help="maxsim checkpoint folder (or 'base' for the untrained bundled MiniLM).")],
+    output: Annotated[Path, typer.Option(help="Index folder to write.")],
+    nbits: Annotated[int, typer.Option(help="Bits per dimension of each residual: 1, 2 or 4.")] = 2,
+    max_document_tokens: Annotated[int | None, typer.Option(help="Split documents into chunks of at most this many tokens [default: the model's doc_maxlen].")] = None,
+    no_split: Annotated[bool, typer.Option("--no-split", help="Truncate long documents instead of splitting them.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,
+) -> None:
+    """Build a compressed (PLAID-style) index of a corpus; prints the index folder."""
+    from maxsim.data.errors import DataError
+    from maxsim.data.training_folder import read_corpus
+    from maxsim.model import ModelLoadError
+    from maxsim.retriever import Retriever
+
+    _quiet_libraries()
+    path = corpus / "corpus.jsonl" if corpus.is_dir() else corpus
+    try:
+        docs = read_corpus(path)
+        retriever = Retriever.from_pretrained(None if model == "base" else model)
+        retriever.index(docs.texts, path=output, document_ids=docs.ids, nbits=nbits,
+                        split_documents=not no_split, max_document_tokens=max_document_tokens, batch_size=batch_size)
+    except (DataError, ModelLoadError, ValueError) as err:
+        _fail(str(err))
+    typer.echo(str(output))
+
+
+@app.command()
+def search(
+    queries: Annotated[list[str], typer.Argument(help="One or more query texts.", show_default=False)],
+    index: Annotated[Path, typer.Option(help="Index folder made by maxsim index.")],
+    k: Annotated[int, typer.Option("-k", "--k", help="Hits per query.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of hits (a list of lists for several queries).")] = False,
+    ncells: Annotated[int | None, typer.Option(help="Centroids probed per query token [default: size-aware].")] = None,
+    centroid_score_threshold: Annotated[float | None, typer.Option(help="Centroids scoring under this are ignored in the first ranking.")] = None,
+    ndocs: Annotated[int | None, typer.Option(help="Chunks decompressed and scored exactly [default: size-aware].")] = None,
+) -> None:
+    """Search an index; prints the hits (document_id, score, rank, content, metadata)."""
+    import json
+
+    from maxsim.index import IndexLoadError
+    from maxsim.model import ModelLoadError
+    from maxsim.retriever import Retriever
+
+    _quiet_libraries()
+    try:
+        retriever = Retriever.from_index(index)
+        results = retriever.search(list(queries), k=k, ncells=ncells, centroid_score_threshold=centroid_score_threshold,
+                                   ndocs=ndocs)
+    except (IndexLoadError, ModelLoadError, ValueError) as err:
+        _fail(str(err))
+    if as_json:
+        payload = [[h.to_dict() for h in hits] for hits in results]
+        typer.echo(json.dumps(payload[0] if len(payload) == 1 else payload, ensure_ascii=False))
+        return
+    for query, hits in zip(queries, results):
+        typer.echo(f"# {query}")
+        for h in hits:
+            content = h.content if len(h.content) <= 100 else h.content[:97] + "..."
+            typer.echo(f"{h.rank:3d}  {h.score:8.4f}  {h.document_id}  {content}")
+
+
 def _quiet_libraries() -> None:
     """Show maxsim's own progress; hide Hugging Face's per-file progress bars."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",

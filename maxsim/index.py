@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -153,8 +154,9 @@ class IndexData:
     def dim(self) -> int:
         return int(self.centroids.shape[1])
 
-    @property
+    @cached_property
     def offsets(self) -> np.ndarray:
+        """(N + 1,) int64 start of each chunk's tokens; recomputed after append/remove."""
         return np.concatenate([[0], np.cumsum(self.doclens, dtype=np.int64)])
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -220,6 +222,7 @@ class IndexData:
         self.doclens = np.concatenate([self.doclens, doclens.astype(np.int32)])
         self.chunk_docs = np.concatenate([self.chunk_docs, chunk_docs.astype(np.int32)])
         self.ivf, self.ivf_offsets = build_ivf(self.codes, self.doclens, len(self.centroids))
+        self.__dict__.pop("offsets", None)
 
     def remove_documents(self, positions: set[int]) -> None:
         """Drop documents (by position) and their chunks; later documents move up."""
@@ -232,15 +235,21 @@ class IndexData:
         self.spans = [s for s, keep in zip(self.spans, keep_chunk) if keep]
         self.documents = [d for i, d in enumerate(self.documents) if i not in positions]
         self.ivf, self.ivf_offsets = build_ivf(self.codes, self.doclens, len(self.centroids))
+        self.__dict__.pop("offsets", None)
 
     # ------------------------------------------------------------------ search
+    def token_positions(self, chunk_ids: np.ndarray) -> np.ndarray:
+        """Positions (in codes/residuals) of every token of the given chunks, chunk after chunk."""
+        lengths = self.doclens[chunk_ids].astype(np.int64)
+        starts = self.offsets[chunk_ids]
+        shift = starts - np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        return np.repeat(shift, lengths) + np.arange(int(lengths.sum()))
+
     def decompress(self, chunk_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Token vectors of some chunks: (n, L, dim) float32 unit vectors and (n, L) mask."""
-        offsets = self.offsets
         lengths = self.doclens[chunk_ids]
         length = int(lengths.max()) if len(lengths) else 1
-        index = np.concatenate([np.arange(offsets[c], offsets[c + 1]) for c in chunk_ids]) if len(chunk_ids) else \
-            np.zeros(0, dtype=np.int64)
+        index = self.token_positions(chunk_ids)
         vectors = self.centroids[self.codes[index]] + self.codec.decode(self.residuals[index], self.dim)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
         out = torch.zeros(len(chunk_ids), length, self.dim)
@@ -263,9 +272,8 @@ class IndexData:
 
         Centroids whose best score over the query tokens is under ``threshold`` are left out.
         """
-        offsets = self.offsets
         lengths = self.doclens[chunk_ids]
-        index = np.concatenate([np.arange(offsets[c], offsets[c + 1]) for c in chunk_ids])
+        index = self.token_positions(chunk_ids)
         kept = centroid_scores.max(dim=0).values >= threshold  # (C,)
         scores = centroid_scores.masked_fill(~kept[None, :], float("-inf"))
         token_scores = scores[:, torch.from_numpy(self.codes[index].astype(np.int64))].T  # (tokens, Lq)

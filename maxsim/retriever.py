@@ -70,7 +70,7 @@ class Retriever:
     @classmethod
     def from_pretrained(cls, checkpoint: str | Path | None = None, device: str | None = None) -> Retriever:
         """A retriever over a maxsim checkpoint (None: the untrained bundled MiniLM)."""
-        model_path = str(checkpoint) if checkpoint else None
+        model_path = str(Path(checkpoint).resolve()) if checkpoint else None
         return cls(ColBERT.from_pretrained(checkpoint, device=device), model_path=model_path)
 
     @classmethod

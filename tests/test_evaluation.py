@@ -49,3 +49,25 @@ def test_eval_command_bm25_on_a_small_beir_folder(tmp_path):
     assert metrics["ndcg@10"] == 1.0 and metrics["mrr@10"] == 1.0 and metrics["recall@100"] == 1.0
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["map"] == 1.0
     assert (tmp_path / "out" / "run.trec").read_text().startswith("q1 Q0 d1 1 ")
+
+
+def test_index_and_search_commands(tmp_path, tiny_model_dir):
+    from maxsim.model import ColBERT
+
+    ColBERT.from_pretrained(tiny_model_dir, dim=16, doc_maxlen=32).save(tmp_path / "ckpt")
+    corpus = tmp_path / "corpus.jsonl"
+    texts = [f"document {i} talks about topic number {i} and nothing else" for i in range(40)]
+    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": t}) + "\n" for i, t in enumerate(texts)))
+    built = CliRunner().invoke(app, ["index", str(corpus), "--model", str(tmp_path / "ckpt"), "--output",
+                                     str(tmp_path / "ix"), "--nbits", "4"])
+    assert built.exit_code == 0, built.output
+    found = CliRunner().invoke(app, ["search", "--index", str(tmp_path / "ix"), "topic number 7", "-k", "3", "--json"])
+    assert found.exit_code == 0, found.output
+    hits = json.loads(found.stdout.strip().splitlines()[-1])
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    assert set(hits[0]) == {"document_id", "score", "rank", "content", "metadata"}
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+    broken = tmp_path / "ix" / "codes.npy"
+    broken.write_bytes(broken.read_bytes()[:-8])
+    failed = CliRunner().invoke(app, ["search", "--index", str(tmp_path / "ix"), "topic"])
+    assert failed.exit_code == 2 and "codes.npy is missing, truncated or damaged" in failed.output
