@@ -49,7 +49,7 @@ def main() -> None:
         build_s = time.perf_counter() - started
         meta = json.loads((Path(tmp) / "ix" / "index.json").read_text())
         sizes = {p.name: p.stat().st_size for p in (Path(tmp) / "ix").iterdir()}
-    vector_bytes = sum(v for k, v in sizes.items() if k not in {"documents.jsonl", "chunks.jsonl", "index.json"})
+    vector_bytes = sum(v for k, v in sizes.items() if k not in {"documents.jsonl.gz", "chunks.jsonl", "index.json"})
     n_tokens = meta["n_tokens"]
     print(f"index: {len(corpus)} docs, {n_tokens} tokens, {meta['n_centroids']} centroids, built in {build_s:.1f} s "
           f"({len(corpus) / build_s:.1f} docs/s); {sum(sizes.values()) / n_tokens:.1f} bytes/token all files, "

@@ -48,8 +48,8 @@ class Hit:
 
 def search_defaults(n_chunks: int, k: int) -> tuple[int, float, int]:
     """(ncells, centroid_score_threshold, ndocs) for an index of ``n_chunks`` and a given k."""
-    ncells = 4 if n_chunks < 100_000 else 2
-    ndocs = max(4 * k, 256 if n_chunks < 100_000 else 1024)
+    ncells = 2 if n_chunks < 100_000 else 4
+    ndocs = max(8 * k, 64 if n_chunks < 100_000 else 256)
     return ncells, 0.4, ndocs
 
 
