@@ -196,13 +196,8 @@ class Retriever:
 
     # ------------------------------------------------------------------ searching
     def _encode_queries(self, queries: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = self.model.tokenize_queries(list(queries))
-        length = self.model.settings.query_maxlen
-        vectors = torch.empty(len(tokens), length, self.model.settings.dim)
-        mask = torch.empty(len(tokens), length, dtype=torch.bool)
-        for positions, v, m in self.model.encode_batches(tokens, True, 64):
-            vectors[positions], mask[positions] = v.cpu(), m.cpu()
-        return vectors, mask
+        """(Q, query_maxlen, dim) float32 CPU vectors and their (Q, query_maxlen) mask."""
+        return self.model.encode_queries(list(queries), padded=True)
 
     def search(self, queries: str | Sequence[str], k: int = 10, ncells: int | None = None,
                centroid_score_threshold: float | None = None, ndocs: int | None = None):
