@@ -39,6 +39,7 @@ def prepare(
     corpus: Annotated[list[Path] | None, typer.Option(help="Extra documents (corpus.jsonl or a table with a 'text' column), only candidates for negatives. Repeatable.")] = None,
     mine: Annotated[str, typer.Option(help="Negative mining: bm25, dense (needs --miner-model) or none (random).")] = "bm25",
     miner_model: Annotated[str | None, typer.Option(help="maxsim checkpoint or base model folder for --mine dense.")] = None,
+    dense_search: Annotated[str, typer.Option(help="How --mine dense ranks: exact (MaxSim with every document), index (through a temporary compressed index, for large corpora) or auto (index above 50,000 documents).")] = "auto",
     negatives: Annotated[int, typer.Option(help="Negatives mined per query.")] = 10,
     min_rank: Annotated[int, typer.Option(help="Best (1-based) rank a mined negative may have; skips likely false negatives at the top.")] = 10,
     max_rank: Annotated[int, typer.Option(help="Worst rank a mined negative may have.")] = 100,
@@ -59,11 +60,13 @@ def prepare(
         _fail(f"--kind must be one of {', '.join(KINDS)}")
     if mine not in ("bm25", "dense", "none"):
         _fail("--mine must be bm25, dense or none")
+    if dense_search not in ("auto", "exact", "index"):
+        _fail("--dense-search must be auto, exact or index")
     for name in export or []:
         if name != "colbert":
             _fail(f"--export {name}: the only export is colbert")
     _quiet_libraries()
-    options = dict(kind=kind, split=split, mine=mine, miner_model=miner_model, negatives=negatives,
+    options = dict(kind=kind, split=split, mine=mine, miner_model=miner_model, dense_search=dense_search, negatives=negatives,
                    min_rank=min_rank, max_rank=max_rank, false_negative_margin=false_negative_margin,
                    dev_fraction=dev_fraction, seed=seed, skip_invalid=skip_invalid,
                    export=tuple(export or ()))
@@ -159,15 +162,16 @@ def train(
 
 @app.command("eval")
 def evaluate(
-    model: Annotated[str, typer.Option(help="A maxsim checkpoint folder, a base model folder, 'base' (the untrained bundled MiniLM) or 'bm25' (the BM25 baseline).")],
     data: Annotated[Path, typer.Option(help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.")],
+    model: Annotated[str | None, typer.Option(help="A maxsim checkpoint folder, a base model folder, 'base' (the untrained bundled MiniLM) or 'bm25' (the BM25 baseline) [default: with --index, the model that built it].")] = None,
+    index: Annotated[Path | None, typer.Option(help="Search through this index (made by maxsim index from the same corpus) instead of exact MaxSim over every document.")] = None,
     split: Annotated[str, typer.Option(help="qrels split to evaluate.")] = "test",
     output: Annotated[Path | None, typer.Option(help="Folder for run.trec and metrics.json.")] = None,
     k: Annotated[int, typer.Option(help="Documents retrieved per query.")] = 100,
     drop_self_hits: Annotated[bool, typer.Option("--drop-self-hits", help="Remove a document whose id equals the query id (ArguAna-style sets).")] = False,
     batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,
 ) -> None:
-    """nDCG@10, MRR@10, Recall@100 and MAP (pytrec_eval) of exact MaxSim or BM25 on a BEIR split.
+    """nDCG@10, MRR@10, Recall@100 and MAP (pytrec_eval) of exact MaxSim, an index or BM25 on a BEIR split.
 
     The last line printed is the metrics as one JSON object.
     """
@@ -176,14 +180,21 @@ def evaluate(
     from maxsim.data.errors import DataError
     from maxsim.evaluation import evaluate_beir, write_trec_run
     from maxsim.files import atomic_write_text
+    from maxsim.index import IndexLoadError
     from maxsim.model import ModelLoadError
 
+    if model is None and index is None:
+        _fail("give --model (a checkpoint, 'base' or 'bm25') or --index")
     _quiet_libraries()
     try:
-        metrics, run = evaluate_beir(model, data, split, k, drop_self_hits, batch_size, progress=True)
-    except (DataError, ModelLoadError, ValueError) as err:
+        metrics, run = evaluate_beir(model, data, split, k, drop_self_hits, batch_size, progress=True, index=index)
+    except (DataError, ModelLoadError, IndexLoadError, ValueError) as err:
         _fail(str(err))
     result = {"model": model, "data": str(data), "split": split, **{k_: round(v, 4) for k_, v in metrics.items()}}
+    if index is not None:
+        result["index"] = str(index)
+        if model is None:
+            result["model"] = json.loads((index / "index.json").read_text()).get("model_path")
     if output is not None:
         write_trec_run(run, output / "run.trec", tag="bm25" if model == "bm25" else "maxsim")
         atomic_write_text(output / "metrics.json", json.dumps(result, indent=2) + "\n")

@@ -128,16 +128,19 @@ def write_trec_run(run: dict[str, dict[str, float]], path, tag: str = "maxsim") 
 
 
 def evaluate_beir(
-    model: str,
+    model: str | None,
     data,
     split: str = "test",
     k: int = 100,
     drop_self_hits: bool = False,
     batch_size: int = 64,
     progress: bool = False,
+    index=None,
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Evaluate a checkpoint (exact MaxSim), ``"base"`` (the untrained bundled MiniLM with a fresh
-    projection, seed 0) or ``"bm25"`` on a BEIR split.
+    projection, seed 0) or ``"bm25"`` on a BEIR split; with ``index`` (a folder made by
+    ``maxsim index`` over this corpus), search through that index instead of exact MaxSim
+    (``model`` None: the model that built the index).
 
     Returns (metrics: nDCG@10, MRR@10, Recall@100, MAP; the run).
     """
@@ -145,13 +148,29 @@ def evaluate_beir(
 
     queries, corpus, qrels = read_beir_split(data, split)
     depth = k + 1 if drop_self_hits else k
-    if model == "bm25":
+    if index is not None:
+        if model == "bm25":
+            raise ValueError("--index searches with a ColBERT model, not bm25")
+        from maxsim.retriever import Retriever
+
+        colbert = None if model is None else ColBERT.from_pretrained(None if model == "base" else model)
+        retriever = Retriever.from_index(index, model=colbert)
+        known = set(corpus.ids)
+        strangers = [d["id"] for d in retriever.index_data.documents if d["id"] not in known]
+        if strangers:
+            raise ValueError(f"the index {index} holds documents that are not in {data}'s corpus "
+                             f"(e.g. {strangers[0]!r}): build it from this corpus with `maxsim index {data}`")
+        hits = retriever.search(queries.texts, k=depth)
+        position = {d: i for i, d in enumerate(corpus.ids)}
+        scores = [[h.score for h in row] for row in hits]
+        positions = [[position[h.document_id] for h in row] for row in hits]
+    elif model == "bm25":
         from maxsim.data.mining import BM25Miner
 
         ranking = BM25Miner(corpus.texts).rank(queries.texts, depth)
         scores, positions = ranking.scores, ranking.positions
     else:
-        colbert = ColBERT.from_pretrained(None if model == "base" else model)
+        colbert = ColBERT.from_pretrained(None if model in (None, "base") else model)
         tokens = colbert.tokenize_documents(corpus.texts)
         scores, positions = exact_search(colbert, queries.texts, tokens, depth, batch_size, progress)
     run = run_from_ranking(queries.ids, corpus.ids, scores, positions, drop_self_hits, k)

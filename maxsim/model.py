@@ -333,7 +333,7 @@ def _load_encoder(path: Path):
                 "config.json, the weights and the tokenizer, or leave it out to use the "
                 "bundled all-MiniLM-L6-v2."
             ) from err
-        return encoder, tokenizer
+        return encoder.float(), tokenizer
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"{path} has no config.json: it is not a Hugging Face model folder")
     try:
@@ -341,7 +341,9 @@ def _load_encoder(path: Path):
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except Exception as err:  # noqa: BLE001
         raise ModelLoadError(f"could not load the model in {path}: {err}") from err
-    return encoder, tokenizer
+    # transformers 5 keeps a checkpoint's own dtype (fp16/bf16 weights load as such): training
+    # and the float32 MaxSim sums need float32 weights; autocast lowers precision where it pays
+    return encoder.float(), tokenizer
 
 
 def _choose_markers(tokenizer, encoder, settings: ColBERTSettings) -> ColBERTSettings:

@@ -31,6 +31,8 @@ from maxsim.scoring import maxsim
 
 logger = logging.getLogger(__name__)
 
+INDEX_ROOT = Path(".maxsim") / "indexes"
+
 
 @dataclass
 class Hit:
@@ -135,13 +137,23 @@ class Retriever:
         metadata = list(metadata) if metadata is not None else [None] * len(documents)
         return documents, ids, metadata
 
-    def index(self, documents: Sequence[str], path: str | Path, document_ids: Sequence[str] | None = None,
-              metadata: Sequence[dict] | None = None, split_documents: bool = True,
-              max_document_tokens: int | None = None, nbits: int = 2, seed: int = 0,
-              batch_size: int = 64) -> Path:
-        """Encode, compress and write an index of ``documents`` at ``path``."""
+    def index(self, documents: Sequence[str], path: str | Path | None = None,
+              document_ids: Sequence[str] | None = None, metadata: Sequence[dict] | None = None,
+              split_documents: bool = True, max_document_tokens: int | None = None, nbits: int = 2,
+              seed: int = 0, batch_size: int = 64, name: str | None = None) -> Path:
+        """Encode, compress and write an index of ``documents``; returns its folder.
+
+        The folder is ``path``, or ``INDEX_ROOT/name`` (``.maxsim/indexes/NAME`` under the current
+        directory) when only a ``name`` is given, as RAGatouille's ``index_name``. An index already
+        there is replaced (atomically). Documents longer than ``max_document_tokens`` (default: the
+        model's doc_maxlen) are split into chunks unless ``split_documents=False``.
+        """
         if nbits not in (1, 2, 4):
             raise ValueError("nbits must be 1, 2 or 4")
+        if path is None:
+            if not name:
+                raise ValueError("give the index a path= (a folder) or a name= (kept under .maxsim/indexes/)")
+            path = INDEX_ROOT / name
         documents, ids, metadata = self._records(documents, document_ids, metadata)
         vectors, doclens, chunk_docs, spans = self._encode_chunks(documents, split_documents, max_document_tokens,
                                                                   batch_size)
@@ -202,26 +214,40 @@ class Retriever:
     def search(self, queries: str | Sequence[str], k: int = 10, ncells: int | None = None,
                centroid_score_threshold: float | None = None, ndocs: int | None = None):
         """The ``k`` best documents for each query: a list of :class:`Hit` (a list of lists for
-        several queries)."""
-        data = self._require_index()
+        several queries). Several queries are encoded in batches, which is where a batch of
+        queries saves time over one call per query."""
+        self._require_index()
         single = isinstance(queries, str)
         texts = [queries] if single else list(queries)
+        q_vectors, q_mask = self._encode_queries(texts)
+        results = self.search_vectors(q_vectors, q_mask, k, ncells, centroid_score_threshold, ndocs)
+        return results[0] if single else results
+
+    def search_vectors(self, q_vectors: torch.Tensor, q_mask: torch.Tensor, k: int = 10, ncells: int | None = None,
+                       centroid_score_threshold: float | None = None, ndocs: int | None = None) -> list[list[Hit]]:
+        """Search with queries already encoded: ``q_vectors`` (Q, Lq, dim) float32 CPU, ``q_mask`` (Q, Lq)."""
+        data = self._require_index()
         d_ncells, d_threshold, d_ndocs = search_defaults(len(data.doclens), k)
         ncells = ncells or d_ncells
         threshold = d_threshold if centroid_score_threshold is None else centroid_score_threshold
         ndocs = ndocs or d_ndocs
-        q_vectors, q_mask = self._encode_queries(texts)
         centroids = torch.from_numpy(data.centroids)
         results = []
         with torch.inference_mode():
-            for i in range(len(texts)):
-                cs = q_vectors[i] @ centroids.T  # (Lq, C)
+            for i in range(len(q_vectors)):
+                cs = q_vectors[i][q_mask[i]] @ centroids.T  # (Lq, C)
                 candidates = data.candidates(cs, ncells)
                 if len(candidates) > ndocs:
                     approx = data.approximate_scores(cs, candidates, threshold)
                     candidates = candidates[approx.topk(ndocs).indices.numpy()]
                 results.append(self._rank_chunks(q_vectors[i : i + 1], q_mask[i : i + 1], candidates, k))
-        return results[0] if single else results
+        return results
+
+    def exact_scores_of(self, q_vectors: torch.Tensor, q_mask: torch.Tensor, chunk_ids: Sequence[int]) -> torch.Tensor:
+        """Exact MaxSim of one encoded query ((1, Lq, dim), (1, Lq)) with some chunks of the
+        index, from their decompressed vectors: (n,) float32."""
+        vectors, mask = self._require_index().decompress(np.asarray(chunk_ids, dtype=np.int64))
+        return maxsim(q_vectors, q_mask, vectors, mask)[0]
 
     def _rank_chunks(self, q_vectors, q_mask, chunk_ids: np.ndarray, k: int) -> list[Hit]:
         data = self.index_data

@@ -67,6 +67,17 @@ def test_index_and_search_commands(tmp_path, tiny_model_dir):
     assert [h["rank"] for h in hits] == [1, 2, 3]
     assert set(hits[0]) == {"document_id", "score", "rank", "content", "metadata"}
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+    # the folder holding corpus.jsonl is a BEIR folder once it has queries and qrels
+    (tmp_path / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": f"topic number {i}"}) + "\n" for i in range(10)))
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(10)))
+    results = {}
+    for how in (["--model", str(tmp_path / "ckpt")], ["--index", str(tmp_path / "ix")]):
+        done = CliRunner().invoke(app, ["eval", "--data", str(tmp_path), *how, "--k", "10"])
+        assert done.exit_code == 0, done.output
+        results[how[0]] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert results["--index"]["model"] == str((tmp_path / "ckpt").resolve())
+    assert abs(results["--index"]["ndcg@10"] - results["--model"]["ndcg@10"]) < 0.05, results
     broken = tmp_path / "ix" / "codes.npy"
     broken.write_bytes(broken.read_bytes()[:-8])
     failed = CliRunner().invoke(app, ["search", "--index", str(tmp_path / "ix"), "topic"])

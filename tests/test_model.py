@@ -105,3 +105,13 @@ def test_vocabulary_without_unused_tokens_gets_new_markers(tmp_path, arch):
     m.save(tmp_path / "saved")
     again = ColBERT.from_pretrained(tmp_path / "saved")
     assert torch.equal(again.encode_queries(["cat dog"])[0], m.encode_queries(["cat dog"])[0])
+
+
+def test_half_precision_checkpoint_loads_as_float32(tiny_model_dir, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    AutoModel.from_pretrained(tiny_model_dir).half().save_pretrained(tmp_path / "fp16")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "fp16")
+    model = ColBERT.from_pretrained(tmp_path / "fp16", dim=16, seed=1)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert model.encode_queries(["a question"])[0].dtype == torch.float32

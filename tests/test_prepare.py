@@ -279,3 +279,32 @@ def test_cli_prepare(tmp_path):
     assert manifest["counts"]["triples"] == 3 and np.isclose(manifest["settings"]["negatives"], 2)
     bad = CliRunner().invoke(app, ["prepare", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "file not found" in bad.output
+
+
+def test_dense_mining_through_an_index_agrees_with_exact(tmp_path, tiny_model_dir):
+    from maxsim.data.mining import IndexMiner
+    from maxsim.model import ColBERT
+
+    rows = [(f"question {i} about topic {i}", f"answer {i} for topic {i}") for i in range(12)]
+    docs = [f"filler document number {i} on subject {i % 5}" for i in range(60)]
+    manifest = prepare_training_data([rows], tmp_path / "out", all_documents=docs, mine="dense",
+                                     miner_model=str(tiny_model_dir), dense_search="index", negatives=3,
+                                     min_rank=2, max_rank=15)
+    assert manifest["settings"]["dense_search"] == "index"
+    assert any("compressed index" in note for note in manifest["mining"]["notes"])
+    data = TrainingData.load(tmp_path / "out")
+    assert all(len(ex.negatives) == 3 and not set(ex.positives) & set(ex.negatives) for ex in data.examples)
+
+    model = ColBERT.from_pretrained(tiny_model_dir)
+    queries = [data.queries.texts[q] for q in sorted({ex.query for ex in data.examples})]
+    exact = DenseMiner(model, data.corpus.texts).rank(queries, 15)
+    indexed_miner = IndexMiner(model, data.corpus.texts)
+    indexed = indexed_miner.rank(queries, 15)
+    overlap = np.mean([len(set(a) & set(b)) / 15 for a, b in zip(exact.positions, indexed.positions)])
+    assert overlap >= 0.7, overlap
+    # scores of given documents are exact MaxSim over the decompressed vectors: close to exact
+    exact_scores = DenseMiner(model, data.corpus.texts)
+    exact_scores.rank(queries, 15)
+    for i in range(3):
+        positions = exact.positions[i][:5].tolist()
+        assert np.allclose(indexed_miner.score_of(i, positions), exact_scores.score_of(i, positions), rtol=0.03)

@@ -161,3 +161,34 @@ def test_codec_and_ivf_by_hand():
     chunks, offsets = build_ivf(np.array([0, 2, 2, 0, 1]), np.array([2, 3]), 3)
     # chunk 0 holds tokens with centroids 0, 2; chunk 1 holds 2, 0, 1
     assert [chunks[offsets[c] : offsets[c + 1]].tolist() for c in range(3)] == [[0, 1], [1], [0, 1]]
+
+
+def test_approximate_scores_by_hand():
+    from maxsim.index import IndexData
+
+    codes, doclens = np.array([0, 2, 2, 0, 1]), np.array([2, 3], dtype=np.int32)
+    ivf, offsets = build_ivf(codes, doclens, 3)
+    data = IndexData({}, np.eye(3, dtype=np.float32), Codec.fit(np.zeros((1, 3), np.float32), 2), codes,
+                     np.zeros((5, 1), np.uint8), doclens, np.array([0, 1], dtype=np.int32), ivf, offsets)
+    # query tokens (rows) against centroids 0, 1, 2; chunk 0 holds centroids {0, 2}, chunk 1 {0, 1, 2}
+    cs = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.8, 0.3]])
+    assert data.approximate_scores(cs, np.array([0, 1]), 0.4).tolist() == pytest.approx([0.9 + 0.3, 0.9 + 0.8])
+    assert data.approximate_scores(cs, np.array([1, 0]), 0.4).tolist() == pytest.approx([1.7, 1.2])
+    # centroid 2 (best score 0.5) pruned: chunk 0's second query token falls back to centroid 0
+    assert data.approximate_scores(cs, np.array([0, 1]), 0.6).tolist() == pytest.approx([0.9 + 0.2, 0.9 + 0.8])
+    # only centroid 0 kept
+    assert data.approximate_scores(cs, np.array([0, 1]), 0.85).tolist() == pytest.approx([1.1, 1.1])
+    # every centroid pruned: nothing to score
+    assert data.approximate_scores(cs, np.array([1]), 0.95).tolist() == [0.0]
+
+
+def test_index_by_name_goes_under_the_index_root(tmp_path, tiny_model_dir, monkeypatch):
+    from maxsim.model import ColBERT
+
+    monkeypatch.chdir(tmp_path)
+    retriever = Retriever(ColBERT.from_pretrained(tiny_model_dir, dim=16, seed=0))
+    with pytest.raises(ValueError, match="path= .* or a name="):
+        retriever.index(["a document"])
+    path = retriever.index([f"document {i} about topic {i}" for i in range(12)], name="notes")
+    assert path == Path(".maxsim") / "indexes" / "notes" and (tmp_path / path / "index.json").is_file()
+    assert Retriever.from_index(path, model=retriever.model).search("topic 3", k=2)[0].rank == 1

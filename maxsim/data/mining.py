@@ -1,10 +1,10 @@
 """Hard-negative mining: rank the corpus for each query, then sample from a rank window.
 
-A miner ranks every query's candidates (BM25 with ``bm25s``, or exact MaxSim with a ColBERT
-checkpoint). :func:`sample_negatives` then draws a query's negatives from ranks
-``[min_rank, max_rank]`` (1-based, in the miner's ranking), never one of its known positives,
-and, with a false-negative margin, never a candidate scoring above ``margin`` times the
-query's lowest-scoring positive.
+A miner ranks every query's candidates (BM25 with ``bm25s``, exact MaxSim with a ColBERT
+checkpoint, or MaxSim through a compressed index for large corpora). :func:`sample_negatives`
+then draws a query's negatives from ranks ``[min_rank, max_rank]`` (1-based, in the miner's
+ranking), never one of its known positives, and, with a false-negative margin, never a
+candidate scoring above ``margin`` times the query's lowest-scoring positive.
 """
 
 from __future__ import annotations
@@ -84,6 +84,46 @@ class DenseMiner:
         return self._scores[query_index, np.asarray(positions, dtype=np.int64)]
 
 
+# above this many documents, ``dense_search="auto"`` mines through a compressed index
+EXACT_SEARCH_LIMIT = 50_000
+
+
+class IndexMiner:
+    """MaxSim through a temporary compressed index (:mod:`maxsim.index`), for corpora too large
+    to score every document for every query. The index lives in a temporary folder for the
+    miner's lifetime; documents are not split, so a chunk id is a corpus position."""
+
+    def __init__(self, model, documents: Sequence[str], batch_size: int = 64, nbits: int = 2) -> None:
+        import tempfile
+        from pathlib import Path
+
+        from maxsim.retriever import Retriever
+
+        self._folder = tempfile.TemporaryDirectory(prefix="maxsim-mining-")
+        self.retriever = Retriever(model)
+        self.retriever.index(list(documents), Path(self._folder.name) / "index",
+                             document_ids=[str(i) for i in range(len(documents))], split_documents=False,
+                             nbits=nbits, batch_size=batch_size)
+        self.batch_size = batch_size
+        self._queries = None
+
+    def rank(self, queries: Sequence[str], k: int) -> Ranking:
+        """Each query's ``k`` best documents; a row with fewer hits is padded with position -1."""
+        self._queries = self.retriever.model.encode_queries(list(queries), batch_size=self.batch_size, padded=True)
+        positions = np.full((len(queries), k), -1, dtype=np.int64)
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        for i, hits in enumerate(self.retriever.search_vectors(*self._queries, k=k)):
+            positions[i, : len(hits)] = [int(h.document_id) for h in hits]
+            scores[i, : len(hits)] = [h.score for h in hits]
+        return Ranking(positions, scores)
+
+    def score_of(self, query_index: int, positions: Sequence[int]) -> np.ndarray:
+        assert self._queries is not None, "call rank() first"
+        vectors, mask = self._queries
+        q = slice(query_index, query_index + 1)
+        return self.retriever.exact_scores_of(vectors[q], mask[q], positions).numpy()
+
+
 def window_for(n_documents: int, min_rank: int, max_rank: int, negatives: int,
                max_positives: int) -> tuple[int, int, str | None]:
     """The rank window to use: the requested one, shrunk to fit a small corpus.
@@ -124,7 +164,7 @@ def sample_negatives(
     dropped = 0
     for r in window:
         p = int(positions[r])
-        if p in positives:
+        if p < 0 or p in positives:  # -1 pads a ranking shorter than the window
             continue
         if margin is not None and positive_score is not None and scores[r] > margin * positive_score:
             dropped += 1

@@ -23,7 +23,15 @@ from typing import Any, Literal
 import numpy as np
 
 from maxsim.data.errors import DataError
-from maxsim.data.mining import BM25Miner, DenseMiner, random_negatives, sample_negatives, window_for
+from maxsim.data.mining import (
+    EXACT_SEARCH_LIMIT,
+    BM25Miner,
+    DenseMiner,
+    IndexMiner,
+    random_negatives,
+    sample_negatives,
+    window_for,
+)
 from maxsim.data.readers import columns_of, file_hash, read_rows
 from maxsim.data.training_folder import document_text
 from maxsim.files import atomic_directory
@@ -289,6 +297,7 @@ class PrepareSettings:
     split: str = "train"
     mine: Literal["bm25", "dense", "none"] = "bm25"
     miner_model: str | None = None
+    dense_search: Literal["auto", "exact", "index"] = "auto"
     negatives: int = 10
     min_rank: int = 10
     max_rank: int = 100
@@ -445,7 +454,14 @@ def prepare_training_data(
             else:
                 from maxsim.model import ColBERT
 
-                miner = DenseMiner(ColBERT.from_pretrained(settings.miner_model), doc_texts, settings.batch_size)
+                miner_model = ColBERT.from_pretrained(settings.miner_model)
+                use_index = settings.dense_search == "index" or (
+                    settings.dense_search == "auto" and len(doc_texts) > EXACT_SEARCH_LIMIT)
+                if use_index:
+                    miner = IndexMiner(miner_model, doc_texts, settings.batch_size)
+                    notes.append(f"dense mining searched a compressed index of the {len(doc_texts)} documents")
+                else:
+                    miner = DenseMiner(miner_model, doc_texts, settings.batch_size)
             ranking = miner.rank([collection.queries[q] for q in train_ids], high)
             for i, q in enumerate(train_ids):
                 positive_score = None

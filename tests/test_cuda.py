@@ -1,0 +1,110 @@
+"""The CUDA path: bf16 autocast training, CUDA RNG state in checkpoints, resume, NCCL under torchrun.
+
+Skipped on machines without a GPU (CI has none); run on a GPU machine with
+``python -m pytest -q tests/test_cuda.py``.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_training import _config, _max_diff, _rows, _weights
+
+from maxsim.model import ColBERT
+from maxsim.scoring import maxsim
+from maxsim.training import Trainer, checkpoints
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture
+def deterministic():
+    """cuBLAS and scatter-add kernels that give the same bits on every run."""
+    old = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(False)
+    if old is None:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG")
+    else:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = old
+
+
+def test_maxsim_on_cuda_sums_in_float32_under_autocast():
+    g = torch.Generator().manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(3, 8, 16, generator=g), dim=-1)
+    d = torch.nn.functional.normalize(torch.randn(5, 11, 16, generator=g), dim=-1)
+    qm, dm = torch.ones(3, 8, dtype=torch.bool), torch.rand(5, 11, generator=g) > 0.3
+    dm[:, 0] = True
+    cpu = maxsim(q, qm, d, dm)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        gpu = maxsim(q.cuda().bfloat16(), qm.cuda(), d.cuda().bfloat16(), dm.cuda())
+    assert gpu.dtype == torch.float32
+    # bf16 inputs: each cosine is off by at most ~2^-8, and 8 of them are summed
+    assert (gpu.cpu() - cpu).abs().max().item() < 8 * 2**-7
+
+
+def test_training_on_cuda_uses_bf16_autocast_and_float32_weights(tiny_model_dir, training_folder, tmp_path):
+    cfg = _config(tiny_model_dir, training_folder, tmp_path / "run", batch_size=16, epochs=25,
+                  learning_rate=3e-3, device="cuda")
+    path = Trainer(cfg).train()
+    rows = _rows(tmp_path / "run")
+    first, last = rows[0]["loss"], sum(r["loss"] for r in rows[-3:]) / 3
+    assert last < 0.5 * first, (first, last)
+    assert {v.dtype for v in _weights(path).values()} == {torch.float32}
+    state = torch.load(path / checkpoints.STATE_FILE, weights_only=False)
+    assert len(state["rng_cuda"]) == torch.cuda.device_count()
+    model = ColBERT.from_pretrained(path, device="cuda")
+    assert model.encode_queries(["what do cats eat"])[0].dtype == torch.float32
+
+
+def test_kill_then_resume_on_cuda_matches_uninterrupted(
+        tiny_model_dir, training_folder, tmp_path, monkeypatch, deterministic):
+    kw = dict(epochs=2, save_every=2, keep_checkpoints=10, device="cuda")
+    whole = Trainer(_config(tiny_model_dir, training_folder, tmp_path / "a", **kw)).train()
+    real_save = checkpoints.save_checkpoint
+
+    def save_then_die(output, model, optimizer, scheduler, position, keep):
+        path = real_save(output, model, optimizer, scheduler, position, keep)
+        if position.step == 6:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(checkpoints, "save_checkpoint", save_then_die)
+    cfg_b = _config(tiny_model_dir, training_folder, tmp_path / "b", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg_b).train()
+    monkeypatch.setattr(checkpoints, "save_checkpoint", real_save)
+    torch.cuda.manual_seed_all(12345)  # the resumed run must restore the CUDA RNG itself
+    resumed = Trainer(cfg_b).train(resume=True)
+    diff = _max_diff(_weights(whole), _weights(resumed))
+    print(f"CUDA resume max abs weight difference: {diff:.3g}")
+    assert diff <= 1e-6
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_nccl_trains_and_resumes(tiny_model_dir, training_folder, tmp_path):
+    out = tmp_path / "run"
+    base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1",
+            "--master_port", str(_free_port()), "-m", "maxsim", "train", "--data", str(training_folder),
+            "--output", str(out), "--base-model", str(tiny_model_dir), "--dim", "16", "--batch-size", "4",
+            "--doc-maxlen", "24", "--query-maxlen", "12", "--device", "cuda", "--no-progress-bar",
+            "--save-every", "2", "--dev-fraction", "0.25", "--eval-every", "2"]
+    first = subprocess.run(base + ["--max-steps", "2"], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.strip().splitlines() == [str(out / "best")]
+    second = subprocess.run(base + ["--max-steps", "3", "--resume"], capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stderr
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and "dev_ndcg@10" in rows[1]
