@@ -17,14 +17,16 @@ on load, never wrong results)::
     residuals.npy     (T, dim * nbits / 8) uint8, packed bucket ids
     doclens.npy       (N,) int32 tokens per chunk
     chunk_docs.npy    (N,) int32 document position of each chunk
-    ivf.npy, ivf_offsets.npy   chunk ids per centroid (sorted, unique) and offsets (C + 1,)
-    documents.jsonl.gz  {"id", "content", "metadata"} per document, gzip-compressed
-    chunks.jsonl      {"start", "end"}: character span of each chunk in its document
+    spans.npy         (N, 2) int32 character span (start, end) of each chunk in its document
+    documents.jsonl.bz2  {"id", "content", "metadata"} per document, bzip2-compressed
+
+The inverted file (for each centroid, the sorted chunk ids holding one of its tokens) is rebuilt
+from ``codes`` and ``doclens`` on load rather than stored.
 """
 
 from __future__ import annotations
 
-import gzip
+import bz2
 import hashlib
 import json
 import math
@@ -188,8 +190,8 @@ class IndexData:
                 np.save(tmp / f"{name}.npy", array, allow_pickle=False)
                 files[f"{name}.npy"] = None
             text = "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in self.documents)
-            (tmp / "documents.jsonl.gz").write_bytes(gzip.compress(text.encode("utf-8"), mtime=0))
-            files["documents.jsonl.gz"] = None
+            (tmp / "documents.jsonl.bz2").write_bytes(bz2.compress(text.encode("utf-8"), 9))
+            files["documents.jsonl.bz2"] = None
             meta = dict(self.settings)
             meta.update(format=FORMAT, n_documents=len(self.documents), n_chunks=len(self.doclens),
                         n_tokens=int(self.doclens.sum()), n_centroids=int(len(self.centroids)),
@@ -215,7 +217,7 @@ class IndexData:
                 raise IndexLoadError(f"{file} is missing, truncated or damaged (checksum mismatch): "
                                   "rebuild the index, or restore the folder from a copy")
         arrays = {name: np.load(path / f"{name}.npy", allow_pickle=False) for name in ARRAYS}
-        with gzip.open(path / "documents.jsonl.gz", "rt", encoding="utf-8") as handle:
+        with bz2.open(path / "documents.jsonl.bz2", "rt", encoding="utf-8") as handle:
             documents = [json.loads(x) for x in handle]
         spans = [tuple(span) for span in arrays["spans"].tolist()]
         codes = arrays["codes"].astype(np.int64)
@@ -260,17 +262,23 @@ class IndexData:
         shift = starts - np.concatenate([[0], np.cumsum(lengths)[:-1]])
         return np.repeat(shift, lengths) + np.arange(int(lengths.sum()))
 
+    def decompress_flat(self, chunk_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token vectors of some chunks back to back, as stored (centroid + decoded residual,
+        not renormalised): ((T, dim) float32, (n,) int64 tokens per chunk)."""
+        lengths = torch.from_numpy(self.doclens[chunk_ids].astype(np.int64))
+        index = torch.from_numpy(self.token_positions(chunk_ids))
+        vectors = self._centroids_t.index_select(0, self._codes_t.index_select(0, index))
+        residuals = torch.nn.functional.embedding(self._residuals_t.index_select(0, index).long(), self._table_t)
+        vectors += residuals.reshape(len(index), -1)[:, : self.dim]
+        return vectors, lengths
+
     def decompress(self, chunk_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Token vectors of some chunks: (n, L, dim) float32 unit vectors and (n, L) mask."""
-        lengths = self.doclens[chunk_ids]
+        vectors, lengths = self.decompress_flat(chunk_ids)
         length = int(lengths.max()) if len(lengths) else 1
-        index = torch.from_numpy(self.token_positions(chunk_ids))
-        vectors = self._centroids_t[self._codes_t[index]]
-        vectors += self._table_t[self._residuals_t[index].long()].reshape(len(index), -1)[:, : self.dim]
-        vectors = torch.nn.functional.normalize(vectors, dim=1)
         out = torch.zeros(len(chunk_ids), length, self.dim)
-        mask = torch.arange(length)[None, :] < torch.from_numpy(lengths.astype(np.int64))[:, None]
-        out[mask] = vectors
+        mask = torch.arange(length)[None, :] < lengths[:, None]
+        out[mask] = torch.nn.functional.normalize(vectors, dim=1)
         return out, mask
 
     @cached_property
@@ -325,8 +333,8 @@ class IndexData:
         where = np.searchsorted(chunk_ids[order], chunks).clip(max=max(n - 1, 0))
         hit = chunk_ids[order][where] == chunks if n else np.zeros(len(chunks), dtype=bool)
         target = torch.from_numpy(order[where[hit]])
-        values = centroid_scores[:, torch.from_numpy(cells[hit])]  # (Lq, E)
-        best = torch.full((centroid_scores.shape[0], n), float("-inf"))
-        best.scatter_reduce_(1, target[None, :].expand(len(best), -1), values, "amax")
+        values = centroid_scores.T[torch.from_numpy(cells[hit])]  # (E, Lq)
+        best = torch.full((n, centroid_scores.shape[0]), float("-inf"))
+        best.scatter_reduce_(0, target[:, None].expand(-1, values.shape[1]), values, "amax")
         best = torch.where(torch.isneginf(best), torch.zeros_like(best), best)
-        return best.sum(dim=0)
+        return best.sum(dim=1)

@@ -26,8 +26,8 @@ from maxsim.index import (
     nearest_centroids,
     train_centroids,
 )
-from maxsim.model import ColBERT
-from maxsim.scoring import maxsim
+from maxsim.model import ColBERT, InferenceForward
+from maxsim.scoring import maxsim, maxsim_packed
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,10 @@ class Retriever:
         self.index_path = index_path
         self.model_path = model_path
         self._encoded: tuple | None = None
+        # on a CPU, encode through a frozen bf16/traced copy (see InferenceForward); set this to
+        # None to encode with the model itself in float32
+        self.inference_forward: InferenceForward | None = (
+            InferenceForward(model) if model.device.type == "cpu" else None)
         if index is not None and index.dim != model.settings.dim:
             raise IndexLoadError(f"the index holds {index.dim}-dim vectors but the model makes "
                                  f"{model.settings.dim}-dim ones: use the model the index was built with")
@@ -115,7 +119,7 @@ class Retriever:
         spans = [span for doc in chunks for _, span in doc]
         chunk_docs = np.array([i for i, doc in enumerate(chunks) for _ in doc], dtype=np.int32)
         per_chunk: list[np.ndarray] = [np.zeros((0, self.model.settings.dim), np.float32)] * len(flat)
-        for positions, vectors, mask in self.model.encode_batches(flat, False, batch_size):
+        for positions, vectors, mask in self.model.encode_batches(flat, False, batch_size, self.inference_forward):
             for row, i in enumerate(positions):
                 per_chunk[i] = vectors[row][mask[row]].cpu().numpy()
         doclens = np.array([len(v) for v in per_chunk], dtype=np.int32)
@@ -207,9 +211,13 @@ class Retriever:
         return self.index_data
 
     # ------------------------------------------------------------------ searching
-    def _encode_queries(self, queries: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def query_vectors(self, queries: Sequence[str], batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
         """(Q, query_maxlen, dim) float32 CPU vectors and their (Q, query_maxlen) mask."""
-        return self.model.encode_queries(list(queries), padded=True)
+        return self.model.encode_queries(list(queries), batch_size=batch_size, padded=True,
+                                         forward=self.inference_forward)
+
+    def _document_vectors(self, documents: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode_documents(list(documents), padded=True, forward=self.inference_forward)
 
     def search(self, queries: str | Sequence[str], k: int = 10, ncells: int | None = None,
                centroid_score_threshold: float | None = None, ndocs: int | None = None):
@@ -219,7 +227,7 @@ class Retriever:
         self._require_index()
         single = isinstance(queries, str)
         texts = [queries] if single else list(queries)
-        q_vectors, q_mask = self._encode_queries(texts)
+        q_vectors, q_mask = self.query_vectors(texts)
         results = self.search_vectors(q_vectors, q_mask, k, ncells, centroid_score_threshold, ndocs)
         return results[0] if single else results
 
@@ -250,29 +258,31 @@ class Retriever:
         return maxsim(q_vectors, q_mask, vectors, mask)[0]
 
     def _rank_chunks(self, q_vectors, q_mask, chunk_ids: np.ndarray, k: int) -> list[Hit]:
+        """Exact MaxSim of one query ((1, Lq, dim), (1, Lq)) with some chunks, decompressed; the
+        ``k`` best documents, each scored by its best chunk."""
         data = self.index_data
         if len(chunk_ids) == 0:
             return []
-        vectors, mask = data.decompress(chunk_ids)
-        scores = maxsim(q_vectors, q_mask, vectors, mask)[0]
-        best: dict[int, tuple[float, int]] = {}  # document -> (score, chunk)
-        for score, chunk in zip(scores.tolist(), chunk_ids.tolist()):
-            doc = int(data.chunk_docs[chunk])
-            if doc not in best or score > best[doc][0]:
-                best[doc] = (score, chunk)
-        ranked = sorted(best.items(), key=lambda item: -item[1][0])[:k]
+        vectors, lengths = data.decompress_flat(chunk_ids)
+        scale = 1.0 / vectors.norm(dim=1).clamp_min(1e-12)
+        scores = maxsim_packed(q_vectors[0], q_mask[0], vectors, lengths, scale).numpy()
+        order = np.argsort(-scores, kind="stable")
+        docs = data.chunk_docs[chunk_ids[order]]
+        _, first = np.unique(docs, return_index=True)  # each document's best chunk
+        best = order[np.sort(first)[:k]]
         hits = []
-        for rank, (doc, (score, chunk)) in enumerate(ranked, start=1):
-            record = data.documents[doc]
+        for rank, i in enumerate(best.tolist(), start=1):
+            chunk = int(chunk_ids[i])
+            record = data.documents[int(data.chunk_docs[chunk])]
             start, end = data.spans[chunk]
-            hits.append(Hit(record["id"], score, rank, record["content"][start:end], record["metadata"]))
+            hits.append(Hit(record["id"], float(scores[i]), rank, record["content"][start:end], record["metadata"]))
         return hits
 
     def rerank(self, query: str, documents: Sequence[str], k: int | None = None) -> list[Hit]:
         """Order ``documents`` by exact MaxSim to ``query``; ``document_id`` is the position."""
         documents = list(documents)
-        q_vectors, q_mask = self._encode_queries([query])
-        d_vectors, d_mask = self.model.encode_documents(documents, padded=True)
+        q_vectors, q_mask = self.query_vectors([query])
+        d_vectors, d_mask = self._document_vectors(documents)
         scores = maxsim(q_vectors, q_mask, d_vectors, d_mask)[0]
         order = scores.argsort(descending=True)[: k or len(documents)].tolist()
         return [Hit(str(i), float(scores[i]), r, documents[i], None) for r, i in enumerate(order, start=1)]
@@ -281,7 +291,7 @@ class Retriever:
                metadata: Sequence[dict] | None = None) -> None:
         """Encode documents into memory (added to any encoded before) for :meth:`search_encoded`."""
         documents, ids, metadata = self._records(documents, document_ids, metadata)
-        vectors, mask = self.model.encode_documents(documents, padded=True)
+        vectors, mask = self._document_vectors(documents)
         if self._encoded is not None:
             old_v, old_m, old_docs = self._encoded
             length = max(old_v.shape[1], vectors.shape[1])
@@ -299,7 +309,7 @@ class Retriever:
         if self._encoded is None:
             raise ValueError("nothing encoded: call encode(documents) first")
         vectors, mask, records = self._encoded
-        q_vectors, q_mask = self._encode_queries([query])
+        q_vectors, q_mask = self.query_vectors([query])
         scores = maxsim(q_vectors, q_mask, vectors, mask)[0]
         order = scores.argsort(descending=True)[:k].tolist()
         return [Hit(records[i][0], float(scores[i]), r, records[i][1], records[i][2]) for r, i in enumerate(order, 1)]

@@ -87,3 +87,30 @@ def maxsim(
         return queries.new_zeros((n_q, 0), dtype=torch.float32)
     return torch.cat(parts, dim=1)
 
+
+
+def maxsim_packed(
+    query: torch.Tensor,
+    query_mask: torch.Tensor,
+    tokens: torch.Tensor,
+    lengths: torch.Tensor,
+    token_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The same MaxSim for one query against documents stored back to back, without padding.
+
+    Search decompresses candidate documents from an index as one (T, dim) block; scoring it in
+    place skips building a padded (n, Ld, dim) copy. Equal to :func:`maxsim` on the padded form.
+
+    query: (Lq, dim); query_mask: (Lq,) bool; tokens: (T, dim), document after document;
+    lengths: (n,) int64 tokens per document, summing to T; token_scale: optional (T,) factor
+    applied to each token's similarities (``1 / norm`` scores unnormalised vectors as if they
+    were unit vectors). Returns (n,) float32; a document with no token scores 0.
+    """
+    sim = tokens @ query[query_mask].T  # (T, Lq')
+    if token_scale is not None:
+        sim = sim * token_scale[:, None]
+    document = torch.repeat_interleave(torch.arange(len(lengths), device=tokens.device), lengths)  # (T,)
+    best = torch.full((len(lengths), sim.shape[1]), float("-inf"), device=tokens.device)
+    best.scatter_reduce_(0, document[:, None].expand(-1, sim.shape[1]), sim.float(), "amax")  # (n, Lq')
+    best = torch.where(torch.isneginf(best), torch.zeros_like(best), best)
+    return best.sum(dim=1)

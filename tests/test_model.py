@@ -115,3 +115,24 @@ def test_half_precision_checkpoint_loads_as_float32(tiny_model_dir, tmp_path):
     model = ColBERT.from_pretrained(tmp_path / "fp16", dim=16, seed=1)
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert model.encode_queries(["a question"])[0].dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inference_forward_matches_the_model(model, dtype):
+    from maxsim.model import InferenceForward
+
+    fast = InferenceForward(model, dtype=dtype)
+    texts = ["what do cats eat", "a much longer question about the way bees make their honey"]
+    exact = model.encode_queries(texts, padded=True)[0]
+    got, mask = model.encode_queries(texts, padded=True, forward=fast)
+    assert got.dtype == torch.float32 and mask.all()
+    cosines = (got * exact).sum(-1)
+    assert cosines.min() > (0.9999 if dtype == torch.float32 else 0.99), cosines.min()
+    assert len(fast._traces) == 1  # queries have one shape, traced once
+    # a query that fills every position (no [MASK] padding) goes through the same trace correctly
+    full = ["word " * 40]
+    assert torch.allclose(model.encode_queries(full, padded=True, forward=fast)[0],
+                          model.encode_queries(full, padded=True)[0], atol=0.02 if dtype == torch.bfloat16 else 1e-5)
+    docs = model.encode_documents(texts, forward=fast)
+    for a, b in zip(docs, model.encode_documents(texts)):
+        assert a.shape == b.shape and (a * b).sum(-1).min() > 0.99

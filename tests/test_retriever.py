@@ -38,7 +38,7 @@ def built(tmp_path_factory, corpus):
 
 
 def _exact_top(retriever, queries, corpus, k):
-    q, qm = retriever._encode_queries(queries)
+    q, qm = retriever.query_vectors(queries)
     chunks = retriever._chunks([t for _, t in corpus], True, 128)
     tokens = [c for doc in chunks for c, _ in doc]
     owner = [i for i, doc in enumerate(chunks) for _ in doc]

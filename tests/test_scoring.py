@@ -76,3 +76,20 @@ def test_chunked_gradients_equal_unchunked():
         (maxsim(q, q_mask, d, d_mask, block_elements=block) * torch.arange(9.0)).sum().backward()
         grads.append((q.grad, d.grad))
     assert torch.allclose(grads[0][0], grads[1][0]) and torch.allclose(grads[0][1], grads[1][1])
+
+
+def test_packed_maxsim_equals_padded_maxsim():
+    from maxsim.scoring import maxsim_packed
+
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.tensor([3, 1, 5, 2])
+    tokens = torch.randn(int(lengths.sum()), 8, generator=g)
+    query = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    qmask = torch.tensor([True, True, False, True, True, True])
+    padded = torch.zeros(4, 5, 8)
+    dmask = torch.arange(5)[None, :] < lengths[:, None]
+    padded[dmask] = torch.nn.functional.normalize(tokens, dim=-1)
+    expected = maxsim(query[None], qmask[None], padded, dmask)[0]
+    got = maxsim_packed(query, qmask, tokens, lengths, 1 / tokens.norm(dim=1))
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert got.dtype == torch.float32 and got.shape == (4,)

@@ -109,7 +109,7 @@ class IndexMiner:
 
     def rank(self, queries: Sequence[str], k: int) -> Ranking:
         """Each query's ``k`` best documents; a row with fewer hits is padded with position -1."""
-        self._queries = self.retriever.model.encode_queries(list(queries), batch_size=self.batch_size, padded=True)
+        self._queries = self.retriever.query_vectors(queries, batch_size=self.batch_size)
         positions = np.full((len(queries), k), -1, dtype=np.int64)
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         for i, hits in enumerate(self.retriever.search_vectors(*self._queries, k=k)):
