@@ -263,7 +263,8 @@ class ColBERT(nn.Module):
         order = sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))
         pad = self.pad_queries if is_query else self.pad_documents
         was_training = self.training
-        self.eval()
+        if was_training and forward is None:  # (walking every module costs ms: only when needed)
+            self.eval()
         try:
             with torch.inference_mode(), _autocast(self.device):
                 for start in range(0, len(order), batch_size):
@@ -275,7 +276,8 @@ class ColBERT(nn.Module):
                         vectors = self(batch.input_ids, batch.attention_mask).float()
                     yield positions, vectors, batch.score_mask
         finally:
-            self.train(was_training)
+            if was_training and forward is None:
+                self.train()
 
     def _encode(self, texts, is_query, batch_size, padded, forward=None):
         texts = [texts] if isinstance(texts, str) else list(texts)
