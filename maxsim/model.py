@@ -337,6 +337,9 @@ class _Forward(nn.Module):
         return F.normalize(self.linear(hidden).float(), p=2, dim=-1)
 
 
+TRACE_MAX_ROWS = 4
+
+
 class InferenceForward:
     """A frozen copy of a model's forward for encoding without training, on a CPU.
 
@@ -344,7 +347,8 @@ class InferenceForward:
     multiplies bf16 natively (AMX / AVX512-BF16: about 3x the document throughput of float32,
     token vectors within cosine 0.9995 of it), and inputs of a fixed shape (queries, always
     ``query_maxlen`` long) run a TorchScript trace made once per shape, which drops Python
-    overhead (a one-query encode about 1.5x faster). A trace is checked against the untraced
+    overhead (a one-query encode about 1.5x faster; batches of more than ``TRACE_MAX_ROWS`` run
+    untraced). A trace is checked against the untraced
     copy on its first input and not used if they disagree. Training later does not change this
     copy: make a new one from the updated model.
     """
@@ -362,7 +366,9 @@ class InferenceForward:
                  fixed_shape: bool = False) -> torch.Tensor:
         """(B, L) ids and attention mask -> (B, L, dim) float32 unit vectors."""
         with torch.inference_mode():
-            if not (fixed_shape and self.trace):
+            # a trace saves a few ms of Python a call: worth it for a query or a few, not for a
+            # batch of many (where those ms are shared), whose every new size would cost a trace
+            if not (fixed_shape and self.trace and len(input_ids) <= TRACE_MAX_ROWS):
                 return self.module(input_ids, attention_mask)
             key = tuple(input_ids.shape)
             if key not in self._traces and len(self._traces) < self.max_traces:
