@@ -6,13 +6,12 @@ Skipped on machines without a GPU (CI has none); run on a GPU machine with
 
 import json
 import os
-import socket
 import subprocess
-import sys
 
 import pytest
 import torch
-from test_training import _config, _max_diff, _rows, _weights
+from test_distributed import torchrun_train_command
+from test_training import _config, _max_diff, _rows, _weights, kill_then_resume
 
 from maxsim.model import ColBERT
 from maxsim.scoring import maxsim
@@ -65,41 +64,15 @@ def test_training_on_cuda_uses_bf16_autocast_and_float32_weights(tiny_model_dir,
 
 def test_kill_then_resume_on_cuda_matches_uninterrupted(
         tiny_model_dir, training_folder, tmp_path, monkeypatch, deterministic):
-    kw = dict(epochs=2, save_every=2, keep_checkpoints=10, device="cuda")
-    whole = Trainer(_config(tiny_model_dir, training_folder, tmp_path / "a", **kw)).train()
-    real_save = checkpoints.save_checkpoint
-
-    def save_then_die(output, model, optimizer, scheduler, position, keep):
-        path = real_save(output, model, optimizer, scheduler, position, keep)
-        if position.step == 6:
-            raise KeyboardInterrupt
-        return path
-
-    monkeypatch.setattr(checkpoints, "save_checkpoint", save_then_die)
-    cfg_b = _config(tiny_model_dir, training_folder, tmp_path / "b", **kw)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg_b).train()
-    monkeypatch.setattr(checkpoints, "save_checkpoint", real_save)
-    torch.cuda.manual_seed_all(12345)  # the resumed run must restore the CUDA RNG itself
-    resumed = Trainer(cfg_b).train(resume=True)
+    whole, resumed = kill_then_resume(tiny_model_dir, training_folder, tmp_path, monkeypatch, device="cuda")
     diff = _max_diff(_weights(whole), _weights(resumed))
     print(f"CUDA resume max abs weight difference: {diff:.3g}")
     assert diff <= 1e-6
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_nccl_trains_and_resumes(tiny_model_dir, training_folder, tmp_path):
     out = tmp_path / "run"
-    base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1",
-            "--master_port", str(_free_port()), "-m", "maxsim", "train", "--data", str(training_folder),
-            "--output", str(out), "--base-model", str(tiny_model_dir), "--dim", "16", "--batch-size", "4",
-            "--doc-maxlen", "24", "--query-maxlen", "12", "--device", "cuda", "--no-progress-bar",
-            "--save-every", "2", "--dev-fraction", "0.25", "--eval-every", "2"]
+    base = torchrun_train_command(tiny_model_dir, training_folder, out, 1, "cuda")
     first = subprocess.run(base + ["--max-steps", "2"], capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout.strip().splitlines() == [str(out / "best")]

@@ -87,13 +87,18 @@ def test_two_processes_match_one(no_dropout_model, training_folder, tmp_path, ba
     assert worst < 1e-5, worst
 
 
-def test_torchrun_two_cpu_processes_train_and_resume(tiny_model_dir, training_folder, tmp_path):
-    out = tmp_path / "run"
-    base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+def torchrun_train_command(tiny_model_dir, training_folder, out, nproc: int, device: str) -> list[str]:
+    """``torchrun -m maxsim train`` of the tiny model, with checkpoints and dev evaluations every 2 steps."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
             "--master_port", str(_free_port()), "-m", "maxsim", "train", "--data", str(training_folder),
             "--output", str(out), "--base-model", str(tiny_model_dir), "--dim", "16", "--batch-size", "4",
-            "--doc-maxlen", "24", "--query-maxlen", "12", "--device", "cpu", "--no-progress-bar",
+            "--doc-maxlen", "24", "--query-maxlen", "12", "--device", device, "--no-progress-bar",
             "--save-every", "2", "--dev-fraction", "0.25", "--eval-every", "2"]
+
+
+def test_torchrun_two_cpu_processes_train_and_resume(tiny_model_dir, training_folder, tmp_path):
+    out = tmp_path / "run"
+    base = torchrun_train_command(tiny_model_dir, training_folder, out, 2, "cpu")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     first = subprocess.run(base + ["--max-steps", "2"], capture_output=True, text=True, env=env, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]

@@ -54,11 +54,11 @@ def test_loss_falls_and_outputs_are_written(tiny_model_dir, training_folder, tmp
     assert TrainConfig(**saved) == cfg
 
 
-def test_kill_after_checkpoint_then_resume_matches_uninterrupted(
-        tiny_model_dir, training_folder, tmp_path, monkeypatch):
-    kw = dict(epochs=2, save_every=2, keep_checkpoints=10)  # 16 examples / 4 = 4 steps an epoch
+def kill_then_resume(tiny_model_dir, training_folder, tmp_path, monkeypatch, **kw):
+    """Train uninterrupted into a/, and into b/ with a death right after step-6 is on disk,
+    then resume b/. Returns (a's last checkpoint, b's resumed last checkpoint)."""
+    kw = dict(epochs=2, save_every=2, keep_checkpoints=10, **kw)  # 16 examples / 4 = 4 steps an epoch
     whole = Trainer(_config(tiny_model_dir, training_folder, tmp_path / "a", **kw)).train()
-
     real_save = checkpoints.save_checkpoint
 
     def save_then_die(output, model, optimizer, scheduler, position, keep):
@@ -80,6 +80,12 @@ def test_kill_after_checkpoint_then_resume_matches_uninterrupted(
     resumed = Trainer(cfg_b).train(resume=True)
     assert resumed.name == whole.name == "step-8"
     assert not list((tmp_path / "b" / "checkpoints").glob(".tmp-*"))
+    return whole, resumed
+
+
+def test_kill_after_checkpoint_then_resume_matches_uninterrupted(
+        tiny_model_dir, training_folder, tmp_path, monkeypatch):
+    whole, resumed = kill_then_resume(tiny_model_dir, training_folder, tmp_path, monkeypatch)
     assert _max_diff(_weights(whole), _weights(resumed)) <= 1e-6
     # the metrics log has each step once, and the same losses
     rows_a, rows_b = _rows(tmp_path / "a"), _rows(tmp_path / "b")
