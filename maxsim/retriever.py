@@ -169,7 +169,8 @@ class Retriever:
         ivf, ivf_offsets = build_ivf(codes, doclens, k)
         settings = {"nbits": nbits, "dim": self.model.settings.dim, "model_path": self.model_path,
                     "model_settings": self.model.settings.model_dump(), "split_documents": split_documents,
-                    "max_document_tokens": max_document_tokens or self.model.settings.doc_maxlen, "seed": seed}
+                    "max_document_tokens": max_document_tokens or self.model.settings.doc_maxlen, "seed": seed,
+                    "encoded_in": self._encoding_precision()}
         records = [{"id": i, "content": d, "metadata": m} for i, d, m in zip(ids, documents, metadata)]
         data = IndexData(settings, centroids, codec, codes, codec.encode(residual), doclens, chunk_docs, ivf,
                          ivf_offsets, records, spans)
@@ -178,6 +179,12 @@ class Retriever:
         logger.info("indexed %d documents (%d chunks, %d tokens, %d centroids) in %s", len(documents),
                     len(doclens), len(vectors), k, path)
         return Path(path)
+
+    def _encoding_precision(self) -> str:
+        """How documents are encoded here: the inference copy's dtype, bf16 autocast on CUDA, or float32."""
+        if self.inference_forward is not None:
+            return str(self.inference_forward.dtype).removeprefix("torch.")
+        return "bfloat16 autocast" if self.model.device.type == "cuda" else "float32"
 
     def add(self, documents: Sequence[str], document_ids: Sequence[str] | None = None,
             metadata: Sequence[dict] | None = None, batch_size: int = 64) -> None:
