@@ -39,6 +39,7 @@ import torch
 
 from maxsim.files import atomic_directory
 from maxsim.model import cpu_computes_bf16
+from maxsim.scoring import scatter_max
 
 FORMAT = "maxsim-plaid-2"
 # on disk; the inverted file is rebuilt from codes and doclens on load (a few hundred ms for a
@@ -156,6 +157,13 @@ def build_ivf(codes: np.ndarray, doclens: np.ndarray, n_centroids: int) -> tuple
     return chunks, np.cumsum(offsets)
 
 
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The concatenation of ``arange(start, start + length)`` for each pair: (sum(lengths),) int64."""
+    lengths = lengths.astype(np.int64)
+    shift = starts - np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return np.repeat(shift, lengths) + np.arange(int(lengths.sum()))
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -271,12 +279,9 @@ class IndexData:
     # ------------------------------------------------------------------ search
     def token_positions(self, chunk_ids: np.ndarray) -> np.ndarray:
         """Positions (in codes/residuals) of every token of the given chunks, chunk after chunk."""
-        lengths = self.doclens[chunk_ids].astype(np.int64)
-        starts = self.offsets[chunk_ids]
-        shift = starts - np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        return np.repeat(shift, lengths) + np.arange(int(lengths.sum()))
+        return _ranges(self.offsets[chunk_ids], self.doclens[chunk_ids])
 
-    def decompress_flat(self, chunk_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def decompress(self, chunk_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Token vectors of some chunks back to back, as stored (centroid + decoded residual,
         not renormalised): ((T, dim) float32, (n,) int64 tokens per chunk)."""
         lengths = torch.from_numpy(self.doclens[chunk_ids].astype(np.int64))
@@ -285,15 +290,6 @@ class IndexData:
         residuals = torch.nn.functional.embedding(self._residuals_t.index_select(0, index).long(), self._table_t)
         vectors += residuals.reshape(len(index), -1)[:, : self.dim]
         return vectors, lengths
-
-    def decompress(self, chunk_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token vectors of some chunks: (n, L, dim) float32 unit vectors and (n, L) mask."""
-        vectors, lengths = self.decompress_flat(chunk_ids)
-        length = int(lengths.max()) if len(lengths) else 1
-        out = torch.zeros(len(chunk_ids), length, self.dim)
-        mask = torch.arange(length)[None, :] < lengths[:, None]
-        out[mask] = torch.nn.functional.normalize(vectors, dim=1)
-        return out, mask
 
     @cached_property
     def _centroids_t(self) -> torch.Tensor:
@@ -321,8 +317,12 @@ class IndexData:
         centroid_scores: (Lq, C). Returns sorted unique chunk ids.
         """
         cells = centroid_scores.topk(min(ncells, centroid_scores.shape[1]), dim=1).indices.unique().numpy()
-        parts = [self.ivf[self.ivf_offsets[c] : self.ivf_offsets[c + 1]] for c in cells]
-        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int32)
+        return np.unique(self.ivf[self._ivf_entries(cells)])
+
+    def _ivf_entries(self, cells: np.ndarray) -> np.ndarray:
+        """Positions in ``ivf`` of the chunks listed under each of ``cells``, cell after cell."""
+        starts = self.ivf_offsets[cells]
+        return _ranges(starts, self.ivf_offsets[cells + 1] - starts)
 
     def approximate_scores(self, centroid_scores: torch.Tensor, chunk_ids: np.ndarray,
                            threshold: float) -> torch.Tensor:
@@ -338,17 +338,12 @@ class IndexData:
         """
         n = len(chunk_ids)
         kept = (centroid_scores.max(dim=0).values >= threshold).nonzero().squeeze(1).numpy()
-        starts, ends = self.ivf_offsets[kept], self.ivf_offsets[kept + 1]
-        lengths = ends - starts
-        shift = starts - np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        entries = np.repeat(shift, lengths) + np.arange(int(lengths.sum()))
-        chunks, cells = self.ivf[entries], np.repeat(kept, lengths)
+        entries = self._ivf_entries(kept)
+        chunks = self.ivf[entries]
+        cells = np.repeat(kept, self.ivf_offsets[kept + 1] - self.ivf_offsets[kept])
         order = np.argsort(chunk_ids, kind="stable")
-        where = np.searchsorted(chunk_ids[order], chunks).clip(max=max(n - 1, 0))
-        hit = chunk_ids[order][where] == chunks if n else np.zeros(len(chunks), dtype=bool)
-        target = torch.from_numpy(order[where[hit]])
+        sorted_ids = chunk_ids[order]
+        where = np.searchsorted(sorted_ids, chunks).clip(max=max(n - 1, 0))
+        hit = sorted_ids[where] == chunks if n else np.zeros(len(chunks), dtype=bool)
         values = centroid_scores.T[torch.from_numpy(cells[hit])]  # (E, Lq)
-        best = torch.full((n, centroid_scores.shape[0]), float("-inf"))
-        best.scatter_reduce_(0, target[:, None].expand(-1, values.shape[1]), values, "amax")
-        best = torch.where(torch.isneginf(best), torch.zeros_like(best), best)
-        return best.sum(dim=1)
+        return scatter_max(values, torch.from_numpy(order[where[hit]]), n).sum(dim=1)

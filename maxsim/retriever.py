@@ -261,8 +261,13 @@ class Retriever:
     def exact_scores_of(self, q_vectors: torch.Tensor, q_mask: torch.Tensor, chunk_ids: Sequence[int]) -> torch.Tensor:
         """Exact MaxSim of one encoded query ((1, Lq, dim), (1, Lq)) with some chunks of the
         index, from their decompressed vectors: (n,) float32."""
-        vectors, mask = self._require_index().decompress(np.asarray(chunk_ids, dtype=np.int64))
-        return maxsim(q_vectors, q_mask, vectors, mask)[0]
+        self._require_index()
+        return self._chunk_scores(q_vectors, q_mask, np.asarray(chunk_ids, dtype=np.int64))
+
+    def _chunk_scores(self, q_vectors, q_mask, chunk_ids: np.ndarray) -> torch.Tensor:
+        vectors, lengths = self.index_data.decompress(chunk_ids)
+        scale = 1.0 / vectors.norm(dim=1).clamp_min(1e-12)  # score the stored vectors renormalised
+        return maxsim_packed(q_vectors[0], q_mask[0], vectors, lengths, scale)
 
     def _rank_chunks(self, q_vectors, q_mask, chunk_ids: np.ndarray, k: int) -> list[Hit]:
         """Exact MaxSim of one query ((1, Lq, dim), (1, Lq)) with some chunks, decompressed; the
@@ -270,9 +275,7 @@ class Retriever:
         data = self.index_data
         if len(chunk_ids) == 0:
             return []
-        vectors, lengths = data.decompress_flat(chunk_ids)
-        scale = 1.0 / vectors.norm(dim=1).clamp_min(1e-12)
-        scores = maxsim_packed(q_vectors[0], q_mask[0], vectors, lengths, scale).numpy()
+        scores = self._chunk_scores(q_vectors, q_mask, chunk_ids).numpy()
         order = np.argsort(-scores, kind="stable")
         docs = data.chunk_docs[chunk_ids[order]]
         _, first = np.unique(docs, return_index=True)  # each document's best chunk

@@ -110,7 +110,12 @@ def maxsim_packed(
     if token_scale is not None:
         sim = sim * token_scale[:, None]
     document = torch.repeat_interleave(torch.arange(len(lengths), device=tokens.device), lengths)  # (T,)
-    best = torch.full((len(lengths), sim.shape[1]), float("-inf"), device=tokens.device)
-    best.scatter_reduce_(0, document[:, None].expand(-1, sim.shape[1]), sim.float(), "amax")  # (n, Lq')
-    best = torch.where(torch.isneginf(best), torch.zeros_like(best), best)
-    return best.sum(dim=1)
+    return scatter_max(sim.float(), document, len(lengths)).sum(dim=1)
+
+
+def scatter_max(values: torch.Tensor, target: torch.Tensor, n: int) -> torch.Tensor:
+    """Row-wise maxima by target: (E, L) values, (E,) int64 targets in [0, n) -> (n, L), with 0
+    where no row reaches a target (as a document with no valid token scores 0 in MaxSim)."""
+    best = torch.full((n, values.shape[1]), float("-inf"), dtype=values.dtype, device=values.device)
+    best.scatter_reduce_(0, target[:, None].expand(-1, values.shape[1]), values, "amax")
+    return torch.where(torch.isneginf(best), torch.zeros_like(best), best)
