@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -25,6 +26,24 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+@contextlib.contextmanager
+def _one_line_errors():
+    """Turn the errors a user can fix (bad input, a locked or full output, a file in the way) into
+    one ``error: ...`` line and exit status 2, never a traceback."""
+    from maxsim.data.errors import DataError
+    from maxsim.files import LockedError, no_space_message
+    from maxsim.index import IndexLoadError
+    from maxsim.model import ModelLoadError
+
+    try:
+        yield
+    except (DataError, ModelLoadError, IndexLoadError, LockedError, FileExistsError, ValueError) as err:
+        _fail(str(err))
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        _fail(no_space_message(err) or f"{where}{err.strerror or err}")
+
+
 @app.callback()
 def _root() -> None:
     """maxsim: prepare data, train, index, search and evaluate ColBERT retrievers."""
@@ -36,7 +55,7 @@ def prepare(
     output: Annotated[Path, typer.Option(help="Training-data folder to write (queries.jsonl, corpus.jsonl, triples.jsonl, manifest.json).")],
     kind: Annotated[str | None, typer.Option(help="Force the input kind: pairs, labelled or triplets [default: read from the columns].")] = None,
     split: Annotated[str, typer.Option(help="qrels split of BEIR folders.")] = "train",
-    corpus: Annotated[list[Path] | None, typer.Option(help="Extra documents (corpus.jsonl or a table with a 'text' column), only candidates for negatives. Repeatable.")] = None,
+    corpus: Annotated[list[Path] | None, typer.Option(help="Extra documents (a corpus.jsonl, a table with a 'text' column, or a BEIR folder), only candidates for negatives. Repeatable.")] = None,
     mine: Annotated[str, typer.Option(help="Negative mining: bm25, dense (needs --miner-model) or none (random).")] = "bm25",
     miner_model: Annotated[str | None, typer.Option(help="maxsim checkpoint or base model folder for --mine dense.")] = None,
     dense_search: Annotated[str, typer.Option(help="How --mine dense ranks: exact (MaxSim with every document), index (through a temporary compressed index, for large corpora) or auto (index above 50,000 documents).")] = "auto",
@@ -52,9 +71,7 @@ def prepare(
     export: Annotated[list[str] | None, typer.Option(help="Also write other formats: colbert (colbert-ai / RAGatouille files in colbert/).")] = None,
 ) -> None:
     """Turn pairs, labelled pairs, triplets or a BEIR folder into a checked training folder."""
-    from maxsim.data.errors import DataError
     from maxsim.data.prepare import KINDS, prepare_training_data
-    from maxsim.model import ModelLoadError
 
     if kind is not None and kind not in KINDS:
         _fail(f"--kind must be one of {', '.join(KINDS)}")
@@ -74,10 +91,8 @@ def prepare(
         options["positive_labels"] = tuple(positive_label)
     if negative_label:
         options["negative_labels"] = tuple(negative_label)
-    try:
+    with _one_line_errors():
         manifest = prepare_training_data(list(inputs), output, corpus=list(corpus or []), **options)
-    except (DataError, ModelLoadError, FileExistsError, ValueError) as err:
-        _fail(str(err))
     counts = manifest["counts"]
     typer.echo(", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()), err=True)
     for what, section in (("dropped", manifest["dropped"]), ("merged", manifest["merged"])):
@@ -120,11 +135,9 @@ def train(
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda [default: auto].")] = None,
     log_every: Annotated[int | None, typer.Option(help="Write metrics.jsonl every N steps [default: 1].")] = None,
     progress_bar: Annotated[bool | None, typer.Option("--progress-bar/--no-progress-bar", help="Show a progress bar [default: on].")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in --output.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in --output, with the run's saved settings (OUTPUT/config.yaml); a flag that would change what is trained is refused.")] = False,
 ) -> None:
     """Train a ColBERT model; the last line printed is the checkpoint to use (best/ with a dev set)."""
-    from maxsim.data.errors import DataError
-    from maxsim.model import ModelLoadError
     from maxsim.training import TrainConfig, Trainer
 
     values = {
@@ -139,6 +152,8 @@ def train(
         "metric": metric, "seed": seed, "device": device, "log_every": log_every,
         "progress_bar": progress_bar,
     }
+    if config is None and resume and output is not None and (output / "config.yaml").is_file():
+        config = output / "config.yaml"  # a resume continues the run as it was set up
     try:
         if config is not None:
             if not config.is_file():
@@ -152,10 +167,8 @@ def train(
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
         _fail(f"invalid settings: {problems}")
     _quiet_libraries()
-    try:
+    with _one_line_errors():
         path = Trainer(cfg).train(resume=resume)
-    except (DataError, ModelLoadError, FileExistsError, ValueError) as err:
-        _fail(str(err))
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(str(path))
 
@@ -170,6 +183,8 @@ def evaluate(
     k: Annotated[int, typer.Option(help="Documents retrieved per query.")] = 100,
     drop_self_hits: Annotated[bool, typer.Option("--drop-self-hits", help="Remove a document whose id equals the query id (ArguAna-style sets).")] = False,
     batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse qrels that name documents the corpus lacks [default: warn, and count them as relevant and unretrievable, as BEIR does].")] = False,
+    allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch", help="With --index and --model: search the index with a model other than the one that built it.")] = False,
 ) -> None:
     """nDCG@10, MRR@10, Recall@100 and MAP (pytrec_eval) of exact MaxSim, an index or BM25 on a BEIR split.
 
@@ -177,27 +192,29 @@ def evaluate(
     """
     import json
 
-    from maxsim.data.errors import DataError
     from maxsim.evaluation import evaluate_beir, write_trec_run
     from maxsim.files import atomic_write_text
-    from maxsim.index import IndexLoadError
-    from maxsim.model import ModelLoadError
 
     if model is None and index is None:
         _fail("give --model (a checkpoint, 'base' or 'bm25') or --index")
+    if k < 1:
+        _fail(f"--k must be 1 or more, got {k}")
+    if output is not None and output.exists() and not output.is_dir():
+        _fail(f"--output {output} is a file: choose a folder for run.trec and metrics.json")
     _quiet_libraries()
-    try:
-        metrics, run = evaluate_beir(model, data, split, k, drop_self_hits, batch_size, progress=True, index=index)
-    except (DataError, ModelLoadError, IndexLoadError, ValueError) as err:
-        _fail(str(err))
+    with _one_line_errors():
+        metrics, run = evaluate_beir(model, data, split, k, drop_self_hits, batch_size, progress=True, index=index,
+                                     strict=strict, trec_output=output is not None,
+                                     allow_model_mismatch=allow_model_mismatch)
     result = {"model": model, "data": str(data), "split": split, **{k_: round(v, 4) for k_, v in metrics.items()}}
     if index is not None:
         result["index"] = str(index)
         if model is None:
             result["model"] = json.loads((index / "index.json").read_text()).get("model_path")
     if output is not None:
-        write_trec_run(run, output / "run.trec", tag="bm25" if model == "bm25" else "maxsim")
-        atomic_write_text(output / "metrics.json", json.dumps(result, indent=2) + "\n")
+        with _one_line_errors():
+            write_trec_run(run, output / "run.trec", tag="bm25" if model == "bm25" else "maxsim")
+            atomic_write_text(output / "metrics.json", json.dumps(result, indent=2) + "\n")
     typer.echo(json.dumps(result))
 
 
@@ -210,22 +227,25 @@ def build_index(
     max_document_tokens: Annotated[int | None, typer.Option(help="Split documents into chunks of at most this many tokens [default: the model's doc_maxlen].")] = None,
     no_split: Annotated[bool, typer.Option("--no-split", help="Truncate long documents instead of splitting them.")] = False,
     batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the index already in --output (a folder holding anything else is never replaced).")] = False,
 ) -> None:
     """Build a compressed (PLAID-style) index of a corpus; prints the index folder."""
     from maxsim.data.errors import DataError
     from maxsim.data.training_folder import read_corpus
-    from maxsim.model import ModelLoadError
+    from maxsim.files import check_replaceable
+    from maxsim.index import is_index
     from maxsim.retriever import Retriever
 
     _quiet_libraries()
     path = corpus / "corpus.jsonl" if corpus.is_dir() else corpus
-    try:
+    with _one_line_errors():
+        check_replaceable(output, is_index, "maxsim index", overwrite)  # before any work
         docs = read_corpus(path)
+        if not len(docs):
+            raise DataError(path, None, "no documents", "give a corpus.jsonl with one {\"_id\", \"text\"} per line")
         retriever = Retriever.from_pretrained(None if model == "base" else model)
-        retriever.index(docs.texts, path=output, document_ids=docs.ids, nbits=nbits,
+        retriever.index(docs.texts, path=output, document_ids=docs.ids, nbits=nbits, overwrite=overwrite,
                         split_documents=not no_split, max_document_tokens=max_document_tokens, batch_size=batch_size)
-    except (DataError, ModelLoadError, ValueError) as err:
-        _fail(str(err))
     typer.echo(str(output))
 
 
@@ -238,21 +258,20 @@ def search(
     ncells: Annotated[int | None, typer.Option(help="Centroids probed per query token [default: size-aware].")] = None,
     centroid_score_threshold: Annotated[float | None, typer.Option(help="Centroids scoring under this are ignored in the first ranking.")] = None,
     ndocs: Annotated[int | None, typer.Option(help="Chunks decompressed and scored exactly [default: size-aware].")] = None,
+    allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch", help="Search even if the index's model folder now holds another model (its weights changed since indexing).")] = False,
 ) -> None:
     """Search an index; prints the hits (document_id, score, rank, content, metadata)."""
     import json
 
-    from maxsim.index import IndexLoadError
-    from maxsim.model import ModelLoadError
     from maxsim.retriever import Retriever
 
+    if k < 1:
+        _fail(f"-k must be 1 or more, got {k}")
     _quiet_libraries()
-    try:
-        retriever = Retriever.from_index(index)
+    with _one_line_errors():
+        retriever = Retriever.from_index(index, allow_model_mismatch=allow_model_mismatch)
         results = retriever.search(list(queries), k=k, ncells=ncells, centroid_score_threshold=centroid_score_threshold,
                                    ndocs=ndocs)
-    except (IndexLoadError, ModelLoadError, ValueError) as err:
-        _fail(str(err))
     if as_json:
         payload = [[h.to_dict() for h in hits] for hits in results]
         typer.echo(json.dumps(payload[0] if len(payload) == 1 else payload, ensure_ascii=False))

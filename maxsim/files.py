@@ -1,17 +1,45 @@
-"""Atomic writes: a reader sees the old content or the new one, never half of either."""
+"""Safe writes: atomic files and folders, writer locks, and checks before replacing a folder.
+
+A reader sees the old content or the new one, never half of either; a folder is replaced only
+when it holds what we wrote; two writers of one thing take turns.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
+
+class LockedError(RuntimeError):
+    """Another process holds the lock of what we are about to write."""
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read by setting and restoring it
+    os.umask(mask)
+    return mask
+
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename.
+
+    The file gets the mode an ordinary ``open(path, "w")`` would give it (0666 less the umask),
+    not the private 0600 of a temporary file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -20,6 +48,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -31,7 +60,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` whole.
 
-    If the block raises, or the process dies inside it, ``path`` keeps its old content (or stays
+    Callers check first that ``path`` is theirs to replace (:func:`check_replaceable`). If the
+    block raises, or the process dies inside it, ``path`` keeps its old content (or stays
     absent) and only a hidden ``.tmp-*`` folder is left behind, which :func:`remove_stale_temps`
     clears. Replacing an existing folder takes two renames; if the process dies between them,
     ``path`` is missing and ``<path>.old`` holds the previous content, which
@@ -40,13 +70,13 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".tmp-{path.name}-"))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = path.with_name(path.name + ".old")
+    old = old_path(path)
     if path.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
@@ -54,15 +84,27 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def recover_directory(path: str | Path) -> None:
-    """Put back ``<path>.old`` if a replacement by :func:`atomic_directory` was cut short."""
+def old_path(path: str | Path) -> Path:
+    """Where :func:`atomic_directory` keeps the previous content while it swaps: ``<path>.old``."""
     path = Path(path)
-    old = path.with_name(path.name + ".old")
+    return path.with_name(path.name + ".old")
+
+
+def recover_directory(path: str | Path) -> bool:
+    """Put back ``<path>.old`` if a replacement by :func:`atomic_directory` was cut short.
+
+    Returns whether anything was put back. Call it only while no writer is swapping ``path``
+    (under its :func:`exclusive_lock`, or where nothing else writes).
+    """
+    path = Path(path)
+    old = old_path(path)
     if old.exists():
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(old, path)
+            return True
+    return False
 
 
 def remove_stale_temps(folder: str | Path) -> None:
@@ -71,3 +113,64 @@ def remove_stale_temps(folder: str | Path) -> None:
     if folder.is_dir():
         for child in folder.glob(".tmp-*"):
             shutil.rmtree(child, ignore_errors=True)
+
+
+def check_replaceable(path: str | Path, is_ours, what: str, overwrite: bool | None = None,
+                      flag: str = "--overwrite") -> None:
+    """Refuse to write ``what`` at ``path`` where that would delete something we did not write.
+
+    ``path`` may be absent or an empty folder. A non-empty folder must satisfy ``is_ours(path)``
+    and, when ``overwrite`` is not None, ``overwrite`` must be True (``flag`` names the switch
+    that says so). A file is always refused.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise FileExistsError(f"{path} is a file, not a folder: choose a folder for the {what}")
+    if not any(path.iterdir()):
+        return
+    if not is_ours(path):
+        raise FileExistsError(f"{path} already holds files that are not a {what}; writing there could "
+                              "replace them: choose an empty or new folder")
+    if overwrite is False:
+        raise FileExistsError(f"{path} already holds a {what}: pass {flag} to replace it, or choose "
+                              "another folder")
+
+
+def lock_path(path: str | Path) -> Path:
+    """The lock file of a folder that is replaced whole when written: ``<path>.lock`` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_file: str | Path, what: str, timeout: float = 60.0) -> Iterator[None]:
+    """Hold an exclusive lock (``filelock``) on ``lock_file`` for the block.
+
+    Waits up to ``timeout`` seconds for another holder (0: do not wait), then raises
+    :class:`LockedError` naming ``what`` and the lock file. The operating system releases the
+    lock of a process that dies, so a crash never leaves it held.
+    """
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_file), timeout=timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        waited = f" after waiting {timeout:g} s" if timeout > 0 else ""
+        raise LockedError(f"another process is writing {what} (it holds {lock_file}){waited}: wait for it "
+                          "to finish, or use another folder") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def no_space_message(err: OSError) -> str | None:
+    """A one-line explanation for a full disk, or None if ``err`` is something else."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" while writing {err.filename}" if err.filename else ""
+        return (f"no space left on the device{where}. Nothing was replaced: the previous files are "
+                "intact. Fix: free some space (or choose an output on another disk) and run it again")
+    return None

@@ -30,14 +30,18 @@ import bz2
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from maxsim.files import atomic_directory
+from maxsim.files import atomic_directory, exclusive_lock, lock_path, old_path, recover_directory
 from maxsim.model import cpu_computes_bf16
 from maxsim.scoring import scatter_max
 
@@ -164,17 +168,53 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.repeat(shift, lengths) + np.arange(int(lengths.sum()))
 
 
-def _sha256(path: Path) -> str:
+def _sha256_of(handle) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
     return digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return _sha256_of(handle)
+
+
+def is_index(path: str | Path) -> bool:
+    """Whether ``path`` is a maxsim index folder (of any format version)."""
+    meta = Path(path) / "index.json"
+    try:
+        return str(json.loads(meta.read_text()).get("format", "")).startswith("maxsim-plaid")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+@contextmanager
+def index_lock(path: str | Path, timeout: float = 60.0) -> Iterator[None]:
+    """The writer lock of an index: ``<path>.lock`` beside the folder, held while a process reads,
+    changes and saves the index, so that two writers take turns and none loses the other's work."""
+    with exclusive_lock(lock_path(path), f"the index {path}", timeout):
+        yield
+
+
+#: index.json keys every index has
+REQUIRED_KEYS = ("format", "files", "nbits", "dim", "split_documents", "max_document_tokens")
+DOCUMENTS_FILE = "documents.jsonl.bz2"
+LOAD_ATTEMPTS = 50  # a load that meets a write in progress starts again, up to this many times
+
+
+class _Changed(Exception):
+    """The index was being replaced while we read it: read it again."""
 
 
 @dataclass
 class IndexData:
-    """An index in memory. Chunks are the units stored and searched; documents own chunks."""
+    """An index in memory. Chunks are the units stored and searched; documents own chunks.
+
+    ``version`` changes with every save; a writer that finds another version on disk than the
+    one it holds reloads before changing anything. Changes (:meth:`with_documents`,
+    :meth:`without_documents`) return a new object and leave this one as it was.
+    """
 
     settings: dict
     centroids: np.ndarray
@@ -187,6 +227,7 @@ class IndexData:
     ivf_offsets: np.ndarray
     documents: list[dict] = field(default_factory=list)  # {"id", "content", "metadata"}
     spans: list[tuple[int, int]] = field(default_factory=list)
+    version: str = ""
 
     @property
     def dim(self) -> int:
@@ -194,7 +235,7 @@ class IndexData:
 
     @cached_property
     def offsets(self) -> np.ndarray:
-        """(N + 1,) int64 start of each chunk's tokens; recomputed after append/remove."""
+        """(N + 1,) int64 start of each chunk's tokens."""
         return np.concatenate([[0], np.cumsum(self.doclens, dtype=np.int64)])
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -203,78 +244,142 @@ class IndexData:
                 "codes": self.codes.astype(code_type), "residuals": self.residuals, "doclens": self.doclens,
                 "chunk_docs": self.chunk_docs, "spans": np.asarray(self.spans, dtype=np.int32).reshape(-1, 2)}
 
-    def save(self, path: str | Path) -> None:
-        """Write every file to a new folder, then swap it in: a crash leaves the old index."""
+    def save(self, path: str | Path) -> str:
+        """Write every file to a new folder, then swap it in: a crash leaves the old index.
+
+        The caller holds :func:`index_lock` (``Retriever`` does) and has checked that ``path`` may
+        be replaced. Returns the new version, which this object takes.
+        """
         path = Path(path)
+        recover_directory(path)  # a swap cut short by a crash: put the previous index back first
+        version = uuid.uuid4().hex
         with atomic_directory(path) as tmp:
             files = {}
             for name, array in self.arrays().items():
                 np.save(tmp / f"{name}.npy", array, allow_pickle=False)
                 files[f"{name}.npy"] = None
             text = "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in self.documents)
-            (tmp / "documents.jsonl.bz2").write_bytes(bz2.compress(text.encode("utf-8"), 9))
-            files["documents.jsonl.bz2"] = None
+            (tmp / DOCUMENTS_FILE).write_bytes(bz2.compress(text.encode("utf-8"), 9))
+            files[DOCUMENTS_FILE] = None
             meta = dict(self.settings)
-            meta.update(format=FORMAT, n_documents=len(self.documents), n_chunks=len(self.doclens),
+            meta.update(format=FORMAT, version=version, n_documents=len(self.documents), n_chunks=len(self.doclens),
                         n_tokens=int(self.doclens.sum()), n_centroids=int(len(self.centroids)),
                         files={name: _sha256(tmp / name) for name in sorted(files)})
             (tmp / "index.json").write_text(json.dumps(meta, indent=2) + "\n")
+        self.version = version
+        return version
 
     @classmethod
     def load(cls, path: str | Path) -> IndexData:
+        """Read an index; every file is checked against the checksum index.json records.
+
+        A load that meets a writer's swap reads again, so what comes back is always one version;
+        an index left without its folder by a crash between the swap's two renames is put back
+        from ``<path>.old`` first.
+        """
         path = Path(path)
-        meta_path = path / "index.json"
-        if not meta_path.is_file():
-            raise IndexLoadError(f"{path} is not a maxsim index (no index.json)")
+        for attempt in range(LOAD_ATTEMPTS):
+            if not (path / "index.json").is_file() and old_path(path).is_dir():
+                _recover_if_idle(path)
+            try:
+                return cls._load_once(path)
+            except _Changed:
+                time.sleep(min(0.01 * (attempt + 1), 0.2))
+        raise IndexLoadError(f"{path} kept changing while it was read ({LOAD_ATTEMPTS} tries): "
+                             "another process is writing it without pause; try again")
+
+    @staticmethod
+    def current_version(path: str | Path) -> str | None:
+        """The version recorded in ``path/index.json`` now, or None if it cannot be read."""
         try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as err:
-            raise IndexLoadError(f"{meta_path} is damaged ({err.msg}): rebuild the index") from None
-        if meta.get("format") != FORMAT:
-            raise IndexLoadError(f"{path}: index format {meta.get('format')!r} is not {FORMAT!r}, the one this "
-                                 "maxsim reads: rebuild the index with `maxsim index`")
+            return json.loads((Path(path) / "index.json").read_bytes()).get("version")
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    @classmethod
+    def _load_once(cls, path: Path) -> IndexData:
+        meta_path = path / "index.json"
+        try:
+            raw = meta_path.read_bytes()
+        except FileNotFoundError:
+            if old_path(path).is_dir():
+                raise _Changed from None  # a writer is between its two renames
+            raise IndexLoadError(f"{path} is not a maxsim index (no index.json)") from None
+        meta = _parse_meta(raw, meta_path, path)
+
+        def unchanged() -> bool:
+            try:
+                return meta_path.read_bytes() == raw
+            except FileNotFoundError:
+                return False
+
+        loaded = {}
         for name, digest in meta["files"].items():
-            file = path / name
-            if not file.is_file() or _sha256(file) != digest:
-                raise IndexLoadError(f"{file} is missing, truncated or damaged (checksum mismatch): "
-                                  "rebuild the index, or restore the folder from a copy")
-        arrays = {name: np.load(path / f"{name}.npy", allow_pickle=False) for name in ARRAYS}
-        with bz2.open(path / "documents.jsonl.bz2", "rt", encoding="utf-8") as handle:
-            documents = [json.loads(x) for x in handle]
-        spans = [tuple(span) for span in arrays["spans"].tolist()]
+            try:
+                with (path / name).open("rb") as handle:
+                    # hash and parse the same open file: a swap in between cannot mix versions
+                    matches = _sha256_of(handle) == digest
+                    handle.seek(0)
+                    if matches:
+                        loaded[name] = (np.load(handle, allow_pickle=False) if name.endswith(".npy")
+                                        else bz2.decompress(handle.read()).decode("utf-8"))
+            except FileNotFoundError:
+                matches = False
+            if not matches:
+                if not unchanged():
+                    raise _Changed
+                raise IndexLoadError(f"{path / name} is missing, truncated or damaged (checksum mismatch): "
+                                     "rebuild the index, or restore the folder from a copy")
+        if not unchanged():
+            raise _Changed
+        return cls._from_files(meta, loaded, path)
+
+    @classmethod
+    def _from_files(cls, meta: dict, loaded: dict, path: Path) -> IndexData:
+        arrays = {name: loaded[f"{name}.npy"] for name in ARRAYS}
+        documents = [json.loads(x) for x in loaded[DOCUMENTS_FILE].splitlines()]
         codes = arrays["codes"].astype(np.int64)
+        _check_shapes(meta, arrays, len(documents), path)
         ivf, ivf_offsets = build_ivf(codes, arrays["doclens"], len(arrays["centroids"]))
         settings = {k: v for k, v in meta.items()
-                    if k not in {"format", "n_documents", "n_chunks", "n_tokens", "n_centroids", "files"}}
+                    if k not in {"format", "version", "n_documents", "n_chunks", "n_tokens", "n_centroids", "files"}}
         return cls(settings=settings, centroids=arrays["centroids"].astype(np.float32),
                    codec=Codec.from_array(arrays["codec"], settings["nbits"]), codes=codes,
                    residuals=arrays["residuals"], doclens=arrays["doclens"], chunk_docs=arrays["chunk_docs"],
-                   ivf=ivf, ivf_offsets=ivf_offsets, documents=documents, spans=spans)
+                   ivf=ivf, ivf_offsets=ivf_offsets, documents=documents,
+                   spans=[tuple(span) for span in arrays["spans"].tolist()], version=meta.get("version", ""))
 
     # ------------------------------------------------------------------ changes
-    def append(self, vectors: np.ndarray, doclens: np.ndarray, chunk_docs: np.ndarray) -> None:
-        """Add chunks (their token vectors, concatenated) with the existing centroids and codec."""
+    def with_documents(self, vectors: np.ndarray, doclens: np.ndarray, records: list[dict],
+                       chunk_docs: np.ndarray, spans: list[tuple[int, int]]) -> IndexData:
+        """A new index with documents added (existing centroids and codec).
+
+        vectors: (T, dim) float32, the chunks' token vectors back to back; doclens: (n,) tokens
+        per chunk; chunk_docs: (n,) position of each chunk's document among ``records``.
+        """
         codes = nearest_centroids(vectors, self.centroids)
         residuals = self.codec.encode(vectors - self.centroids[codes])
-        self.codes = np.concatenate([self.codes, codes])
-        self.residuals = np.concatenate([self.residuals, residuals])
-        self.doclens = np.concatenate([self.doclens, doclens.astype(np.int32)])
-        self.chunk_docs = np.concatenate([self.chunk_docs, chunk_docs.astype(np.int32)])
-        self.ivf, self.ivf_offsets = build_ivf(self.codes, self.doclens, len(self.centroids))
-        self._forget_tensors()
+        all_codes = np.concatenate([self.codes, codes])
+        all_doclens = np.concatenate([self.doclens, doclens.astype(np.int32)])
+        ivf, ivf_offsets = build_ivf(all_codes, all_doclens, len(self.centroids))
+        chunk_docs = np.concatenate([self.chunk_docs, (chunk_docs + len(self.documents)).astype(np.int32)])
+        return replace(self, codes=all_codes, residuals=np.concatenate([self.residuals, residuals]),
+                       doclens=all_doclens, chunk_docs=chunk_docs, ivf=ivf, ivf_offsets=ivf_offsets,
+                       documents=self.documents + list(records),
+                       spans=self.spans + list(spans))
 
-    def remove_documents(self, positions: set[int]) -> None:
-        """Drop documents (by position) and their chunks; later documents move up."""
+    def without_documents(self, positions: set[int]) -> IndexData:
+        """A new index without some documents (by position) and their chunks; later ones move up."""
         keep_chunk = ~np.isin(self.chunk_docs, np.fromiter(positions, dtype=np.int64))
         keep_token = np.repeat(keep_chunk, self.doclens)
         new_position = np.cumsum([i not in positions for i in range(len(self.documents))]) - 1
-        self.codes, self.residuals = self.codes[keep_token], self.residuals[keep_token]
-        self.doclens = self.doclens[keep_chunk]
-        self.chunk_docs = new_position[self.chunk_docs[keep_chunk]].astype(np.int32)
-        self.spans = [s for s, keep in zip(self.spans, keep_chunk) if keep]
-        self.documents = [d for i, d in enumerate(self.documents) if i not in positions]
-        self.ivf, self.ivf_offsets = build_ivf(self.codes, self.doclens, len(self.centroids))
-        self._forget_tensors()
+        codes, doclens = self.codes[keep_token], self.doclens[keep_chunk]
+        ivf, ivf_offsets = build_ivf(codes, doclens, len(self.centroids))
+        return replace(self, codes=codes, residuals=self.residuals[keep_token], doclens=doclens,
+                       chunk_docs=new_position[self.chunk_docs[keep_chunk]].astype(np.int32), ivf=ivf,
+                       ivf_offsets=ivf_offsets,
+                       documents=[d for i, d in enumerate(self.documents) if i not in positions],
+                       spans=[s for s, keep in zip(self.spans, keep_chunk) if keep])
 
     # ------------------------------------------------------------------ search
     def token_positions(self, chunk_ids: np.ndarray) -> np.ndarray:
@@ -306,10 +411,6 @@ class IndexData:
     @cached_property
     def _table_t(self) -> torch.Tensor:
         return torch.from_numpy(self.codec.table)
-
-    def _forget_tensors(self) -> None:
-        for name in ("offsets", "_codes_t", "_residuals_t"):
-            self.__dict__.pop(name, None)
 
     def candidates(self, centroid_scores: torch.Tensor, ncells: int) -> np.ndarray:
         """Chunks that hold one of each query token's ``ncells`` nearest centroids.
@@ -347,3 +448,60 @@ class IndexData:
         hit = sorted_ids[where] == chunks if n else np.zeros(len(chunks), dtype=bool)
         values = centroid_scores.T[torch.from_numpy(cells[hit])]  # (E, Lq)
         return scatter_max(values, torch.from_numpy(order[where[hit]]), n).sum(dim=1)
+
+
+def _parse_meta(raw: bytes, meta_path: Path, path: Path) -> dict:
+    """index.json, checked for the format and the keys every index has."""
+    try:
+        meta = json.loads(raw)
+    except ValueError as err:
+        raise IndexLoadError(f"{meta_path} is damaged ({err}): rebuild the index") from None
+    if not isinstance(meta, dict):
+        raise IndexLoadError(f"{meta_path} is damaged (not a JSON object): rebuild the index")
+    if meta.get("format") != FORMAT:
+        raise IndexLoadError(f"{path}: index format {meta.get('format')!r} is not {FORMAT!r}, the one this "
+                             "maxsim reads: rebuild the index with `maxsim index`")
+    missing = [key for key in REQUIRED_KEYS if key not in meta]
+    if missing:
+        raise IndexLoadError(f"{meta_path} is damaged (no {', '.join(missing)}): rebuild the index")
+    expected = {f"{name}.npy" for name in ARRAYS} | {DOCUMENTS_FILE}
+    if not isinstance(meta["files"], dict) or set(meta["files"]) != expected:
+        raise IndexLoadError(f"{meta_path} is damaged (its file list is not {sorted(expected)}): rebuild the index")
+    if meta["nbits"] not in (1, 2, 4):
+        raise IndexLoadError(f"{meta_path} is damaged (nbits {meta['nbits']!r} is not 1, 2 or 4): rebuild the index")
+    return meta
+
+
+def _check_shapes(meta: dict, arrays: dict[str, np.ndarray], n_documents: int, path: Path) -> None:
+    """Refuse arrays that do not fit together (an edited index.json, files from two indexes)."""
+    nbits, dim = meta["nbits"], meta["dim"]
+    n_tokens, n_chunks = int(arrays["doclens"].sum()), len(arrays["doclens"])
+    problems = []
+    if arrays["centroids"].ndim != 2 or arrays["centroids"].shape[1] != dim:
+        problems.append(f"centroids are not {dim}-dim")
+    if len(arrays["codec"]) != 2 * 2**nbits - 1:
+        problems.append(f"the codec does not have {2 * 2**nbits - 1} values for nbits {nbits}")
+    if len(arrays["codes"]) != n_tokens or len(arrays["residuals"]) != n_tokens:
+        problems.append("codes and residuals do not hold one row per token")
+    if arrays["residuals"].ndim != 2 or arrays["residuals"].shape[1] != dim * nbits // 8:
+        problems.append(f"residual rows are not {dim * nbits // 8} bytes")
+    if len(arrays["chunk_docs"]) != n_chunks or len(arrays["spans"]) != n_chunks:
+        problems.append("chunk_docs and spans do not hold one row per chunk")
+    if n_chunks and (arrays["chunk_docs"].min() < 0 or arrays["chunk_docs"].max() >= n_documents):
+        problems.append("a chunk names a document that is not stored")
+    if n_tokens and arrays["codes"].astype(np.int64).max() >= len(arrays["centroids"]):
+        problems.append("a token names a centroid that is not stored")
+    if problems:
+        raise IndexLoadError(f"{path} is damaged ({'; '.join(problems)}): rebuild the index")
+
+
+def _recover_if_idle(path: Path) -> None:
+    """Put back ``<path>.old`` left by a crash between a swap's two renames, unless a writer is
+    in the middle of its swap now (then the load waits for it)."""
+    from maxsim.files import LockedError
+
+    try:
+        with index_lock(path, timeout=0):
+            recover_directory(path)
+    except LockedError:
+        pass

@@ -25,7 +25,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
-from maxsim.files import atomic_directory
+from maxsim.files import atomic_directory, check_replaceable
+from maxsim.progress import quiet_transformers
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,8 @@ class ColBERT(nn.Module):
         self.linear = projection
         self.tokenizer = tokenizer
         self.settings = settings
+        #: the folder (or hub name) the weights were loaded from; None for a model built in memory
+        self.source: str | None = None
         self.query_marker_id = self._token_id(settings.query_marker)
         self.document_marker_id = self._token_id(settings.document_marker)
         self.mask_token_id = (
@@ -154,7 +157,8 @@ class ColBERT(nn.Module):
                 projection.weight.copy_(weight)
         else:
             encoder, tokenizer = _load_encoder(path)
-            settings = ColBERTSettings(dim=dim or 128, base_model=str(name_or_path or path), **overrides)
+            source = str(path.resolve()) if path.is_dir() else str(name_or_path)
+            settings = ColBERTSettings(dim=dim or 128, base_model=source, **overrides)
             settings = _choose_markers(tokenizer, encoder, settings)
             projection = nn.Linear(encoder.config.hidden_size, settings.dim, bias=False)
             generator = torch.Generator().manual_seed(seed)
@@ -162,9 +166,24 @@ class ColBERT(nn.Module):
             with torch.no_grad():
                 projection.weight.uniform_(-bound, bound, generator=generator)
         model = cls(encoder, tokenizer, settings, projection)
+        model.source = str(path.resolve()) if path.is_dir() else str(name_or_path)
         if device is not None:
             model.to(device)
         return model
+
+    def digest(self) -> str:
+        """sha256 of the settings and every weight (float32, in name order): the model's identity.
+
+        Equal for the same weights wherever they were loaded from; an index records it so that a
+        model folder replaced after indexing is noticed. About 0.2 s for MiniLM-L6 on a CPU.
+        """
+        import hashlib
+
+        digest = hashlib.sha256(self.settings.model_dump_json().encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(name.encode() + b"\0")
+            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy())
+        return digest.hexdigest()
 
     def save(self, path: str | Path) -> Path:
         """Write a self-contained folder (weights, encoder config, tokenizer, settings).
@@ -173,6 +192,7 @@ class ColBERT(nn.Module):
         the old folder or the new one.
         """
         path = Path(path)
+        check_replaceable(path, lambda p: (p / SETTINGS_FILE).is_file(), "maxsim model")
         with atomic_directory(path) as tmp:
             self.save_to(tmp)
         return path
@@ -181,7 +201,8 @@ class ColBERT(nn.Module):
         """Write the model files into an existing folder (no atomicity of its own)."""
         state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in
                  self.encoder.state_dict().items()}
-        self.encoder.save_pretrained(folder, state_dict=state, safe_serialization=True)
+        with quiet_transformers():
+            self.encoder.save_pretrained(folder, state_dict=state, safe_serialization=True)
         self.tokenizer.save_pretrained(folder)
         save_file(
             {"weight": self.linear.weight.detach().to("cpu", torch.float32).contiguous()},
@@ -415,6 +436,11 @@ def _autocast(device: torch.device):
 
 def _load_encoder(path: Path):
     """Load encoder and tokenizer from a local folder, or by hub name where reachable."""
+    with quiet_transformers():
+        return _load_encoder_files(path)
+
+
+def _load_encoder_files(path: Path):
     if not path.is_dir():
         try:
             encoder = AutoModel.from_pretrained(str(path))

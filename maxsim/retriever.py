@@ -8,6 +8,7 @@ always :func:`maxsim.scoring.maxsim`, the same MaxSim as in training.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -17,11 +18,14 @@ import numpy as np
 import torch
 
 from maxsim.data.prepare import stable_id
+from maxsim.files import check_replaceable, recover_directory
 from maxsim.index import (
     Codec,
     IndexData,
     IndexLoadError,
     build_ivf,
+    index_lock,
+    is_index,
     n_centroids_for,
     nearest_centroids,
     train_centroids,
@@ -48,6 +52,58 @@ class Hit:
         return asdict(self)
 
 
+def index_folder(name: str | None) -> Path:
+    """``INDEX_ROOT/name`` for an index known by name; the name must be one plain folder name."""
+    if not name:
+        raise ValueError("give the index a path= (a folder) or a name= (kept under .maxsim/indexes/)")
+    if (not isinstance(name, str) or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
+            or Path(name).is_absolute() or Path(name).name != name):
+        raise ValueError(f"index name {name!r} must be one folder name (no '/', '\\', '.' or '..'); it is kept "
+                         f"under {INDEX_ROOT}/. Use path= for a folder elsewhere")
+    return INDEX_ROOT / name
+
+
+def check_k(k: int) -> None:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a whole number of 1 or more, got {k!r}")
+
+
+def check_model(data: IndexData, model: ColBERT, path, allow_mismatch: bool = False) -> None:
+    """Refuse (or, with ``allow_mismatch``, log) a model other than the one an index was built with."""
+    if data.dim != model.settings.dim:
+        raise IndexLoadError(f"the index holds {data.dim}-dim vectors but the model makes "
+                             f"{model.settings.dim}-dim ones: use the model the index was built with")
+    recorded = data.settings.get("model_digest")
+    if recorded is None:
+        logger.warning("%s records no model digest (built by an older maxsim): it cannot be checked that "
+                       "the model is the one that built it", path)
+        return
+    if model.digest() == recorded:
+        return
+    message = (f"the model ({model.source or 'in memory'}) is not the one {path} was built with (its weights or "
+               f"settings differ from those recorded, {recorded[:12]}...): its query vectors would not match the "
+               "stored documents")
+    if not allow_mismatch:
+        raise IndexLoadError(message + ". Fix: use the model the index was built with, rebuild the index with "
+                             "this one, or pass --allow-model-mismatch (allow_model_mismatch=True) for a "
+                             "deliberate swap")
+    logger.warning("%s; going on as asked (allow_model_mismatch)", message)
+
+
+def _n_documents(data: IndexData, chunk_ids: np.ndarray) -> int:
+    return len(np.unique(data.chunk_docs[chunk_ids]))
+
+
+def _covering(data: IndexData, chunk_ids: np.ndarray, order: np.ndarray, at_least: int, documents: int) -> np.ndarray:
+    """The first entries of ``order`` (positions in ``chunk_ids``, best first): ``at_least`` of
+    them, or as many as it takes for their chunks to cover ``documents`` distinct documents."""
+    owners = data.chunk_docs[chunk_ids[order]]
+    _, first = np.unique(owners, return_index=True)
+    first = np.sort(first)
+    need = int(first[documents - 1]) + 1 if len(first) >= documents else len(order)
+    return order[: max(at_least, need)]
+
+
 def search_defaults(n_chunks: int, k: int) -> tuple[int, float, int]:
     """(ncells, centroid_score_threshold, ndocs) for an index of ``n_chunks`` and a given k."""
     ncells = 2 if n_chunks < 100_000 else 4
@@ -63,7 +119,8 @@ class Retriever:
         self.model = model
         self.index_data = index
         self.index_path = index_path
-        self.model_path = model_path
+        #: where the model came from (recorded in indexes built here so they can be reopened)
+        self.model_path = model_path if model_path is not None else model.source
         self._encoded: tuple | None = None
         # on a CPU, encode through a frozen bf16/traced copy (see InferenceForward); set this to
         # None to encode with the model itself in float32
@@ -76,17 +133,41 @@ class Retriever:
     @classmethod
     def from_pretrained(cls, checkpoint: str | Path | None = None, device: str | None = None) -> Retriever:
         """A retriever over a maxsim checkpoint (None: the untrained bundled MiniLM)."""
-        model_path = str(Path(checkpoint).resolve()) if checkpoint else None
-        return cls(ColBERT.from_pretrained(checkpoint, device=device), model_path=model_path)
+        return cls(ColBERT.from_pretrained(checkpoint, device=device))
 
     @classmethod
-    def from_index(cls, path: str | Path, model: ColBERT | None = None, device: str | None = None) -> Retriever:
-        """Load an index and the model that built it (or ``model``, which must have its dim)."""
+    def from_index(cls, path: str | Path, model: ColBERT | None = None, device: str | None = None,
+                   allow_model_mismatch: bool = False) -> Retriever:
+        """Load an index and the model that built it (or ``model``).
+
+        The index records the identity of its model (:meth:`ColBERT.digest`); a model whose
+        weights or settings differ from it (the model folder was replaced since, say) is refused,
+        because its query vectors would not match the stored document vectors. Pass
+        ``allow_model_mismatch=True`` for a deliberate swap (then it is only logged).
+        """
         data = IndexData.load(path)
+        source = data.settings.get("model_path")
         if model is None:
-            model_path = data.settings.get("model_path")
-            model = ColBERT.from_pretrained(model_path, device=device)
-        return cls(model, data, Path(path), data.settings.get("model_path"))
+            if not source:
+                raise IndexLoadError(
+                    f"{path} was built with a model held in memory, not loaded from a folder, so the index "
+                    "cannot say which model to load: pass it, Retriever.from_index(path, model=...), or build "
+                    "indexes with a saved model (ColBERT.save, then Retriever.from_pretrained(folder))")
+            model = ColBERT.from_pretrained(source, device=device)
+        check_model(data, model, path, allow_model_mismatch)
+        return cls(model, data, Path(path), source)
+
+    def refresh(self) -> bool:
+        """Reload the index if another process changed it since it was loaded; True if it did."""
+        data = self._require_index()
+        if IndexData.current_version(self.index_path) == data.version:
+            return False
+        fresh = IndexData.load(self.index_path)
+        if fresh.settings.get("model_digest") != data.settings.get("model_digest"):
+            raise IndexLoadError(f"{self.index_path} was rebuilt with another model since it was loaded: "
+                                 "open it again with Retriever.from_index")
+        self.index_data = fresh
+        return True
 
     # ------------------------------------------------------------------ building
     def _chunks(self, texts: Sequence[str], split: bool, max_tokens: int | None):
@@ -127,9 +208,15 @@ class Retriever:
             chunk_docs, spans
 
     @staticmethod
-    def _records(documents, document_ids, metadata):
+    def _records(documents, document_ids, metadata) -> list[dict]:
+        """Check documents, ids and metadata before any work; returns ``{"id", "content", "metadata"}``
+        records. Metadata must be a JSON object (or None) per document, since it is saved as JSON."""
         if isinstance(documents, str):
             documents = [documents]
+            document_ids = [document_ids] if isinstance(document_ids, (str, int)) else document_ids
+            metadata = [metadata] if isinstance(metadata, dict) else metadata
+        if documents is None or isinstance(document_ids, str) or isinstance(metadata, dict):
+            raise ValueError("give documents, document_ids and metadata as lists (one entry per document)")
         documents = list(documents)
         if not documents or any(not isinstance(d, str) or not d.strip() for d in documents):
             raise ValueError("documents must be a non-empty list of non-empty strings")
@@ -138,27 +225,38 @@ class Retriever:
             raise ValueError("document_ids and metadata need one entry per document")
         if len(set(ids)) != len(ids):
             raise ValueError("document ids must be unique")
+        if any(not i for i in ids):
+            raise ValueError("document ids must be non-empty")
         metadata = list(metadata) if metadata is not None else [None] * len(documents)
-        return documents, ids, metadata
+        for i, m in zip(ids, metadata):
+            if m is not None and not isinstance(m, dict):
+                raise ValueError(f"metadata of document {i!r} is a {type(m).__name__}: give a dict (or None)")
+            try:
+                json.dumps(m)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"metadata of document {i!r} cannot be saved as JSON ({err}): use strings, "
+                                 "numbers, booleans, lists and dicts") from None
+        return [{"id": i, "content": d, "metadata": m} for i, d, m in zip(ids, documents, metadata)]
 
     def index(self, documents: Sequence[str], path: str | Path | None = None,
               document_ids: Sequence[str] | None = None, metadata: Sequence[dict] | None = None,
               split_documents: bool = True, max_document_tokens: int | None = None, nbits: int = 2,
-              seed: int = 0, batch_size: int = 64, name: str | None = None) -> Path:
+              seed: int = 0, batch_size: int = 64, name: str | None = None, overwrite: bool = False) -> Path:
         """Encode, compress and write an index of ``documents``; returns its folder.
 
         The folder is ``path``, or ``INDEX_ROOT/name`` (``.maxsim/indexes/NAME`` under the current
-        directory) when only a ``name`` is given, as RAGatouille's ``index_name``. An index already
-        there is replaced (atomically). Documents longer than ``max_document_tokens`` (default: the
-        model's doc_maxlen) are split into chunks unless ``split_documents=False``.
+        directory) when only a ``name`` (one folder name) is given, as RAGatouille's ``index_name``.
+        The folder must be new or empty; an index already there is replaced (atomically) only with
+        ``overwrite=True``, and a folder holding anything else is never touched. Documents longer
+        than ``max_document_tokens`` (default: the model's doc_maxlen) are split into chunks
+        unless ``split_documents=False``.
         """
         if nbits not in (1, 2, 4):
             raise ValueError("nbits must be 1, 2 or 4")
-        if path is None:
-            if not name:
-                raise ValueError("give the index a path= (a folder) or a name= (kept under .maxsim/indexes/)")
-            path = INDEX_ROOT / name
-        documents, ids, metadata = self._records(documents, document_ids, metadata)
+        path = Path(path) if path is not None else index_folder(name)
+        check_replaceable(path, is_index, "maxsim index", overwrite, "--overwrite (overwrite=True)")
+        records = self._records(documents, document_ids, metadata)
+        documents = [r["content"] for r in records]
         vectors, doclens, chunk_docs, spans = self._encode_chunks(documents, split_documents, max_document_tokens,
                                                                   batch_size)
         k = n_centroids_for(len(vectors))
@@ -168,17 +266,19 @@ class Retriever:
         codec = Codec.fit(residual, nbits)
         ivf, ivf_offsets = build_ivf(codes, doclens, k)
         settings = {"nbits": nbits, "dim": self.model.settings.dim, "model_path": self.model_path,
+                    "model_digest": self.model.digest(),
                     "model_settings": self.model.settings.model_dump(), "split_documents": split_documents,
                     "max_document_tokens": max_document_tokens or self.model.settings.doc_maxlen, "seed": seed,
                     "encoded_in": self._encoding_precision()}
-        records = [{"id": i, "content": d, "metadata": m} for i, d, m in zip(ids, documents, metadata)]
         data = IndexData(settings, centroids, codec, codes, codec.encode(residual), doclens, chunk_docs, ivf,
                          ivf_offsets, records, spans)
-        data.save(path)
-        self.index_data, self.index_path = data, Path(path)
+        with index_lock(path):
+            check_replaceable(path, is_index, "maxsim index", overwrite, "--overwrite (overwrite=True)")
+            data.save(path)
+        self.index_data, self.index_path = data, path
         logger.info("indexed %d documents (%d chunks, %d tokens, %d centroids) in %s", len(documents),
                     len(doclens), len(vectors), k, path)
-        return Path(path)
+        return path
 
     def _encoding_precision(self) -> str:
         """How documents are encoded here: the inference copy's dtype, bf16 autocast on CUDA, or float32."""
@@ -188,29 +288,56 @@ class Retriever:
 
     def add(self, documents: Sequence[str], document_ids: Sequence[str] | None = None,
             metadata: Sequence[dict] | None = None, batch_size: int = 64) -> None:
-        """Add documents to the index (existing centroids and codec; no re-encoding of the rest)."""
+        """Add documents to the index (existing centroids and codec; no re-encoding of the rest).
+
+        Everything is checked before anything changes. The change is made under the index's
+        writer lock, on the newest version on disk (documents another process added meanwhile
+        are kept), and this retriever sees the result only once it is saved: a failed save
+        (a full disk, say) leaves both the folder and this object as they were.
+        """
         data = self._require_index()
-        documents, ids, metadata = self._records(documents, document_ids, metadata)
+        records = self._records(documents, document_ids, metadata)
+        self._refuse_present(data, records)
+        vectors, doclens, chunk_docs, spans = self._encode_chunks(
+            [r["content"] for r in records], data.settings["split_documents"],
+            data.settings["max_document_tokens"], batch_size)
+        with index_lock(self.index_path):
+            recover_directory(self.index_path)  # (a load would wait for the lock we hold)
+            self.refresh()
+            self._refuse_present(self.index_data, records)
+            changed = self.index_data.with_documents(vectors, doclens, records, chunk_docs, spans)
+            changed.save(self.index_path)
+        self.index_data = changed
+
+    @staticmethod
+    def _refuse_present(data: IndexData, records: list[dict]) -> None:
         existing = {d["id"] for d in data.documents}
-        clash = [i for i in ids if i in existing]
+        clash = [r["id"] for r in records if r["id"] in existing]
         if clash:
             raise ValueError(f"already in the index: {clash[:5]}; delete them first to replace them")
-        vectors, doclens, chunk_docs, spans = self._encode_chunks(
-            documents, data.settings["split_documents"], data.settings["max_document_tokens"], batch_size)
-        data.append(vectors, doclens, chunk_docs + len(data.documents))
-        data.documents += [{"id": i, "content": d, "metadata": m} for i, d, m in zip(ids, documents, metadata)]
-        data.spans += spans
-        data.save(self.index_path)
 
-    def delete(self, document_ids: Sequence[str]) -> None:
-        """Remove documents (and their chunks) from the index."""
-        data = self._require_index()
-        position = {d["id"]: i for i, d in enumerate(data.documents)}
-        missing = [i for i in document_ids if str(i) not in position]
-        if missing:
-            raise KeyError(f"not in the index: {missing[:5]}")
-        data.remove_documents({position[str(i)] for i in document_ids})
-        data.save(self.index_path)
+    def delete(self, document_ids: str | Sequence[str]) -> None:
+        """Remove documents (and their chunks) from the index; a str is one id.
+
+        Like :meth:`add`, under the writer lock, on the newest version, saved before it is seen.
+        """
+        self._require_index()
+        if isinstance(document_ids, (str, int)):
+            document_ids = [document_ids]
+        wanted = [str(i) for i in document_ids]
+        if not wanted:
+            return
+        with index_lock(self.index_path):
+            recover_directory(self.index_path)  # (a load would wait for the lock we hold)
+            self.refresh()
+            data = self.index_data
+            position = {d["id"]: i for i, d in enumerate(data.documents)}
+            missing = [i for i in wanted if i not in position]
+            if missing:
+                raise KeyError(f"not in the index: {missing[:5]}")
+            changed = data.without_documents({position[i] for i in wanted})
+            changed.save(self.index_path)
+        self.index_data = changed
 
     def _require_index(self) -> IndexData:
         if self.index_data is None or self.index_path is None:
@@ -230,31 +357,50 @@ class Retriever:
                centroid_score_threshold: float | None = None, ndocs: int | None = None):
         """The ``k`` best documents for each query: a list of :class:`Hit` (a list of lists for
         several queries). Several queries are encoded in batches, which is where a batch of
-        queries saves time over one call per query."""
+        queries saves time over one call per query. Fewer than ``k`` hits come back only when the
+        index holds fewer than ``k`` documents."""
         self._require_index()
         single = isinstance(queries, str)
-        texts = [queries] if single else list(queries)
+        texts = [queries] if single else list(queries or [])
+        if not texts or any(not isinstance(t, str) for t in texts):
+            raise ValueError("give a query (a string) or a non-empty list of query strings")
+        check_k(k)
         q_vectors, q_mask = self.query_vectors(texts)
         results = self.search_vectors(q_vectors, q_mask, k, ncells, centroid_score_threshold, ndocs)
         return results[0] if single else results
 
     def search_vectors(self, q_vectors: torch.Tensor, q_mask: torch.Tensor, k: int = 10, ncells: int | None = None,
                        centroid_score_threshold: float | None = None, ndocs: int | None = None) -> list[list[Hit]]:
-        """Search with queries already encoded: ``q_vectors`` (Q, Lq, dim) float32 CPU, ``q_mask`` (Q, Lq)."""
+        """Search with queries already encoded: ``q_vectors`` (Q, Lq, dim) float32 CPU, ``q_mask`` (Q, Lq).
+
+        ``ncells`` centroids are probed per query token; when their chunks hold fewer than ``k``
+        documents, more are probed (doubling) until they do or every centroid is. The ``ndocs``
+        best chunks by centroid scores, or as many as it takes to cover ``k`` documents, are
+        decompressed and scored exactly.
+        """
+        check_k(k)
         data = self._require_index()
         d_ncells, d_threshold, d_ndocs = search_defaults(len(data.doclens), k)
         ncells = ncells or d_ncells
         threshold = d_threshold if centroid_score_threshold is None else centroid_score_threshold
         ndocs = ndocs or d_ndocs
+        want = min(k, len(data.documents))
         centroids = torch.from_numpy(data.centroids)
         results = []
         with torch.inference_mode():
             for i in range(len(q_vectors)):
                 cs = q_vectors[i][q_mask[i]] @ centroids.T  # (Lq, C)
-                candidates = data.candidates(cs, ncells)
+                cells = ncells
+                candidates = data.candidates(cs, cells)
+                while cells < len(data.centroids) and _n_documents(data, candidates) < want:
+                    cells *= 2
+                    candidates = data.candidates(cs, cells)
                 if len(candidates) > ndocs:
                     approx = data.approximate_scores(cs, candidates, threshold)
-                    candidates = candidates[approx.topk(ndocs).indices.numpy()]
+                    best = approx.topk(ndocs).indices.numpy()
+                    if _n_documents(data, candidates[best]) < want:
+                        best = _covering(data, candidates, approx.argsort(descending=True).numpy(), ndocs, want)
+                    candidates = candidates[best]
                 results.append(self._rank_chunks(q_vectors[i : i + 1], q_mask[i : i + 1], candidates, k))
         return results
 
@@ -300,7 +446,8 @@ class Retriever:
     def encode(self, documents: Sequence[str], document_ids: Sequence[str] | None = None,
                metadata: Sequence[dict] | None = None) -> None:
         """Encode documents into memory (added to any encoded before) for :meth:`search_encoded`."""
-        documents, ids, metadata = self._records(documents, document_ids, metadata)
+        records = self._records(documents, document_ids, metadata)
+        documents = [r["content"] for r in records]
         vectors, mask = self._document_vectors(documents)
         if self._encoded is not None:
             old_v, old_m, old_docs = self._encoded
@@ -309,9 +456,7 @@ class Retriever:
                 else torch.nn.functional.pad(t, (0, n - t.shape[1]), value=False)  # noqa: E731
             vectors = torch.cat([pad(old_v, length), pad(vectors, length)])
             mask = torch.cat([pad(old_m, length), pad(mask, length)])
-            records = old_docs + list(zip(ids, documents, metadata))
-        else:
-            records = list(zip(ids, documents, metadata))
+            records = old_docs + records
         self._encoded = (vectors, mask, records)
 
     def search_encoded(self, query: str, k: int = 10) -> list[Hit]:
@@ -322,4 +467,5 @@ class Retriever:
         q_vectors, q_mask = self.query_vectors([query])
         scores = maxsim(q_vectors, q_mask, vectors, mask)[0]
         order = scores.argsort(descending=True)[:k].tolist()
-        return [Hit(records[i][0], float(scores[i]), r, records[i][1], records[i][2]) for r, i in enumerate(order, 1)]
+        return [Hit(records[i]["id"], float(scores[i]), r, records[i]["content"], records[i]["metadata"])
+                for r, i in enumerate(order, 1)]

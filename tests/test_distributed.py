@@ -1,9 +1,12 @@
 """Two CPU processes (gloo) must give the loss and gradients of one process on the same batch."""
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -96,18 +99,38 @@ def torchrun_train_command(tiny_model_dir, training_folder, out, nproc: int, dev
             "--save-every", "2", "--dev-fraction", "0.25", "--eval-every", "2"]
 
 
+def kill_at_first_checkpoint_then_resume(command: list[str], out, env=None, timeout: float = 300):
+    """Run ``command`` (a torchrun training), kill its whole process group with SIGKILL as soon as a
+    checkpoint is on disk, then run it again with ``--resume`` (the run's own settings).
+
+    Returns (whether the first run was killed before it ended, the resumed run's CompletedProcess).
+    """
+    from maxsim.training import checkpoints
+
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True,
+                             start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while first.poll() is None and checkpoints.latest_checkpoint(out) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    killed = first.poll() is None
+    if killed:
+        os.killpg(first.pid, signal.SIGKILL)
+    _, first_err = first.communicate()
+    assert killed or first.returncode == 0, first_err[-3000:]
+    second = subprocess.run(command + ["--resume"], capture_output=True, text=True, env=env, timeout=timeout)
+    return killed, second
+
+
 def test_torchrun_two_cpu_processes_train_and_resume(tiny_model_dir, training_folder, tmp_path):
     out = tmp_path / "run"
-    base = torchrun_train_command(tiny_model_dir, training_folder, out, 2, "cpu")
+    # 12 training queries, batch 4: 3 steps an epoch, so --max-steps 8 runs 3 epochs
+    command = torchrun_train_command(tiny_model_dir, training_folder, out, 2, "cpu") + ["--max-steps", "8"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    first = subprocess.run(base + ["--max-steps", "2"], capture_output=True, text=True, env=env, timeout=300)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert first.stdout.strip().splitlines() == [str(out / "best")]  # printed once, by rank 0
-    rows = (out / "metrics.jsonl").read_text().splitlines()
-    assert len(rows) == 2  # written once, by rank 0
-    base[base.index("--output") + 1] = str(out)
-    second = subprocess.run(base + ["--max-steps", "3", "--resume"], capture_output=True, text=True,
-                            env=env, timeout=300)
+    killed, second = kill_at_first_checkpoint_then_resume(command, out, env)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "resumed from" in second.stderr
-    assert (out / "checkpoints" / "step-3").is_dir()
+    assert second.stdout.strip().splitlines() == [str(out / "best")]  # printed once, by rank 0
+    assert "resumed from" in second.stderr or not killed
+    assert (out / "checkpoints" / "step-8").is_dir()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 9))  # each step once, written by rank 0 only
+    assert rows[-1]["epoch"] == pytest.approx(2 + 2 / 3)

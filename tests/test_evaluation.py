@@ -82,3 +82,65 @@ def test_index_and_search_commands(tmp_path, tiny_model_dir):
     broken.write_bytes(broken.read_bytes()[:-8])
     failed = CliRunner().invoke(app, ["search", "--index", str(tmp_path / "ix"), "topic"])
     assert failed.exit_code == 2 and "codes.npy is missing, truncated or damaged" in failed.output
+
+
+# ----------------------------------------------------------------------------- qrels as published
+def _beir(folder, qrels_lines, corpus=None, queries=None):
+    (folder / "qrels").mkdir(parents=True)
+    corpus = corpus or {"d1": "Cats eat fish and mice.", "d2": "Rain falls from clouds.", "d3": "Iron rusts in water."}
+    queries = queries or {"q1": "what do cats eat", "q2": "why does iron rust"}
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in corpus.items()))
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in queries.items()))
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(line + "\n" for line in qrels_lines))
+    return folder
+
+
+def test_graded_and_fractional_judgements_count_as_pytrec_eval_would():
+    from maxsim.data.qrels import integer_gains
+
+    assert integer_gains({"q": {"a": 0.5, "b": 1.0, "c": 0.25}}) == {"q": {"a": 2, "b": 4, "c": 1}}
+    assert integer_gains({"q": {"a": 2, "b": 1}}) == {"q": {"a": 2, "b": 1}}
+    run = {"q1": {"d2": 3.0, "d1": 2.0, "d3": 1.0}}
+    half = evaluate_run({"q1": {"d1": 0.5, "d3": 1.0}}, run, ("ndcg@10", "mrr@10", "recall@100"))
+    whole = evaluate_run({"q1": {"d1": 1, "d3": 2}}, run, ("ndcg@10", "mrr@10", "recall@100"))
+    assert half == pytest.approx(whole)  # the same grades up to a common factor
+    assert half["mrr@10"] == pytest.approx(0.5) and half["recall@100"] == 1.0
+    graded = (1 / math.log2(3) + 2 / math.log2(4)) / (2 + 1 / math.log2(3))
+    assert half["ndcg@10"] == pytest.approx(graded, abs=1e-4)
+
+
+def test_eval_keeps_fractional_judgements(tmp_path):
+    beir = _beir(tmp_path / "beir", ["q1\td1\t0.5", "q2\td3\t0.5"])
+    result = CliRunner().invoke(app, ["eval", "--model", "bm25", "--data", str(beir)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert metrics["ndcg@10"] == 1.0  # both queries evaluated; was an error (all 0.5 read as 0)
+    mixed = _beir(tmp_path / "mixed", ["q1\td1\t1", "q2\td3\t0.5"])
+    from maxsim.data.training_folder import read_beir_split
+
+    assert read_beir_split(mixed, "test")[2] == {"q1": {"d1": 1.0}, "q2": {"d3": 0.5}}
+
+
+def test_qrels_naming_documents_the_corpus_lacks_warn_unless_strict(tmp_path, caplog):
+    beir = _beir(tmp_path / "beir", ["q1\td1\t1", "q1\td404\t1", "q2\td3\t1"])
+    result = CliRunner().invoke(app, ["eval", "--model", "bm25", "--data", str(beir)])
+    assert result.exit_code == 0, result.output
+    assert "1 relevant judgements name documents that corpus.jsonl lacks" in caplog.text
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert metrics["recall@100"] == 0.75  # q1 found 1 of its 2, the missing one counts as unretrieved
+    strict = CliRunner().invoke(app, ["eval", "--model", "bm25", "--data", str(beir), "--strict"])
+    assert strict.exit_code == 2 and 'test.tsv:3: document "d404" is not in corpus.jsonl' in strict.output
+
+
+def test_eval_checks_k_output_and_ids_before_the_work(tmp_path):
+    beir = _beir(tmp_path / "beir", ["q1\td1\t1"])
+    for k in ("-1", "0"):
+        result = CliRunner().invoke(app, ["eval", "--model", "base", "--data", str(beir), "--k", k])
+        assert result.exit_code == 2 and "--k must be 1 or more" in result.output
+    (tmp_path / "afile").write_text("x")
+    result = CliRunner().invoke(app, ["eval", "--model", "base", "--data", str(beir), "--output", str(tmp_path / "afile")])
+    assert result.exit_code == 2 and "is a file" in result.output and "Traceback" not in result.output
+    spaced = _beir(tmp_path / "spaced", ["q1\tdoc 1\t1"], corpus={"doc 1": "Cats eat fish.", "d2": "Rain."})
+    result = CliRunner().invoke(app, ["eval", "--model", "nope", "--data", str(spaced), "--output", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "'doc 1' holds whitespace" in result.output  # before loading any model
+    assert not (tmp_path / "o").exists()

@@ -308,3 +308,166 @@ def test_dense_mining_through_an_index_agrees_with_exact(tmp_path, tiny_model_di
     for i in range(3):
         positions = exact.positions[i][:5].tolist()
         assert np.allclose(indexed_miner.score_of(i, positions), exact_scores.score_of(i, positions), rtol=0.03)
+
+
+# ----------------------------------------------------------------------------- nothing lost, nothing silent
+def _pairs_file(tmp_path, name="pairs.jsonl"):
+    path = tmp_path / name
+    _write_table(path, [{"query": q, "positive": p} for q, p in PAIRS])
+    return path
+
+
+def test_a_second_prepare_replaces_only_its_own_files(tmp_path):
+    out = tmp_path / "out"
+    prepare_training_data([_pairs_file(tmp_path)], out, all_documents=DOCS, mine="none", negatives=2,
+                          dev_fraction=0.5, export=("colbert",))
+    (out / "my_notes.txt").write_text("notes")
+    (out / "run1" / "checkpoints" / "step-2").mkdir(parents=True)
+    (out / "run1" / "checkpoints" / "step-2" / "model.bin").write_text("weights")
+    manifest = prepare_training_data([[("why is the sky blue", "Light scatters.")]], out, all_documents=DOCS,
+                                     mine="none", negatives=2)
+    assert (out / "my_notes.txt").read_text() == "notes"
+    assert (out / "run1" / "checkpoints" / "step-2" / "model.bin").read_text() == "weights"
+    assert not (out / "dev").exists() and not (out / "colbert").exists()  # the earlier run's, gone
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    assert list(_read(out)[0].values()) == ["why is the sky blue"]
+    assert not list(out.glob(".tmp-*")) and not (out / ".prepare-incomplete").exists()
+    TrainingData.load(out)
+
+
+def test_an_interrupted_replacement_is_refused_by_train_and_redone_by_prepare(tmp_path):
+    from maxsim.data import prepare as prepare_module
+
+    out = tmp_path / "out"
+    prepare_training_data([_pairs_file(tmp_path)], out, all_documents=DOCS, mine="none", negatives=2)
+    real_replace = prepare_module.os.replace
+
+    def die_at_corpus(src, dst):
+        if Path(dst).name == "corpus.jsonl":
+            raise KeyboardInterrupt  # killed half-way through the swap
+        real_replace(src, dst)
+
+    prepare_module.os.replace = die_at_corpus
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            prepare_training_data([[("why is the sky blue", "Light scatters.")]], out, all_documents=DOCS,
+                                  mine="none", negatives=2)
+    finally:
+        prepare_module.os.replace = real_replace
+    with pytest.raises(DataError, match="did not finish"):
+        TrainingData.load(out)
+    prepare_training_data([[("why is the sky blue", "Light scatters.")]], out, all_documents=DOCS, mine="none",
+                          negatives=2)
+    assert list(TrainingData.load(out).queries.texts) == ["why is the sky blue"]
+
+
+def test_an_input_inside_the_output_and_an_output_file_are_refused(tmp_path):
+    out = tmp_path / "out"
+    prepare_training_data([_pairs_file(tmp_path)], out, all_documents=DOCS, mine="none", negatives=2)
+    inside = _pairs_file(out, "my_pairs.jsonl")
+    with pytest.raises(FileExistsError, match="inside the output folder"):
+        prepare_training_data([inside], out, all_documents=DOCS, mine="none")
+    assert inside.is_file()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(FileExistsError, match="is a file"):
+        prepare_training_data([_pairs_file(tmp_path)], tmp_path / "afile", mine="none")
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "queries.jsonl").write_text("mine\n")
+    with pytest.raises(FileExistsError, match="not a maxsim prepare output"):
+        prepare_training_data([_pairs_file(tmp_path)], tmp_path / "theirs", mine="none")
+    assert (tmp_path / "theirs" / "queries.jsonl").read_text() == "mine\n"
+
+
+def _beir(folder, queries, qrels, corpus=None):
+    (folder / "qrels").mkdir(parents=True)
+    corpus = corpus or {"d1": "Cats eat fish.", "d2": "Rain falls.", "d3": "Iron rusts.", "d4": "Stars shine."}
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in corpus.items()))
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in queries))
+    (folder / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"{q}\t{d}\t{s}\n" for q, d, s in qrels))
+    return folder
+
+
+def test_a_repeated_beir_query_id_is_an_error_as_in_eval(tmp_path):
+    beir = _beir(tmp_path / "beir", [("0", "what do cats eat"), ("1", "rain"), ("0", "why do volcanoes erupt")],
+                 [("0", "d1", 1), ("1", "d2", 1)])
+    with pytest.raises(DataError, match=r'queries.jsonl:3: duplicate id "0" \(first on line 1\)'):
+        prepare_training_data([beir], tmp_path / "out", mine="none", negatives=1)
+
+
+def test_fractional_and_graded_qrels_are_positives_when_above_zero(tmp_path):
+    beir = _beir(tmp_path / "beir", [("q1", "what do cats eat"), ("q2", "rain"), ("q3", "iron")],
+                 [("q1", "d1", "0.5"), ("q2", "d2", "2"), ("q3", "d3", "0"), ("q3", "d4", "-1")])
+    manifest = prepare_training_data([beir], tmp_path / "out", mine="none", negatives=1)
+    assert manifest["counts"]["positives"] == 2 and manifest["counts"]["queries"] == 2
+
+
+def test_ids_with_tabs_or_line_breaks_are_refused(tmp_path):
+    path = tmp_path / "tabids.jsonl"
+    _write_table(path, [{"query": "a question", "query_id": "q\t0", "positive": "an answer"}])
+    with pytest.raises(DataError, match=r"tabids.jsonl:1: id 'q\\t0' holds a tab"):
+        prepare_training_data([path], tmp_path / "out", all_documents=DOCS, mine="none")
+
+
+def test_byte_order_mark_long_fields_bad_bytes_and_fake_parquet(tmp_path):
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("\ufeffquery,positive\nwhat do cats eat,Cats eat fish.\n".encode())
+    prepare_training_data([bom], tmp_path / "o1", all_documents=DOCS, mine="none", negatives=1)
+    big = tmp_path / "big.csv"
+    big.write_text("query,positive\nwhat do cats eat," + "fish " * 60_000 + "\n")  # a 300 KB field
+    prepare_training_data([big], tmp_path / "o2", all_documents=DOCS, mine="none", negatives=1)
+    for name in ("latin1.csv", "latin1.jsonl"):
+        path = tmp_path / name
+        head = "query,positive\n" if name.endswith(".csv") else ""
+        line = "caf\xe9,coffee\n" if name.endswith(".csv") else '{"query": "caf\xe9", "positive": "coffee"}\n'
+        path.write_bytes((head + ("a,b\n" if head else '{"query": "a", "positive": "b"}\n')).encode() +
+                         line.encode("latin-1"))
+        with pytest.raises(DataError, match=rf"{name}:{3 if head else 2}: byte 0xe9 .* not valid UTF-8"):
+            prepare_training_data([path], tmp_path / "o3", all_documents=DOCS, mine="none")
+    fake = tmp_path / "fake.parquet"
+    fake.write_text("query,positive\n")
+    with pytest.raises(DataError, match=r"fake.parquet: not a readable Parquet file"):
+        prepare_training_data([fake], tmp_path / "o4", mine="none")
+
+
+def test_a_beir_folder_as_extra_corpus(tmp_path):
+    beir = _beir(tmp_path / "beir", [("q1", "what do cats eat")], [("q1", "d1", 1)])
+    manifest = prepare_training_data([_pairs_file(tmp_path)], tmp_path / "out", corpus=[beir], mine="none",
+                                     negatives=1)
+    assert manifest["counts"]["documents"] == 3 + 4
+
+
+def test_dense_mining_in_query_blocks_equals_one_block(tmp_path, tiny_model_dir):
+    """Many queries go in blocks with a running top-k (memory bounded); the ranking is the same."""
+    from maxsim.model import ColBERT
+
+    model = ColBERT.from_pretrained(tiny_model_dir)
+    docs = [f"document {i} about subject {i % 7} and topic {i % 3}" for i in range(40)]
+    queries = [f"question about subject {i % 7} topic {i % 3}" for i in range(9)]
+    positives = [[i, i + 9] for i in range(9)]
+    one = DenseMiner(model, docs, batch_size=8).rank(queries, 12, positives)
+    blocks = DenseMiner(model, docs, batch_size=8, query_block=4).rank(queries, 12, positives)
+    assert np.allclose(one.scores, blocks.scores, atol=0.05)  # later blocks read float16 vectors
+    assert (one.positions[:, :3] == blocks.positions[:, :3]).mean() > 0.9
+    miner = DenseMiner(model, docs)
+    miner.rank(queries, 12)
+    floors = [miner.score_of(i, p).min() for i, p in enumerate(positives)]
+    assert np.allclose(one.positive_floor, floors, atol=1e-4)
+
+
+def test_a_full_disk_is_one_line_that_says_so(tmp_path, monkeypatch):
+    import errno
+
+    from typer.testing import CliRunner
+
+    from maxsim.cli import app
+    from maxsim.data import prepare as prepare_module
+
+    def full(output, write):
+        raise OSError(errno.ENOSPC, "No space left on device", str(output / "corpus.jsonl"))
+
+    monkeypatch.setattr(prepare_module, "write_output", full)
+    result = CliRunner().invoke(app, ["prepare", str(_pairs_file(tmp_path)), "--output", str(tmp_path / "out"),
+                                      "--mine", "none"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "no space left on the device while writing" in result.output and "free some space" in result.output

@@ -34,7 +34,8 @@ def test_chunked_equals_unchunked():
     d_mask = torch.rand(11, 7, generator=g) > 0.3
     whole = maxsim(q, q_mask, d, d_mask)
     chunked = maxsim(q, q_mask, d, d_mask, block_elements=3 * 5 * 7 * 2)
-    assert torch.equal(whole, chunked)
+    # the same sums taken in other blocks may differ in the last bits on another CPU
+    assert torch.allclose(whole, chunked, rtol=0, atol=1e-6)
     # brute force over python loops
     for i in range(3):
         for j in range(11):

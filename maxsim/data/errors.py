@@ -21,3 +21,15 @@ class DataError(ValueError):
         if fix:
             message += f". Fix: {fix}"
         super().__init__(message)
+
+
+def encoding_error(path: str | Path) -> DataError:
+    """A DataError naming the first line of ``path`` that is not valid UTF-8."""
+    with Path(path).open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return DataError(path, number, f"byte 0x{raw[err.start]:02x} at column {err.start + 1} is not "
+                                 "valid UTF-8", "save the file as UTF-8 (in a spreadsheet: CSV UTF-8)")
+    return DataError(path, None, "the file is not valid UTF-8", "save the file as UTF-8")

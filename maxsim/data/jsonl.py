@@ -6,16 +6,27 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from maxsim.data.errors import DataError
+from maxsim.data.errors import DataError, encoding_error
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield (1-based line number, object) for each non-blank line of a JSONL file."""
+    """Yield (1-based line number, object) for each non-blank line of a JSONL file.
+
+    A UTF-8 byte-order mark at the start is skipped; bytes that are not UTF-8 are a DataError
+    naming the line.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(path, None, "file not found", "check the folder holds this file")
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open(encoding="utf-8-sig") as handle:
+        lines = enumerate(handle, start=1)
+        while True:
+            try:
+                number, line = next(lines)
+            except StopIteration:
+                return
+            except UnicodeDecodeError:
+                raise encoding_error(path) from None
             if not line.strip():
                 continue
             try:

@@ -23,10 +23,21 @@ class Ranking:
     """The miner's ranking: ``positions[i]`` are corpus positions for query i, best first.
 
     positions: (Q, k) int64; scores: (Q, k) float32, the matching scores.
+    positive_floor: (Q,) float32, the lowest score among each query's known positives, when
+        :meth:`rank` was given them (for the false-negative margin).
     """
 
     positions: np.ndarray
     scores: np.ndarray
+    positive_floor: np.ndarray | None = None
+
+
+def _floors(score_of, positives: Sequence[Sequence[int]] | None) -> np.ndarray | None:
+    """(Q,) lowest score of each query's positives, from ``score_of(query_index, positions)``."""
+    if positives is None:
+        return None
+    return np.array([float(np.min(score_of(i, sorted(p)))) if len(p) else np.nan for i, p in enumerate(positives)],
+                    dtype=np.float32)
 
 
 class BM25Miner:
@@ -44,13 +55,16 @@ class BM25Miner:
         self.retriever.index(tokens, show_progress=False)
         self.n_documents = len(documents)
 
-    def rank(self, queries: Sequence[str], k: int) -> Ranking:
+    def rank(self, queries: Sequence[str], k: int, positives: Sequence[Sequence[int]] | None = None) -> Ranking:
+        """Each query's ``k`` best documents; with ``positives`` (corpus positions per query), also
+        the lowest score among them."""
         tokens = self._bm25s.tokenize(list(queries), stopwords="en", stemmer=self._stemmer,
                                       show_progress=False)
         self._queries = list(queries)
         k = min(k, self.n_documents)
         positions, scores = self.retriever.retrieve(tokens, k=k, show_progress=False)
-        return Ranking(np.asarray(positions, dtype=np.int64), np.asarray(scores, dtype=np.float32))
+        return Ranking(np.asarray(positions, dtype=np.int64), np.asarray(scores, dtype=np.float32),
+                       _floors(self.score_of, positives))
 
     def score_of(self, query_index: int, positions: Sequence[int]) -> np.ndarray:
         """BM25 scores of some documents for one query of the last :meth:`rank` call."""
@@ -60,28 +74,81 @@ class BM25Miner:
 
 
 class DenseMiner:
-    """Exact MaxSim with a ColBERT model over a corpus that fits in memory."""
+    """Exact MaxSim with a ColBERT model over a corpus that fits in memory.
 
-    def __init__(self, model, documents: Sequence[str], batch_size: int = 64) -> None:
+    Memory stays bounded whatever the number of queries: queries go ``query_block`` at a time,
+    each block keeping a running top-k over document batches (never a queries x documents
+    matrix). With one block the documents are encoded as they are scored, in float32; with
+    several, they are encoded once and kept in float16 for the later blocks.
+    """
+
+    def __init__(self, model, documents: Sequence[str], batch_size: int = 64, query_block: int = 4096) -> None:
         self.model = model
         self.batch_size = batch_size
+        self.query_block = query_block
         self.document_tokens = model.tokenize_documents(list(documents))
-        self._scores: np.ndarray | None = None
+        self._cache: list | None = None
+        self._queries: list[str] | None = None
 
-    def rank(self, queries: Sequence[str], k: int) -> Ranking:
+    def _document_batches(self, keep: bool):
+        from maxsim.progress import progress
+
+        if self._cache is not None:
+            yield from self._cache
+            return
+        cache = [] if keep else None
+        bar = progress(len(self.document_tokens), "dense mining", "doc", leave=False)
+        for positions, vectors, mask in self.model.encode_batches(self.document_tokens, False, self.batch_size):
+            if cache is not None:
+                cache.append((positions, vectors.half(), mask))
+            yield positions, vectors, mask
+            bar.update(len(positions))
+        bar.close()
+        self._cache = cache
+
+    def rank(self, queries: Sequence[str], k: int, positives: Sequence[Sequence[int]] | None = None) -> Ranking:
+        """Each query's ``k`` best documents; with ``positives`` (corpus positions per query), also
+        the lowest score among them."""
         import torch
 
-        from maxsim.evaluation import exact_scores
+        from maxsim.evaluation import encode_all, top_k_maxsim
 
-        scores = exact_scores(self.model, queries, self.document_tokens, self.batch_size, progress=True)
-        self._scores = scores.cpu().numpy()
-        top = scores.topk(min(k, scores.shape[1]), dim=1)
-        return Ranking(top.indices.cpu().numpy().astype(np.int64),
-                       top.values.to(torch.float32).cpu().numpy())
+        queries = list(queries)
+        self._queries = queries
+        k = min(k, len(self.document_tokens))
+        positions = np.zeros((len(queries), k), dtype=np.int64)
+        scores = np.zeros((len(queries), k), dtype=np.float32)
+        floor = np.full(len(queries), np.nan, dtype=np.float32) if positives is not None else None
+        several = len(queries) > self.query_block
+        for start in range(0, len(queries), self.query_block):
+            block = range(start, min(start + self.query_block, len(queries)))
+            q_vectors, q_mask = encode_all(self.model, self.model.tokenize_queries(queries[block.start:block.stop]),
+                                           True, self.batch_size)
+            pairs = None
+            if positives is not None:
+                rows = [i - start for i in block for _ in positives[i]]
+                docs = [p for i in block for p in positives[i]]
+                pairs = (torch.tensor(rows, dtype=torch.long), torch.tensor(docs, dtype=torch.long))
+            top_s, top_p, pair_scores = top_k_maxsim(q_vectors, q_mask, self._document_batches(keep=several), k,
+                                                     pairs)
+            scores[block.start:block.stop], positions[block.start:block.stop] = top_s.numpy(), top_p.numpy()
+            if positives is not None and len(pairs[0]):
+                lowest = torch.full((len(block),), float("inf")).scatter_reduce(
+                    0, pairs[0], pair_scores, "amin")
+                floor[block.start:block.stop] = torch.where(lowest.isinf(), float("nan"), lowest).numpy()
+        self._cache = None
+        return Ranking(positions, scores, floor)
 
     def score_of(self, query_index: int, positions: Sequence[int]) -> np.ndarray:
-        assert self._scores is not None, "call rank() first"
-        return self._scores[query_index, np.asarray(positions, dtype=np.int64)]
+        """Exact MaxSim of one query of the last :meth:`rank` call with some documents (encodes
+        them again: for a few checks; :meth:`rank` with ``positives`` does many at once)."""
+        assert self._queries is not None, "call rank() first"
+        from maxsim.evaluation import encode_all
+        from maxsim.scoring import maxsim
+
+        q_vectors, q_mask = encode_all(self.model, self.model.tokenize_queries([self._queries[query_index]]), True)
+        d_vectors, d_mask = encode_all(self.model, [self.document_tokens[int(p)] for p in positions], False)
+        return maxsim(q_vectors, q_mask, d_vectors, d_mask)[0].float().cpu().numpy()
 
 
 # above this many documents, ``dense_search="auto"`` mines through a compressed index
@@ -107,15 +174,16 @@ class IndexMiner:
         self.batch_size = batch_size
         self._queries = None
 
-    def rank(self, queries: Sequence[str], k: int) -> Ranking:
-        """Each query's ``k`` best documents; a row with fewer hits is padded with position -1."""
+    def rank(self, queries: Sequence[str], k: int, positives: Sequence[Sequence[int]] | None = None) -> Ranking:
+        """Each query's ``k`` best documents (a row with fewer hits is padded with position -1);
+        with ``positives`` (corpus positions per query), also the lowest score among them."""
         self._queries = self.retriever.query_vectors(queries, batch_size=self.batch_size)
         positions = np.full((len(queries), k), -1, dtype=np.int64)
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         for i, hits in enumerate(self.retriever.search_vectors(*self._queries, k=k)):
             positions[i, : len(hits)] = [int(h.document_id) for h in hits]
             scores[i, : len(hits)] = [h.score for h in hits]
-        return Ranking(positions, scores)
+        return Ranking(positions, scores, _floors(self.score_of, positives))
 
     def score_of(self, query_index: int, positions: Sequence[int]) -> np.ndarray:
         assert self._queries is not None, "call rank() first"

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
+import shutil
 import time
 import unicodedata
 from collections import Counter
@@ -32,15 +34,18 @@ from maxsim.data.mining import (
     sample_negatives,
     window_for,
 )
+from maxsim.data.qrels import is_relevant, read_qrels
 from maxsim.data.readers import columns_of, file_hash, read_rows
-from maxsim.data.training_folder import document_text
-from maxsim.files import atomic_directory
+from maxsim.data.training_folder import INCOMPLETE_MARKER, document_text
+from maxsim.files import atomic_directory, check_replaceable, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
 Kind = Literal["pairs", "labelled", "triplets"]
 KINDS = ("pairs", "labelled", "triplets")
 MANIFEST = "manifest.json"
+#: what prepare writes in its output folder; anything else there is left alone
+OWNED = ("queries.jsonl", "corpus.jsonl", "triples.jsonl", "dev", "colbert", MANIFEST)
 
 
 # ----------------------------------------------------------------------------- ids and texts
@@ -87,6 +92,10 @@ class Collection:
         key = normalise(full)
         if given_id is not None and str(given_id).strip() != "":
             item_id = str(given_id).strip()
+            if any(c in item_id for c in "\t\r\n"):
+                raise InvalidItem("bad id", f"id {item_id!r} holds a tab or a line break, which the tab-separated "
+                                  "files maxsim writes (dev qrels, colbert export) cannot hold",
+                                  "remove tabs and line breaks from ids")
             if item_id in store:
                 old = store[item_id]
                 old_full = document_text(*old) if isinstance(old, tuple) else old
@@ -220,7 +229,11 @@ def _row_from_tuple(item: Sequence, kind: Kind | None) -> tuple[Kind, dict]:
 
 
 def _read_beir(collection: Collection, folder: Path, split: str, skip, stats: dict) -> None:
-    """Add a BEIR folder's corpus, and the queries and positives of ``qrels/<split>.tsv``."""
+    """Add a BEIR folder's corpus, and the queries and positives of ``qrels/<split>.tsv``.
+
+    A qrels line is a positive when :func:`~maxsim.data.qrels.is_relevant` says so (score above
+    0). Ids repeated in queries.jsonl or corpus.jsonl are errors, as ``maxsim eval`` has them.
+    """
     from maxsim.data.jsonl import read_jsonl
 
     corpus_path, queries_path = folder / "corpus.jsonl", folder / "queries.jsonl"
@@ -229,58 +242,54 @@ def _read_beir(collection: Collection, folder: Path, split: str, skip, stats: di
         raise DataError(qrels_path, None, f"this BEIR folder has no qrels for split {split!r}",
                         "pass --split with a split that qrels/ holds")
     doc_ids: dict[str, str] = {}
+    doc_lines: dict[str, int] = {}
     for number, obj in read_jsonl(corpus_path):
         with skip(corpus_path, number):
-            if "_id" not in obj:
-                raise InvalidItem("missing column", 'missing field "_id"', 'add "_id"')
+            given = _beir_id(obj, doc_lines, number)
             title = obj.get("title") or ""
-            doc_ids[str(obj["_id"])] = collection.add_document(obj.get("text"), obj["_id"], title)
-    query_texts: dict[str, Any] = {}
-    query_ids: dict[str, str] = {}  # BEIR query id -> collection id (the same unless merged)
+            doc_ids[given] = collection.add_document(obj.get("text"), given, title)
+    query_texts: dict[str, tuple[int, Any]] = {}
+    query_lines: dict[str, int] = {}
     for number, obj in read_jsonl(queries_path):
         with skip(queries_path, number):
-            if "_id" not in obj:
-                raise InvalidItem("missing column", 'missing field "_id"', 'add "_id"')
-            query_texts[str(obj["_id"])] = (number, obj.get("text"))
-    with qrels_path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            parts = line.rstrip("\r\n").split("\t")
-            if not line.strip() or (number == 1 and parts[0].strip().lower() in {"query-id", "query_id", "qid"}):
-                continue
-            relevant = None
-            with skip(qrels_path, number):
-                relevant = _qrels_pair(parts, doc_ids, query_texts, corpus_path, queries_path)
-            if relevant is None:
-                continue
-            qid, did = relevant
-            if qid not in query_ids:
-                with skip(queries_path, query_texts[qid][0]):
-                    query_ids[qid] = collection.add_query(query_texts[qid][1], qid)
-            if qid in query_ids:
-                collection.relate(query_ids[qid], doc_ids[did], True)
-                stats["rows"] += 1
+            query_texts[_beir_id(obj, query_lines, number)] = (number, obj.get("text"))
+    query_ids: dict[str, str] = {}  # BEIR query id -> collection id (the same unless merged)
+    for row in read_qrels(qrels_path):
+        with skip(qrels_path, row.line):
+            if row.doc_id not in doc_ids:
+                raise InvalidItem("qrels id absent from corpus", f'document "{row.doc_id}" is not in '
+                                  f"{corpus_path.name}", "add the document to corpus.jsonl or remove this qrels line")
+            if row.query_id not in query_texts:
+                raise InvalidItem("qrels id absent from queries", f'query "{row.query_id}" is not in '
+                                  f"{queries_path.name}", "add the query to queries.jsonl or remove this qrels line")
+        if row.doc_id not in doc_ids or row.query_id not in query_texts or not is_relevant(row.score):
+            continue
+        qid = row.query_id
+        if qid not in query_ids:
+            with skip(queries_path, query_texts[qid][0]):
+                query_ids[qid] = collection.add_query(query_texts[qid][1], qid)
+        if qid in query_ids:
+            collection.relate(query_ids[qid], doc_ids[row.doc_id], True)
+            stats["rows"] += 1
 
 
-def _qrels_pair(parts, doc_ids, query_texts, corpus_path, queries_path) -> tuple[str, str] | None:
-    """(query id, document id) of a qrels line with score > 0, None for score <= 0."""
-    if len(parts) < 3:
-        raise InvalidItem("malformed qrels", "expected query-id<TAB>corpus-id<TAB>score")
-    qid, did, score = parts[0], parts[1], parts[2]
-    if did not in doc_ids:
-        raise InvalidItem("qrels id absent from corpus", f'document "{did}" is not in {corpus_path.name}',
-                          "add the document to corpus.jsonl or remove this qrels line")
-    if qid not in query_texts:
-        raise InvalidItem("qrels id absent from queries", f'query "{qid}" is not in {queries_path.name}',
-                          "add the query to queries.jsonl or remove this qrels line")
-    try:
-        relevant = float(score) > 0
-    except ValueError:
-        raise InvalidItem("malformed qrels", f"score {score!r} is not a number") from None
-    return (qid, did) if relevant else None
+def _beir_id(obj: dict, seen: dict[str, int], number: int) -> str:
+    """The ``_id`` of a BEIR line, refused when missing or already given on another line."""
+    if "_id" not in obj:
+        raise InvalidItem("missing column", 'missing field "_id"', 'add "_id"')
+    given = str(obj["_id"]).strip()
+    if given in seen:
+        raise InvalidItem("duplicate id", f'duplicate id "{given}" (first on line {seen[given]})',
+                          "give every line its own _id")
+    seen[given] = number
+    return given
 
 
 def _read_documents_file(collection: Collection, path: Path, skip) -> None:
-    """Extra candidate documents: a corpus.jsonl, or any table with a 'text' column."""
+    """Extra candidate documents: a corpus.jsonl, any table with a 'text' column, or a BEIR folder
+    (its corpus.jsonl)."""
+    if path.is_dir():
+        path = path / "corpus.jsonl"
     for number, row in read_rows(path):
         with skip(path, number):
             text = row.get("text", row.get("passage"))
@@ -325,7 +334,8 @@ def prepare_training_data(
     ----------
     inputs: files (.jsonl, .csv, .tsv, .parquet), BEIR folders, or Python lists of tuples or
         dicts (RAGatouille's ``raw_data``); a single path or list is one input.
-    output: the folder to write (replaced whole if it holds an earlier ``manifest.json``).
+    output: the folder to write: new, empty or an earlier prepare output, whose files (and only
+        those) are replaced; an input may not lie inside it.
     all_documents: extra document texts that are only candidates for negatives.
     corpus: extra document files, also only candidates for negatives.
     options: the fields of :class:`PrepareSettings` (``mine``, ``negatives``, ``min_rank``, ...).
@@ -340,14 +350,13 @@ def prepare_training_data(
     if settings.negatives < 0:
         raise ValueError("--negatives must be 0 or more")
     window_for(10**9, settings.min_rank, settings.max_rank, 0, 0)  # checks the window
-    output = Path(output)
-    if output.exists() and any(output.iterdir()) and not (output / MANIFEST).is_file():
-        raise FileExistsError(f"{output} exists and is not a maxsim prepare output: choose an empty or new folder")
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     elif inputs and not isinstance(inputs[0], (str, Path)) and not (
             isinstance(inputs[0], list) and inputs[0] and isinstance(inputs[0][0], (tuple, list, dict))):
         inputs = [inputs]  # one Python list of rows (tuples or dicts), not a list of inputs
+    output = Path(output)
+    check_output(output, [Path(i) for i in inputs if isinstance(i, (str, Path))] + [Path(c) for c in corpus])
 
     collection = Collection()
     dropped: Counter = Counter()
@@ -462,11 +471,11 @@ def prepare_training_data(
                     notes.append(f"dense mining searched a compressed index of the {len(doc_texts)} documents")
                 else:
                     miner = DenseMiner(miner_model, doc_texts, settings.batch_size)
-            ranking = miner.rank([collection.queries[q] for q in train_ids], high)
+            with_floor = settings.false_negative_margin is not None
+            ranking = miner.rank([collection.queries[q] for q in train_ids], high,
+                                 [sorted(positives_of[q]) for q in train_ids] if with_floor else None)
             for i, q in enumerate(train_ids):
-                positive_score = None
-                if settings.false_negative_margin is not None:
-                    positive_score = float(np.min(miner.score_of(i, sorted(positives_of[q]))))
+                positive_score = float(ranking.positive_floor[i]) if with_floor else None
                 mined[q], n_drop = sample_negatives(
                     ranking.positions[i], ranking.scores[i], positives_of[q], settings.negatives, low, high,
                     _rng(settings.seed, q), settings.false_negative_margin, positive_score)
@@ -512,12 +521,12 @@ def prepare_training_data(
             "notes": notes,
         },
     }
-    with atomic_directory(output) as tmp:
-        _write_jsonl(tmp / "queries.jsonl", ({"_id": q, "text": collection.queries[q]} for q in train_ids))
-        _write_corpus(tmp / "corpus.jsonl", collection, doc_ids)
-        _write_jsonl(tmp / "triples.jsonl", triples)
+    def write(folder: Path) -> None:
+        _write_jsonl(folder / "queries.jsonl", ({"_id": q, "text": collection.queries[q]} for q in train_ids))
+        _write_corpus(folder / "corpus.jsonl", collection, doc_ids)
+        _write_jsonl(folder / "triples.jsonl", triples)
         if dev_ids:
-            dev = tmp / "dev"
+            dev = folder / "dev"
             (dev / "qrels").mkdir(parents=True)
             _write_jsonl(dev / "queries.jsonl", ({"_id": q, "text": collection.queries[q]} for q in dev_ids))
             _write_corpus(dev / "corpus.jsonl", collection, doc_ids)
@@ -527,9 +536,56 @@ def prepare_training_data(
                     for d in collection.positives[q]:
                         handle.write(f"{q}\t{d}\t1\n")
         if "colbert" in settings.export:
-            export_colbert(tmp, collection, train_ids, doc_ids, triples)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            export_colbert(folder, collection, train_ids, doc_ids, triples)
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    write_output(output, write)
     return manifest
+
+
+def is_prepare_output(folder: Path) -> bool:
+    """Whether ``folder`` was written by prepare (a manifest, or the marker of an interrupted write)."""
+    return (folder / MANIFEST).is_file() or (folder / INCOMPLETE_MARKER).is_file()
+
+
+def check_output(output: Path, input_paths: Sequence[Path]) -> None:
+    """Refuse an output that is a file, a folder prepare did not write, or one holding an input."""
+    check_replaceable(output, is_prepare_output, "maxsim prepare output")
+    root = output.resolve()
+    for path in input_paths:
+        if path.resolve() == root or root in path.resolve().parents:
+            raise FileExistsError(f"the input {path} is inside the output folder {output}: writing there could "
+                                  "replace it; choose an output folder outside the inputs")
+
+
+def write_output(output: Path, write) -> None:
+    """Run ``write(folder)`` into a temporary folder, then put its files at ``output``.
+
+    A new or empty ``output`` is swapped in whole. An earlier prepare output is updated in
+    place: only the entries prepare owns (:data:`OWNED`) are replaced or removed, so anything
+    else a user keeps there (notes, a training run) stays. While that happens a marker file
+    says the folder is incomplete, and ``maxsim train`` refuses it until a prepare finishes.
+    """
+    if not output.exists() or not any(output.iterdir()):
+        with atomic_directory(output) as tmp:
+            write(tmp)
+        return
+    remove_stale_temps(output)
+    with atomic_directory(output / ".tmp-prepare") as tmp:  # the finished files, not yet in place
+        write(tmp)
+    staged = output / ".tmp-prepare"
+    marker = output / INCOMPLETE_MARKER
+    marker.write_text("maxsim prepare is replacing this folder's files; if this stays, run prepare again\n")
+    for name in OWNED:  # the manifest last: a folder with a manifest and no marker is complete
+        old, new = output / name, staged / name
+        if old.is_dir():
+            shutil.rmtree(old)
+        elif old.exists():
+            old.unlink()
+        if new.exists():
+            os.replace(new, old)
+    marker.unlink()
+    shutil.rmtree(staged, ignore_errors=True)
 
 
 def _rng(seed: int, query_id: str) -> np.random.Generator:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from maxsim.data.errors import DataError
+from maxsim.data.errors import DataError, encoding_error
 from maxsim.data.jsonl import read_jsonl
 
 SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
@@ -21,8 +22,7 @@ SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", "
 def file_format(path: Path) -> str:
     fmt = SUFFIXES.get(path.suffix.lower())
     if fmt is None:
-        raise DataError(path, None, f"unknown file type {path.suffix!r}",
-                        "use .jsonl, .csv, .tsv or .parquet (or a BEIR folder)")
+        raise DataError(path, None, f"unknown file type {path.suffix!r}", "use .jsonl, .csv, .tsv or .parquet")
     return fmt
 
 
@@ -43,36 +43,56 @@ def columns_of(path: Path) -> list[str]:
     """Column names of a file: the header of CSV/TSV, the schema of Parquet, the first JSONL object."""
     fmt = file_format(path)
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        return list(pq.read_schema(path).names)
+        return list(_parquet(path, "read_schema").names)
     for _, row in read_rows(path):
         return list(row)
     raise DataError(path, None, "the file is empty", "add rows, with a header for CSV/TSV")
 
 
 def _read_delimited(path: Path, delimiter: str) -> Iterator[tuple[int, dict]]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
-        header = next(reader, None)
-        if not header:
-            raise DataError(path, 1, "no header row", "start the file with the column names")
-        header = [h.strip() for h in header]
-        for row in reader:
-            line = reader.line_num
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                raise DataError(path, line, f"{len(row)} columns where the header has {len(header)}",
-                                "quote fields that contain the delimiter")
-            yield line, dict(zip(header, row))
+    """Rows of a CSV/TSV file with a header row; a UTF-8 byte-order mark (Excel's "CSV UTF-8")
+    is skipped, and a field may be as long as the file."""
+    limit = csv.field_size_limit()
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # the default 128 KB refuses long passages
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle, delimiter=delimiter)
+            try:
+                header = next(reader, None)
+                if not header:
+                    raise DataError(path, 1, "no header row", "start the file with the column names")
+                header = [h.strip() for h in header]
+                for row in reader:
+                    line = reader.line_num
+                    if not any(cell.strip() for cell in row):
+                        continue
+                    if len(row) != len(header):
+                        raise DataError(path, line, f"{len(row)} columns where the header has {len(header)}",
+                                        "quote fields that contain the delimiter")
+                    yield line, dict(zip(header, row))
+            except UnicodeDecodeError:
+                raise encoding_error(path) from None
+            except csv.Error as err:
+                raise DataError(path, reader.line_num + 1, f"unreadable {path.suffix[1:].upper()} ({err})",
+                                "check the quoting of this line") from None
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _parquet(path: Path, what: str = "read_table"):
+    """``pyarrow.parquet.read_table`` (or ``read_schema``) with errors that name the file."""
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        return getattr(pq, what)(path)
+    except (pyarrow.ArrowException, OSError) as err:
+        raise DataError(path, None, f"not a readable Parquet file ({err})",
+                        "check the file is Parquet, or give it the suffix of its real format") from None
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[int, dict]]:
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    yield from enumerate(table.to_pylist(), start=1)
+    yield from enumerate(_parquet(path).to_pylist(), start=1)
 
 
 def file_hash(path: Path) -> str:

@@ -12,6 +12,7 @@ Everything is checked when the folder is loaded, before any model is built: each
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,12 @@ import numpy as np
 
 from maxsim.data.errors import DataError
 from maxsim.data.jsonl import read_jsonl, require_id, require_text
+from maxsim.data.qrels import Judgement, is_relevant, read_qrels
+
+logger = logging.getLogger(__name__)
+
+#: present while ``maxsim prepare`` replaces the files of an existing folder
+INCOMPLETE_MARKER = ".prepare-incomplete"
 
 
 def document_text(title: str | None, text: str) -> str:
@@ -94,6 +101,9 @@ class TrainingData:
             raise DataError(folder, None, "training-data folder not found",
                             "pass --data with a folder holding queries.jsonl, corpus.jsonl and "
                             "triples.jsonl (maxsim prepare writes one)")
+        if (folder / INCOMPLETE_MARKER).exists():
+            raise DataError(folder, None, "a maxsim prepare that was writing this folder did not finish, so its "
+                            "files may come from two runs", "run the same maxsim prepare again")
         queries = read_queries(folder / "queries.jsonl")
         corpus = read_corpus(folder / "corpus.jsonl")
         path = folder / "triples.jsonl"
@@ -174,8 +184,27 @@ def _id_list(path: Path, number: int, obj: dict, name: str, corpus: Corpus) -> l
     return list(dict.fromkeys(out))
 
 
-def read_beir_split(folder: str | Path, split: str) -> tuple[Corpus, Corpus, dict[str, dict[str, int]]]:
-    """A BEIR folder's queries, corpus and ``qrels/<split>.tsv`` (scores > 0 are relevant).
+def data_digest(folder: str | Path) -> str:
+    """sha256 of a training folder's queries.jsonl, corpus.jsonl and triples.jsonl (names and bytes)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in ("queries.jsonl", "corpus.jsonl", "triples.jsonl"):
+        digest.update(name.encode() + b"\0")
+        with (Path(folder) / name).open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def read_beir_split(folder: str | Path, split: str, strict: bool = False
+                    ) -> tuple[Corpus, Corpus, dict[str, dict[str, float]]]:
+    """A BEIR folder's queries, corpus and relevant judgements of ``qrels/<split>.tsv``.
+
+    Relevant means :func:`~maxsim.data.qrels.is_relevant` (score above 0); graded and
+    fractional scores are kept as they are. Some published BEIR qrels name a few documents that
+    their corpus lacks: those count as relevant and can never be retrieved, as in BEIR's own
+    evaluation, with a logged warning; ``strict`` makes them an error instead.
 
     Returns (queries restricted to the split, corpus, qrels ``{query_id: {doc_id: score}}``).
     """
@@ -186,27 +215,29 @@ def read_beir_split(folder: str | Path, split: str) -> tuple[Corpus, Corpus, dic
     if not path.is_file():
         raise DataError(path, None, f"no qrels for split {split!r}",
                         f"choose a split that {folder / 'qrels'} has")
-    qrels: dict[str, dict[str, int]] = {}
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            parts = line.rstrip("\r\n").split("\t")
-            if number == 1 and parts[0].strip().lower() in {"query-id", "query_id", "qid"}:
-                continue
-            if not line.strip():
-                continue
-            if len(parts) < 3:
-                raise DataError(path, number, "expected query-id<TAB>corpus-id<TAB>score")
-            qid, did, score = parts[0], parts[1], parts[2]
-            try:
-                value = int(float(score))
-            except ValueError:
-                raise DataError(path, number, f"score {score!r} is not a number") from None
-            if qid not in queries.index:
-                raise DataError(path, number, f'query "{qid}" is not in queries.jsonl')
-            if did not in corpus.index:
-                raise DataError(path, number, f'document "{did}" is not in corpus.jsonl')
-            if value > 0:
-                qrels.setdefault(qid, {})[did] = value
+    qrels: dict[str, dict[str, float]] = {}
+    absent: list[Judgement] = []
+    for row in read_qrels(path):
+        if row.query_id not in queries.index:
+            raise DataError(path, row.line, f'query "{row.query_id}" is not in queries.jsonl',
+                            "add the query to queries.jsonl or remove this qrels line")
+        if not is_relevant(row.score):
+            continue
+        if row.doc_id not in corpus.index:
+            if strict:
+                raise DataError(path, row.line, f'document "{row.doc_id}" is not in corpus.jsonl',
+                                "add the document to corpus.jsonl or remove this qrels line (or leave "
+                                "out --strict to count it as relevant and unretrievable)")
+            absent.append(row)
+        qrels.setdefault(row.query_id, {})[row.doc_id] = row.score
+    if absent:
+        logger.warning("%s: %d relevant judgements name documents that corpus.jsonl lacks (first: "
+                       "line %d, \"%s\"); they count as relevant and can never be retrieved, as in BEIR's "
+                       "own evaluation (--strict refuses them)", path, len(absent), absent[0].line,
+                       absent[0].doc_id)
+    if not qrels:
+        raise DataError(path, None, "no judgement scores a document above 0, so there is nothing to evaluate",
+                        "check the split (relevant documents need a score above 0)")
     split_queries = Corpus()
     for qid in qrels:
         split_queries.add(path, None, qid, queries.texts[queries.index[qid]])

@@ -7,7 +7,9 @@ removed on the next start.
 
 from __future__ import annotations
 
+import errno
 import json
+import pickle
 import re
 import shutil
 from dataclasses import asdict, dataclass
@@ -20,7 +22,12 @@ from maxsim.model import ColBERT
 
 STATE_FILE = "trainer_state.pt"
 POSITION_FILE = "training_state.json"
+CONFIG_FILE = "config.yaml"
 BEST_FILE = "best.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from, with the reason and the fix."""
 _STEP = re.compile(r"^step-(\d+)$")
 
 
@@ -33,6 +40,8 @@ class Position:
     batch: int = 0
     best_value: float | None = None
     best_step: int | None = None
+    #: sha256 of the training data the run reads (queries, corpus, triples)
+    data_digest: str | None = None
 
 
 def checkpoint_dir(output: Path, step: int) -> Path:
@@ -71,21 +80,34 @@ def save_checkpoint(
     scheduler,
     position: Position,
     keep: int,
+    config_yaml: str = "",
 ) -> Path:
-    """Write ``checkpoints/step-N`` atomically, then delete all but the newest ``keep``."""
+    """Write ``checkpoints/step-N`` atomically, then delete all but the newest ``keep``.
+
+    The training state holds tensors and plain values only, so it loads with
+    ``torch.load(weights_only=True)``, which cannot run code. ``config_yaml`` (the run's
+    settings) is saved beside it, for a resume to compare against.
+    """
     path = checkpoint_dir(output, position.step)
-    with atomic_directory(path) as tmp:
-        model.save_to(tmp)
-        torch.save(
-            {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
-            tmp / STATE_FILE,
-        )
-        (tmp / POSITION_FILE).write_text(json.dumps(asdict(position), indent=2) + "\n")
+    try:
+        with atomic_directory(path) as tmp:
+            model.save_to(tmp)
+            torch.save(
+                {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng_cpu": torch.get_rng_state(),
+                    "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                },
+                tmp / STATE_FILE,
+            )
+            (tmp / POSITION_FILE).write_text(json.dumps(asdict(position), indent=2) + "\n")
+            if config_yaml:
+                (tmp / CONFIG_FILE).write_text(config_yaml)
+    except RuntimeError as err:  # torch reports a full disk as "unexpected pos ..."
+        if shutil.disk_usage(path.parent).free < 256 << 20:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from err
+        raise
     for _, old in list_checkpoints(output)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return path
@@ -94,14 +116,30 @@ def save_checkpoint(
 def load_checkpoint(path: Path, optimizer: torch.optim.Optimizer, scheduler) -> Position:
     """Restore optimizer, scheduler and RNG states from a checkpoint; return its position.
 
-    The model weights are loaded separately, with ``ColBERT.from_pretrained(path)``.
+    The state is read with ``weights_only=True``: a file holding anything but tensors and plain
+    values (which could run code when unpickled) is refused, not loaded. The model weights are
+    loaded separately, with ``ColBERT.from_pretrained(path)``.
     """
-    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path / STATE_FILE} holds objects other than tensors and plain values, which maxsim never "
+            f"writes, so it was not loaded (unpickling it could run code): {str(err).splitlines()[0]}. Fix: "
+            "resume only from checkpoints you trust, or delete this one to resume from an earlier step") from None
+    except (OSError, RuntimeError, EOFError) as err:
+        raise CheckpointError(f"{path / STATE_FILE} cannot be read ({err}). Fix: delete {path} to resume from "
+                              "an earlier checkpoint") from None
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng_cpu"])
     if state["rng_cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng_cuda"])
+    return read_position(path)
+
+
+def read_position(path: Path) -> Position:
+    """The position a checkpoint was saved at (without loading anything else)."""
     return Position(**json.loads((path / POSITION_FILE).read_text()))
 
 

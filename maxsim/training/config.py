@@ -77,6 +77,30 @@ class TrainConfig(BaseModel):
             raise ValueError("give dev_data or dev_fraction, not both")
         return self
 
+    @model_validator(mode="after")
+    def _some_negative(self) -> TrainConfig:
+        if self.nway == 1 and (not self.use_ib_negatives or self.batch_size == 1):
+            raise ValueError("nway=1 with no in-batch negatives (or a batch of 1) leaves each query no negative "
+                             "to score against, so the loss is 0 and nothing is learned: use nway 2 or more, or "
+                             "keep in-batch negatives with a batch of 2 or more")
+        return self
+
+    def resume_changes(self, saved: TrainConfig) -> tuple[list[str], list[str]]:
+        """What differs from the settings a run was started with, as ``name: old -> new`` lines.
+
+        Returns (allowed, refused): allowed changes (:data:`FREE_ON_RESUME`) decide what is logged,
+        saved and checked, not what is trained; any other change would make the resumed run
+        differ from the one it continues, so a resume refuses it. The output folder is not
+        compared (a run may be moved).
+        """
+        allowed, refused = [], []
+        for name in type(self).model_fields:
+            old, new = getattr(saved, name), getattr(self, name)
+            if name == "output" or old == new or (isinstance(old, Path) and Path(old).resolve() == Path(new).resolve()):
+                continue
+            (allowed if name in FREE_ON_RESUME else refused).append(f"{name}: {old} -> {new}")
+        return allowed, refused
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
@@ -86,3 +110,9 @@ class TrainConfig(BaseModel):
         values = yaml.safe_load(Path(path).read_text()) or {}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+#: settings a resumed run may change: they decide what is logged, saved and checked, not what is
+#: trained (``device`` continues the same run, though not bit for bit)
+FREE_ON_RESUME = frozenset({"save_every", "keep_checkpoints", "eval_every", "eval_batch_size", "log_every",
+                            "progress_bar", "device"})

@@ -7,13 +7,15 @@ are gathered across ranks with their gradients.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from pydantic import ValidationError
 from transformers import get_linear_schedule_with_warmup
 
 from maxsim.data.batches import (
@@ -26,11 +28,12 @@ from maxsim.data.batches import (
     shard,
 )
 from maxsim.data.errors import DataError
-from maxsim.data.training_folder import Corpus, TrainingData, read_beir_split
+from maxsim.data.training_folder import Corpus, TrainingData, data_digest, read_beir_split
 from maxsim.evaluation import evaluate_run, exact_search
-from maxsim.files import atomic_write_text
+from maxsim.files import LockedError, atomic_write_text, exclusive_lock
 from maxsim.losses import candidate_mask_for_batch, contrastive_loss
 from maxsim.model import ColBERT
+from maxsim.progress import progress as progress_bar
 from maxsim.scoring import maxsim
 from maxsim.training import checkpoints, distributed
 from maxsim.training.config import TrainConfig
@@ -39,6 +42,7 @@ from maxsim.training.report import MetricsLog, finite, plot_training
 logger = logging.getLogger(__name__)
 
 DEV_METRICS = ("ndcg@10", "mrr@10")
+LOCK_FILE = "train.lock"
 
 
 @dataclass
@@ -48,7 +52,7 @@ class DevSet:
     query_ids: list[str]
     query_texts: list[str]
     corpus: Corpus
-    qrels: dict[str, dict[str, int]]
+    qrels: dict[str, dict[str, float]]
 
 
 class Trainer:
@@ -64,29 +68,18 @@ class Trainer:
         """
         context = distributed.setup(self.config.device)
         try:
-            return self._train(context, resume)
+            with contextlib.ExitStack() as held:
+                return self._train(context, resume, held)
         finally:
             distributed.teardown(context)
 
-    def _train(self, ctx: distributed.Context, resume: bool) -> Path:
+    def _train(self, ctx: distributed.Context, resume: bool, held: contextlib.ExitStack) -> Path:
         cfg = self.config
         out = Path(cfg.output)
 
         # ---- data: everything is checked before a model is loaded ---------------------------
         data = TrainingData.load(cfg.data, cfg.nway)
-        dev = None
-        if cfg.dev_fraction is not None:
-            data, qrels = data.hold_out(cfg.dev_fraction, cfg.seed)
-            ids = list(qrels)
-            dev = DevSet(ids, [data.queries.texts[data.queries.index[q]] for q in ids],
-                         data.corpus, qrels)
-        elif cfg.dev_data is not None:
-            queries, corpus, qrels = read_beir_split(cfg.dev_data, cfg.dev_split)
-            dev = DevSet(queries.ids, queries.texts, corpus, qrels)
-        elif (Path(cfg.data) / "dev" / "qrels" / "dev.tsv").is_file():  # written by maxsim prepare
-            queries, corpus, qrels = read_beir_split(Path(cfg.data) / "dev", "dev")
-            dev = DevSet(queries.ids, queries.texts, corpus, qrels)
-            logger.info("validating on %s (%d queries)", Path(cfg.data) / "dev", len(qrels))
+        data, dev = dev_set(cfg, data)
         if len(data.examples) < ctx.world_size:
             raise DataError(cfg.data / "triples.jsonl", None,
                             f"{len(data.examples)} examples cannot feed {ctx.world_size} processes",
@@ -94,17 +87,8 @@ class Trainer:
         if cfg.batch_size < ctx.world_size * cfg.accumulation_steps:
             raise ValueError(f"batch_size {cfg.batch_size} must be at least world size "
                              f"({ctx.world_size}) x accumulation_steps ({cfg.accumulation_steps})")
-        resume_from = checkpoints.latest_checkpoint(out) if resume else None
-        if not resume and checkpoints.latest_checkpoint(out) is not None:
-            raise FileExistsError(f"{out} already holds checkpoints: pass --resume to continue "
-                                  "that run, or choose another --output")
-        if resume and resume_from is None:
-            logger.info("no checkpoint in %s: starting from the beginning", out)
-        if ctx.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            checkpoints.clean_interrupted_writes(out)
-            atomic_write_text(out / "config.yaml", cfg.to_yaml())
-        distributed.barrier(ctx)
+        digest = data_digest(cfg.data)
+        resume_from = open_output(ctx, cfg, resume, digest, held)
 
         # ---- model, tokenised data -------------------------------------------------------------
         torch.manual_seed(cfg.seed)
@@ -122,9 +106,7 @@ class Trainer:
 
         # ---- optimizer and schedule -------------------------------------------------------------
         steps_per_epoch = len(global_batches(range(len(data.examples)), cfg.batch_size, ctx.world_size))
-        total_steps = cfg.epochs * steps_per_epoch
-        if cfg.max_steps is not None:
-            total_steps = min(total_steps, cfg.max_steps)
+        total_steps, epochs = schedule_length(cfg, steps_per_epoch)
         warmup = round(0.1 * total_steps) if cfg.warmup_steps == "auto" else cfg.warmup_steps
         parameters = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
@@ -135,13 +117,14 @@ class Trainer:
             lr=cfg.learning_rate, eps=1e-8,
         )
         scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
-        position = checkpoints.Position()
+        position = checkpoints.Position(data_digest=digest)
         metrics_log = MetricsLog(out / "metrics.jsonl")
         if resume_from is not None:
             position = checkpoints.load_checkpoint(resume_from, optimizer, scheduler)
-            if ctx.is_main:
-                metrics_log.truncate(position.step)
+            position.data_digest = digest
             logger.info("resumed from %s (step %d)", resume_from, position.step)
+        if ctx.is_main:  # rows after the step we start from belong to an attempt that is being redone
+            metrics_log.truncate(position.step)
         logger.info("%d examples, %d steps per epoch, %d steps, %d warmup, world size %d",
                     len(data.examples), steps_per_epoch, total_steps, warmup, ctx.world_size)
 
@@ -157,18 +140,18 @@ class Trainer:
         def save(pos: checkpoints.Position) -> Path:
             path = checkpoints.checkpoint_dir(out, pos.step)
             if ctx.is_main:
-                checkpoints.save_checkpoint(out, model, optimizer, scheduler, pos, cfg.keep_checkpoints)
+                checkpoints.save_checkpoint(out, model, optimizer, scheduler, pos, cfg.keep_checkpoints, cfg.to_yaml())
                 plot_training(metrics_log.rows(), out / "training.png", cfg.metric)
             distributed.barrier(ctx)
             return path
 
         # ---- the loop ----------------------------------------------------------------------------
-        progress = tqdm(total=total_steps, initial=position.step, unit="step", dynamic_ncols=True,
-                        disable=not (ctx.is_main and cfg.progress_bar))
+        progress = progress_bar(total_steps, "training", "step", enabled=ctx.is_main and cfg.progress_bar,
+                                initial=position.step)
         model.train()
         last_saved = None
         epoch, start_batch = position.epoch, position.batch
-        while position.step < total_steps and epoch < cfg.epochs:
+        while position.step < total_steps and epoch < epochs:
             batches = global_batches(epoch_order(len(data.examples), cfg.seed, epoch),
                                      cfg.batch_size, ctx.world_size)
             for batch_index in range(start_batch, len(batches)):
@@ -252,6 +235,112 @@ class Trainer:
             logger.info("no dev set: returning the last checkpoint (pass --dev-fraction or "
                         "--dev-data to choose the best one)")
         return checkpoints.checkpoint_dir(out, position.step)
+
+
+def dev_set(cfg: TrainConfig, data: TrainingData) -> tuple[TrainingData, DevSet | None]:
+    """The validation set, from ``dev_fraction`` (held out of ``data``), ``dev_data`` or
+    ``DATA/dev`` (written by maxsim prepare); returns the training data left and the dev set."""
+    if cfg.dev_fraction is not None:
+        data, qrels = data.hold_out(cfg.dev_fraction, cfg.seed)
+        ids = list(qrels)
+        return data, DevSet(ids, [data.queries.texts[data.queries.index[q]] for q in ids], data.corpus, qrels)
+    folder, split = cfg.dev_data, cfg.dev_split
+    if folder is None and (Path(cfg.data) / "dev" / "qrels" / "dev.tsv").is_file():
+        folder, split = Path(cfg.data) / "dev", "dev"
+    if folder is None:
+        return data, None
+    queries, corpus, qrels = read_beir_split(folder, split)
+    logger.info("validating on %s (%d queries)", folder, len(qrels))
+    return data, DevSet(queries.ids, queries.texts, corpus, qrels)
+
+
+def open_output(ctx: distributed.Context, cfg: TrainConfig, resume: bool, digest: str,
+                held: contextlib.ExitStack) -> Path | None:
+    """Make the output folder ready and lock it for this run; returns the checkpoint to resume from.
+
+    Refuses an output that is a file, one another ``maxsim train`` is writing (the lock is held
+    in ``held`` until the run ends), checkpoints without ``resume``, and a resume whose settings
+    or data differ from the run's (:func:`check_resume`).
+    """
+    out = Path(cfg.output)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--output {out} is a file: choose a folder for the run")
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    held.enter_context(run_lock(ctx, out))
+    resume_from = checkpoints.latest_checkpoint(out) if resume else None
+    if not resume and checkpoints.latest_checkpoint(out) is not None:
+        raise FileExistsError(f"{out} already holds checkpoints: pass --resume to continue "
+                              "that run, or choose another --output")
+    if resume and resume_from is None:
+        logger.info("no checkpoint in %s: starting from the beginning", out)
+    if resume_from is not None:
+        check_resume(cfg, resume_from, digest)
+    if ctx.is_main:
+        checkpoints.clean_interrupted_writes(out)
+        atomic_write_text(out / "config.yaml", cfg.to_yaml())
+    distributed.barrier(ctx)
+    return resume_from
+
+
+@contextlib.contextmanager
+def run_lock(ctx: distributed.Context, out: Path):
+    """One ``maxsim train`` at a time writes into an output folder: rank 0 holds ``train.lock``
+    there for the whole run, and every rank stops if another run holds it."""
+    with contextlib.ExitStack() as stack:
+        error = None
+        if ctx.is_main:
+            try:
+                stack.enter_context(exclusive_lock(out / LOCK_FILE, f"the training run in {out}", timeout=0))
+            except LockedError as err:
+                error = str(err)
+        error = distributed.broadcast_object(ctx, error)
+        if error:
+            raise LockedError(error)
+        yield
+
+
+def check_resume(cfg: TrainConfig, checkpoint: Path, digest: str) -> None:
+    """Refuse a resume that would not continue the same run: other settings (except those that
+    do not change what is trained, which are logged) or other training data."""
+    saved_file = checkpoint / checkpoints.CONFIG_FILE
+    if not saved_file.is_file():
+        saved_file = Path(cfg.output) / "config.yaml"
+    try:
+        saved = TrainConfig.from_yaml(saved_file)
+    except (OSError, ValidationError, ValueError) as err:
+        logger.warning("cannot read the settings the run was started with (%s): resuming without comparing", err)
+    else:
+        allowed, refused = cfg.resume_changes(saved)
+        if refused:
+            raise ValueError(
+                f"--resume would continue the run in {cfg.output} with other settings than it was trained with "
+                f"({'; '.join(refused)}), and the result would be neither run. Fix: resume with the run's own "
+                f"settings (maxsim train --output {cfg.output} --resume reads them from {saved_file}), or start a "
+                f"new run from the checkpoint: --base-model {checkpoint} --output NEW_FOLDER")
+        if allowed:
+            logger.info("resuming with changed %s (these do not change what is trained)", "; ".join(allowed))
+    position = checkpoints.read_position(checkpoint)
+    if position.data_digest is not None and position.data_digest != digest:
+        raise ValueError(f"the training data in {cfg.data} is not the data {checkpoint} was trained on (its files "
+                         "changed), so resuming would mix two runs. Fix: resume with the original data, or start a "
+                         f"new run from the checkpoint: --base-model {checkpoint} --output NEW_FOLDER")
+
+
+def schedule_length(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int]:
+    """(optimizer steps, epochs) of the run.
+
+    ``max_steps``, when given, is the number of steps, as in Hugging Face's Trainer: the data is
+    repeated (fresh shuffles) as often as needed, and it overrides ``epochs``. Otherwise the run
+    is ``epochs`` passes.
+    """
+    if cfg.max_steps is None:
+        return cfg.epochs * steps_per_epoch, cfg.epochs
+    epochs = math.ceil(cfg.max_steps / steps_per_epoch)
+    logger.info("max_steps %d at %d steps per epoch: %d epoch%s%s", cfg.max_steps, steps_per_epoch, epochs,
+                "" if epochs == 1 else "s", f" (max_steps overrides epochs={cfg.epochs})" if
+                cfg.epochs not in (1, epochs) else "")
+    return cfg.max_steps, epochs
 
 
 def forward_backward(
