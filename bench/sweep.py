@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--end-by", type=float, default=float("inf"), help="start no variant after this time")
     parser.add_argument("--only", nargs="*", help="names of the variants to run")
     parser.add_argument("--summary", help="write all results to this JSON file as they come")
-    parser.add_argument("--max-steps", type=int, help="train every variant for this many steps instead of its epochs (a quick check of this script)")
+    parser.add_argument("--max-steps", type=int, help="train every variant this many steps (a quick check)")
     args = parser.parse_args()
     work = Path(args.work)
     prepared: dict[str, Path] = {}

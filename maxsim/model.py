@@ -443,8 +443,8 @@ def _load_encoder(path: Path):
 def _load_encoder_files(path: Path):
     if not path.is_dir():
         try:
-            encoder = AutoModel.from_pretrained(str(path))
-            tokenizer = AutoTokenizer.from_pretrained(str(path))
+            encoder = AutoModel.from_pretrained(str(path), trust_remote_code=False)
+            tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
         except Exception as err:  # noqa: BLE001 - any failure means the same thing to the user
             raise ModelLoadError(
                 f"base model {str(path)!r} is neither a local folder nor a model that could be "
@@ -456,8 +456,8 @@ def _load_encoder_files(path: Path):
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"{path} has no config.json: it is not a Hugging Face model folder")
     try:
-        encoder = AutoModel.from_pretrained(str(path))
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        encoder = AutoModel.from_pretrained(str(path), trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except Exception as err:  # noqa: BLE001
         raise ModelLoadError(f"could not load the model in {path}: {err}") from err
     # transformers 5 keeps a checkpoint's own dtype (fp16/bf16 weights load as such): training

@@ -136,3 +136,18 @@ def test_inference_forward_matches_the_model(model, dtype):
     docs = model.encode_documents(texts, forward=fast)
     for a, b in zip(docs, model.encode_documents(texts)):
         assert a.shape == b.shape and (a * b).sum(-1).min() > 0.99
+
+
+def test_custom_code_in_a_model_folder_never_runs(tiny_model_dir, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "remote"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "EVIL_RAN"
+    (folder / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w')\nfrom transformers import BertModel as EvilModel\n")
+    ColBERT.from_pretrained(folder, dim=16)  # trust_remote_code=False: the built-in BERT class, no prompt
+    assert not marker.exists()
