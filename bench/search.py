@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from maxsim.data.training_folder import read_beir_split
-from maxsim.evaluation import evaluate_run, exact_search, run_from_ranking
+from maxsim.evaluation import evaluate_run, run_from_ranking
+from maxsim.exact_search import exact_search
 from maxsim.retriever import Retriever
 
 HERE = Path(__file__).resolve().parent

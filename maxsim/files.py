@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from filelock import FileLock, Timeout
 
@@ -105,6 +107,15 @@ def recover_directory(path: str | Path) -> bool:
             os.replace(old, path)
             return True
     return False
+
+
+def sha256_of(handle: BinaryIO, digest=None):
+    """Feed the rest of a binary file to ``digest`` (a new sha256 by default) in 1 MiB blocks;
+    returns the digest object."""
+    digest = digest if digest is not None else hashlib.sha256()
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
+    return digest
 
 
 def remove_stale_temps(folder: str | Path) -> None:

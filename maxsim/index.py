@@ -27,7 +27,6 @@ from ``codes`` and ``doclens`` on load rather than stored.
 from __future__ import annotations
 
 import bz2
-import hashlib
 import json
 import math
 import time
@@ -41,7 +40,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maxsim.files import atomic_directory, exclusive_lock, lock_path, old_path, recover_directory
+from maxsim.files import (
+    LockedError,
+    atomic_directory,
+    exclusive_lock,
+    lock_path,
+    old_path,
+    recover_directory,
+    sha256_of,
+)
 from maxsim.model import cpu_computes_bf16
 from maxsim.scoring import scatter_max
 
@@ -168,16 +175,9 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.repeat(shift, lengths) + np.arange(int(lengths.sum()))
 
 
-def _sha256_of(handle) -> str:
-    digest = hashlib.sha256()
-    for block in iter(lambda: handle.read(1 << 20), b""):
-        digest.update(block)
-    return digest.hexdigest()
-
-
 def _sha256(path: Path) -> str:
     with path.open("rb") as handle:
-        return _sha256_of(handle)
+        return sha256_of(handle).hexdigest()
 
 
 def is_index(path: str | Path) -> bool:
@@ -192,8 +192,13 @@ def is_index(path: str | Path) -> bool:
 @contextmanager
 def index_lock(path: str | Path, timeout: float = 60.0) -> Iterator[None]:
     """The writer lock of an index: ``<path>.lock`` beside the folder, held while a process reads,
-    changes and saves the index, so that two writers take turns and none loses the other's work."""
+    changes and saves the index, so that two writers take turns and none loses the other's work.
+
+    Whoever takes it first puts back an index that a crash between a swap's two renames left
+    as ``<path>.old`` (no writer can be swapping while it is held).
+    """
     with exclusive_lock(lock_path(path), f"the index {path}", timeout):
+        recover_directory(path)
         yield
 
 
@@ -251,7 +256,6 @@ class IndexData:
         be replaced. Returns the new version, which this object takes.
         """
         path = Path(path)
-        recover_directory(path)  # a swap cut short by a crash: put the previous index back first
         version = uuid.uuid4().hex
         with atomic_directory(path) as tmp:
             files = {}
@@ -318,7 +322,7 @@ class IndexData:
             try:
                 with (path / name).open("rb") as handle:
                     # hash and parse the same open file: a swap in between cannot mix versions
-                    matches = _sha256_of(handle) == digest
+                    matches = sha256_of(handle).hexdigest() == digest
                     handle.seek(0)
                     if matches:
                         loaded[name] = (np.load(handle, allow_pickle=False) if name.endswith(".npy")
@@ -498,10 +502,8 @@ def _check_shapes(meta: dict, arrays: dict[str, np.ndarray], n_documents: int, p
 def _recover_if_idle(path: Path) -> None:
     """Put back ``<path>.old`` left by a crash between a swap's two renames, unless a writer is
     in the middle of its swap now (then the load waits for it)."""
-    from maxsim.files import LockedError
-
     try:
-        with index_lock(path, timeout=0):
-            recover_directory(path)
+        with index_lock(path, timeout=0):  # taking the lock recovers
+            pass
     except LockedError:
         pass

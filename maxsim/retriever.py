@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maxsim.data.prepare import stable_id
-from maxsim.files import check_replaceable, recover_directory
+from maxsim.files import check_replaceable
+from maxsim.ids import stable_id
 from maxsim.index import (
     Codec,
     IndexData,
@@ -302,7 +302,6 @@ class Retriever:
             [r["content"] for r in records], data.settings["split_documents"],
             data.settings["max_document_tokens"], batch_size)
         with index_lock(self.index_path):
-            recover_directory(self.index_path)  # (a load would wait for the lock we hold)
             self.refresh()
             self._refuse_present(self.index_data, records)
             changed = self.index_data.with_documents(vectors, doclens, records, chunk_docs, spans)
@@ -328,7 +327,6 @@ class Retriever:
         if not wanted:
             return
         with index_lock(self.index_path):
-            recover_directory(self.index_path)  # (a load would wait for the lock we hold)
             self.refresh()
             data = self.index_data
             position = {d["id"]: i for i, d in enumerate(data.documents)}
@@ -364,7 +362,6 @@ class Retriever:
         texts = [queries] if single else list(queries or [])
         if not texts or any(not isinstance(t, str) for t in texts):
             raise ValueError("give a query (a string) or a non-empty list of query strings")
-        check_k(k)
         q_vectors, q_mask = self.query_vectors(texts)
         results = self.search_vectors(q_vectors, q_mask, k, ncells, centroid_score_threshold, ndocs)
         return results[0] if single else results

@@ -9,8 +9,9 @@ import pytest
 
 from maxsim.data.errors import DataError
 from maxsim.data.mining import BM25Miner, DenseMiner
-from maxsim.data.prepare import prepare_training_data, stable_id
+from maxsim.data.prepare import prepare_training_data
 from maxsim.data.training_folder import TrainingData, document_text
+from maxsim.ids import stable_id
 
 SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
 

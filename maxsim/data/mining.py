@@ -111,7 +111,7 @@ class DenseMiner:
         the lowest score among them."""
         import torch
 
-        from maxsim.evaluation import encode_all, top_k_maxsim
+        from maxsim.exact_search import encode_all, top_k_maxsim
 
         queries = list(queries)
         self._queries = queries
@@ -143,7 +143,7 @@ class DenseMiner:
         """Exact MaxSim of one query of the last :meth:`rank` call with some documents (encodes
         them again: for a few checks; :meth:`rank` with ``positives`` does many at once)."""
         assert self._queries is not None, "call rank() first"
-        from maxsim.evaluation import encode_all
+        from maxsim.exact_search import encode_all
         from maxsim.scoring import maxsim
 
         q_vectors, q_mask = encode_all(self.model, self.model.tokenize_queries([self._queries[query_index]]), True)

@@ -15,9 +15,9 @@ import os
 import re
 import shutil
 import time
-import unicodedata
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +38,7 @@ from maxsim.data.qrels import is_relevant, read_qrels
 from maxsim.data.readers import columns_of, file_hash, read_rows
 from maxsim.data.training_folder import INCOMPLETE_MARKER, document_text
 from maxsim.files import atomic_directory, check_replaceable, remove_stale_temps
+from maxsim.ids import normalise, stable_id
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +49,7 @@ MANIFEST = "manifest.json"
 OWNED = ("queries.jsonl", "corpus.jsonl", "triples.jsonl", "dev", "colbert", MANIFEST)
 
 
-# ----------------------------------------------------------------------------- ids and texts
-def normalise(text: str) -> str:
-    """The form texts are compared and hashed in: Unicode NFKC, whitespace runs as one space."""
-    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip()
-
-
-def stable_id(text: str, prefix: str) -> str:
-    """An id from the normalised text: the same text gives the same id on every run and machine."""
-    return prefix + hashlib.sha256(normalise(text).encode("utf-8")).hexdigest()[:16]
-
-
+# ----------------------------------------------------------------------------- collecting
 class InvalidItem(Exception):
     """One bad row; becomes a DataError, or a skip counted in the manifest."""
 
@@ -344,50 +335,98 @@ def prepare_training_data(
     -------
     The manifest (also written to ``output/manifest.json``).
     """
+    settings = _checked_settings(options)
+    inputs = _as_inputs(inputs)
+    output = Path(output)
+    check_output(output, [Path(i) for i in inputs if isinstance(i, (str, Path))] + [Path(c) for c in corpus])
+
+    dropped: Counter = Counter()
+    collection, described = gather_inputs(inputs, corpus, all_documents, settings, RowErrors(settings, dropped))
+    train_ids, dev_ids = split_dev(_queries_with_positives(collection, described, dropped), settings)
+    doc_ids = list(collection.documents)
+    mined = mine_negatives(collection, train_ids, doc_ids, settings)
+    triples = make_triples(collection, train_ids, doc_ids, mined.negatives, dropped)
+    manifest = {
+        "format": "maxsim training folder v1",
+        "inputs": described,
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.__dict__.items()},
+        "seed": settings.seed,
+        "counts": {
+            "queries": len(train_ids),
+            "documents": len(doc_ids),
+            "positives": sum(len(collection.positives[q]) for q in train_ids),
+            "given_negatives": sum(len(collection.negatives.get(q, {})) for q in train_ids),
+            "mined_negatives": sum(len(v) for v in mined.negatives.values()),
+            "triples": len(triples),
+            "dev_queries": len(dev_ids),
+        },
+        "dropped": dict(sorted((k, v) for k, v in dropped.items() if v)),
+        "merged": dict(sorted(collection.merged.items())),
+        "mining": {
+            "method": settings.mine,
+            "window_requested": [settings.min_rank, settings.max_rank],
+            "window_used": list(mined.window),
+            "dropped_by_false_negative_margin": mined.margin_dropped,
+            "notes": mined.notes,
+        },
+    }
+    write_output(output, lambda folder: write_training_folder(
+        folder, collection, train_ids, dev_ids, doc_ids, triples, manifest, settings.export))
+    return manifest
+
+
+def _checked_settings(options: dict) -> PrepareSettings:
     settings = PrepareSettings(**options)
     if settings.mine == "dense" and not settings.miner_model:
         raise ValueError("--mine dense needs --miner-model DIR (a maxsim checkpoint or a base model folder)")
     if settings.negatives < 0:
         raise ValueError("--negatives must be 0 or more")
     window_for(10**9, settings.min_rank, settings.max_rank, 0, 0)  # checks the window
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
-    elif inputs and not isinstance(inputs[0], (str, Path)) and not (
-            isinstance(inputs[0], list) and inputs[0] and isinstance(inputs[0][0], (tuple, list, dict))):
-        inputs = [inputs]  # one Python list of rows (tuples or dicts), not a list of inputs
-    output = Path(output)
-    check_output(output, [Path(i) for i in inputs if isinstance(i, (str, Path))] + [Path(c) for c in corpus])
+    return settings
 
+
+def _as_inputs(inputs) -> list:
+    """A list of inputs: a single path, or one Python list of rows, becomes a list of one."""
+    if isinstance(inputs, (str, Path)):
+        return [inputs]
+    if inputs and not isinstance(inputs[0], (str, Path)) and not (
+            isinstance(inputs[0], list) and inputs[0] and isinstance(inputs[0][0], (tuple, list, dict))):
+        return [inputs]  # one Python list of rows (tuples or dicts), not a list of inputs
+    return list(inputs)
+
+
+class RowErrors:
+    """``with row_errors(path, line):`` turns an InvalidItem into a DataError naming the place,
+    or, with ``skip_invalid``, counts it in ``dropped`` and goes on."""
+
+    def __init__(self, settings: PrepareSettings, dropped: Counter) -> None:
+        self.skip_invalid, self.dropped = settings.skip_invalid, dropped
+
+    @contextmanager
+    def __call__(self, path, line):
+        try:
+            yield
+        except InvalidItem as exc:
+            if not self.skip_invalid:
+                fix = f"{exc.fix or 'fix the row'} (or pass --skip-invalid)"
+                raise DataError(path, line, exc.problem, fix) from None
+            self.dropped[exc.reason] += 1
+
+
+def gather_inputs(inputs: list, corpus: Sequence[str | Path], all_documents: Sequence[str] | None,
+                  settings: PrepareSettings, skip: RowErrors) -> tuple[Collection, list[dict]]:
+    """Read every input into one :class:`Collection`; returns it and a description of each input
+    (kind, rows, sha256) for the manifest."""
     collection = Collection()
-    dropped: Counter = Counter()
     positive_labels = {str(x).strip().lower() for x in settings.positive_labels}
     negative_labels = {str(x).strip().lower() for x in settings.negative_labels}
-
-    class Skip:
-        """Turn an InvalidItem into a DataError naming the place, or count it when skipping."""
-
-        def __init__(self, path, line):
-            self.path, self.line = path, line
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, exc_type, exc, tb):
-            if exc_type is InvalidItem:
-                if settings.skip_invalid:
-                    dropped[exc.reason] += 1
-                    return True
-                fix = exc.fix or "fix the row"
-                raise DataError(self.path, self.line, exc.problem, f"{fix} (or pass --skip-invalid)") from None
-            return False
-
     described = []
     for index, item in enumerate(inputs):
         stats = {"rows": 0}
         if isinstance(item, (str, Path)):
             path = Path(item)
             if path.is_dir():
-                _read_beir(collection, path, settings.split, Skip, stats)
+                _read_beir(collection, path, settings.split, skip, stats)
                 described.append({"input": str(path), "kind": f"beir:{settings.split}", "rows": stats["rows"],
                                   "sha256": file_hash(path)})
                 continue
@@ -396,7 +435,7 @@ def prepare_training_data(
             except InvalidItem as exc:
                 raise DataError(path, 1, exc.problem, exc.fix) from None
             for number, row in read_rows(path):
-                with Skip(path, number):
+                with skip(path, number):
                     add_row(collection, kind, row, positive_labels, negative_labels)
                     stats["rows"] += 1
             described.append({"input": str(path), "kind": kind, "rows": stats["rows"], "sha256": file_hash(path)})
@@ -404,7 +443,7 @@ def prepare_training_data(
             name = f"<python list {index}>"
             kinds = set()
             for number, row in enumerate(item, start=1):
-                with Skip(name, number):
+                with skip(name, number):
                     kind, values = _row_from_tuple(row, settings.kind)
                     kinds.add(kind)
                     add_row(collection, kind, values, positive_labels, negative_labels)
@@ -412,13 +451,17 @@ def prepare_training_data(
             digest = hashlib.sha256(json.dumps(list(item), default=str).encode()).hexdigest()
             described.append({"input": name, "kind": ",".join(sorted(kinds)), "rows": stats["rows"], "sha256": digest})
     for path in corpus:
-        _read_documents_file(collection, Path(path), Skip)
+        _read_documents_file(collection, Path(path), skip)
         described.append({"input": str(path), "kind": "documents", "sha256": file_hash(Path(path))})
     for number, text in enumerate(all_documents or [], start=1):
-        with Skip("<all_documents>", number):
+        with skip("<all_documents>", number):
             collection.add_document(text)
+    return collection, described
 
-    # a query's known positives are never its negatives
+
+def _queries_with_positives(collection: Collection, described: list[dict], dropped: Counter) -> list[str]:
+    """The queries that have a positive; a query's known positives are removed from its given
+    negatives on the way."""
     for qid, negs in collection.negatives.items():
         for did in list(negs):
             if did in collection.positives.get(qid, {}):
@@ -429,8 +472,11 @@ def prepare_training_data(
     if not query_ids:
         raise DataError(described[0]["input"] if described else "<inputs>", None, "no query has a positive",
                         "give (query, positive) pairs, positive labels or a qrels split")
+    return query_ids
 
-    # dev split, by seed
+
+def split_dev(query_ids: list[str], settings: PrepareSettings) -> tuple[list[str], list[str]]:
+    """(training query ids, dev query ids): ``dev_fraction`` of the queries, chosen by seed."""
     dev_ids: list[str] = []
     if settings.dev_fraction:
         n_dev = int(round(settings.dev_fraction * len(query_ids)))
@@ -440,10 +486,23 @@ def prepare_training_data(
         order = np.random.default_rng(settings.seed).permutation(len(query_ids))
         dev_ids = sorted((query_ids[i] for i in order[:n_dev]), key=query_ids.index)
     dev_set = set(dev_ids)
-    train_ids = [q for q in query_ids if q not in dev_set]
+    return [q for q in query_ids if q not in dev_set], dev_ids
 
-    # mining
-    doc_ids = list(collection.documents)
+
+@dataclass
+class Mined:
+    """What mining gave: corpus positions of each query's negatives, the rank window used, the
+    candidates the false-negative margin dropped, and notes for the manifest."""
+
+    negatives: dict[str, list[int]]
+    window: tuple[int, int]
+    margin_dropped: int
+    notes: list[str]
+
+
+def mine_negatives(collection: Collection, train_ids: list[str], doc_ids: list[str],
+                   settings: PrepareSettings) -> Mined:
+    """``settings.negatives`` negatives per training query from the miner's rank window."""
     doc_index = {d: i for i, d in enumerate(doc_ids)}
     doc_texts = [document_text(*collection.documents[d]) for d in doc_ids]
     positives_of = {q: {doc_index[d] for d in collection.positives[q]} for q in train_ids}
@@ -458,19 +517,7 @@ def prepare_training_data(
             for q in train_ids:
                 mined[q] = random_negatives(len(doc_ids), positives_of[q], settings.negatives, _rng(settings.seed, q))
         else:
-            if settings.mine == "bm25":
-                miner = BM25Miner(doc_texts)
-            else:
-                from maxsim.model import ColBERT
-
-                miner_model = ColBERT.from_pretrained(settings.miner_model)
-                use_index = settings.dense_search == "index" or (
-                    settings.dense_search == "auto" and len(doc_texts) > EXACT_SEARCH_LIMIT)
-                if use_index:
-                    miner = IndexMiner(miner_model, doc_texts, settings.batch_size)
-                    notes.append(f"dense mining searched a compressed index of the {len(doc_texts)} documents")
-                else:
-                    miner = DenseMiner(miner_model, doc_texts, settings.batch_size)
+            miner = _miner(doc_texts, settings, notes)
             with_floor = settings.false_negative_margin is not None
             ranking = miner.rank([collection.queries[q] for q in train_ids], high,
                                  [sorted(positives_of[q]) for q in train_ids] if with_floor else None)
@@ -485,8 +532,27 @@ def prepare_training_data(
     short = sum(1 for q in train_ids if len(mined.get(q, [])) < settings.negatives)
     if short and settings.negatives:
         notes.append(f"{short} queries got fewer than {settings.negatives} mined negatives")
+    return Mined(mined, (low, high), margin_dropped, notes)
 
-    # the triples: one line per (query, positive)
+
+def _miner(doc_texts: list[str], settings: PrepareSettings, notes: list[str]):
+    """The miner ``settings.mine`` asks for (bm25 or dense, exact or through an index)."""
+    if settings.mine == "bm25":
+        return BM25Miner(doc_texts)
+    from maxsim.model import ColBERT
+
+    miner_model = ColBERT.from_pretrained(settings.miner_model)
+    use_index = settings.dense_search == "index" or (
+        settings.dense_search == "auto" and len(doc_texts) > EXACT_SEARCH_LIMIT)
+    if use_index:
+        notes.append(f"dense mining searched a compressed index of the {len(doc_texts)} documents")
+        return IndexMiner(miner_model, doc_texts, settings.batch_size)
+    return DenseMiner(miner_model, doc_texts, settings.batch_size)
+
+
+def make_triples(collection: Collection, train_ids: list[str], doc_ids: list[str], mined: dict[str, list[int]],
+                 dropped: Counter) -> list[dict]:
+    """One triples line per (query, positive): given negatives first, then mined ones."""
     triples = []
     for q in train_ids:
         negatives = list(collection.negatives.get(q, {})) + [doc_ids[p] for p in mined.get(q, [])]
@@ -496,51 +562,28 @@ def prepare_training_data(
             continue
         for positive in collection.positives[q]:
             triples.append({"query_id": q, "positive_ids": [positive], "negative_ids": negatives})
+    return triples
 
-    manifest = {
-        "format": "maxsim training folder v1",
-        "inputs": described,
-        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.__dict__.items()},
-        "seed": settings.seed,
-        "counts": {
-            "queries": len(train_ids),
-            "documents": len(doc_ids),
-            "positives": sum(len(collection.positives[q]) for q in train_ids),
-            "given_negatives": sum(len(collection.negatives.get(q, {})) for q in train_ids),
-            "mined_negatives": sum(len(v) for v in mined.values()),
-            "triples": len(triples),
-            "dev_queries": len(dev_ids),
-        },
-        "dropped": dict(sorted((k, v) for k, v in dropped.items() if v)),
-        "merged": dict(sorted(collection.merged.items())),
-        "mining": {
-            "method": settings.mine,
-            "window_requested": [settings.min_rank, settings.max_rank],
-            "window_used": [low, high],
-            "dropped_by_false_negative_margin": margin_dropped,
-            "notes": notes,
-        },
-    }
-    def write(folder: Path) -> None:
-        _write_jsonl(folder / "queries.jsonl", ({"_id": q, "text": collection.queries[q]} for q in train_ids))
-        _write_corpus(folder / "corpus.jsonl", collection, doc_ids)
-        _write_jsonl(folder / "triples.jsonl", triples)
-        if dev_ids:
-            dev = folder / "dev"
-            (dev / "qrels").mkdir(parents=True)
-            _write_jsonl(dev / "queries.jsonl", ({"_id": q, "text": collection.queries[q]} for q in dev_ids))
-            _write_corpus(dev / "corpus.jsonl", collection, doc_ids)
-            with (dev / "qrels" / "dev.tsv").open("w", encoding="utf-8", newline="") as handle:
-                handle.write("query-id\tcorpus-id\tscore\n")
-                for q in dev_ids:
-                    for d in collection.positives[q]:
-                        handle.write(f"{q}\t{d}\t1\n")
-        if "colbert" in settings.export:
-            export_colbert(folder, collection, train_ids, doc_ids, triples)
-        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
-    write_output(output, write)
-    return manifest
+def write_training_folder(folder: Path, collection: Collection, train_ids: list[str], dev_ids: list[str],
+                          doc_ids: list[str], triples: list[dict], manifest: dict, export: Sequence[str]) -> None:
+    """The training folder's files (and dev/, colbert/ when asked for), the manifest last."""
+    _write_jsonl(folder / "queries.jsonl", ({"_id": q, "text": collection.queries[q]} for q in train_ids))
+    _write_corpus(folder / "corpus.jsonl", collection, doc_ids)
+    _write_jsonl(folder / "triples.jsonl", triples)
+    if dev_ids:
+        dev = folder / "dev"
+        (dev / "qrels").mkdir(parents=True)
+        _write_jsonl(dev / "queries.jsonl", ({"_id": q, "text": collection.queries[q]} for q in dev_ids))
+        _write_corpus(dev / "corpus.jsonl", collection, doc_ids)
+        with (dev / "qrels" / "dev.tsv").open("w", encoding="utf-8", newline="") as handle:
+            handle.write("query-id\tcorpus-id\tscore\n")
+            for q in dev_ids:
+                for d in collection.positives[q]:
+                    handle.write(f"{q}\t{d}\t1\n")
+    if "colbert" in export:
+        export_colbert(folder, collection, train_ids, doc_ids, triples)
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def is_prepare_output(folder: Path) -> bool:

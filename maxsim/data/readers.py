@@ -15,6 +15,7 @@ from pathlib import Path
 
 from maxsim.data.errors import DataError, encoding_error
 from maxsim.data.jsonl import read_jsonl
+from maxsim.files import sha256_of
 
 SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 
@@ -103,6 +104,5 @@ def file_hash(path: Path) -> str:
         if path.is_dir():
             digest.update(str(file.relative_to(path)).encode() + b"\0")
         with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+            sha256_of(handle, digest)
     return digest.hexdigest()

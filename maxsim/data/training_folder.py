@@ -12,6 +12,7 @@ Everything is checked when the folder is loaded, before any model is built: each
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 from maxsim.data.errors import DataError
 from maxsim.data.jsonl import read_jsonl, require_id, require_text
 from maxsim.data.qrels import Judgement, is_relevant, read_qrels
+from maxsim.files import sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -186,14 +188,11 @@ def _id_list(path: Path, number: int, obj: dict, name: str, corpus: Corpus) -> l
 
 def data_digest(folder: str | Path) -> str:
     """sha256 of a training folder's queries.jsonl, corpus.jsonl and triples.jsonl (names and bytes)."""
-    import hashlib
-
     digest = hashlib.sha256()
     for name in ("queries.jsonl", "corpus.jsonl", "triples.jsonl"):
         digest.update(name.encode() + b"\0")
         with (Path(folder) / name).open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+            sha256_of(handle, digest)
     return digest.hexdigest()
 
 

@@ -29,7 +29,8 @@ from maxsim.data.batches import (
 )
 from maxsim.data.errors import DataError
 from maxsim.data.training_folder import Corpus, TrainingData, data_digest, read_beir_split
-from maxsim.evaluation import evaluate_run, exact_search
+from maxsim.evaluation import evaluate_run
+from maxsim.exact_search import exact_search
 from maxsim.files import LockedError, atomic_write_text, exclusive_lock
 from maxsim.losses import candidate_mask_for_batch, contrastive_loss
 from maxsim.model import ColBERT
@@ -80,26 +81,13 @@ class Trainer:
         # ---- data: everything is checked before a model is loaded ---------------------------
         data = TrainingData.load(cfg.data, cfg.nway)
         data, dev = dev_set(cfg, data)
-        if len(data.examples) < ctx.world_size:
-            raise DataError(cfg.data / "triples.jsonl", None,
-                            f"{len(data.examples)} examples cannot feed {ctx.world_size} processes",
-                            "use fewer processes or more data")
-        if cfg.batch_size < ctx.world_size * cfg.accumulation_steps:
-            raise ValueError(f"batch_size {cfg.batch_size} must be at least world size "
-                             f"({ctx.world_size}) x accumulation_steps ({cfg.accumulation_steps})")
+        check_world_size(cfg, data, ctx)
         digest = data_digest(cfg.data)
         resume_from = open_output(ctx, cfg, resume, digest, held)
 
         # ---- model, tokenised data -------------------------------------------------------------
         torch.manual_seed(cfg.seed)
-        if resume_from is not None:
-            model = ColBERT.from_pretrained(resume_from, dim=cfg.dim, device=ctx.device)
-        else:
-            model = ColBERT.from_pretrained(
-                cfg.base_model, dim=cfg.dim, query_maxlen=cfg.query_maxlen,
-                doc_maxlen=cfg.doc_maxlen, attend_to_expansion_tokens=cfg.attend_to_expansion_tokens,
-                seed=cfg.seed, device=ctx.device,
-            )
+        model = load_model(cfg, resume_from, ctx.device)
         cache = TokenCache(model, data)  # every text tokenised once, here
         positives_of = data.positives_of()
         dev_tokens = model.tokenize_documents(dev.corpus.texts) if dev and ctx.is_main else None
@@ -109,41 +97,18 @@ class Trainer:
         total_steps, epochs = schedule_length(cfg, steps_per_epoch)
         warmup = round(0.1 * total_steps) if cfg.warmup_steps == "auto" else cfg.warmup_steps
         parameters = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": [p for p in parameters if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-                {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0},
-            ],
-            lr=cfg.learning_rate, eps=1e-8,
-        )
+        optimizer = make_optimizer(parameters, cfg)
         scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
-        position = checkpoints.Position(data_digest=digest)
         metrics_log = MetricsLog(out / "metrics.jsonl")
-        if resume_from is not None:
-            position = checkpoints.load_checkpoint(resume_from, optimizer, scheduler)
-            position.data_digest = digest
-            logger.info("resumed from %s (step %d)", resume_from, position.step)
-        if ctx.is_main:  # rows after the step we start from belong to an attempt that is being redone
-            metrics_log.truncate(position.step)
+        position = start_position(ctx, resume_from, optimizer, scheduler, digest, metrics_log)
         logger.info("%d examples, %d steps per epoch, %d steps, %d warmup, world size %d",
                     len(data.examples), steps_per_epoch, total_steps, warmup, ctx.world_size)
 
-        def evaluate() -> dict[str, float]:
-            scores, positions = exact_search(model, dev.query_texts, dev_tokens, k=100,
-                                             batch_size=cfg.eval_batch_size, progress=cfg.progress_bar)
-            run = {
-                qid: {dev.corpus.ids[int(j)]: float(s) for s, j in zip(scores[i], positions[i])}
-                for i, qid in enumerate(dev.query_ids)
-            }
-            return evaluate_run(dev.qrels, run, DEV_METRICS)
-
-        def save(pos: checkpoints.Position) -> Path:
-            path = checkpoints.checkpoint_dir(out, pos.step)
+        def save(pos: checkpoints.Position) -> None:
             if ctx.is_main:
                 checkpoints.save_checkpoint(out, model, optimizer, scheduler, pos, cfg.keep_checkpoints, cfg.to_yaml())
                 plot_training(metrics_log.rows(), out / "training.png", cfg.metric)
             distributed.barrier(ctx)
-            return path
 
         # ---- the loop ----------------------------------------------------------------------------
         progress = progress_bar(total_steps, "training", "step", enabled=ctx.is_main and cfg.progress_bar,
@@ -165,10 +130,7 @@ class Trainer:
                     local, offset = shard(micro, ctx.rank, ctx.world_size)
                     tb = build_batch(model, data, cache, positives_of, local, cfg.nway, cfg.seed, epoch)
                     stats += forward_backward(model, tb, ctx, cfg, offset, len(batch))
-                distributed.average_gradients(ctx, parameters)
-                grad_norm = torch.nn.utils.clip_grad_norm_(parameters, cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
+                grad_norm = apply_gradients(ctx, parameters, optimizer, scheduler, cfg.max_grad_norm)
                 stats = distributed.all_sum(ctx, stats.to(ctx.device)).cpu()
                 elapsed = time.perf_counter() - started
                 position.step += 1
@@ -179,41 +141,18 @@ class Trainer:
 
                 row = {}
                 if position.step % cfg.log_every == 0 or position.step == total_steps:
-                    count = len(batch)
-                    row = {
-                        "step": position.step, "epoch": epoch + (batch_index + 1) / len(batches),
-                        "loss": float(stats[0]) / count,
-                        "loss_positive_term": float(stats[1]) / count,
-                        "loss_logsumexp_term": float(stats[2]) / count,
-                        "positive_score": float(stats[3]) / count,
-                        "negative_score": float(stats[4]) / count,
-                        "accuracy": float(stats[5]) / count,
-                        "lr": scheduler.get_last_lr()[0], "grad_norm": finite(float(grad_norm)),
-                        "triplets_per_s": count / elapsed, "tokens_per_s": float(stats[6]) / elapsed,
-                    }
+                    row = step_row(position.step, epoch + (batch_index + 1) / len(batches), stats, len(batch),
+                                   scheduler.get_last_lr()[0], float(grad_norm), elapsed)
                     progress.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
                                          trip_s=f"{row['triplets_per_s']:.1f}")
                 due_eval = dev is not None and (
                     position.step == total_steps
                     or (cfg.eval_every is not None and position.step % cfg.eval_every == 0))
                 if due_eval:
-                    improved = False
-                    if ctx.is_main:
-                        scores = evaluate()
+                    scores = validate(ctx, cfg, model, dev, dev_tokens, position)
+                    if scores:
                         row.setdefault("step", position.step)
                         row.update({f"dev_{k}": v for k, v in scores.items()})
-                        value = scores[cfg.metric]
-                        improved = position.best_value is None or value > position.best_value
-                        logger.info("step %d: dev %s", position.step,
-                                    ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
-                        if improved:
-                            position.best_value, position.best_step = value, position.step
-                            checkpoints.save_best(out, model, {
-                                "step": position.step, "metric": cfg.metric, "value": value,
-                                "metrics": scores})
-                    position.best_value, position.best_step = distributed.broadcast_object(
-                        ctx, (position.best_value, position.best_step))
-                    model.train()
                 if row and ctx.is_main:
                     metrics_log.append(row)
                 if (cfg.save_every is not None and position.step % cfg.save_every == 0) or (
@@ -227,14 +166,124 @@ class Trainer:
         if last_saved != position.step and position.step > 0 and not (
                 checkpoints.checkpoint_dir(out, position.step).is_dir()):
             save(position)
-        if dev is not None and position.best_step is not None:
-            logger.info("best checkpoint: step %d, dev %s %.4f", position.best_step, cfg.metric,
-                        position.best_value)
-            return out / "best"
-        if dev is None:
-            logger.info("no dev set: returning the last checkpoint (pass --dev-fraction or "
-                        "--dev-data to choose the best one)")
-        return checkpoints.checkpoint_dir(out, position.step)
+        return chosen_checkpoint(cfg, dev is not None, position)
+
+
+def check_world_size(cfg: TrainConfig, data: TrainingData, ctx: distributed.Context) -> None:
+    """Every rank needs an example of each batch, and each micro-batch one per rank."""
+    if len(data.examples) < ctx.world_size:
+        raise DataError(cfg.data / "triples.jsonl", None,
+                        f"{len(data.examples)} examples cannot feed {ctx.world_size} processes",
+                        "use fewer processes or more data")
+    if cfg.batch_size < ctx.world_size * cfg.accumulation_steps:
+        raise ValueError(f"batch_size {cfg.batch_size} must be at least world size "
+                         f"({ctx.world_size}) x accumulation_steps ({cfg.accumulation_steps})")
+
+
+def start_position(ctx: distributed.Context, resume_from: Path | None, optimizer, scheduler, digest: str,
+                   metrics_log: MetricsLog) -> checkpoints.Position:
+    """Where the run starts: step 0, or the checkpoint's position with optimizer, schedule and RNG
+    states restored. Metrics rows after it belong to an attempt being redone and are dropped."""
+    position = checkpoints.Position(data_digest=digest)
+    if resume_from is not None:
+        position = checkpoints.load_checkpoint(resume_from, optimizer, scheduler)
+        position.data_digest = digest
+        logger.info("resumed from %s (step %d)", resume_from, position.step)
+    if ctx.is_main:
+        metrics_log.truncate(position.step)
+    return position
+
+
+def chosen_checkpoint(cfg: TrainConfig, has_dev: bool, position: checkpoints.Position) -> Path:
+    """``best/`` when there is a dev set, else the last checkpoint."""
+    out = Path(cfg.output)
+    if has_dev and position.best_step is not None:
+        logger.info("best checkpoint: step %d, dev %s %.4f", position.best_step, cfg.metric, position.best_value)
+        return out / "best"
+    if not has_dev:
+        logger.info("no dev set: returning the last checkpoint (pass --dev-fraction or "
+                    "--dev-data to choose the best one)")
+    return checkpoints.checkpoint_dir(out, position.step)
+
+
+def apply_gradients(ctx: distributed.Context, parameters: list[torch.nn.Parameter], optimizer, scheduler,
+                    max_grad_norm: float) -> torch.Tensor:
+    """Average the gradients over ranks, clip them, and take an optimizer and a schedule step;
+    returns the gradient norm before clipping."""
+    distributed.average_gradients(ctx, parameters)
+    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    return grad_norm
+
+
+def validate(ctx: distributed.Context, cfg: TrainConfig, model: ColBERT, dev: DevSet,
+             dev_tokens: list[list[int]] | None, position: checkpoints.Position) -> dict[str, float]:
+    """Evaluate on the dev set (rank 0) and replace ``best/`` when ``cfg.metric`` improves.
+
+    Updates ``position``'s best on every rank; returns the dev metrics (empty on other ranks).
+    """
+    scores: dict[str, float] = {}
+    if ctx.is_main:
+        scores = evaluate_dev(model, dev, dev_tokens, cfg)
+        value = scores[cfg.metric]
+        logger.info("step %d: dev %s", position.step, ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
+        if position.best_value is None or value > position.best_value:
+            position.best_value, position.best_step = value, position.step
+            checkpoints.save_best(Path(cfg.output), model, {
+                "step": position.step, "metric": cfg.metric, "value": value, "metrics": scores})
+    position.best_value, position.best_step = distributed.broadcast_object(
+        ctx, (position.best_value, position.best_step))
+    model.train()
+    return scores
+
+
+def load_model(cfg: TrainConfig, resume_from: Path | None, device: torch.device) -> ColBERT:
+    """The checkpoint to resume from, or the base model with a new projection (seeded)."""
+    if resume_from is not None:
+        return ColBERT.from_pretrained(resume_from, dim=cfg.dim, device=device)
+    return ColBERT.from_pretrained(
+        cfg.base_model, dim=cfg.dim, query_maxlen=cfg.query_maxlen, doc_maxlen=cfg.doc_maxlen,
+        attend_to_expansion_tokens=cfg.attend_to_expansion_tokens, seed=cfg.seed, device=device)
+
+
+def make_optimizer(parameters: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW (eps 1e-8) with weight decay on matrices only, none on biases and LayerNorm."""
+    return torch.optim.AdamW(
+        [
+            {"params": [p for p in parameters if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0},
+        ],
+        lr=cfg.learning_rate, eps=1e-8,
+    )
+
+
+def step_row(step: int, epoch: float, stats: torch.Tensor, count: int, lr: float, grad_norm: float,
+             elapsed: float) -> dict:
+    """One metrics.jsonl row from a step's summed statistics (see :func:`forward_backward`) over
+    ``count`` queries, which took ``elapsed`` seconds."""
+    return {
+        "step": step, "epoch": epoch,
+        "loss": float(stats[0]) / count,
+        "loss_positive_term": float(stats[1]) / count,
+        "loss_logsumexp_term": float(stats[2]) / count,
+        "positive_score": float(stats[3]) / count,
+        "negative_score": float(stats[4]) / count,
+        "accuracy": float(stats[5]) / count,
+        "lr": lr, "grad_norm": finite(grad_norm),
+        "triplets_per_s": count / elapsed, "tokens_per_s": float(stats[6]) / elapsed,
+    }
+
+
+def evaluate_dev(model: ColBERT, dev: DevSet, dev_tokens: list[list[int]], cfg: TrainConfig) -> dict[str, float]:
+    """nDCG@10 and MRR@10 of exact MaxSim over the dev corpus (top 100 per query)."""
+    scores, positions = exact_search(model, dev.query_texts, dev_tokens, k=100,
+                                     batch_size=cfg.eval_batch_size, progress=cfg.progress_bar)
+    run = {
+        qid: {dev.corpus.ids[int(j)]: float(s) for s, j in zip(scores[i], positions[i])}
+        for i, qid in enumerate(dev.query_ids)
+    }
+    return evaluate_run(dev.qrels, run, DEV_METRICS)
 
 
 def dev_set(cfg: TrainConfig, data: TrainingData) -> tuple[TrainingData, DevSet | None]:
