@@ -77,9 +77,9 @@ def main() -> None:
 
     started = time.perf_counter()
     tokens = retriever.model.tokenize_documents(corpus.texts)
-    scores, positions = exact_search(retriever.model, queries.texts, tokens, k=100)
+    ranking = exact_search(retriever.model, queries.texts, tokens, k=100)
     exact_s = time.perf_counter() - started
-    exact_metrics = evaluate_run(qrels, run_from_ranking(queries.ids, corpus.ids, scores, positions),
+    exact_metrics = evaluate_run(qrels, run_from_ranking(queries.ids, corpus.ids, ranking),
                                  ("ndcg@10", "mrr@10", "recall@100"))
     def show(metrics):
         return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())

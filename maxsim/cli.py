@@ -12,6 +12,11 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from maxsim.cli_options import options_from, parameter, with_options
+from maxsim.data.settings import PrepareSettings
+from maxsim.errors import validation_message
+from maxsim.training.config import TrainConfig
+
 app = typer.Typer(
     help="Train ColBERT late-interaction retrievers on your own data, then search with them.",
     no_args_is_help=True,
@@ -28,16 +33,16 @@ def _fail(message: str) -> None:
 
 @contextlib.contextmanager
 def _one_line_errors():
-    """Turn the errors a user can fix (bad input, a locked or full output, a file in the way) into
-    one ``error: ...`` line and exit status 2, never a traceback."""
-    from maxsim.data.errors import DataError
-    from maxsim.files import LockedError, no_space_message
-    from maxsim.index import IndexLoadError
-    from maxsim.model import ModelLoadError
+    """Turn the errors a user can fix (every :class:`~maxsim.errors.MaxsimError`: bad input, a bad
+    setting, a locked output, a folder in the way) and the system's own (a full disk, a missing
+    permission) into one ``error: ...`` line and exit status 2. Anything else is a bug and keeps
+    its traceback."""
+    from maxsim.errors import MaxsimError
+    from maxsim.files import no_space_message
 
     try:
         yield
-    except (DataError, ModelLoadError, IndexLoadError, LockedError, FileExistsError, ValueError) as err:
+    except MaxsimError as err:
         _fail(str(err))
     except OSError as err:
         where = f"{err.filename}: " if err.filename else ""
@@ -50,48 +55,19 @@ def _root() -> None:
 
 
 @app.command()
-def prepare(
-    inputs: Annotated[list[Path], typer.Argument(help="Files (.jsonl, .csv, .tsv, .parquet) of pairs, labelled pairs or triplets, and/or BEIR folders.", show_default=False)],
-    output: Annotated[Path, typer.Option(help="Training-data folder to write (queries.jsonl, corpus.jsonl, triples.jsonl, manifest.json).")],
-    kind: Annotated[str | None, typer.Option(help="Force the input kind: pairs, labelled or triplets [default: read from the columns].")] = None,
-    split: Annotated[str, typer.Option(help="qrels split of BEIR folders.")] = "train",
-    corpus: Annotated[list[Path] | None, typer.Option(help="Extra documents (a corpus.jsonl, a table with a 'text' column, or a BEIR folder), only candidates for negatives. Repeatable.")] = None,
-    mine: Annotated[str, typer.Option(help="Negative mining: bm25, dense (needs --miner-model) or none (random).")] = "bm25",
-    miner_model: Annotated[str | None, typer.Option(help="maxsim checkpoint or base model folder for --mine dense.")] = None,
-    dense_search: Annotated[str, typer.Option(help="How --mine dense ranks: exact (MaxSim with every document), index (through a temporary compressed index, for large corpora) or auto (index above 50,000 documents).")] = "auto",
-    negatives: Annotated[int, typer.Option(help="Negatives mined per query.")] = 10,
-    min_rank: Annotated[int, typer.Option(help="Best (1-based) rank a mined negative may have; skips likely false negatives at the top.")] = 10,
-    max_rank: Annotated[int, typer.Option(help="Worst rank a mined negative may have.")] = 100,
-    false_negative_margin: Annotated[float | None, typer.Option(help="Drop candidates scoring above this times the query's lowest positive score.")] = None,
-    dev_fraction: Annotated[float | None, typer.Option(help="Hold out this share of queries as dev/ (BEIR style), used by maxsim train for validation.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for sampling negatives and the dev split.")] = 42,
-    positive_label: Annotated[list[str] | None, typer.Option(help="Label value that marks a positive in labelled pairs [default: 1]. Repeatable.")] = None,
-    negative_label: Annotated[list[str] | None, typer.Option(help="Label value that marks a negative in labelled pairs [default: 0]. Repeatable.")] = None,
-    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip bad rows (counted in the manifest) instead of stopping.")] = False,
-    export: Annotated[list[str] | None, typer.Option(help="Also write other formats: colbert (colbert-ai / RAGatouille files in colbert/).")] = None,
-) -> None:
+@with_options(
+    parameter("inputs", Annotated[list[Path], typer.Argument(help="Files (.jsonl, .csv, .tsv, .parquet) of pairs, labelled pairs or triplets, and/or BEIR folders.", show_default=False, metavar="INPUT")], positional=True),
+    parameter("output", Annotated[Path, typer.Option(help="Training-data folder to write (queries.jsonl, corpus.jsonl, triples.jsonl, manifest.json).")]),
+    parameter("corpus", Annotated[list[Path] | None, typer.Option(help="Extra documents (a corpus.jsonl, a table with a 'text' column, or a BEIR folder), only candidates for negatives. Repeatable.", metavar="<path>")], None),
+    *options_from(PrepareSettings, flags={"positive_labels": "positive_label", "negative_labels": "negative_label"}),
+)
+def prepare(inputs: list[Path], output: Path, corpus: list[Path] | None, **settings) -> None:
     """Turn pairs, labelled pairs, triplets or a BEIR folder into a checked training folder."""
-    from maxsim.data.prepare import KINDS, prepare_training_data
+    from maxsim.data.prepare import prepare_training_data
 
-    if kind is not None and kind not in KINDS:
-        _fail(f"--kind must be one of {', '.join(KINDS)}")
-    if mine not in ("bm25", "dense", "none"):
-        _fail("--mine must be bm25, dense or none")
-    if dense_search not in ("auto", "exact", "index"):
-        _fail("--dense-search must be auto, exact or index")
-    for name in export or []:
-        if name != "colbert":
-            _fail(f"--export {name}: the only export is colbert")
     _quiet_libraries()
-    options = dict(kind=kind, split=split, mine=mine, miner_model=miner_model, dense_search=dense_search, negatives=negatives,
-                   min_rank=min_rank, max_rank=max_rank, false_negative_margin=false_negative_margin,
-                   dev_fraction=dev_fraction, seed=seed, skip_invalid=skip_invalid,
-                   export=tuple(export or ()))
-    if positive_label:
-        options["positive_labels"] = tuple(positive_label)
-    if negative_label:
-        options["negative_labels"] = tuple(negative_label)
     with _one_line_errors():
+        options = PrepareSettings.checked(**{k: v for k, v in settings.items() if v is not None}).model_dump()
         manifest = prepare_training_data(list(inputs), output, corpus=list(corpus or []), **options)
     counts = manifest["counts"]
     typer.echo(", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()), err=True)
@@ -103,55 +79,21 @@ def prepare(
     typer.echo(str(output))
 
 
-@app.command()
-def train(
-    data: Annotated[Path | None, typer.Option(help="Training-data folder: queries.jsonl, corpus.jsonl, triples.jsonl.")] = None,
-    output: Annotated[Path | None, typer.Option(help="Output folder: checkpoints/, best/, metrics.jsonl, training.png, config.yaml.")] = None,
-    base_model: Annotated[str | None, typer.Option(help="Model folder to start from (default: the bundled all-MiniLM-L6-v2).")] = None,
-    config: Annotated[Path | None, typer.Option(help="A config.yaml from an earlier run; flags given here override it.")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Passes over the training examples [default: 1].")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Global batch size (queries per step, over all processes) [default: 32].")] = None,
-    accumulation_steps: Annotated[int | None, typer.Option(help="Micro-batches per optimizer step [default: 1].")] = None,
-    learning_rate: Annotated[float | None, typer.Option(help="Peak AdamW learning rate [default: 5e-6].")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay, not applied to biases and LayerNorm [default: 0.01].")] = None,
-    warmup_steps: Annotated[str | None, typer.Option(help="Linear warmup steps, or 'auto' for 10% of all steps [default: auto].")] = None,
-    max_grad_norm: Annotated[float | None, typer.Option(help="Gradient-norm clipping [default: 2.0].")] = None,
-    nway: Annotated[int | None, typer.Option(help="Documents per query: 1 positive + nway-1 negatives [default: 2].")] = None,
-    ib_negatives: Annotated[bool | None, typer.Option("--ib-negatives/--no-ib-negatives", help="Use other queries' documents as negatives [default: on].")] = None,
-    temperature: Annotated[float | None, typer.Option(help="Scores are divided by this in the loss [default: 1.0].")] = None,
-    doc_maxlen: Annotated[int | None, typer.Option(help="Document length cap in tokens [default: 256].")] = None,
-    query_maxlen: Annotated[int | None, typer.Option(help="Query length in tokens, padded with [MASK] [default: 32].")] = None,
-    dim: Annotated[int | None, typer.Option(help="Token vector size [default: 128; a maxsim checkpoint keeps its own].")] = None,
-    attend_to_expansion_tokens: Annotated[bool | None, typer.Option("--attend-to-expansion-tokens/--no-attend-to-expansion-tokens", help="Let the encoder attend to query [MASK] padding [default: off].")] = None,
-    save_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps (always at the end).")] = None,
-    keep_checkpoints: Annotated[int | None, typer.Option(help="Newest checkpoints to keep; best/ is kept besides [default: 3].")] = None,
-    eval_every: Annotated[int | None, typer.Option(help="Validate every N steps (always at the end, when there is a dev set).")] = None,
-    dev_data: Annotated[Path | None, typer.Option(help="BEIR folder whose --dev-split queries validate the run.")] = None,
-    dev_split: Annotated[str | None, typer.Option(help="qrels split of --dev-data [default: dev].")] = None,
-    dev_fraction: Annotated[float | None, typer.Option(help="Hold out this share of training queries (chosen by --seed) for validation.")] = None,
-    metric: Annotated[str | None, typer.Option(help="Dev metric that picks best/: ndcg@10 or mrr@10 [default: ndcg@10].")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for shuffling, sampling and initialisation [default: 42].")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda [default: auto].")] = None,
-    log_every: Annotated[int | None, typer.Option(help="Write metrics.jsonl every N steps [default: 1].")] = None,
-    progress_bar: Annotated[bool | None, typer.Option("--progress-bar/--no-progress-bar", help="Show a progress bar [default: on].")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in --output, with the run's saved settings (OUTPUT/config.yaml); a flag that would change what is trained is refused.")] = False,
-) -> None:
-    """Train a ColBERT model; the last line printed is the checkpoint to use (best/ with a dev set)."""
-    from maxsim.training import TrainConfig, Trainer
+#: flags whose name is not the field's (RAGatouille's and the README's spelling)
+TRAIN_FLAGS = {"use_ib_negatives": "ib_negatives"}
 
-    values = {
-        "data": data, "output": output, "base_model": base_model, "max_steps": max_steps,
-        "epochs": epochs, "batch_size": batch_size, "accumulation_steps": accumulation_steps,
-        "learning_rate": learning_rate, "weight_decay": weight_decay, "warmup_steps": warmup_steps,
-        "max_grad_norm": max_grad_norm, "nway": nway, "use_ib_negatives": ib_negatives,
-        "temperature": temperature, "doc_maxlen": doc_maxlen, "query_maxlen": query_maxlen,
-        "dim": dim, "attend_to_expansion_tokens": attend_to_expansion_tokens,
-        "save_every": save_every, "keep_checkpoints": keep_checkpoints, "eval_every": eval_every,
-        "dev_data": dev_data, "dev_split": dev_split, "dev_fraction": dev_fraction,
-        "metric": metric, "seed": seed, "device": device, "log_every": log_every,
-        "progress_bar": progress_bar,
-    }
+
+@app.command()
+@with_options(
+    *options_from(TrainConfig, flags=TRAIN_FLAGS),
+    parameter("config", Annotated[Path | None, typer.Option(help="A config.yaml from an earlier run; flags given here override it.")], None),
+    parameter("resume", Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in --output, with the run's saved settings (OUTPUT/config.yaml); a flag that would change what is trained is refused.")], False),
+)
+def train(config: Path | None, resume: bool, **values) -> None:
+    """Train a ColBERT model; the last line printed is the checkpoint to use (best/ with a dev set)."""
+    from maxsim.training import Trainer
+
+    output = values.get("output")
     if config is None and resume and output is not None and (output / "config.yaml").is_file():
         config = output / "config.yaml"  # a resume continues the run as it was set up
     try:
@@ -160,12 +102,11 @@ def train(
                 _fail(f"--config {config}: file not found")
             cfg = TrainConfig.from_yaml(config, **values)
         else:
-            if data is None or output is None:
+            if values.get("data") is None or output is None:
                 _fail("--data and --output are required (or --config FILE)")
             cfg = TrainConfig(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        _fail(f"invalid settings: {problems}")
+        _fail(f"invalid settings: {validation_message(err)}")
     _quiet_libraries()
     with _one_line_errors():
         path = Trainer(cfg).train(resume=resume)
@@ -194,6 +135,7 @@ def evaluate(
 
     from maxsim.evaluation import evaluate_beir, write_trec_run
     from maxsim.files import atomic_write_text
+    from maxsim.index import read_settings
 
     if model is None and index is None:
         _fail("give --model (a checkpoint, 'base' or 'bm25') or --index")
@@ -210,7 +152,7 @@ def evaluate(
     if index is not None:
         result["index"] = str(index)
         if model is None:
-            result["model"] = json.loads((index / "index.json").read_text()).get("model_path")
+            result["model"] = read_settings(index).model_path
     if output is not None:
         with _one_line_errors():
             write_trec_run(run, output / "run.trec", tag="bm25" if model == "bm25" else "maxsim")

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import pytrec_eval
 
 from maxsim.data.qrels import integer_gains
+from maxsim.errors import SettingsError
 from maxsim.exact_search import exact_search
+from maxsim.index import search
 from maxsim.model import ColBERT
+from maxsim.ranking import Ranking
 
 #: maxsim metric name -> (pytrec_eval measure, cutoff applied to the run before evaluation)
 METRICS = {
@@ -32,7 +36,7 @@ def evaluate_run(
     """
     unknown = set(metrics) - set(METRICS)
     if unknown:
-        raise ValueError(f"unknown metrics {sorted(unknown)}; known: {sorted(METRICS)}")
+        raise SettingsError(f"unknown metrics {sorted(unknown)}; known: {sorted(METRICS)}")
     gains = integer_gains(qrels)
     out = {}
     for name in metrics:
@@ -51,21 +55,26 @@ def _top(docs: dict[str, float], cutoff: int | None) -> dict[str, float]:
     return dict(best)
 
 
-def run_from_ranking(query_ids: Sequence[str], doc_ids: Sequence[str], scores, positions,
+def run_from_ranking(query_ids: Sequence[str], doc_ids: Sequence[str], ranking: Ranking,
                      drop_self_hits: bool = False, k: int | None = None) -> dict[str, dict[str, float]]:
-    """A run ``{query_id: {doc_id: score}}`` from per-query top positions and scores.
+    """A run ``{query_id: {doc_id: score}}`` from a ranking of corpus positions (row i: query i).
 
-    scores, positions: (Q, k) arrays or tensors, best first. With ``drop_self_hits`` a document
-    whose id equals the query id is removed (ArguAna-style sets), then each query keeps ``k``.
+    With ``drop_self_hits`` a document whose id equals the query id is removed (ArguAna-style
+    sets), then each query keeps ``k``.
+
+    >>> ranking = Ranking.from_rows([([1, 0], [0.5, 0.25])])
+    >>> run_from_ranking(["q"], ["d0", "d1"], ranking)
+    {'q': {'d1': 0.5, 'd0': 0.25}}
     """
     run = {}
     for i, qid in enumerate(query_ids):
         hits = {}
-        for s, j in zip(scores[i], positions[i]):
-            did = doc_ids[int(j)]
+        positions, scores = ranking.row(i)
+        for s, j in zip(scores.tolist(), positions.tolist()):
+            did = doc_ids[j]
             if drop_self_hits and did == qid:
                 continue
-            hits[did] = float(s)
+            hits[did] = s
             if k is not None and len(hits) == k:
                 break
         run[qid] = hits
@@ -76,7 +85,7 @@ def check_trec_ids(ids: Iterable[str], source) -> None:
     """Refuse ids that a TREC run file cannot hold (its fields are separated by whitespace)."""
     for item in ids:
         if not item or any(c.isspace() for c in item):
-            raise ValueError(f"{source}: id {item!r} holds whitespace, which a TREC run file (run.trec) cannot "
+            raise SettingsError(f"{source}: id {item!r} holds whitespace, which a TREC run file (run.trec) cannot "
                              "hold. Fix: rename the id, or leave out --output")
 
 
@@ -120,7 +129,7 @@ def evaluate_beir(
     from maxsim.data.training_folder import read_beir_split
 
     if k < 1:
-        raise ValueError(f"--k must be 1 or more, got {k}")
+        raise SettingsError(f"--k must be 1 or more, got {k}")
     queries, corpus, qrels = read_beir_split(data, split, strict=strict)
     if trec_output:
         check_trec_ids(queries.ids, f"{data}/queries.jsonl")
@@ -128,7 +137,7 @@ def evaluate_beir(
     depth = k + 1 if drop_self_hits else k
     if index is not None:
         if model == "bm25":
-            raise ValueError("--index searches with a ColBERT model, not bm25")
+            raise SettingsError("--index searches with a ColBERT model, not bm25")
         from maxsim.retriever import Retriever
 
         colbert = None if model is None else ColBERT.from_pretrained(None if model == "base" else model)
@@ -136,20 +145,22 @@ def evaluate_beir(
         known = set(corpus.ids)
         strangers = [d["id"] for d in retriever.index_data.documents if d["id"] not in known]
         if strangers:
-            raise ValueError(f"the index {index} holds documents that are not in {data}'s corpus "
+            raise SettingsError(f"the index {index} holds documents that are not in {data}'s corpus "
                              f"(e.g. {strangers[0]!r}): build it from this corpus with `maxsim index {data}`")
-        hits = retriever.search(queries.texts, k=depth)
+        q_vectors, q_mask = retriever.query_vectors(queries.texts)
+        chunks = search(retriever.index_data, q_vectors, q_mask, depth)
         position = {d: i for i, d in enumerate(corpus.ids)}
-        scores = [[h.score for h in row] for row in hits]
-        positions = [[position[h.document_id] for h in row] for row in hits]
+        of_chunk = np.array([position[d["id"]] for d in retriever.index_data.documents], dtype=np.int64)
+        chunk_docs = retriever.index_data.chunk_docs
+        ranking = Ranking(np.where(chunks.positions >= 0, of_chunk[chunk_docs[chunks.positions.clip(0)]], -1),
+                          chunks.scores)
     elif model == "bm25":
         from maxsim.data.mining import BM25Miner
 
         ranking = BM25Miner(corpus.texts).rank(queries.texts, depth)
-        scores, positions = ranking.scores, ranking.positions
     else:
         colbert = ColBERT.from_pretrained(None if model in (None, "base") else model)
         tokens = colbert.tokenize_documents(corpus.texts)
-        scores, positions = exact_search(colbert, queries.texts, tokens, depth, batch_size, progress)
-    run = run_from_ranking(queries.ids, corpus.ids, scores, positions, drop_self_hits, k)
+        ranking = exact_search(colbert, queries.texts, tokens, depth, batch_size, progress)
+    run = run_from_ranking(queries.ids, corpus.ids, ranking, drop_self_hits, k)
     return evaluate_run(qrels, run, ("ndcg@10", "mrr@10", "recall@100", "map")), run

@@ -10,8 +10,10 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from maxsim.errors import SettingsError
 from maxsim.model import ColBERT
 from maxsim.progress import progress as progress_bar
+from maxsim.ranking import Ranking
 from maxsim.scoring import maxsim
 
 
@@ -35,7 +37,7 @@ def top_k_maxsim(
     scores of ``pairs`` (P,) float32 CPU, NaN for a position no batch held, or None).
     """
     if k < 1:
-        raise ValueError(f"k must be 1 or more, got {k}")
+        raise SettingsError(f"k must be 1 or more, got {k}")
     n_queries = q_vectors.shape[0]
     best_scores = torch.empty(n_queries, 0, device=q_vectors.device)
     best_positions = torch.empty(n_queries, 0, dtype=torch.long, device=q_vectors.device)
@@ -81,16 +83,15 @@ def exact_search(
     k: int = 100,
     batch_size: int = 64,
     progress: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> Ranking:
     """Top-``k`` documents for each query by exact MaxSim over all documents.
 
     document_tokens: cached token ids of every document (from ``model.tokenize_documents``).
     progress: report progress over the documents (a bar on a terminal, log lines otherwise).
-    Returns (scores (Q, k') float32, positions (Q, k') long) on the CPU, best first,
-    k' = min(k, D).
+    Returns a :class:`~maxsim.ranking.Ranking` of corpus positions, (Q, k') with k' = min(k, D).
     """
     if k < 1:
-        raise ValueError(f"k must be 1 or more, got {k}")
+        raise SettingsError(f"k must be 1 or more, got {k}")
     q_vectors, q_mask = encode_all(model, model.tokenize_queries(list(query_texts)), True, batch_size)
     bar = progress_bar(len(document_tokens), "exact MaxSim", "doc", enabled=progress, leave=False)
 
@@ -101,4 +102,4 @@ def exact_search(
 
     scores, positions, _ = top_k_maxsim(q_vectors, q_mask, batches(), k)
     bar.close()
-    return scores, positions
+    return Ranking(positions.numpy(), scores.numpy())

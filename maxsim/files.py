@@ -18,9 +18,9 @@ from typing import BinaryIO
 
 from filelock import FileLock, Timeout
 
+from maxsim.errors import LockedError, OutputExistsError
 
-class LockedError(RuntimeError):
-    """Another process holds the lock of what we are about to write."""
+__all__ = ["LockedError"]  # re-exported: it is raised here
 
 
 def _umask() -> int:
@@ -138,14 +138,14 @@ def check_replaceable(path: str | Path, is_ours, what: str, overwrite: bool | No
     if not path.exists():
         return
     if not path.is_dir():
-        raise FileExistsError(f"{path} is a file, not a folder: choose a folder for the {what}")
+        raise OutputExistsError(f"{path} is a file, not a folder: choose a folder for the {what}")
     if not any(path.iterdir()):
         return
     if not is_ours(path):
-        raise FileExistsError(f"{path} already holds files that are not a {what}; writing there could "
+        raise OutputExistsError(f"{path} already holds files that are not a {what}; writing there could "
                               "replace them: choose an empty or new folder")
     if overwrite is False:
-        raise FileExistsError(f"{path} already holds a {what}: pass {flag} to replace it, or choose "
+        raise OutputExistsError(f"{path} already holds a {what}: pass {flag} to replace it, or choose "
                               "another folder")
 
 

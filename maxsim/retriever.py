@@ -1,9 +1,11 @@
 """Put a trained checkpoint to work: index, search, add, delete, rerank, in-memory search.
 
-``Retriever.from_pretrained(checkpoint).index(documents, path=...)`` builds a compressed index
-(:mod:`maxsim.index`); ``Retriever.from_index(path).search(query)`` answers from it. ``rerank``
-and ``encode`` + ``search_encoded`` work without an index, for small in-memory sets. Scores are
-always :func:`maxsim.scoring.maxsim`, the same MaxSim as in training.
+The front end of :mod:`maxsim.index`: it turns text into vectors through the model (documents
+into chunks, with :meth:`ColBERT.tokenize_document_chunks`) and chunk ids into :class:`Hit`; the
+index builds, stores and searches. ``Retriever.from_pretrained(checkpoint).index(documents,
+path=...)`` builds an index; ``Retriever.from_index(path).search(query)`` answers from it.
+``rerank`` and ``encode`` + ``search_encoded`` work without an index, for small in-memory sets.
+Scores are always :func:`maxsim.scoring.maxsim`, the same MaxSim as in training.
 """
 
 from __future__ import annotations
@@ -17,21 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from maxsim.errors import SettingsError, UnknownIdError
 from maxsim.files import check_replaceable
 from maxsim.ids import stable_id
-from maxsim.index import (
-    Codec,
-    IndexData,
-    IndexLoadError,
-    build_ivf,
-    index_lock,
-    is_index,
-    n_centroids_for,
-    nearest_centroids,
-    train_centroids,
-)
+from maxsim.index import IndexData, IndexLoadError, IndexSettings, build, chunk_scores, index_lock, is_index, search
 from maxsim.model import ColBERT, InferenceForward
-from maxsim.scoring import maxsim, maxsim_packed
+from maxsim.ranking import Ranking
+from maxsim.scoring import maxsim
 
 logger = logging.getLogger(__name__)
 
@@ -53,19 +47,28 @@ class Hit:
 
 
 def index_folder(name: str | None) -> Path:
-    """``INDEX_ROOT/name`` for an index known by name; the name must be one plain folder name."""
+    """``INDEX_ROOT/name`` for an index known by name; the name must be one plain folder name.
+
+    >>> index_folder("scifact").as_posix()
+    '.maxsim/indexes/scifact'
+    >>> index_folder("../elsewhere")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    maxsim.errors.SettingsError: index name '../elsewhere' must be one folder name ...
+    """
     if not name:
-        raise ValueError("give the index a path= (a folder) or a name= (kept under .maxsim/indexes/)")
+        raise SettingsError("give the index a path= (a folder) or a name= (kept under .maxsim/indexes/)")
     if (not isinstance(name, str) or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
             or Path(name).is_absolute() or Path(name).name != name):
-        raise ValueError(f"index name {name!r} must be one folder name (no '/', '\\', '.' or '..'); it is kept "
+        raise SettingsError(f"index name {name!r} must be one folder name (no '/', '\\', '.' or '..'); it is kept "
                          f"under {INDEX_ROOT}/. Use path= for a folder elsewhere")
     return INDEX_ROOT / name
 
 
 def check_k(k: int) -> None:
+    """Refuse a ``k`` that is not a whole number of 1 or more (``True`` included)."""
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k must be a whole number of 1 or more, got {k!r}")
+        raise SettingsError(f"k must be a whole number of 1 or more, got {k!r}")
 
 
 def check_model(data: IndexData, model: ColBERT, path, allow_mismatch: bool = False) -> None:
@@ -73,7 +76,7 @@ def check_model(data: IndexData, model: ColBERT, path, allow_mismatch: bool = Fa
     if data.dim != model.settings.dim:
         raise IndexLoadError(f"the index holds {data.dim}-dim vectors but the model makes "
                              f"{model.settings.dim}-dim ones: use the model the index was built with")
-    recorded = data.settings.get("model_digest")
+    recorded = data.settings.model_digest
     if recorded is None:
         logger.warning("%s records no model digest (built by an older maxsim): it cannot be checked that "
                        "the model is the one that built it", path)
@@ -88,27 +91,6 @@ def check_model(data: IndexData, model: ColBERT, path, allow_mismatch: bool = Fa
                              "this one, or pass --allow-model-mismatch (allow_model_mismatch=True) for a "
                              "deliberate swap")
     logger.warning("%s; going on as asked (allow_model_mismatch)", message)
-
-
-def _n_documents(data: IndexData, chunk_ids: np.ndarray) -> int:
-    return len(np.unique(data.chunk_docs[chunk_ids]))
-
-
-def _covering(data: IndexData, chunk_ids: np.ndarray, order: np.ndarray, at_least: int, documents: int) -> np.ndarray:
-    """The first entries of ``order`` (positions in ``chunk_ids``, best first): ``at_least`` of
-    them, or as many as it takes for their chunks to cover ``documents`` distinct documents."""
-    owners = data.chunk_docs[chunk_ids[order]]
-    _, first = np.unique(owners, return_index=True)
-    first = np.sort(first)
-    need = int(first[documents - 1]) + 1 if len(first) >= documents else len(order)
-    return order[: max(at_least, need)]
-
-
-def search_defaults(n_chunks: int, k: int) -> tuple[int, float, int]:
-    """(ncells, centroid_score_threshold, ndocs) for an index of ``n_chunks`` and a given k."""
-    ncells = 2 if n_chunks < 100_000 else 4
-    ndocs = max(8 * k, 64 if n_chunks < 100_000 else 256)
-    return ncells, 0.4, ndocs
 
 
 class Retriever:
@@ -146,7 +128,7 @@ class Retriever:
         ``allow_model_mismatch=True`` for a deliberate swap (then it is only logged).
         """
         data = IndexData.load(path)
-        source = data.settings.get("model_path")
+        source = data.settings.model_path
         if model is None:
             if not source:
                 raise IndexLoadError(
@@ -163,46 +145,21 @@ class Retriever:
         if IndexData.current_version(self.index_path) == data.version:
             return False
         fresh = IndexData.load(self.index_path)
-        if fresh.settings.get("model_digest") != data.settings.get("model_digest"):
+        if fresh.settings.model_digest != data.settings.model_digest:
             raise IndexLoadError(f"{self.index_path} was rebuilt with another model since it was loaded: "
                                  "open it again with Retriever.from_index")
         self.index_data = fresh
         return True
 
     # ------------------------------------------------------------------ building
-    def _chunks(self, texts: Sequence[str], split: bool, max_tokens: int | None):
-        """Token ids and character spans of each document's chunks."""
-        tokenizer = self.model.tokenizer
-        max_tokens = max_tokens or self.model.settings.doc_maxlen
-        if not split:
-            ids = self.model.tokenize_documents(texts)
-            return [[(row, (0, len(t)))] for row, t in zip(ids, texts)]
-        empty = tokenizer("", add_special_tokens=True)["input_ids"]  # e.g. [CLS] [SEP]
-        prefix = empty[:1] if empty and empty[0] in self.model._start_ids else []
-        suffix = empty[len(prefix):]
-        window = max(1, max_tokens - 1 - len(empty))
-        encoded = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True,
-                            return_attention_mask=False, return_token_type_ids=False)
-        out = []
-        for text, ids, offsets in zip(texts, encoded["input_ids"], encoded["offset_mapping"]):
-            pieces = []
-            for start in range(0, max(1, len(ids)), window):
-                piece = ids[start : start + window]
-                full = prefix + [self.model.document_marker_id] + piece + suffix
-                span = (offsets[start][0], offsets[min(start + window, len(ids)) - 1][1]) if piece else (0, len(text))
-                pieces.append((full, span))
-            out.append(pieces)
-        return out
-
-    def _encode_chunks(self, documents, split, max_tokens, batch_size):
-        chunks = self._chunks(documents, split, max_tokens)
+    def _encode_chunks(self, documents: Sequence[str], split: bool, max_tokens: int | None, batch_size: int):
+        """Each document's chunks encoded: (vectors (T, dim) float32 back to back, doclens (N,)
+        int32, chunk_docs (N,) int32 position of each chunk's document, spans (N,) of (start, end))."""
+        chunks = self.model.tokenize_document_chunks(documents, split, max_tokens)
         flat = [tokens for doc in chunks for tokens, _ in doc]
         spans = [span for doc in chunks for _, span in doc]
         chunk_docs = np.array([i for i, doc in enumerate(chunks) for _ in doc], dtype=np.int32)
-        per_chunk: list[np.ndarray] = [np.zeros((0, self.model.settings.dim), np.float32)] * len(flat)
-        for positions, vectors, mask in self.model.encode_batches(flat, False, batch_size, self.inference_forward):
-            for row, i in enumerate(positions):
-                per_chunk[i] = vectors[row][mask[row]].cpu().numpy()
+        per_chunk = [v.numpy() for v in self.model.encode_token_ids(flat, False, batch_size, self.inference_forward)]
         doclens = np.array([len(v) for v in per_chunk], dtype=np.int32)
         return np.concatenate(per_chunk) if per_chunk else np.zeros((0, self.model.settings.dim)), doclens, \
             chunk_docs, spans
@@ -216,25 +173,25 @@ class Retriever:
             document_ids = [document_ids] if isinstance(document_ids, (str, int)) else document_ids
             metadata = [metadata] if isinstance(metadata, dict) else metadata
         if documents is None or isinstance(document_ids, str) or isinstance(metadata, dict):
-            raise ValueError("give documents, document_ids and metadata as lists (one entry per document)")
+            raise SettingsError("give documents, document_ids and metadata as lists (one entry per document)")
         documents = list(documents)
         if not documents or any(not isinstance(d, str) or not d.strip() for d in documents):
-            raise ValueError("documents must be a non-empty list of non-empty strings")
+            raise SettingsError("documents must be a non-empty list of non-empty strings")
         ids = [str(i) for i in document_ids] if document_ids is not None else [stable_id(d, "d") for d in documents]
         if len(ids) != len(documents) or (metadata is not None and len(metadata) != len(documents)):
-            raise ValueError("document_ids and metadata need one entry per document")
+            raise SettingsError("document_ids and metadata need one entry per document")
         if len(set(ids)) != len(ids):
-            raise ValueError("document ids must be unique")
+            raise SettingsError("document ids must be unique")
         if any(not i for i in ids):
-            raise ValueError("document ids must be non-empty")
+            raise SettingsError("document ids must be non-empty")
         metadata = list(metadata) if metadata is not None else [None] * len(documents)
         for i, m in zip(ids, metadata):
             if m is not None and not isinstance(m, dict):
-                raise ValueError(f"metadata of document {i!r} is a {type(m).__name__}: give a dict (or None)")
+                raise SettingsError(f"metadata of document {i!r} is a {type(m).__name__}: give a dict (or None)")
             try:
                 json.dumps(m)
             except (TypeError, ValueError) as err:
-                raise ValueError(f"metadata of document {i!r} cannot be saved as JSON ({err}): use strings, "
+                raise SettingsError(f"metadata of document {i!r} cannot be saved as JSON ({err}): use strings, "
                                  "numbers, booleans, lists and dicts") from None
         return [{"id": i, "content": d, "metadata": m} for i, d, m in zip(ids, documents, metadata)]
 
@@ -252,32 +209,25 @@ class Retriever:
         unless ``split_documents=False``.
         """
         if nbits not in (1, 2, 4):
-            raise ValueError("nbits must be 1, 2 or 4")
+            raise SettingsError("nbits must be 1, 2 or 4")
         path = Path(path) if path is not None else index_folder(name)
         check_replaceable(path, is_index, "maxsim index", overwrite, "--overwrite (overwrite=True)")
         records = self._records(documents, document_ids, metadata)
         documents = [r["content"] for r in records]
         vectors, doclens, chunk_docs, spans = self._encode_chunks(documents, split_documents, max_document_tokens,
                                                                   batch_size)
-        k = n_centroids_for(len(vectors))
-        centroids = train_centroids(vectors, k, seed)
-        codes = nearest_centroids(vectors, centroids)
-        residual = vectors - centroids[codes]
-        codec = Codec.fit(residual, nbits)
-        ivf, ivf_offsets = build_ivf(codes, doclens, k)
-        settings = {"nbits": nbits, "dim": self.model.settings.dim, "model_path": self.model_path,
-                    "model_digest": self.model.digest(),
-                    "model_settings": self.model.settings.model_dump(), "split_documents": split_documents,
-                    "max_document_tokens": max_document_tokens or self.model.settings.doc_maxlen, "seed": seed,
-                    "encoded_in": self._encoding_precision()}
-        data = IndexData(settings, centroids, codec, codes, codec.encode(residual), doclens, chunk_docs, ivf,
-                         ivf_offsets, records, spans)
+        settings = IndexSettings(
+            nbits=nbits, dim=self.model.settings.dim, model_path=self.model_path, model_digest=self.model.digest(),
+            model_settings=self.model.settings.model_dump(), split_documents=split_documents,
+            max_document_tokens=max_document_tokens or self.model.settings.doc_maxlen, seed=seed,
+            encoded_in=self._encoding_precision())
+        data = build(vectors, doclens, chunk_docs, spans, records, settings)
         with index_lock(path):
             check_replaceable(path, is_index, "maxsim index", overwrite, "--overwrite (overwrite=True)")
             data.save(path)
         self.index_data, self.index_path = data, path
         logger.info("indexed %d documents (%d chunks, %d tokens, %d centroids) in %s", len(documents),
-                    len(doclens), len(vectors), k, path)
+                    len(doclens), len(vectors), len(data.centroids), path)
         return path
 
     def _encoding_precision(self) -> str:
@@ -299,8 +249,8 @@ class Retriever:
         records = self._records(documents, document_ids, metadata)
         self._refuse_present(data, records)
         vectors, doclens, chunk_docs, spans = self._encode_chunks(
-            [r["content"] for r in records], data.settings["split_documents"],
-            data.settings["max_document_tokens"], batch_size)
+            [r["content"] for r in records], data.settings.split_documents,
+            data.settings.max_document_tokens, batch_size)
         with index_lock(self.index_path):
             self.refresh()
             self._refuse_present(self.index_data, records)
@@ -313,7 +263,7 @@ class Retriever:
         existing = {d["id"] for d in data.documents}
         clash = [r["id"] for r in records if r["id"] in existing]
         if clash:
-            raise ValueError(f"already in the index: {clash[:5]}; delete them first to replace them")
+            raise SettingsError(f"already in the index: {clash[:5]}; delete them first to replace them")
 
     def delete(self, document_ids: str | Sequence[str]) -> None:
         """Remove documents (and their chunks) from the index; a str is one id.
@@ -332,14 +282,14 @@ class Retriever:
             position = {d["id"]: i for i, d in enumerate(data.documents)}
             missing = [i for i in wanted if i not in position]
             if missing:
-                raise KeyError(f"not in the index: {missing[:5]}")
+                raise UnknownIdError(f"not in the index: {missing[:5]}")
             changed = data.without_documents({position[i] for i in wanted})
             changed.save(self.index_path)
         self.index_data = changed
 
     def _require_index(self) -> IndexData:
         if self.index_data is None or self.index_path is None:
-            raise ValueError("no index: call index(...) first or load one with Retriever.from_index(path)")
+            raise SettingsError("no index: call index(...) first or load one with Retriever.from_index(path)")
         return self.index_data
 
     # ------------------------------------------------------------------ searching
@@ -361,75 +311,40 @@ class Retriever:
         single = isinstance(queries, str)
         texts = [queries] if single else list(queries or [])
         if not texts or any(not isinstance(t, str) for t in texts):
-            raise ValueError("give a query (a string) or a non-empty list of query strings")
+            raise SettingsError("give a query (a string) or a non-empty list of query strings")
         q_vectors, q_mask = self.query_vectors(texts)
         results = self.search_vectors(q_vectors, q_mask, k, ncells, centroid_score_threshold, ndocs)
         return results[0] if single else results
 
     def search_vectors(self, q_vectors: torch.Tensor, q_mask: torch.Tensor, k: int = 10, ncells: int | None = None,
                        centroid_score_threshold: float | None = None, ndocs: int | None = None) -> list[list[Hit]]:
-        """Search with queries already encoded: ``q_vectors`` (Q, Lq, dim) float32 CPU, ``q_mask`` (Q, Lq).
-
-        ``ncells`` centroids are probed per query token; when their chunks hold fewer than ``k``
-        documents, more are probed (doubling) until they do or every centroid is. The ``ndocs``
-        best chunks by centroid scores, or as many as it takes to cover ``k`` documents, are
-        decompressed and scored exactly.
-        """
+        """Search with queries already encoded: ``q_vectors`` (Q, Lq, dim) float32 CPU, ``q_mask``
+        (Q, Lq). The search itself is :func:`maxsim.index.search` (which says what ``ncells``,
+        ``centroid_score_threshold`` and ``ndocs`` do)."""
         check_k(k)
         data = self._require_index()
-        d_ncells, d_threshold, d_ndocs = search_defaults(len(data.doclens), k)
-        ncells = ncells or d_ncells
-        threshold = d_threshold if centroid_score_threshold is None else centroid_score_threshold
-        ndocs = ndocs or d_ndocs
-        want = min(k, len(data.documents))
-        centroids = torch.from_numpy(data.centroids)
+        ranking = search(data, q_vectors, q_mask, k, ncells, centroid_score_threshold, ndocs)
+        return self.hits(ranking)
+
+    def hits(self, ranking: Ranking) -> list[list[Hit]]:
+        """The hits of a ranking of chunk ids (from :func:`maxsim.index.search`): each chunk's
+        document, with the chunk's text as ``content``."""
+        data = self._require_index()
         results = []
-        with torch.inference_mode():
-            for i in range(len(q_vectors)):
-                cs = q_vectors[i][q_mask[i]] @ centroids.T  # (Lq, C)
-                cells = ncells
-                candidates = data.candidates(cs, cells)
-                while cells < len(data.centroids) and _n_documents(data, candidates) < want:
-                    cells *= 2
-                    candidates = data.candidates(cs, cells)
-                if len(candidates) > ndocs:
-                    approx = data.approximate_scores(cs, candidates, threshold)
-                    best = approx.topk(ndocs).indices.numpy()
-                    if _n_documents(data, candidates[best]) < want:
-                        best = _covering(data, candidates, approx.argsort(descending=True).numpy(), ndocs, want)
-                    candidates = candidates[best]
-                results.append(self._rank_chunks(q_vectors[i : i + 1], q_mask[i : i + 1], candidates, k))
+        for i in range(len(ranking)):
+            chunk_ids, scores = ranking.row(i)
+            row = []
+            for rank, (chunk, score) in enumerate(zip(chunk_ids.tolist(), scores.tolist()), start=1):
+                record = data.documents[int(data.chunk_docs[chunk])]
+                start, end = data.spans[chunk]
+                row.append(Hit(record["id"], score, rank, record["content"][start:end], record["metadata"]))
+            results.append(row)
         return results
 
     def exact_scores_of(self, q_vectors: torch.Tensor, q_mask: torch.Tensor, chunk_ids: Sequence[int]) -> torch.Tensor:
         """Exact MaxSim of one encoded query ((1, Lq, dim), (1, Lq)) with some chunks of the
         index, from their decompressed vectors: (n,) float32."""
-        self._require_index()
-        return self._chunk_scores(q_vectors, q_mask, np.asarray(chunk_ids, dtype=np.int64))
-
-    def _chunk_scores(self, q_vectors, q_mask, chunk_ids: np.ndarray) -> torch.Tensor:
-        vectors, lengths = self.index_data.decompress(chunk_ids)
-        scale = 1.0 / vectors.norm(dim=1).clamp_min(1e-12)  # score the stored vectors renormalised
-        return maxsim_packed(q_vectors[0], q_mask[0], vectors, lengths, scale)
-
-    def _rank_chunks(self, q_vectors, q_mask, chunk_ids: np.ndarray, k: int) -> list[Hit]:
-        """Exact MaxSim of one query ((1, Lq, dim), (1, Lq)) with some chunks, decompressed; the
-        ``k`` best documents, each scored by its best chunk."""
-        data = self.index_data
-        if len(chunk_ids) == 0:
-            return []
-        scores = self._chunk_scores(q_vectors, q_mask, chunk_ids).numpy()
-        order = np.argsort(-scores, kind="stable")
-        docs = data.chunk_docs[chunk_ids[order]]
-        _, first = np.unique(docs, return_index=True)  # each document's best chunk
-        best = order[np.sort(first)[:k]]
-        hits = []
-        for rank, i in enumerate(best.tolist(), start=1):
-            chunk = int(chunk_ids[i])
-            record = data.documents[int(data.chunk_docs[chunk])]
-            start, end = data.spans[chunk]
-            hits.append(Hit(record["id"], float(scores[i]), rank, record["content"][start:end], record["metadata"]))
-        return hits
+        return chunk_scores(self._require_index(), q_vectors, q_mask, np.asarray(chunk_ids, dtype=np.int64))
 
     def rerank(self, query: str, documents: Sequence[str], k: int | None = None) -> list[Hit]:
         """Order ``documents`` by exact MaxSim to ``query``; ``document_id`` is the position."""
@@ -459,7 +374,7 @@ class Retriever:
     def search_encoded(self, query: str, k: int = 10) -> list[Hit]:
         """Search the documents given to :meth:`encode` by exact MaxSim."""
         if self._encoded is None:
-            raise ValueError("nothing encoded: call encode(documents) first")
+            raise SettingsError("nothing encoded: call encode(documents) first")
         vectors, mask, records = self._encoded
         q_vectors, q_mask = self.query_vectors([query])
         scores = maxsim(q_vectors, q_mask, vectors, mask)[0]

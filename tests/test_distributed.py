@@ -18,6 +18,7 @@ from maxsim.data.training_folder import TrainingData
 from maxsim.model import ColBERT
 from maxsim.training import TrainConfig
 from maxsim.training.distributed import Context, average_gradients, setup, teardown
+from maxsim.training.stats import StepStats
 from maxsim.training.trainer import forward_backward
 
 pytestmark = pytest.mark.slow
@@ -37,7 +38,7 @@ def _step(model_dir, data_dir, ctx, batch):
     cfg = TrainConfig(data=data_dir, output="unused", nway=3, temperature=0.5)
     data = TrainingData.load(data_dir, nway=3)
     cache = TokenCache(model, data)
-    stats = torch.zeros(7, dtype=torch.float64)
+    stats = StepStats()
     for micro in micro_batches(batch, 1, ctx.world_size):
         local, offset = shard(micro, ctx.rank, ctx.world_size)
         tb = build_batch(model, data, cache, data.positives_of(), local, 3, 7, 0)
@@ -45,7 +46,7 @@ def _step(model_dir, data_dir, ctx, batch):
     params = [p for p in model.parameters()]
     average_gradients(ctx, params)
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return stats, grads
+    return stats.to_tensor(), grads
 
 
 def _worker(rank, world, port, model_dir, data_dir, batch, out):

@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 
 from maxsim.cli import app
 from maxsim.evaluation import evaluate_run, run_from_ranking, write_trec_run
+from maxsim.ranking import Ranking
 
 
 def test_metrics_on_a_hand_made_qrels_and_run():
@@ -28,8 +29,9 @@ def test_mrr_cutoff_and_missing_queries_count_as_zero():
 
 
 def test_self_hits_are_dropped_and_trec_file(tmp_path):
-    run = run_from_ranking(["a", "b"], ["a", "b", "c"], [[3.0, 2.0, 1.0], [3.0, 2.0, 1.0]],
-                           [[0, 1, 2], [0, 1, 2]], drop_self_hits=True, k=2)
+    run = run_from_ranking(["a", "b"], ["a", "b", "c"],
+                           Ranking.from_rows([([0, 1, 2], [3.0, 2.0, 1.0]), ([0, 1, 2], [3.0, 2.0, 1.0])]),
+                           drop_self_hits=True, k=2)
     assert run == {"a": {"b": 2.0, "c": 1.0}, "b": {"a": 3.0, "c": 1.0}}
     write_trec_run(run, tmp_path / "run.trec")
     assert (tmp_path / "run.trec").read_text().splitlines()[:2] == [

@@ -39,7 +39,7 @@ def built(tmp_path_factory, corpus):
 
 def _exact_top(retriever, queries, corpus, k):
     q, qm = retriever.query_vectors(queries)
-    chunks = retriever._chunks([t for _, t in corpus], True, 128)
+    chunks = retriever.model.tokenize_document_chunks([t for _, t in corpus], True, 128)
     tokens = [c for doc in chunks for c, _ in doc]
     owner = [i for i, doc in enumerate(chunks) for _ in doc]
     d, dm = retriever.model.pad_documents(tokens).input_ids, None
@@ -164,22 +164,22 @@ def test_codec_and_ivf_by_hand():
 
 
 def test_approximate_scores_by_hand():
-    from maxsim.index import IndexData
+    from maxsim.index import IndexData, IndexSettings, approximate_scores
 
     codes, doclens = np.array([0, 2, 2, 0, 1]), np.array([2, 3], dtype=np.int32)
     ivf, offsets = build_ivf(codes, doclens, 3)
-    data = IndexData({}, np.eye(3, dtype=np.float32), Codec.fit(np.zeros((1, 3), np.float32), 2), codes,
+    data = IndexData(IndexSettings(dim=3, max_document_tokens=8), np.eye(3, dtype=np.float32), Codec.fit(np.zeros((1, 3), np.float32), 2), codes,
                      np.zeros((5, 1), np.uint8), doclens, np.array([0, 1], dtype=np.int32), ivf, offsets)
     # query tokens (rows) against centroids 0, 1, 2; chunk 0 holds centroids {0, 2}, chunk 1 {0, 1, 2}
     cs = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.8, 0.3]])
-    assert data.approximate_scores(cs, np.array([0, 1]), 0.4).tolist() == pytest.approx([0.9 + 0.3, 0.9 + 0.8])
-    assert data.approximate_scores(cs, np.array([1, 0]), 0.4).tolist() == pytest.approx([1.7, 1.2])
+    assert approximate_scores(data, cs, np.array([0, 1]), 0.4).tolist() == pytest.approx([0.9 + 0.3, 0.9 + 0.8])
+    assert approximate_scores(data, cs, np.array([1, 0]), 0.4).tolist() == pytest.approx([1.7, 1.2])
     # centroid 2 (best score 0.5) pruned: chunk 0's second query token falls back to centroid 0
-    assert data.approximate_scores(cs, np.array([0, 1]), 0.6).tolist() == pytest.approx([0.9 + 0.2, 0.9 + 0.8])
+    assert approximate_scores(data, cs, np.array([0, 1]), 0.6).tolist() == pytest.approx([0.9 + 0.2, 0.9 + 0.8])
     # only centroid 0 kept
-    assert data.approximate_scores(cs, np.array([0, 1]), 0.85).tolist() == pytest.approx([1.1, 1.1])
+    assert approximate_scores(data, cs, np.array([0, 1]), 0.85).tolist() == pytest.approx([1.1, 1.1])
     # every centroid pruned: nothing to score
-    assert data.approximate_scores(cs, np.array([1]), 0.95).tolist() == [0.0]
+    assert approximate_scores(data, cs, np.array([1]), 0.95).tolist() == [0.0]
 
 
 def test_index_by_name_goes_under_the_index_root(tmp_path, tiny_model_dir, monkeypatch):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from maxsim.errors import MaxsimError
 
-class DataError(ValueError):
+
+class DataError(MaxsimError, ValueError):
     """Bad input, found before any long work starts.
 
     The message reads ``FILE:LINE: what is wrong. Fix: what to do``.

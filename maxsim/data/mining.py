@@ -11,25 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
+from maxsim.errors import SettingsError
+from maxsim.ranking import Ranking
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Ranking:
-    """The miner's ranking: ``positions[i]`` are corpus positions for query i, best first.
-
-    positions: (Q, k) int64; scores: (Q, k) float32, the matching scores.
-    positive_floor: (Q,) float32, the lowest score among each query's known positives, when
-        :meth:`rank` was given them (for the false-negative margin).
-    """
-
-    positions: np.ndarray
-    scores: np.ndarray
-    positive_floor: np.ndarray | None = None
 
 
 def _floors(score_of, positives: Sequence[Sequence[int]] | None) -> np.ndarray | None:
@@ -177,13 +165,12 @@ class IndexMiner:
     def rank(self, queries: Sequence[str], k: int, positives: Sequence[Sequence[int]] | None = None) -> Ranking:
         """Each query's ``k`` best documents (a row with fewer hits is padded with position -1);
         with ``positives`` (corpus positions per query), also the lowest score among them."""
+        from maxsim.index import search
+
         self._queries = self.retriever.query_vectors(queries, batch_size=self.batch_size)
-        positions = np.full((len(queries), k), -1, dtype=np.int64)
-        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        for i, hits in enumerate(self.retriever.search_vectors(*self._queries, k=k)):
-            positions[i, : len(hits)] = [int(h.document_id) for h in hits]
-            scores[i, : len(hits)] = [h.score for h in hits]
-        return Ranking(positions, scores, _floors(self.score_of, positives))
+        ranking = search(self.retriever.index_data, *self._queries, k=k)  # chunk id = corpus position
+        ranking.positive_floor = _floors(self.score_of, positives)
+        return ranking
 
     def score_of(self, query_index: int, positions: Sequence[int]) -> np.ndarray:
         assert self._queries is not None, "call rank() first"
@@ -197,9 +184,16 @@ def window_for(n_documents: int, min_rank: int, max_rank: int, negatives: int,
     """The rank window to use: the requested one, shrunk to fit a small corpus.
 
     Returns (min_rank, max_rank, a note saying what changed, or None).
+
+    >>> window_for(5183, 10, 100, 10, 3)
+    (10, 100, None)
+    >>> window_for(30, 10, 100, 10, 3)[:2]
+    (10, 30)
+    >>> window_for(12, 10, 100, 10, 1)[:2]
+    (2, 12)
     """
     if min_rank < 1 or max_rank < min_rank:
-        raise ValueError(f"rank window [{min_rank}, {max_rank}] is empty: need 1 <= min-rank <= max-rank")
+        raise SettingsError(f"rank window [{min_rank}, {max_rank}] is empty: need 1 <= min-rank <= max-rank")
     used_max = min(max_rank, n_documents)
     used_min = min(min_rank, max(1, used_max - negatives - max_positives + 1))
     if (used_min, used_max) == (min_rank, max_rank):

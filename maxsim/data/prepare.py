@@ -17,13 +17,12 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 
+from maxsim.data.collection import Collection, RowErrors, gather_inputs
 from maxsim.data.errors import DataError
 from maxsim.data.mining import (
     EXACT_SEARCH_LIMIT,
@@ -34,283 +33,19 @@ from maxsim.data.mining import (
     sample_negatives,
     window_for,
 )
-from maxsim.data.qrels import is_relevant, read_qrels
-from maxsim.data.readers import columns_of, file_hash, read_rows
+from maxsim.data.settings import PrepareSettings
 from maxsim.data.training_folder import INCOMPLETE_MARKER, document_text
+from maxsim.errors import OutputExistsError, SettingsError
 from maxsim.files import atomic_directory, check_replaceable, remove_stale_temps
-from maxsim.ids import normalise, stable_id
 
 logger = logging.getLogger(__name__)
 
-Kind = Literal["pairs", "labelled", "triplets"]
-KINDS = ("pairs", "labelled", "triplets")
 MANIFEST = "manifest.json"
 #: what prepare writes in its output folder; anything else there is left alone
 OWNED = ("queries.jsonl", "corpus.jsonl", "triples.jsonl", "dev", "colbert", MANIFEST)
 
 
-# ----------------------------------------------------------------------------- collecting
-class InvalidItem(Exception):
-    """One bad row; becomes a DataError, or a skip counted in the manifest."""
-
-    def __init__(self, reason: str, problem: str, fix: str = "") -> None:
-        super().__init__(problem)
-        self.reason, self.problem, self.fix = reason, problem, fix
-
-
-@dataclass
-class Collection:
-    """Queries, documents and relevance gathered from every input, merged by id and by text."""
-
-    queries: dict[str, str] = field(default_factory=dict)
-    documents: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (title, text)
-    positives: dict[str, dict[str, None]] = field(default_factory=dict)  # ordered sets
-    negatives: dict[str, dict[str, None]] = field(default_factory=dict)
-    _query_by_text: dict[str, str] = field(default_factory=dict)
-    _document_by_text: dict[str, str] = field(default_factory=dict)
-    merged: Counter = field(default_factory=Counter)
-
-    def add_query(self, text: Any, given_id: Any = None) -> str:
-        text = _text(text, "query")
-        return self._add(self.queries, self._query_by_text, text, text, given_id, "q", "queries")
-
-    def add_document(self, text: Any, given_id: Any = None, title: str = "") -> str:
-        text = _text(text, "passage")
-        full = document_text(title, text)
-        return self._add(self.documents, self._document_by_text, full, (title or "", text), given_id, "d", "documents")
-
-    def _add(self, store, by_text, full: str, value, given_id, prefix: str, what: str) -> str:
-        key = normalise(full)
-        if given_id is not None and str(given_id).strip() != "":
-            item_id = str(given_id).strip()
-            if any(c in item_id for c in "\t\r\n"):
-                raise InvalidItem("bad id", f"id {item_id!r} holds a tab or a line break, which the tab-separated "
-                                  "files maxsim writes (dev qrels, colbert export) cannot hold",
-                                  "remove tabs and line breaks from ids")
-            if item_id in store:
-                old = store[item_id]
-                old_full = document_text(*old) if isinstance(old, tuple) else old
-                if normalise(old_full) != key:
-                    raise InvalidItem("conflicting id", f'id "{item_id}" was given two different texts ({what})',
-                                      "give each text its own id")
-                self.merged[f"duplicate {what}"] += 1
-                return item_id
-            if key in by_text:  # the same text under another id: merge into the first id
-                self.merged[f"{what} with the same text under two ids"] += 1
-                return by_text[key]
-        else:
-            if key in by_text:
-                self.merged[f"duplicate {what}"] += 1
-                return by_text[key]
-            item_id = stable_id(full, prefix)
-        store[item_id] = value
-        by_text[key] = item_id
-        return item_id
-
-    def relate(self, query_id: str, doc_id: str, positive: bool) -> None:
-        (self.positives if positive else self.negatives).setdefault(query_id, {})[doc_id] = None
-
-
-def _text(value: Any, what: str) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        raise InvalidItem(f"empty {what}", f"the {what} is missing", f"fill in the {what} or remove the row")
-    if not isinstance(value, str):
-        raise InvalidItem(f"bad {what}", f"the {what} must be text, got {type(value).__name__}")
-    if not value.strip():
-        raise InvalidItem(f"empty {what}", f"the {what} is empty", f"fill in the {what} or remove the row")
-    return value.strip()
-
-
-def _as_list(value: Any) -> list:
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return list(value)
-    return [value]
-
-
-# ----------------------------------------------------------------------------- input kinds
-def detect_kind(columns: Sequence[str]) -> Kind:
-    """The kind of a table from its columns."""
-    cols = set(columns)
-    if "query" not in cols:
-        raise InvalidItem("missing column", f"no 'query' column (columns: {', '.join(columns)})",
-                          "name the columns query,positive[,negative] or query,passage,label")
-    if {"passage", "label"} <= cols:
-        return "labelled"
-    if "positive" in cols and "negative" in cols:
-        return "triplets"
-    if "positive" in cols:
-        return "pairs"
-    raise InvalidItem("missing column", f"cannot tell the kind from columns {', '.join(columns)}",
-                      "use query,positive (pairs), query,positive,negative (triplets) or query,passage,label")
-
-
-def _label(value: Any, positive_labels: set[str], negative_labels: set[str]) -> bool:
-    if isinstance(value, bool):
-        key = "1" if value else "0"
-    elif isinstance(value, float) and value.is_integer():
-        key = str(int(value))
-    else:
-        key = str(value).strip().lower()
-    if key in positive_labels:
-        return True
-    if key in negative_labels:
-        return False
-    raise InvalidItem("label outside the configured ones",
-                      f"label {value!r} is neither a positive label ({', '.join(sorted(positive_labels))}) "
-                      f"nor a negative one ({', '.join(sorted(negative_labels))})",
-                      "fix the label, or pass --positive-label / --negative-label")
-
-
-def add_row(collection: Collection, kind: Kind, row: dict, positive_labels: set[str],
-            negative_labels: set[str]) -> None:
-    """Add one row of a pairs, labelled or triplets table."""
-    required = {"pairs": ("query", "positive"), "labelled": ("query", "passage", "label"),
-                "triplets": ("query", "positive", "negative")}[kind]
-    for column in required:
-        if column not in row:
-            raise InvalidItem("missing column", f"no '{column}' column for {kind}", f"add the '{column}' column")
-    # check the whole row before anything is added
-    _text(row["query"], "query")
-    if kind == "labelled":
-        positive = _label(row["label"], positive_labels, negative_labels)
-        _text(row["passage"], "passage")
-    else:
-        for column in ("positive", "negative"):
-            for text in _as_list(row.get(column)):
-                _text(text, "passage")
-    qid = collection.add_query(row["query"], row.get("query_id"))
-    if kind == "labelled":
-        did = collection.add_document(row["passage"], row.get("passage_id"))
-        collection.relate(qid, did, positive)
-        return
-    for column, positive in (("positive", True), ("negative", False)):
-        if column not in row:
-            continue
-        texts = _as_list(row[column])
-        ids = _as_list(row.get(f"{column}_id"))
-        if not texts:
-            raise InvalidItem(f"empty {column}", f"the {column} is empty", f"give at least one {column}")
-        if ids and len(ids) != len(texts):
-            raise InvalidItem("id count", f"{len(ids)} {column}_id values for {len(texts)} {column} texts",
-                              "give one id per text")
-        for i, text in enumerate(texts):
-            did = collection.add_document(text, ids[i] if ids else None)
-            collection.relate(qid, did, positive)
-
-
-def _row_from_tuple(item: Sequence, kind: Kind | None) -> tuple[Kind, dict]:
-    if isinstance(item, dict):
-        return kind or detect_kind(list(item)), item
-    item = list(item)
-    if kind is None:
-        if len(item) == 2:
-            kind = "pairs"
-        elif len(item) == 3:
-            kind = "labelled" if isinstance(item[2], (bool, int, float)) else "triplets"
-        else:
-            raise InvalidItem("bad tuple", f"a tuple of {len(item)} items",
-                              "give (query, positive), (query, passage, label) or (query, positive, negative)")
-    names = {"pairs": ("query", "positive"), "labelled": ("query", "passage", "label"),
-             "triplets": ("query", "positive", "negative")}[kind]
-    if len(item) != len(names):
-        raise InvalidItem("bad tuple", f"{kind} need {len(names)} items, got {len(item)}")
-    return kind, dict(zip(names, item))
-
-
-def _read_beir(collection: Collection, folder: Path, split: str, skip, stats: dict) -> None:
-    """Add a BEIR folder's corpus, and the queries and positives of ``qrels/<split>.tsv``.
-
-    A qrels line is a positive when :func:`~maxsim.data.qrels.is_relevant` says so (score above
-    0). Ids repeated in queries.jsonl or corpus.jsonl are errors, as ``maxsim eval`` has them.
-    """
-    from maxsim.data.jsonl import read_jsonl
-
-    corpus_path, queries_path = folder / "corpus.jsonl", folder / "queries.jsonl"
-    qrels_path = folder / "qrels" / f"{split}.tsv"
-    if not qrels_path.is_file():
-        raise DataError(qrels_path, None, f"this BEIR folder has no qrels for split {split!r}",
-                        "pass --split with a split that qrels/ holds")
-    doc_ids: dict[str, str] = {}
-    doc_lines: dict[str, int] = {}
-    for number, obj in read_jsonl(corpus_path):
-        with skip(corpus_path, number):
-            given = _beir_id(obj, doc_lines, number)
-            title = obj.get("title") or ""
-            doc_ids[given] = collection.add_document(obj.get("text"), given, title)
-    query_texts: dict[str, tuple[int, Any]] = {}
-    query_lines: dict[str, int] = {}
-    for number, obj in read_jsonl(queries_path):
-        with skip(queries_path, number):
-            query_texts[_beir_id(obj, query_lines, number)] = (number, obj.get("text"))
-    query_ids: dict[str, str] = {}  # BEIR query id -> collection id (the same unless merged)
-    for row in read_qrels(qrels_path):
-        with skip(qrels_path, row.line):
-            if row.doc_id not in doc_ids:
-                raise InvalidItem("qrels id absent from corpus", f'document "{row.doc_id}" is not in '
-                                  f"{corpus_path.name}", "add the document to corpus.jsonl or remove this qrels line")
-            if row.query_id not in query_texts:
-                raise InvalidItem("qrels id absent from queries", f'query "{row.query_id}" is not in '
-                                  f"{queries_path.name}", "add the query to queries.jsonl or remove this qrels line")
-        if row.doc_id not in doc_ids or row.query_id not in query_texts or not is_relevant(row.score):
-            continue
-        qid = row.query_id
-        if qid not in query_ids:
-            with skip(queries_path, query_texts[qid][0]):
-                query_ids[qid] = collection.add_query(query_texts[qid][1], qid)
-        if qid in query_ids:
-            collection.relate(query_ids[qid], doc_ids[row.doc_id], True)
-            stats["rows"] += 1
-
-
-def _beir_id(obj: dict, seen: dict[str, int], number: int) -> str:
-    """The ``_id`` of a BEIR line, refused when missing or already given on another line."""
-    if "_id" not in obj:
-        raise InvalidItem("missing column", 'missing field "_id"', 'add "_id"')
-    given = str(obj["_id"]).strip()
-    if given in seen:
-        raise InvalidItem("duplicate id", f'duplicate id "{given}" (first on line {seen[given]})',
-                          "give every line its own _id")
-    seen[given] = number
-    return given
-
-
-def _read_documents_file(collection: Collection, path: Path, skip) -> None:
-    """Extra candidate documents: a corpus.jsonl, any table with a 'text' column, or a BEIR folder
-    (its corpus.jsonl)."""
-    if path.is_dir():
-        path = path / "corpus.jsonl"
-    for number, row in read_rows(path):
-        with skip(path, number):
-            text = row.get("text", row.get("passage"))
-            given = row.get("_id", row.get("id", row.get("passage_id")))
-            collection.add_document(text, given, row.get("title") or "")
-
-
 # ----------------------------------------------------------------------------- the whole job
-@dataclass
-class PrepareSettings:
-    """Every setting of a preparation run (saved in the manifest)."""
-
-    kind: Kind | None = None
-    split: str = "train"
-    mine: Literal["bm25", "dense", "none"] = "bm25"
-    miner_model: str | None = None
-    dense_search: Literal["auto", "exact", "index"] = "auto"
-    negatives: int = 10
-    min_rank: int = 10
-    max_rank: int = 100
-    false_negative_margin: float | None = None
-    dev_fraction: float | None = None
-    seed: int = 42
-    positive_labels: tuple[str, ...] = ("1",)
-    negative_labels: tuple[str, ...] = ("0",)
-    skip_invalid: bool = False
-    export: tuple[str, ...] = ()
-    batch_size: int = 64
-
-
 def prepare_training_data(
     inputs: Sequence[str | Path | Sequence] | str | Path,
     output: str | Path,
@@ -335,7 +70,7 @@ def prepare_training_data(
     -------
     The manifest (also written to ``output/manifest.json``).
     """
-    settings = _checked_settings(options)
+    settings = PrepareSettings.checked(**options)
     inputs = _as_inputs(inputs)
     output = Path(output)
     check_output(output, [Path(i) for i in inputs if isinstance(i, (str, Path))] + [Path(c) for c in corpus])
@@ -349,7 +84,7 @@ def prepare_training_data(
     manifest = {
         "format": "maxsim training folder v1",
         "inputs": described,
-        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.__dict__.items()},
+        "settings": settings.manifest_entry(),
         "seed": settings.seed,
         "counts": {
             "queries": len(train_ids),
@@ -375,16 +110,6 @@ def prepare_training_data(
     return manifest
 
 
-def _checked_settings(options: dict) -> PrepareSettings:
-    settings = PrepareSettings(**options)
-    if settings.mine == "dense" and not settings.miner_model:
-        raise ValueError("--mine dense needs --miner-model DIR (a maxsim checkpoint or a base model folder)")
-    if settings.negatives < 0:
-        raise ValueError("--negatives must be 0 or more")
-    window_for(10**9, settings.min_rank, settings.max_rank, 0, 0)  # checks the window
-    return settings
-
-
 def _as_inputs(inputs) -> list:
     """A list of inputs: a single path, or one Python list of rows, becomes a list of one."""
     if isinstance(inputs, (str, Path)):
@@ -393,70 +118,6 @@ def _as_inputs(inputs) -> list:
             isinstance(inputs[0], list) and inputs[0] and isinstance(inputs[0][0], (tuple, list, dict))):
         return [inputs]  # one Python list of rows (tuples or dicts), not a list of inputs
     return list(inputs)
-
-
-class RowErrors:
-    """``with row_errors(path, line):`` turns an InvalidItem into a DataError naming the place,
-    or, with ``skip_invalid``, counts it in ``dropped`` and goes on."""
-
-    def __init__(self, settings: PrepareSettings, dropped: Counter) -> None:
-        self.skip_invalid, self.dropped = settings.skip_invalid, dropped
-
-    @contextmanager
-    def __call__(self, path, line):
-        try:
-            yield
-        except InvalidItem as exc:
-            if not self.skip_invalid:
-                fix = f"{exc.fix or 'fix the row'} (or pass --skip-invalid)"
-                raise DataError(path, line, exc.problem, fix) from None
-            self.dropped[exc.reason] += 1
-
-
-def gather_inputs(inputs: list, corpus: Sequence[str | Path], all_documents: Sequence[str] | None,
-                  settings: PrepareSettings, skip: RowErrors) -> tuple[Collection, list[dict]]:
-    """Read every input into one :class:`Collection`; returns it and a description of each input
-    (kind, rows, sha256) for the manifest."""
-    collection = Collection()
-    positive_labels = {str(x).strip().lower() for x in settings.positive_labels}
-    negative_labels = {str(x).strip().lower() for x in settings.negative_labels}
-    described = []
-    for index, item in enumerate(inputs):
-        stats = {"rows": 0}
-        if isinstance(item, (str, Path)):
-            path = Path(item)
-            if path.is_dir():
-                _read_beir(collection, path, settings.split, skip, stats)
-                described.append({"input": str(path), "kind": f"beir:{settings.split}", "rows": stats["rows"],
-                                  "sha256": file_hash(path)})
-                continue
-            try:
-                kind = settings.kind or detect_kind(columns_of(path))
-            except InvalidItem as exc:
-                raise DataError(path, 1, exc.problem, exc.fix) from None
-            for number, row in read_rows(path):
-                with skip(path, number):
-                    add_row(collection, kind, row, positive_labels, negative_labels)
-                    stats["rows"] += 1
-            described.append({"input": str(path), "kind": kind, "rows": stats["rows"], "sha256": file_hash(path)})
-        else:
-            name = f"<python list {index}>"
-            kinds = set()
-            for number, row in enumerate(item, start=1):
-                with skip(name, number):
-                    kind, values = _row_from_tuple(row, settings.kind)
-                    kinds.add(kind)
-                    add_row(collection, kind, values, positive_labels, negative_labels)
-                    stats["rows"] += 1
-            digest = hashlib.sha256(json.dumps(list(item), default=str).encode()).hexdigest()
-            described.append({"input": name, "kind": ",".join(sorted(kinds)), "rows": stats["rows"], "sha256": digest})
-    for path in corpus:
-        _read_documents_file(collection, Path(path), skip)
-        described.append({"input": str(path), "kind": "documents", "sha256": file_hash(Path(path))})
-    for number, text in enumerate(all_documents or [], start=1):
-        with skip("<all_documents>", number):
-            collection.add_document(text)
-    return collection, described
 
 
 def _queries_with_positives(collection: Collection, described: list[dict], dropped: Counter) -> list[str]:
@@ -481,7 +142,7 @@ def split_dev(query_ids: list[str], settings: PrepareSettings) -> tuple[list[str
     if settings.dev_fraction:
         n_dev = int(round(settings.dev_fraction * len(query_ids)))
         if not 0 < n_dev < len(query_ids):
-            raise ValueError(f"--dev-fraction {settings.dev_fraction} leaves {n_dev} of {len(query_ids)} "
+            raise SettingsError(f"--dev-fraction {settings.dev_fraction} leaves {n_dev} of {len(query_ids)} "
                              "queries for dev")
         order = np.random.default_rng(settings.seed).permutation(len(query_ids))
         dev_ids = sorted((query_ids[i] for i in order[:n_dev]), key=query_ids.index)
@@ -597,7 +258,7 @@ def check_output(output: Path, input_paths: Sequence[Path]) -> None:
     root = output.resolve()
     for path in input_paths:
         if path.resolve() == root or root in path.resolve().parents:
-            raise FileExistsError(f"the input {path} is inside the output folder {output}: writing there could "
+            raise OutputExistsError(f"the input {path} is inside the output folder {output}: writing there could "
                                   "replace it; choose an output folder outside the inputs")
 
 

@@ -20,7 +20,11 @@ HEADER_FIRST_FIELDS = {"query-id", "query_id", "qid"}
 
 
 def is_relevant(score: float) -> bool:
-    """The one rule: a judgement scores a document relevant when its score is above 0."""
+    """The one rule: a judgement scores a document relevant when its score is above 0.
+
+    >>> is_relevant(1), is_relevant(0.5), is_relevant(0), is_relevant(-1)
+    (True, True, False, False)
+    """
     return score > 0
 
 
@@ -78,6 +82,9 @@ def integer_gains(qrels: dict[str, dict[str, float]]) -> dict[str, dict[str, int
     integer that makes every grade whole (0.5 and 1 become 1 and 2): nDCG is unchanged by a
     common factor, and every relevant grade stays at least 1, so binary measures (MRR, recall,
     MAP) count exactly the documents :func:`is_relevant` accepts.
+
+    >>> integer_gains({"q": {"a": 0.5, "b": 1.0, "c": 0}})
+    {'q': {'a': 1, 'b': 2, 'c': 0}}
     """
     grades = {score for docs in qrels.values() for score in docs.values()}
     factor = 1

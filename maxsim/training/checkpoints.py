@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from maxsim.errors import MaxsimError
 from maxsim.files import atomic_directory, atomic_write_text, recover_directory, remove_stale_temps
 from maxsim.model import ColBERT
 
@@ -26,8 +27,10 @@ CONFIG_FILE = "config.yaml"
 BEST_FILE = "best.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MaxsimError, ValueError):
     """A checkpoint that cannot be resumed from, with the reason and the fix."""
+
+
 _STEP = re.compile(r"^step-(\d+)$")
 
 

@@ -12,57 +12,57 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 class TrainConfig(BaseModel):
     """The settings of a training run. Defaults follow RAGatouille's ``train()``.
 
-    ``maxsim train --config run/config.yaml`` repeats a run; flags given beside it win.
+    ``maxsim train --config run/config.yaml`` repeats a run; flags given beside it win. The
+    command line's options, defaults and help are made from these fields (``maxsim.cli``).
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # where
-    data: Path = Field(description="training-data folder (queries.jsonl, corpus.jsonl, triples.jsonl)")
-    output: Path = Field(description="output folder for checkpoints, metrics and plots")
+    data: Path = Field(description="Training-data folder: queries.jsonl, corpus.jsonl, triples.jsonl.")
+    output: Path = Field(description="Output folder: checkpoints/, best/, metrics.jsonl, training.png, config.yaml.")
     base_model: str | None = Field(
-        None, description="model folder to start from; default: the bundled all-MiniLM-L6-v2"
-    )
+        None, description="Model folder to start from [default: the bundled all-MiniLM-L6-v2].")
     # model
-    dim: int = Field(128, gt=0, description="size of each token vector")
-    query_maxlen: int = Field(32, ge=3, description="query length in tokens, padded with [MASK]")
-    doc_maxlen: int = Field(256, ge=3, description="documents are truncated at this many tokens")
+    dim: int = Field(128, gt=0, description="Token vector size (a maxsim checkpoint keeps its own).")
+    query_maxlen: int = Field(32, ge=3, description="Query length in tokens, padded with [MASK].")
+    doc_maxlen: int = Field(256, ge=3, description="Document length cap in tokens.")
     attend_to_expansion_tokens: bool = Field(
-        False, description="let the encoder attend to the query's [MASK] padding"
-    )
+        False, description="Let the encoder attend to the query's [MASK] padding.")
     # objective
-    nway: int = Field(2, ge=1, description="documents per query: one positive and nway-1 negatives")
-    use_ib_negatives: bool = Field(True, description="other queries' documents are negatives too")
-    temperature: float = Field(1.0, gt=0, description="scores are divided by this in the loss")
+    nway: int = Field(2, ge=1, description="Documents per query: 1 positive + nway-1 negatives.")
+    use_ib_negatives: bool = Field(True, description="Use other queries' documents as negatives.")
+    temperature: float = Field(1.0, gt=0, description="Scores are divided by this in the loss.")
     # optimisation
-    batch_size: int = Field(32, gt=0, description="global batch: queries per optimizer step")
-    accumulation_steps: int = Field(1, gt=0, description="micro-batches per optimizer step")
-    learning_rate: float = Field(5e-6, gt=0)
-    weight_decay: float = Field(0.01, ge=0, description="not applied to biases and LayerNorm")
+    batch_size: int = Field(32, gt=0, description="Global batch size (queries per step, over all processes).")
+    accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    learning_rate: float = Field(5e-6, gt=0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay, not applied to biases and LayerNorm.")
     warmup_steps: int | Literal["auto"] = Field(
-        "auto", description="linear warmup steps; auto = 10% of all optimizer steps"
-    )
-    max_grad_norm: float = Field(2.0, gt=0, description="gradient-norm clipping")
-    epochs: int = Field(1, gt=0)
-    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
-    seed: int = 42
+        "auto", description="Linear warmup steps, or 'auto' for 10% of all steps.")
+    max_grad_norm: float = Field(2.0, gt=0, description="Gradient-norm clipping.")
+    epochs: int = Field(1, gt=0, description="Passes over the training examples (--max-steps overrides it).")
+    max_steps: int | None = Field(
+        None, gt=0, description="Number of optimizer steps; the data repeats as needed, and it overrides --epochs.")
+    seed: int = Field(42, description="Seed for shuffling, sampling and initialisation.")
     # checkpoints and validation
-    save_every: int | None = Field(None, gt=0, description="checkpoint every N steps (and at the end)")
-    keep_checkpoints: int = Field(3, gt=0, description="newest checkpoints kept (best/ is extra)")
-    eval_every: int | None = Field(None, gt=0, description="validate every N steps (and at the end)")
+    save_every: int | None = Field(None, gt=0, description="Checkpoint every N steps (always at the end).")
+    keep_checkpoints: int = Field(3, gt=0, description="Newest checkpoints to keep; best/ is kept besides.")
+    eval_every: int | None = Field(
+        None, gt=0, description="Validate every N steps (always at the end, when there is a dev set).")
     dev_data: Path | None = Field(
-        None, description="BEIR folder with the dev queries and qrels; default: DATA/dev when maxsim prepare wrote one"
-    )
-    dev_split: str = Field("dev", description="qrels split of dev_data")
+        None, description="BEIR folder whose --dev-split queries validate the run [default: DATA/dev when "
+        "maxsim prepare wrote one].")
+    dev_split: str = Field("dev", description="qrels split of --dev-data.")
     dev_fraction: float | None = Field(
-        None, gt=0, lt=1, description="hold out this share of training queries for validation"
-    )
-    metric: Literal["ndcg@10", "mrr@10"] = Field("ndcg@10", description="chooses best/")
-    eval_batch_size: int = Field(64, gt=0)
+        None, gt=0, lt=1, description="Hold out this share of training queries (chosen by --seed) for validation.")
+    metric: Literal["ndcg@10", "mrr@10"] = Field(
+        "ndcg@10", description="Dev metric that picks best/: ndcg@10 or mrr@10.")
+    eval_batch_size: int = Field(64, gt=0, description="Encoding batch size of the dev evaluation.")
     # machine
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    log_every: int = Field(1, gt=0)
-    progress_bar: bool = True
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto, cpu or cuda.")
+    log_every: int = Field(1, gt=0, description="Write metrics.jsonl every N steps.")
+    progress_bar: bool = Field(True, description="Show a progress bar (log lines when not on a terminal).")
 
     @field_validator("warmup_steps", mode="before")
     @classmethod

@@ -12,7 +12,6 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 
 @dataclass(frozen=True)
@@ -114,11 +113,11 @@ def average_gradients(context: Context, parameters: list[torch.nn.Parameter]) ->
     if not context.distributed:
         return
     grads = [p.grad for p in parameters if p.grad is not None]
-    flat = _flatten_dense_tensors(grads)
+    flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     flat /= context.world_size
-    for grad, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
-        grad.copy_(synced)
+    for grad, synced in zip(grads, flat.split([g.numel() for g in grads])):
+        grad.copy_(synced.view_as(grad))
 
 
 def all_sum(context: Context, values: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,8 @@ from maxsim.data.batches import (
 )
 from maxsim.data.errors import DataError
 from maxsim.data.training_folder import Corpus, TrainingData, data_digest, read_beir_split
-from maxsim.evaluation import evaluate_run
+from maxsim.errors import OutputExistsError, SettingsError
+from maxsim.evaluation import evaluate_run, run_from_ranking
 from maxsim.exact_search import exact_search
 from maxsim.files import LockedError, atomic_write_text, exclusive_lock
 from maxsim.losses import candidate_mask_for_batch, contrastive_loss
@@ -38,7 +39,8 @@ from maxsim.progress import progress as progress_bar
 from maxsim.scoring import maxsim
 from maxsim.training import checkpoints, distributed
 from maxsim.training.config import TrainConfig
-from maxsim.training.report import MetricsLog, finite, plot_training
+from maxsim.training.report import MetricsLog, plot_training
+from maxsim.training.stats import StepStats
 
 logger = logging.getLogger(__name__)
 
@@ -93,16 +95,15 @@ class Trainer:
         dev_tokens = model.tokenize_documents(dev.corpus.texts) if dev and ctx.is_main else None
 
         # ---- optimizer and schedule -------------------------------------------------------------
-        steps_per_epoch = len(global_batches(range(len(data.examples)), cfg.batch_size, ctx.world_size))
-        total_steps, epochs = schedule_length(cfg, steps_per_epoch)
-        warmup = round(0.1 * total_steps) if cfg.warmup_steps == "auto" else cfg.warmup_steps
+        plan = Schedule.of_run(cfg, len(data.examples), ctx.world_size)
+        total_steps, epochs = plan.total_steps, plan.epochs
         parameters = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(parameters, cfg)
-        scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+        scheduler = get_linear_schedule_with_warmup(optimizer, plan.warmup, total_steps)
         metrics_log = MetricsLog(out / "metrics.jsonl")
         position = start_position(ctx, resume_from, optimizer, scheduler, digest, metrics_log)
         logger.info("%d examples, %d steps per epoch, %d steps, %d warmup, world size %d",
-                    len(data.examples), steps_per_epoch, total_steps, warmup, ctx.world_size)
+                    len(data.examples), plan.steps_per_epoch, total_steps, plan.warmup, ctx.world_size)
 
         def save(pos: checkpoints.Position) -> None:
             if ctx.is_main:
@@ -125,13 +126,13 @@ class Trainer:
                 batch = batches[batch_index]
                 started = time.perf_counter()
                 optimizer.zero_grad(set_to_none=True)
-                stats = torch.zeros(7, dtype=torch.float64)
+                stats = StepStats()
                 for micro in micro_batches(batch, cfg.accumulation_steps, ctx.world_size):
                     local, offset = shard(micro, ctx.rank, ctx.world_size)
                     tb = build_batch(model, data, cache, positives_of, local, cfg.nway, cfg.seed, epoch)
                     stats += forward_backward(model, tb, ctx, cfg, offset, len(batch))
                 grad_norm = apply_gradients(ctx, parameters, optimizer, scheduler, cfg.max_grad_norm)
-                stats = distributed.all_sum(ctx, stats.to(ctx.device)).cpu()
+                stats = stats.summed(ctx)
                 elapsed = time.perf_counter() - started
                 position.step += 1
                 position.epoch, position.batch = epoch, batch_index + 1
@@ -141,8 +142,8 @@ class Trainer:
 
                 row = {}
                 if position.step % cfg.log_every == 0 or position.step == total_steps:
-                    row = step_row(position.step, epoch + (batch_index + 1) / len(batches), stats, len(batch),
-                                   scheduler.get_last_lr()[0], float(grad_norm), elapsed)
+                    row = stats.row(position.step, epoch + (batch_index + 1) / len(batches), len(batch),
+                                    scheduler.get_last_lr()[0], float(grad_norm), elapsed)
                     progress.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
                                          trip_s=f"{row['triplets_per_s']:.1f}")
                 due_eval = dev is not None and (
@@ -176,7 +177,7 @@ def check_world_size(cfg: TrainConfig, data: TrainingData, ctx: distributed.Cont
                         f"{len(data.examples)} examples cannot feed {ctx.world_size} processes",
                         "use fewer processes or more data")
     if cfg.batch_size < ctx.world_size * cfg.accumulation_steps:
-        raise ValueError(f"batch_size {cfg.batch_size} must be at least world size "
+        raise SettingsError(f"batch_size {cfg.batch_size} must be at least world size "
                          f"({ctx.world_size}) x accumulation_steps ({cfg.accumulation_steps})")
 
 
@@ -258,31 +259,11 @@ def make_optimizer(parameters: list[torch.nn.Parameter], cfg: TrainConfig) -> to
     )
 
 
-def step_row(step: int, epoch: float, stats: torch.Tensor, count: int, lr: float, grad_norm: float,
-             elapsed: float) -> dict:
-    """One metrics.jsonl row from a step's summed statistics (see :func:`forward_backward`) over
-    ``count`` queries, which took ``elapsed`` seconds."""
-    return {
-        "step": step, "epoch": epoch,
-        "loss": float(stats[0]) / count,
-        "loss_positive_term": float(stats[1]) / count,
-        "loss_logsumexp_term": float(stats[2]) / count,
-        "positive_score": float(stats[3]) / count,
-        "negative_score": float(stats[4]) / count,
-        "accuracy": float(stats[5]) / count,
-        "lr": lr, "grad_norm": finite(grad_norm),
-        "triplets_per_s": count / elapsed, "tokens_per_s": float(stats[6]) / elapsed,
-    }
-
-
 def evaluate_dev(model: ColBERT, dev: DevSet, dev_tokens: list[list[int]], cfg: TrainConfig) -> dict[str, float]:
     """nDCG@10 and MRR@10 of exact MaxSim over the dev corpus (top 100 per query)."""
-    scores, positions = exact_search(model, dev.query_texts, dev_tokens, k=100,
-                                     batch_size=cfg.eval_batch_size, progress=cfg.progress_bar)
-    run = {
-        qid: {dev.corpus.ids[int(j)]: float(s) for s, j in zip(scores[i], positions[i])}
-        for i, qid in enumerate(dev.query_ids)
-    }
+    ranking = exact_search(model, dev.query_texts, dev_tokens, k=100, batch_size=cfg.eval_batch_size,
+                           progress=cfg.progress_bar)
+    run = run_from_ranking(dev.query_ids, dev.corpus.ids, ranking)
     return evaluate_run(dev.qrels, run, DEV_METRICS)
 
 
@@ -313,13 +294,13 @@ def open_output(ctx: distributed.Context, cfg: TrainConfig, resume: bool, digest
     """
     out = Path(cfg.output)
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--output {out} is a file: choose a folder for the run")
+        raise OutputExistsError(f"--output {out} is a file: choose a folder for the run")
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
     held.enter_context(run_lock(ctx, out))
     resume_from = checkpoints.latest_checkpoint(out) if resume else None
     if not resume and checkpoints.latest_checkpoint(out) is not None:
-        raise FileExistsError(f"{out} already holds checkpoints: pass --resume to continue "
+        raise OutputExistsError(f"{out} already holds checkpoints: pass --resume to continue "
                               "that run, or choose another --output")
     if resume and resume_from is None:
         logger.info("no checkpoint in %s: starting from the beginning", out)
@@ -362,7 +343,7 @@ def check_resume(cfg: TrainConfig, checkpoint: Path, digest: str) -> None:
     else:
         allowed, refused = cfg.resume_changes(saved)
         if refused:
-            raise ValueError(
+            raise SettingsError(
                 f"--resume would continue the run in {cfg.output} with other settings than it was trained with "
                 f"({'; '.join(refused)}), and the result would be neither run. Fix: resume with the run's own "
                 f"settings (maxsim train --output {cfg.output} --resume reads them from {saved_file}), or start a "
@@ -371,25 +352,35 @@ def check_resume(cfg: TrainConfig, checkpoint: Path, digest: str) -> None:
             logger.info("resuming with changed %s (these do not change what is trained)", "; ".join(allowed))
     position = checkpoints.read_position(checkpoint)
     if position.data_digest is not None and position.data_digest != digest:
-        raise ValueError(f"the training data in {cfg.data} is not the data {checkpoint} was trained on (its files "
+        raise SettingsError(f"the training data in {cfg.data} is not the data {checkpoint} was trained on (its files "
                          "changed), so resuming would mix two runs. Fix: resume with the original data, or start a "
                          f"new run from the checkpoint: --base-model {checkpoint} --output NEW_FOLDER")
 
 
-def schedule_length(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int]:
-    """(optimizer steps, epochs) of the run.
+@dataclass(frozen=True)
+class Schedule:
+    """How long a run is: optimizer steps per epoch, in all, the epochs that takes, and warmup."""
 
-    ``max_steps``, when given, is the number of steps, as in Hugging Face's Trainer: the data is
-    repeated (fresh shuffles) as often as needed, and it overrides ``epochs``. Otherwise the run
-    is ``epochs`` passes.
-    """
-    if cfg.max_steps is None:
-        return cfg.epochs * steps_per_epoch, cfg.epochs
-    epochs = math.ceil(cfg.max_steps / steps_per_epoch)
-    logger.info("max_steps %d at %d steps per epoch: %d epoch%s%s", cfg.max_steps, steps_per_epoch, epochs,
-                "" if epochs == 1 else "s", f" (max_steps overrides epochs={cfg.epochs})" if
-                cfg.epochs not in (1, epochs) else "")
-    return cfg.max_steps, epochs
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+    warmup: int
+
+    @classmethod
+    def of_run(cls, cfg: TrainConfig, n_examples: int, world_size: int) -> Schedule:
+        """``max_steps``, when given, is the number of steps, as in Hugging Face's Trainer: the
+        data is repeated (fresh shuffles) as often as needed, and it overrides ``epochs``.
+        Otherwise the run is ``epochs`` passes. Warmup ``auto`` is 10% of the steps."""
+        steps_per_epoch = len(global_batches(range(n_examples), cfg.batch_size, world_size))
+        if cfg.max_steps is None:
+            total, epochs = cfg.epochs * steps_per_epoch, cfg.epochs
+        else:
+            total, epochs = cfg.max_steps, math.ceil(cfg.max_steps / steps_per_epoch)
+            logger.info("max_steps %d at %d steps per epoch: %d epoch%s%s", cfg.max_steps, steps_per_epoch, epochs,
+                        "" if epochs == 1 else "s", f" (max_steps overrides epochs={cfg.epochs})" if
+                        cfg.epochs not in (1, epochs) else "")
+        warmup = round(0.1 * total) if cfg.warmup_steps == "auto" else cfg.warmup_steps
+        return cls(steps_per_epoch, total, epochs, warmup)
 
 
 def forward_backward(
@@ -399,15 +390,14 @@ def forward_backward(
     cfg: TrainConfig,
     offset: int,
     global_batch_size: int,
-) -> torch.Tensor:
+) -> StepStats:
     """Loss and backward pass for this rank's share of one micro-batch.
 
     ``offset`` is the micro-batch position of this rank's first query. The loss is scaled so
     that, after gradients are averaged over ranks and accumulated over micro-batches, they
     equal those of the mean loss over the whole global batch in one process.
 
-    Returns float64 sums over this rank's queries: (loss, positive term, logsumexp term,
-    positive score, negative score, accuracy, tokens).
+    Returns the sums over this rank's queries.
     """
     queries, documents = batch.queries.to(ctx.device), batch.documents.to(ctx.device)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx.device.type == "cuda"):
@@ -422,8 +412,8 @@ def forward_backward(
     result = contrastive_loss(scores, positive_column, candidates, cfg.temperature, normaliser)
     result.loss.backward()
     n = len(batch.positives)
-    return torch.tensor([
-        result.loss.item() * normaliser, result.positive_term.item() * n,
-        result.logsumexp_term.item() * n, result.positive_score.item() * n,
-        result.negative_score.item() * n, result.accuracy.item() * n, batch.n_tokens(),
-    ], dtype=torch.float64)
+    return StepStats(
+        loss=result.loss.item() * normaliser, positive_term=result.positive_term.item() * n,
+        logsumexp_term=result.logsumexp_term.item() * n, positive_score=result.positive_score.item() * n,
+        negative_score=result.negative_score.item() * n, accuracy=result.accuracy.item() * n,
+        tokens=batch.n_tokens())

@@ -1,16 +1,9 @@
-"""A PLAID-style compressed index on disk: centroids, residual codes, an inverted file.
-
-Every token vector is stored as the id of its nearest centroid plus its residual (vector minus
-centroid) quantised to ``nbits`` per dimension: bucket cutoffs are quantiles of all residual
-values, and each bucket decodes to the median of its values. Search finds each query token's
-``ncells`` nearest centroids, takes the chunks holding them (inverted file), scores those from
-centroid scores alone (centroids scoring under ``centroid_score_threshold`` for every query
-token are ignored), then decompresses the ``ndocs`` best and ranks them by exact MaxSim.
+"""An index on disk and in memory: its files, its settings, one consistent version at a time.
 
 Files (all listed with their sha256 in ``index.json``; a damaged or truncated file is an error
 on load, never wrong results)::
 
-    index.json        settings, model settings, counts, file checksums
+    index.json        settings (:class:`IndexSettings`), counts, file checksums
     centroids.npy     (C, dim) float16
     codec.npy         (2 * 2**nbits - 1,) float32: bucket cutoffs then bucket values
     codes.npy         (T,) uint16 (int32 past 65,536 centroids) centroid id of each token
@@ -20,15 +13,14 @@ on load, never wrong results)::
     spans.npy         (N, 2) int32 character span (start, end) of each chunk in its document
     documents.jsonl.bz2  {"id", "content", "metadata"} per document, bzip2-compressed
 
-The inverted file (for each centroid, the sorted chunk ids holding one of its tokens) is rebuilt
-from ``codes`` and ``doclens`` on load rather than stored.
+Writes go through :func:`index_lock` and an atomic folder swap; a load reads one version.
 """
 
 from __future__ import annotations
 
 import bz2
 import json
-import math
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,10 +28,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from maxsim.errors import MaxsimError
 from maxsim.files import (
     LockedError,
     atomic_directory,
@@ -49,130 +44,38 @@ from maxsim.files import (
     recover_directory,
     sha256_of,
 )
-from maxsim.model import cpu_computes_bf16
-from maxsim.scoring import scatter_max
+from maxsim.index.codec import Codec, nearest_centroids
+from maxsim.index.ivf import build_ivf, ranges
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "maxsim-plaid-2"
-# on disk; the inverted file is rebuilt from codes and doclens on load (a few hundred ms for a
-# million tokens) rather than stored, which saves about 4 bytes a token
 ARRAYS = ("centroids", "codec", "codes", "residuals", "doclens", "chunk_docs", "spans")
+#: what index.json holds besides the settings: written on save, not part of IndexSettings
+RECORDED = ("format", "version", "n_documents", "n_chunks", "n_tokens", "n_centroids", "files")
 
 
-class IndexLoadError(ValueError):
+class IndexLoadError(MaxsimError, ValueError):
     """An index that cannot be used: damaged, truncated, or made for another model."""
 
 
-def n_centroids_for(n_tokens: int) -> int:
-    """``2 ** floor(log2(16 * sqrt(n_tokens)))``, as PLAID, never more than the tokens."""
-    if n_tokens <= 1:
-        return 1
-    return int(min(n_tokens, 2 ** math.floor(math.log2(16 * math.sqrt(n_tokens)))))
+class IndexSettings(BaseModel):
+    """How an index was built; saved in ``index.json`` (beside the counts and checksums)."""
 
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
-def train_centroids(vectors: np.ndarray, k: int, seed: int = 0, max_points_per_centroid: int = 16,
-                    niter: int = 4) -> np.ndarray:
-    """Spherical k-means (faiss) over at most ``k * max_points_per_centroid`` sampled vectors.
-
-    The cost is about ``2 * sample * k * dim * niter`` flops: on SciFact (815k tokens, 8,192
-    centroids) 64 points per centroid and 20 iterations took 10 minutes on 2 cores; these
-    defaults (16 points, 4 iterations, as colbert-ai's kmeans_niters) take about a twentieth.
-
-    vectors: (T, dim) float32 unit vectors. Returns (k, dim) float32 unit vectors.
-    """
-    import faiss
-
-    rng = np.random.default_rng(seed)
-    sample = vectors
-    if len(vectors) > k * max_points_per_centroid:
-        sample = vectors[np.sort(rng.choice(len(vectors), k * max_points_per_centroid, replace=False))]
-    kmeans = faiss.Kmeans(vectors.shape[1], k, niter=niter, seed=seed, spherical=True, verbose=False,
-                          max_points_per_centroid=max_points_per_centroid)
-    kmeans.train(np.ascontiguousarray(sample, dtype=np.float32))
-    return kmeans.centroids.astype(np.float32)
-
-
-def nearest_centroids(vectors: np.ndarray, centroids: np.ndarray, batch: int = 1 << 15,
-                      dtype: torch.dtype | None = None) -> np.ndarray:
-    """Id of the most similar centroid (inner product) for each vector: (T,) int32.
-
-    ``dtype``: of the similarity product; default bf16 where the CPU multiplies bf16 natively
-    (several times faster; only near-ties can change, which changes a residual by next to
-    nothing), else float32.
-    """
-    if dtype is None:
-        dtype = torch.bfloat16 if cpu_computes_bf16() else torch.float32
-    out = np.empty(len(vectors), dtype=np.int32)
-    c = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32)).to(dtype)
-    for start in range(0, len(vectors), batch):
-        v = torch.from_numpy(np.ascontiguousarray(vectors[start : start + batch], dtype=np.float32)).to(dtype)
-        sim = v @ c.T
-        # (on this kind of CPU, max().indices is faster than argmax() in bf16, and slower in float32)
-        out[start : start + batch] = (sim.max(dim=1).indices if dtype == torch.bfloat16 else sim.argmax(dim=1)).numpy()
-    return out
-
-
-@dataclass
-class Codec:
-    """Residual quantiser: ``cutoffs`` (2**nbits - 1,) and ``values`` (2**nbits,) float32."""
-
-    nbits: int
-    cutoffs: np.ndarray
-    values: np.ndarray
-
-    @classmethod
-    def fit(cls, residuals: np.ndarray, nbits: int, sample: int = 1 << 22, seed: int = 0) -> Codec:
-        """Cutoffs and values from the quantiles of (at most ``sample``) residual values."""
-        levels = 2**nbits
-        flat = residuals.reshape(-1)
-        if len(flat) > sample:
-            flat = flat[np.random.default_rng(seed).choice(len(flat), sample, replace=False)]
-        cutoffs = np.quantile(flat, np.arange(1, levels) / levels).astype(np.float32)
-        values = np.quantile(flat, (np.arange(levels) + 0.5) / levels).astype(np.float32)
-        return cls(nbits, cutoffs, values)
-
-    def encode(self, residuals: np.ndarray) -> np.ndarray:
-        """(T, dim) float residuals -> (T, dim * nbits / 8) uint8 packed bucket ids."""
-        buckets = np.searchsorted(self.cutoffs, residuals, side="right").astype(np.uint8)  # (T, dim)
-        bits = ((buckets[..., None] >> np.arange(self.nbits, dtype=np.uint8)) & 1).astype(np.uint8)
-        return np.packbits(bits.reshape(len(residuals), -1), axis=1)
-
-    def decode(self, packed: np.ndarray, dim: int) -> np.ndarray:
-        """(T, dim * nbits / 8) uint8 -> (T, dim) float32 residuals, one table lookup per byte."""
-        return self.table[packed].reshape(len(packed), -1)[:, :dim]
-
-    @cached_property
-    def table(self) -> np.ndarray:
-        """(256, 8 / nbits) float32: the residual values that each byte value holds."""
-        per_byte = 8 // self.nbits
-        bits = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).reshape(256, per_byte, self.nbits)
-        buckets = (bits << np.arange(self.nbits, dtype=np.uint8)).sum(axis=2)
-        return self.values[buckets].astype(np.float32)
-
-    def to_array(self) -> np.ndarray:
-        return np.concatenate([self.cutoffs, self.values]).astype(np.float32)
-
-    @classmethod
-    def from_array(cls, array: np.ndarray, nbits: int) -> Codec:
-        levels = 2**nbits
-        return cls(nbits, array[: levels - 1], array[levels - 1 :])
-
-
-def build_ivf(codes: np.ndarray, doclens: np.ndarray, n_centroids: int) -> tuple[np.ndarray, np.ndarray]:
-    """Inverted file: for each centroid, the sorted unique chunks that have a token there."""
-    chunk_of_token = np.repeat(np.arange(len(doclens), dtype=np.int32), doclens)
-    pairs = np.unique(codes.astype(np.int64) * max(1, len(doclens)) + chunk_of_token)
-    centroid = (pairs // max(1, len(doclens))).astype(np.int64)
-    chunks = (pairs % max(1, len(doclens))).astype(np.int32)
-    offsets = np.zeros(n_centroids + 1, dtype=np.int64)
-    np.add.at(offsets, centroid + 1, 1)
-    return chunks, np.cumsum(offsets)
-
-
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The concatenation of ``arange(start, start + length)`` for each pair: (sum(lengths),) int64."""
-    lengths = lengths.astype(np.int64)
-    shift = starts - np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    return np.repeat(shift, lengths) + np.arange(int(lengths.sum()))
+    nbits: Literal[1, 2, 4] = 2
+    dim: int
+    #: the folder the model was loaded from (None: a model held only in memory)
+    model_path: str | None = None
+    #: :meth:`maxsim.model.ColBERT.digest` of the model that encoded the documents
+    model_digest: str | None = None
+    model_settings: dict | None = None
+    split_documents: bool = True
+    max_document_tokens: int
+    seed: int = 0
+    #: the precision documents were encoded in (``bfloat16``, ``float32``, ``bfloat16 autocast``)
+    encoded_in: str | None = None
 
 
 def _sha256(path: Path) -> str:
@@ -221,7 +124,7 @@ class IndexData:
     :meth:`without_documents`) return a new object and leave this one as it was.
     """
 
-    settings: dict
+    settings: IndexSettings
     centroids: np.ndarray
     codec: Codec
     codes: np.ndarray
@@ -265,7 +168,7 @@ class IndexData:
             text = "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in self.documents)
             (tmp / DOCUMENTS_FILE).write_bytes(bz2.compress(text.encode("utf-8"), 9))
             files[DOCUMENTS_FILE] = None
-            meta = dict(self.settings)
+            meta = self.settings.model_dump()
             meta.update(format=FORMAT, version=version, n_documents=len(self.documents), n_chunks=len(self.doclens),
                         n_tokens=int(self.doclens.sum()), n_centroids=int(len(self.centroids)),
                         files={name: _sha256(tmp / name) for name in sorted(files)})
@@ -345,10 +248,9 @@ class IndexData:
         codes = arrays["codes"].astype(np.int64)
         _check_shapes(meta, arrays, len(documents), path)
         ivf, ivf_offsets = build_ivf(codes, arrays["doclens"], len(arrays["centroids"]))
-        settings = {k: v for k, v in meta.items()
-                    if k not in {"format", "version", "n_documents", "n_chunks", "n_tokens", "n_centroids", "files"}}
+        settings = _settings(meta, path)
         return cls(settings=settings, centroids=arrays["centroids"].astype(np.float32),
-                   codec=Codec.from_array(arrays["codec"], settings["nbits"]), codes=codes,
+                   codec=Codec.from_array(arrays["codec"], settings.nbits), codes=codes,
                    residuals=arrays["residuals"], doclens=arrays["doclens"], chunk_docs=arrays["chunk_docs"],
                    ivf=ivf, ivf_offsets=ivf_offsets, documents=documents,
                    spans=[tuple(span) for span in arrays["spans"].tolist()], version=meta.get("version", ""))
@@ -385,10 +287,10 @@ class IndexData:
                        documents=[d for i, d in enumerate(self.documents) if i not in positions],
                        spans=[s for s, keep in zip(self.spans, keep_chunk) if keep])
 
-    # ------------------------------------------------------------------ search
+    # ------------------------------------------------------------------ reading vectors
     def token_positions(self, chunk_ids: np.ndarray) -> np.ndarray:
         """Positions (in codes/residuals) of every token of the given chunks, chunk after chunk."""
-        return _ranges(self.offsets[chunk_ids], self.doclens[chunk_ids])
+        return ranges(self.offsets[chunk_ids], self.doclens[chunk_ids])
 
     def decompress(self, chunk_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Token vectors of some chunks back to back, as stored (centroid + decoded residual,
@@ -415,43 +317,6 @@ class IndexData:
     @cached_property
     def _table_t(self) -> torch.Tensor:
         return torch.from_numpy(self.codec.table)
-
-    def candidates(self, centroid_scores: torch.Tensor, ncells: int) -> np.ndarray:
-        """Chunks that hold one of each query token's ``ncells`` nearest centroids.
-
-        centroid_scores: (Lq, C). Returns sorted unique chunk ids.
-        """
-        cells = centroid_scores.topk(min(ncells, centroid_scores.shape[1]), dim=1).indices.unique().numpy()
-        return np.unique(self.ivf[self._ivf_entries(cells)])
-
-    def _ivf_entries(self, cells: np.ndarray) -> np.ndarray:
-        """Positions in ``ivf`` of the chunks listed under each of ``cells``, cell after cell."""
-        starts = self.ivf_offsets[cells]
-        return _ranges(starts, self.ivf_offsets[cells + 1] - starts)
-
-    def approximate_scores(self, centroid_scores: torch.Tensor, chunk_ids: np.ndarray,
-                           threshold: float) -> torch.Tensor:
-        """MaxSim from centroids only: (n,) float32 for the given chunks.
-
-        For each query token, a chunk's score is the best score of a centroid that one of its
-        tokens belongs to; centroids whose best score over the query tokens is under
-        ``threshold`` are left out (a query token with none left scores 0). Computed from the
-        inverted file, cell by cell, so the cost grows with the (chunk, centroid) pairs of the
-        kept centroids rather than with every token of every candidate.
-
-        centroid_scores: (Lq, C) float32; chunk_ids: (n,) distinct chunk ids.
-        """
-        n = len(chunk_ids)
-        kept = (centroid_scores.max(dim=0).values >= threshold).nonzero().squeeze(1).numpy()
-        entries = self._ivf_entries(kept)
-        chunks = self.ivf[entries]
-        cells = np.repeat(kept, self.ivf_offsets[kept + 1] - self.ivf_offsets[kept])
-        order = np.argsort(chunk_ids, kind="stable")
-        sorted_ids = chunk_ids[order]
-        where = np.searchsorted(sorted_ids, chunks).clip(max=max(n - 1, 0))
-        hit = sorted_ids[where] == chunks if n else np.zeros(len(chunks), dtype=bool)
-        values = centroid_scores.T[torch.from_numpy(cells[hit])]  # (E, Lq)
-        return scatter_max(values, torch.from_numpy(order[where[hit]]), n).sum(dim=1)
 
 
 def _parse_meta(raw: bytes, meta_path: Path, path: Path) -> dict:
@@ -507,3 +372,25 @@ def _recover_if_idle(path: Path) -> None:
             pass
     except LockedError:
         pass
+
+
+def read_settings(path: str | Path) -> IndexSettings:
+    """The settings of the index in ``path``, from its index.json alone (checked, arrays not read)."""
+    path = Path(path)
+    try:
+        raw = (path / "index.json").read_bytes()
+    except FileNotFoundError:
+        raise IndexLoadError(f"{path} is not a maxsim index (no index.json)") from None
+    return _settings(_parse_meta(raw, path / "index.json", path), path)
+
+
+def _settings(meta: dict, path: Path) -> IndexSettings:
+    """The settings part of index.json, typed; keys this maxsim does not know are logged."""
+    unknown = sorted(set(meta) - set(RECORDED) - set(IndexSettings.model_fields))
+    if unknown:
+        logger.warning("%s/index.json has settings this maxsim does not know (%s): ignored", path, ", ".join(unknown))
+    try:
+        return IndexSettings.model_validate({k: v for k, v in meta.items() if k not in RECORDED})
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise IndexLoadError(f"{path}/index.json is damaged ({problems}): rebuild the index") from None

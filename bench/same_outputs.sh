@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Fingerprints of the journey's outputs, to check that a refactor changes no behaviour: run it
+# before and after on the same machine and compare the printed lines (they must be equal).
+#
+#   bash bench/same_outputs.sh [BEIR_DIR] [WORK_DIR] > fingerprints.txt
+#
+# 1. `maxsim prepare` of the BEIR train split (10% dev slice): sha256 of every file written;
+# 2. a seeded 6-step training run: sha256 of the final weights and the logged losses;
+# 3. `maxsim index` of the first 2,000 documents with that checkpoint, then `maxsim search --json`
+#    of the first 20 test queries: sha256 of the hits.
+# About 3 minutes on 2 CPU cores. Needs `pip install -e .` first.
+set -euo pipefail
+BEIR=${1:-../shared/data/scifact}
+WORK=${2:-runs/same-outputs}
+rm -rf "$WORK" && mkdir -p "$WORK"
+maxsim prepare "$BEIR" --output "$WORK/prep" --dev-fraction 0.1 >/dev/null 2>"$WORK/prepare.log"
+(cd "$WORK/prep" && find . -type f | sort | xargs sha256sum | sed 's/^/prepare /')
+maxsim prepare "$BEIR" --output "$WORK/prep-nodev" >/dev/null 2>>"$WORK/prepare.log"
+last=$(maxsim train --data "$WORK/prep-nodev" --output "$WORK/run" --max-steps 6 --batch-size 8 --doc-maxlen 64 \
+    --learning-rate 3e-5 --seed 7 --no-progress-bar 2>"$WORK/train.log" | tail -n 1)
+echo "train weights $(sha256sum "$last/model.safetensors" | cut -d' ' -f1)"
+echo "train losses $(python -c "import json,sys; print([round(json.loads(l)['loss'], 6) for l in open(sys.argv[1]) if 'loss' in json.loads(l)])" "$WORK/run/metrics.jsonl")"
+head -n 2000 "$BEIR/corpus.jsonl" > "$WORK/corpus.jsonl"
+maxsim index "$WORK/corpus.jsonl" --model "$last" --output "$WORK/index" >/dev/null 2>"$WORK/index.log"
+mapfile -t queries < <(python -c "import json,sys; [print(json.loads(l)['text']) for l in list(open(sys.argv[1]))[:20]]" "$BEIR/queries.jsonl")
+maxsim search --index "$WORK/index" --json -k 10 "${queries[@]}" 2>"$WORK/search.log" > "$WORK/hits.json"
+echo "search hits $(sha256sum "$WORK/hits.json" | cut -d' ' -f1) ($(python -c "import json,sys; print(sum(len(h) for h in json.load(open(sys.argv[1]))))" "$WORK/hits.json") hits)"

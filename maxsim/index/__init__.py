@@ -1,0 +1,37 @@
+"""A PLAID-style compressed index: the whole lifecycle, build, store, search.
+
+- :mod:`~maxsim.index.codec`: k-means centroids and the residual quantiser;
+- :mod:`~maxsim.index.ivf`: the inverted file (centroid -> chunks);
+- :mod:`~maxsim.index.store`: :class:`IndexData` and :class:`IndexSettings`, the files on disk,
+  the writer lock and one-version loads;
+- :mod:`~maxsim.index.build`: :func:`build`, from token vectors to an index;
+- :mod:`~maxsim.index.search`: :func:`search`, from query vectors to chunk ids and scores.
+
+Chunks are the units stored and searched; documents own chunks. Text never enters here: the
+model turns text into vectors, :class:`maxsim.retriever.Retriever` turns chunk ids into hits.
+"""
+
+from maxsim.index.build import build
+from maxsim.index.codec import Codec, n_centroids_for, nearest_centroids, train_centroids
+from maxsim.index.ivf import build_ivf
+from maxsim.index.search import approximate_scores, chunk_scores, search, search_defaults
+from maxsim.index.store import IndexData, IndexLoadError, IndexSettings, index_lock, is_index, read_settings
+
+__all__ = [
+    "Codec",
+    "IndexData",
+    "IndexLoadError",
+    "IndexSettings",
+    "approximate_scores",
+    "build",
+    "build_ivf",
+    "chunk_scores",
+    "index_lock",
+    "is_index",
+    "n_centroids_for",
+    "read_settings",
+    "nearest_centroids",
+    "search",
+    "search_defaults",
+    "train_centroids",
+]

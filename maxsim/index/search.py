@@ -1,0 +1,143 @@
+"""Searching an index: probe centroids, score candidates from centroids, then exactly.
+
+Search finds each query token's ``ncells`` nearest centroids, takes the chunks holding them
+(inverted file), scores those from centroid scores alone (centroids scoring under
+``centroid_score_threshold`` for every query token are ignored), then decompresses the
+``ndocs`` best and ranks them by exact MaxSim. A document's score is its best chunk's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from maxsim.index.ivf import ranges
+from maxsim.index.store import IndexData
+from maxsim.ranking import Ranking
+from maxsim.scoring import maxsim_packed, scatter_max
+
+
+def search_defaults(n_chunks: int, k: int) -> tuple[int, float, int]:
+    """(ncells, centroid_score_threshold, ndocs) for an index of ``n_chunks`` and a given k.
+
+    >>> search_defaults(5_000, 10)
+    (2, 0.4, 80)
+    """
+    ncells = 2 if n_chunks < 100_000 else 4
+    ndocs = max(8 * k, 64 if n_chunks < 100_000 else 256)
+    return ncells, 0.4, ndocs
+
+
+def search(data: IndexData, q_vectors: torch.Tensor, q_mask: torch.Tensor, k: int = 10, ncells: int | None = None,
+           centroid_score_threshold: float | None = None, ndocs: int | None = None) -> Ranking:
+    """The ``k`` best documents of each query, as the chunk id of each one's best chunk.
+
+    q_vectors: (Q, Lq, dim) float32 CPU; q_mask: (Q, Lq) bool. ``ncells`` centroids are probed
+    per query token; when their chunks hold fewer than ``k`` documents, more are probed
+    (doubling) until they do or every centroid is. The ``ndocs`` best chunks by centroid
+    scores, or as many as it takes to cover ``k`` documents, are decompressed and scored
+    exactly. Defaults: :func:`search_defaults`.
+
+    Returns a :class:`~maxsim.ranking.Ranking` of chunk ids (Q, k), exact MaxSim scores, best
+    first; a row is short only when the index holds fewer than ``k`` documents.
+    """
+    d_ncells, d_threshold, d_ndocs = search_defaults(len(data.doclens), k)
+    ncells = ncells or d_ncells
+    threshold = d_threshold if centroid_score_threshold is None else centroid_score_threshold
+    ndocs = ndocs or d_ndocs
+    want = min(k, len(data.documents))
+    centroids = torch.from_numpy(data.centroids)
+    rows = []
+    with torch.inference_mode():
+        for i in range(len(q_vectors)):
+            cs = q_vectors[i][q_mask[i]] @ centroids.T  # (Lq, C)
+            cells = ncells
+            found = candidates(data, cs, cells)
+            while cells < len(data.centroids) and n_documents(data, found) < want:
+                cells *= 2
+                found = candidates(data, cs, cells)
+            if len(found) > ndocs:
+                approx = approximate_scores(data, cs, found, threshold)
+                best = approx.topk(ndocs).indices.numpy()
+                if n_documents(data, found[best]) < want:
+                    best = covering(data, found, approx.argsort(descending=True).numpy(), ndocs, want)
+                found = found[best]
+            rows.append(best_chunks(data, q_vectors[i : i + 1], q_mask[i : i + 1], found, k))
+    return Ranking.from_rows(rows, k)
+
+
+def best_chunks(data: IndexData, q_vectors: torch.Tensor, q_mask: torch.Tensor, chunk_ids: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact MaxSim of one query ((1, Lq, dim), (1, Lq)) with some chunks, decompressed: the
+    best chunk of each of the ``k`` best documents, (chunk ids (k',) int64, scores (k',) float32)."""
+    if len(chunk_ids) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    scores = chunk_scores(data, q_vectors, q_mask, chunk_ids).numpy()
+    order = np.argsort(-scores, kind="stable")
+    docs = data.chunk_docs[chunk_ids[order]]
+    _, first = np.unique(docs, return_index=True)  # each document's best chunk
+    best = order[np.sort(first)[:k]]
+    return chunk_ids[best].astype(np.int64), scores[best]
+
+
+def chunk_scores(data: IndexData, q_vectors: torch.Tensor, q_mask: torch.Tensor, chunk_ids: np.ndarray) -> torch.Tensor:
+    """Exact MaxSim of one encoded query ((1, Lq, dim), (1, Lq)) with some chunks, from their
+    decompressed vectors renormalised: (n,) float32."""
+    vectors, lengths = data.decompress(np.asarray(chunk_ids, dtype=np.int64))
+    scale = 1.0 / vectors.norm(dim=1).clamp_min(1e-12)  # score the stored vectors renormalised
+    return maxsim_packed(q_vectors[0], q_mask[0], vectors, lengths, scale)
+
+
+def n_documents(data: IndexData, chunk_ids: np.ndarray) -> int:
+    """How many distinct documents some chunks belong to."""
+    return len(np.unique(data.chunk_docs[chunk_ids]))
+
+
+def covering(data: IndexData, chunk_ids: np.ndarray, order: np.ndarray, at_least: int, documents: int) -> np.ndarray:
+    """The first entries of ``order`` (positions in ``chunk_ids``, best first): ``at_least`` of
+    them, or as many as it takes for their chunks to cover ``documents`` distinct documents."""
+    owners = data.chunk_docs[chunk_ids[order]]
+    _, first = np.unique(owners, return_index=True)
+    first = np.sort(first)
+    need = int(first[documents - 1]) + 1 if len(first) >= documents else len(order)
+    return order[: max(at_least, need)]
+
+
+def candidates(data: IndexData, centroid_scores: torch.Tensor, ncells: int) -> np.ndarray:
+    """Chunks that hold one of each query token's ``ncells`` nearest centroids.
+
+    centroid_scores: (Lq, C). Returns sorted unique chunk ids.
+    """
+    cells = centroid_scores.topk(min(ncells, centroid_scores.shape[1]), dim=1).indices.unique().numpy()
+    return np.unique(data.ivf[ivf_entries(data, cells)])
+
+
+def ivf_entries(data: IndexData, cells: np.ndarray) -> np.ndarray:
+    """Positions in ``data.ivf`` of the chunks listed under each of ``cells``, cell after cell."""
+    starts = data.ivf_offsets[cells]
+    return ranges(starts, data.ivf_offsets[cells + 1] - starts)
+
+
+def approximate_scores(data: IndexData, centroid_scores: torch.Tensor, chunk_ids: np.ndarray,
+                       threshold: float) -> torch.Tensor:
+    """MaxSim from centroids only: (n,) float32 for the given chunks.
+
+    For each query token, a chunk's score is the best score of a centroid that one of its
+    tokens belongs to; centroids whose best score over the query tokens is under
+    ``threshold`` are left out (a query token with none left scores 0). Computed from the
+    inverted file, cell by cell, so the cost grows with the (chunk, centroid) pairs of the
+    kept centroids rather than with every token of every candidate.
+
+    centroid_scores: (Lq, C) float32; chunk_ids: (n,) distinct chunk ids.
+    """
+    n = len(chunk_ids)
+    kept = (centroid_scores.max(dim=0).values >= threshold).nonzero().squeeze(1).numpy()
+    entries = ivf_entries(data, kept)
+    chunks = data.ivf[entries]
+    cells = np.repeat(kept, data.ivf_offsets[kept + 1] - data.ivf_offsets[kept])
+    order = np.argsort(chunk_ids, kind="stable")
+    sorted_ids = chunk_ids[order]
+    where = np.searchsorted(sorted_ids, chunks).clip(max=max(n - 1, 0))
+    hit = sorted_ids[where] == chunks if n else np.zeros(len(chunks), dtype=bool)
+    values = centroid_scores.T[torch.from_numpy(cells[hit])]  # (E, Lq)
+    return scatter_max(values, torch.from_numpy(order[where[hit]]), n).sum(dim=1)

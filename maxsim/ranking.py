@@ -1,0 +1,51 @@
+"""One ranking type for every way of searching: exact MaxSim, BM25 and the compressed index."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Ranking:
+    """Each query's best items, best first: corpus positions, or chunk ids for an index.
+
+    positions: (Q, k) int64, -1 after the last item of a query that has fewer than k.
+    scores: (Q, k) float32, the items' scores (-inf where ``positions`` is -1).
+    positive_floor: (Q,) float32 or None: the lowest score among each query's known positives,
+        when a miner was given them (for the false-negative margin; NaN for a query without any).
+    """
+
+    positions: np.ndarray
+    scores: np.ndarray
+    positive_floor: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Query ``i``'s (positions, scores), without the padding.
+
+        >>> Ranking.from_rows([([4, 2], [0.9, 0.5]), ([7], [0.3])]).row(1)
+        (array([7]), array([0.3], dtype=float32))
+        """
+        keep = self.positions[i] >= 0
+        return self.positions[i][keep], self.scores[i][keep]
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[tuple[Sequence[int], Sequence[float]]], k: int | None = None) -> Ranking:
+        """A ranking from each query's (positions, scores), best first; rows shorter than ``k``
+        (default: the longest row) are padded.
+
+        >>> r = Ranking.from_rows([([4, 2], [0.9, 0.5]), ([7], [0.3])])
+        >>> r.positions.tolist(), r.scores.tolist()
+        ([[4, 2], [7, -1]], [[0.8999999761581421, 0.5], [0.30000001192092896, -inf]])
+        """
+        width = k if k is not None else max((len(p) for p, _ in rows), default=0)
+        positions = np.full((len(rows), width), -1, dtype=np.int64)
+        scores = np.full((len(rows), width), -np.inf, dtype=np.float32)
+        for i, (p, s) in enumerate(rows):
+            positions[i, : len(p)], scores[i, : len(s)] = p, s
+        return cls(positions, scores)

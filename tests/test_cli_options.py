@@ -1,0 +1,70 @@
+"""Each setting is declared once: the CLI's flags, defaults and help come from the config models."""
+
+from __future__ import annotations
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from maxsim.cli import TRAIN_FLAGS, app
+from maxsim.cli_options import help_text
+from maxsim.data.settings import PrepareSettings
+from maxsim.training.config import TrainConfig
+
+PREPARE_FLAGS = {"positive_labels": "positive_label", "negative_labels": "negative_label"}
+
+
+def options_of(command: str) -> dict[str, object]:
+    click_command = typer.main.get_command(app).commands[command]
+    return {param.name: param for param in click_command.params}
+
+
+@pytest.mark.parametrize("command, model, flags", [("train", TrainConfig, TRAIN_FLAGS),
+                                                   ("prepare", PrepareSettings, PREPARE_FLAGS)])
+def test_every_setting_has_a_flag_with_its_help_and_default(command, model, flags):
+    options = options_of(command)
+    for name, field in model.model_fields.items():
+        assert name in options, f"{model.__name__}.{name} has no flag in maxsim {command}"
+        option = options[name]
+        flag = "--" + flags.get(name, name).replace("_", "-")
+        assert flag in option.opts, (name, option.opts)
+        assert option.help == help_text(field)
+        assert field.description and field.description in option.help
+        # the flag's own default is "not given": the model's default (or --config) applies
+        assert option.default is None
+        if not field.is_required() and field.get_default() not in (None, ()):
+            shown = field.get_default()
+            shown = ("on" if shown else "off") if isinstance(shown, bool) else \
+                ", ".join(map(str, shown)) if isinstance(shown, tuple) else str(shown)
+            assert f"[default: {shown}]" in option.help or "[default:" in field.description, (name, option.help)
+
+
+def test_a_flag_left_out_takes_the_models_default(tmp_path, monkeypatch):
+    """What `maxsim train` builds from flags equals TrainConfig's own defaults for every flag not given."""
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    class FakeTrainer:
+        def __init__(self, config):
+            seen["config"] = config
+            raise Stop
+
+    monkeypatch.setattr("maxsim.training.Trainer", FakeTrainer)
+    result = CliRunner().invoke(app, ["train", "--data", str(tmp_path), "--output", str(tmp_path / "o"),
+                                      "--no-ib-negatives", "--nway", "3", "--warmup-steps", "7"])
+    assert isinstance(result.exception, Stop), result.output
+    config = seen["config"]
+    expected = TrainConfig(data=tmp_path, output=tmp_path / "o", use_ib_negatives=False, nway=3, warmup_steps=7)
+    assert config == expected
+
+
+def test_prepare_refuses_a_bad_setting_in_one_line(tmp_path):
+    result = CliRunner().invoke(app, ["prepare", str(tmp_path / "x.jsonl"), "--output", str(tmp_path / "o"),
+                                      "--mine", "dense"])
+    assert result.exit_code == 2
+    assert "--mine dense needs --miner-model" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["prepare", str(tmp_path / "x.jsonl"), "--output", str(tmp_path / "o"),
+                                      "--export", "pylate"])
+    assert result.exit_code == 2 and "export" in result.output
