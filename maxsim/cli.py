@@ -160,6 +160,26 @@ def evaluate(
     typer.echo(json.dumps(result))
 
 
+@app.command()
+def export(
+    checkpoint: Annotated[str, typer.Argument(help="A model: a maxsim, Stanford (colbert-ai) or PyLate checkpoint folder, or a hub name.", show_default=False)],
+    format: Annotated[str, typer.Option("--format", help="pylate (loads as pylate.models.ColBERT), stanford (colbert-ai's Checkpoint, RAGatouille) or maxsim.")],
+    output: Annotated[Path, typer.Option(help="Folder to write (new or empty, or a model of that format to replace).")],
+) -> None:
+    """Write a checkpoint in another library's format; prints the folder.
+
+    A model that library would encode differently (a tokenizer without [CLS], say) is refused
+    with the reason, rather than written wrong.
+    """
+    from maxsim.model import ColBERT
+
+    _quiet_libraries()
+    with _one_line_errors():
+        model = ColBERT.from_pretrained(None if checkpoint == "base" else checkpoint)
+        model.save(output, format=format)
+    typer.echo(str(output))
+
+
 @app.command("index")
 def build_index(
     corpus: Annotated[Path, typer.Argument(help="A corpus.jsonl (_id, title, text) or a BEIR folder.", show_default=False)],

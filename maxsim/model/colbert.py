@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -14,15 +15,18 @@ from torch import nn
 from maxsim.files import atomic_directory, check_replaceable
 from maxsim.model.checkpoint import (
     default_base_model,
-    is_maxsim_model,
     load_encoder,
     read_projection,
     read_settings,
+    resolve_model_path,
     write_model_folder,
 )
+from maxsim.model.formats import FORMATS, detect_format, read_pylate, read_stanford, write_pylate, write_stanford
 from maxsim.model.inference import InferenceForward, autocast
 from maxsim.model.settings import ColBERTSettings
 from maxsim.model.tokenization import Chunk, ColBERTTokenizer, ModelLoadError, TokenBatch, choose_markers
+
+logger = logging.getLogger(__name__)
 
 
 class ColBERT(nn.Module):
@@ -69,37 +73,57 @@ class ColBERT(nn.Module):
         seed: int = 0,
         device: str | torch.device | None = None,
     ) -> ColBERT:
-        """Load a maxsim checkpoint folder, or start from any Hugging Face encoder.
+        """Load a ColBERT checkpoint, or start from any Hugging Face encoder.
 
-        A maxsim folder (one with ``maxsim_config.json``) keeps its projection; ``dim``, if
-        given, must agree with it. Any other encoder gets a new projection to ``dim`` (default
-        128), initialised from ``seed``. ``None`` loads the default base model (MiniLM-L6).
+        ``name_or_path``: a folder or a hub name (found in the local Hugging Face cache, else
+        downloaded); ``None`` loads the default base model (MiniLM-L6). A checkpoint in maxsim's,
+        Stanford colbert-ai's or PyLate's format (:func:`~maxsim.model.formats.detect_format`)
+        keeps its projection and every setting that changes encoding (lengths, markers, query
+        expansion, skiplist); ``dim``, if given, must agree with it, and lengths given here
+        replace the checkpoint's (logged). Any other encoder gets a new projection to ``dim``
+        (default 128), initialised from ``seed``.
         """
-        path = Path(name_or_path) if name_or_path is not None else default_base_model()
+        path = resolve_model_path(name_or_path) if name_or_path is not None else default_base_model()
+        source = str(path.resolve()) if Path(name_or_path or path).is_dir() else str(name_or_path)
         overrides = {
             "query_maxlen": query_maxlen,
             "doc_maxlen": doc_maxlen,
             "attend_to_expansion_tokens": attend_to_expansion_tokens,
         }
         overrides = {k: v for k, v in overrides.items() if v is not None}
-        if is_maxsim_model(path):
-            settings = read_settings(path)
-            if dim is not None and dim != settings.dim:
-                raise ModelLoadError(
-                    f"{path} was trained with dim={settings.dim}, but dim={dim} was asked for; "
-                    f"drop --dim (or pass --dim {settings.dim}) to use this checkpoint"
-                )
-            settings = settings.model_copy(update=overrides)
+        found = detect_format(path)
+        if found is None:
             encoder, tokenizer = load_encoder(path)
-            projection = read_projection(path)
-        else:
-            encoder, tokenizer = load_encoder(path)
-            source = str(path.resolve()) if path.is_dir() else str(name_or_path)
             settings = ColBERTSettings(dim=dim or 128, base_model=source, **overrides)
             settings = choose_markers(tokenizer, encoder, settings)
             projection = new_projection(encoder.config.hidden_size, settings.dim, seed)
+        else:
+            if found == "maxsim":
+                settings, projection, encoder_path = read_settings(path), read_projection(path), path
+            elif found == "stanford":
+                fields, projection = read_stanford(path)
+                settings, encoder_path = ColBERTSettings(base_model=source, **fields), path
+            else:
+                fields, projection, encoder_path = read_pylate(path)
+                settings = ColBERTSettings(base_model=source, **fields)
+            if dim is not None and dim != settings.dim:
+                raise ModelLoadError(
+                    f"{path} ({found} format) was trained with dim={settings.dim}, but dim={dim} was asked for: "
+                    f"leave --dim out to keep the checkpoint's (or pass --dim {settings.dim})"
+                )
+            changed = {k: v for k, v in overrides.items() if getattr(settings, k) != v}
+            if changed:
+                logger.info("%s: using %s instead of the checkpoint's %s", path, changed,
+                            {k: getattr(settings, k) for k in changed})
+            settings = settings.model_copy(update=overrides)
+            projection_key = {"linear.weight"} if found == "stanford" else ()  # beside the encoder's weights
+            encoder, tokenizer = load_encoder(encoder_path, not_encoder=projection_key)
+            if found != "maxsim":
+                logger.info("%s: read a %s checkpoint (dim %d, query_maxlen %d, doc_maxlen %d, markers %r/%r)", path,
+                            found, settings.dim, settings.query_maxlen, settings.doc_maxlen, settings.query_marker,
+                            settings.document_marker)
         model = cls(encoder, tokenizer, settings, projection)
-        model.source = str(path.resolve()) if path.is_dir() else str(name_or_path)
+        model.source = source
         if device is not None:
             model.to(device)
         return model
@@ -110,27 +134,37 @@ class ColBERT(nn.Module):
         Equal for the same weights wherever they were loaded from; an index records it so that a
         model folder replaced after indexing is noticed. About 0.2 s for MiniLM-L6 on a CPU.
         """
-        digest = hashlib.sha256(self.settings.model_dump_json().encode())
+        digest = hashlib.sha256(self.settings.identity_json().encode())
         for name, tensor in sorted(self.state_dict().items()):
             digest.update(name.encode() + b"\0")
             digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy())
         return digest.hexdigest()
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, format: str = "maxsim") -> Path:
         """Write a self-contained folder (weights, encoder config, tokenizer, settings).
 
-        The folder is written beside ``path`` and renamed into place, so a crash leaves either
-        the old folder or the new one.
+        ``format``: ``maxsim`` (this library's), ``pylate`` (loads as ``pylate.models.ColBERT``)
+        or ``stanford`` (loads as colbert-ai's ``Checkpoint``, as RAGatouille does); a model that
+        library would encode differently is refused with the reason. The folder is written
+        beside ``path`` and renamed into place, so a crash leaves either the old folder or the
+        new one; a folder holding anything but a model of that format is never replaced.
         """
+        if format not in FORMATS:
+            raise ModelLoadError(f"format {format!r} is not one of {', '.join(FORMATS)}")
         path = Path(path)
-        check_replaceable(path, is_maxsim_model, "maxsim model")
+        check_replaceable(path, lambda p: detect_format(p) == format, f"{format} model")
         with atomic_directory(path) as tmp:
-            self.save_to(tmp)
+            self.save_to(tmp, format)
         return path
 
-    def save_to(self, folder: Path) -> None:
+    def save_to(self, folder: Path, format: str = "maxsim") -> None:
         """Write the model files into an existing folder (no atomicity of its own)."""
-        write_model_folder(folder, self.encoder, self.tokenizer, self.linear, self.settings)
+        if format == "stanford":
+            write_stanford(folder, self.encoder, self.tokenizer, self.linear, self.settings)
+        elif format == "pylate":
+            write_pylate(folder, self.encoder, self.tokenizer, self.linear, self.settings)
+        else:
+            write_model_folder(folder, self.encoder, self.tokenizer, self.linear, self.settings)
 
     # ------------------------------------------------------------------ tokenisation
     def tokenize_queries(self, texts: Sequence[str]) -> list[list[int]]:

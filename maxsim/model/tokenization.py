@@ -57,8 +57,9 @@ class ColBERTTokenizer:
     def __init__(self, tokenizer, settings: ColBERTSettings) -> None:
         self.tokenizer = tokenizer
         self.settings = settings
-        self.query_marker_id = self._token_id(settings.query_marker)
-        self.document_marker_id = self._token_id(settings.document_marker)
+        #: marker ids; None when the marker is "" (no marker)
+        self.query_marker_id = self._token_id(settings.query_marker) if settings.query_marker else None
+        self.document_marker_id = self._token_id(settings.document_marker) if settings.document_marker else None
         self.mask_token_id = (
             tokenizer.mask_token_id if tokenizer.mask_token_id is not None else tokenizer.pad_token_id
         )
@@ -66,7 +67,7 @@ class ColBERTTokenizer:
         #: special tokens that open a sequence ([CLS], <s>): the marker goes right after them
         self.start_ids = {tokenizer.cls_token_id, tokenizer.bos_token_id} - {None}
         self.punctuation_ids = torch.tensor(
-            sorted(punctuation_ids(tokenizer)) if settings.mask_punctuation else [],
+            sorted(skiplist_ids(tokenizer, settings)) if settings.mask_punctuation else [],
             dtype=torch.long,
         )
 
@@ -76,16 +77,24 @@ class ColBERTTokenizer:
             raise ModelLoadError(f"marker token {token!r} is not in the tokenizer's vocabulary")
         return token_id
 
-    def _tokenize(self, texts: Sequence[str], marker: int, maxlen: int) -> list[list[int]]:
+    def with_marker(self, ids: list[int], marker: int | None) -> list[int]:
+        """``ids`` with the marker inserted where the settings say (unchanged without a marker)."""
+        if marker is None:
+            return list(ids)
+        if self.settings.marker_position == "index_1":
+            return ids[:1] + [marker] + ids[1:]
+        return insert_marker(ids, marker, self.start_ids)
+
+    def _tokenize(self, texts: Sequence[str], marker: int | None, maxlen: int) -> list[list[int]]:
         encoded = self.tokenizer(
             list(texts),
             add_special_tokens=True,
             truncation=True,
-            max_length=maxlen - 1,
+            max_length=maxlen - 1 if marker is not None else maxlen,
             return_attention_mask=False,
             return_token_type_ids=False,
         )["input_ids"]
-        return [insert_marker(ids, marker, self.start_ids) for ids in encoded]
+        return [self.with_marker(ids, marker) for ids in encoded]
 
     def queries(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each query: first special token, query marker, text; unpadded."""
@@ -106,7 +115,8 @@ class ColBERTTokenizer:
         empty = self.tokenizer("", add_special_tokens=True)["input_ids"]  # e.g. [CLS] [SEP]
         prefix = empty[:1] if empty and empty[0] in self.start_ids else []
         suffix = empty[len(prefix):]
-        window = max(1, max_tokens - 1 - len(empty))
+        marker = self.document_marker_id
+        window = max(1, max_tokens - (marker is not None) - len(empty))
         encoded = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True,
                                  return_attention_mask=False, return_token_type_ids=False)
         out = []
@@ -114,7 +124,7 @@ class ColBERTTokenizer:
             pieces = []
             for start in range(0, max(1, len(ids)), window):
                 piece = ids[start : start + window]
-                full = prefix + [self.document_marker_id] + piece + suffix
+                full = self.with_marker(prefix + piece + suffix, marker)
                 span = (offsets[start][0], offsets[min(start + window, len(ids)) - 1][1]) if piece else (0, len(text))
                 pieces.append((full, span))
             out.append(pieces)
@@ -123,8 +133,14 @@ class ColBERTTokenizer:
     def pad_queries(self, token_ids: Sequence[Sequence[int]]) -> TokenBatch:
         """Pad queries with the mask token to ``query_maxlen``; every position is scored.
 
-        Expansion positions are attended to only with ``attend_to_expansion_tokens``.
+        Expansion positions are attended to only with ``attend_to_expansion_tokens``. Without
+        ``do_query_expansion``, queries are padded to the longest in the batch and only their
+        own tokens are scored.
         """
+        if not self.settings.do_query_expansion:
+            length = max((len(row) for row in token_ids), default=1)
+            ids, attention = pad(token_ids, length, self.pad_token_id)
+            return TokenBatch(ids, attention, attention.bool())
         ids, attention = pad(token_ids, self.settings.query_maxlen, self.mask_token_id)
         if self.settings.attend_to_expansion_tokens:
             attention.fill_(1)
@@ -177,6 +193,16 @@ def choose_markers(tokenizer, encoder, settings: ColBERTSettings) -> ColBERTSett
     encoder.resize_token_embeddings(len(tokenizer))
     logger.info("vocabulary has no [unused0]/[unused1]: added [Q] and [D] marker tokens")
     return settings.model_copy(update={"query_marker": "[Q]", "document_marker": "[D]"})
+
+
+def skiplist_ids(tokenizer, settings: ColBERTSettings) -> set[int]:
+    """The ids of document tokens that are not scored, by the rule ``settings.skiplist`` names."""
+    if settings.skiplist == "colbert-ai":  # the first id of each symbol, as colbert-ai's DocTokenizer
+        return {tokenizer.encode(symbol, add_special_tokens=False)[0] for symbol in string.punctuation}
+    if settings.skiplist == "pylate":  # vocabulary entries (a missing word maps to [UNK], as in PyLate)
+        words = settings.skiplist_words if settings.skiplist_words is not None else list(string.punctuation)
+        return {tokenizer.convert_tokens_to_ids(word) for word in words}
+    return punctuation_ids(tokenizer)
 
 
 def punctuation_ids(tokenizer) -> set[int]:

@@ -23,12 +23,16 @@ class TrainConfig(BaseModel):
     output: Path = Field(description="Output folder: checkpoints/, best/, metrics.jsonl, training.png, config.yaml.")
     base_model: str | None = Field(
         None, description="Model folder to start from [default: the bundled all-MiniLM-L6-v2].")
-    # model
-    dim: int = Field(128, gt=0, description="Token vector size (a maxsim checkpoint keeps its own).")
-    query_maxlen: int = Field(32, ge=3, description="Query length in tokens, padded with [MASK].")
-    doc_maxlen: int = Field(256, ge=3, description="Document length cap in tokens.")
-    attend_to_expansion_tokens: bool = Field(
-        False, description="Let the encoder attend to the query's [MASK] padding.")
+    # model: None keeps a checkpoint's own value (a new ColBERT gets the value in brackets)
+    dim: int | None = Field(None, gt=0, description="Token vector size [default: a checkpoint's own; 128 for a new "
+                            "ColBERT].")
+    query_maxlen: int | None = Field(None, ge=3, description="Query length in tokens, padded with [MASK] [default: a "
+                                     "checkpoint's own; 32 for a new ColBERT].")
+    doc_maxlen: int | None = Field(None, ge=3, description="Document length cap in tokens [default: a checkpoint's "
+                                   "own; 256 for a new ColBERT].")
+    attend_to_expansion_tokens: bool | None = Field(
+        None, description="Let the encoder attend to the query's [MASK] padding [default: a checkpoint's own; off "
+        "for a new ColBERT].")
     # objective
     nway: int = Field(2, ge=1, description="Documents per query: 1 positive + nway-1 negatives.")
     use_ib_negatives: bool = Field(True, description="Use other queries' documents as negatives.")
