@@ -371,6 +371,10 @@ class Retriever:
             records = old_docs + records
         self._encoded = (vectors, mask, records)
 
+    def clear_encoded(self) -> None:
+        """Forget the documents given to :meth:`encode`."""
+        self._encoded = None
+
     def search_encoded(self, query: str, k: int = 10) -> list[Hit]:
         """Search the documents given to :meth:`encode` by exact MaxSim."""
         if self._encoded is None:

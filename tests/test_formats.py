@@ -250,6 +250,15 @@ def test_a_checkpoint_read_only_in_part_is_logged(tiny_model_dir, tmp_path, capl
     assert "newly initialised" in caplog.text and "stray.weight" in caplog.text
 
 
+def test_a_maxsim_checkpoint_of_another_dim_trains_without_dim(tiny_model_dir, training_folder, tmp_path):
+    from maxsim.training import TrainConfig, Trainer
+
+    base = ColBERT.from_pretrained(tiny_model_dir, dim=16, doc_maxlen=24).save(tmp_path / "dim16")
+    best = Trainer(TrainConfig(data=training_folder, output=tmp_path / "run", base_model=str(base), max_steps=1,
+                               batch_size=4, progress_bar=False)).train()
+    assert (ColBERT.from_pretrained(best).settings.dim, ColBERT.from_pretrained(best).settings.doc_maxlen) == (16, 24)
+
+
 def test_training_from_a_checkpoint_refuses_a_contradicting_dim(training_folder, tmp_path):
     from maxsim.training import TrainConfig, Trainer
 

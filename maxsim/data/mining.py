@@ -28,16 +28,34 @@ def _floors(score_of, positives: Sequence[Sequence[int]] | None) -> np.ndarray |
                     dtype=np.float32)
 
 
-class BM25Miner:
-    """BM25 (bm25s, English stop words, Snowball stemming) over a list of document texts."""
+#: ISO 639-1 code -> (PyStemmer's stemmer, bm25s's stop-word list or None where it has none)
+BM25_LANGUAGES = {
+    "en": ("english", "en"), "fr": ("french", "fr"), "de": ("german", "de"), "es": ("spanish", "es"),
+    "it": ("italian", "it"), "nl": ("dutch", "nl"), "pt": ("portuguese", "pt"), "ru": ("russian", "ru"),
+    "sv": ("swedish", "sv"), "da": ("danish", "da"), "no": ("norwegian", "no"), "tr": ("turkish", "tr"),
+    "fi": ("finnish", None), "hu": ("hungarian", None), "ro": ("romanian", None), "ar": ("arabic", None),
+    "el": ("greek", None), "ca": ("catalan", None), "cs": ("czech", None), "pl": ("polish", None),
+    "id": ("indonesian", None), "ga": ("irish", None), "lt": ("lithuanian", None), "et": ("estonian", None),
+    "eu": ("basque", None), "hi": ("hindi", None), "ne": ("nepali", None), "fa": ("persian", None),
+    "sr": ("serbian", None), "ta": ("tamil", None), "hy": ("armenian", None),
+}
 
-    def __init__(self, documents: Sequence[str]) -> None:
+
+class BM25Miner:
+    """BM25 (bm25s) over a list of document texts, with the stop words and Snowball stemmer of
+    ``language`` (an ISO 639-1 code from :data:`BM25_LANGUAGES`; English by default)."""
+
+    def __init__(self, documents: Sequence[str], language: str = "en") -> None:
         import bm25s
         import Stemmer
 
+        if language not in BM25_LANGUAGES:
+            raise SettingsError(f"BM25 has no stemmer for language {language!r}: use one of "
+                                f"{', '.join(sorted(BM25_LANGUAGES))}, or mine with a dense model")
+        stemmer, self._stopwords = BM25_LANGUAGES[language]
         self._bm25s = bm25s
-        self._stemmer = Stemmer.Stemmer("english")
-        tokens = bm25s.tokenize(list(documents), stopwords="en", stemmer=self._stemmer,
+        self._stemmer = Stemmer.Stemmer(stemmer)
+        tokens = bm25s.tokenize(list(documents), stopwords=self._stopwords, stemmer=self._stemmer,
                                 show_progress=False)
         self.retriever = bm25s.BM25()
         self.retriever.index(tokens, show_progress=False)
@@ -46,7 +64,7 @@ class BM25Miner:
     def rank(self, queries: Sequence[str], k: int, positives: Sequence[Sequence[int]] | None = None) -> Ranking:
         """Each query's ``k`` best documents; with ``positives`` (corpus positions per query), also
         the lowest score among them."""
-        tokens = self._bm25s.tokenize(list(queries), stopwords="en", stemmer=self._stemmer,
+        tokens = self._bm25s.tokenize(list(queries), stopwords=self._stopwords, stemmer=self._stemmer,
                                       show_progress=False)
         self._queries = list(queries)
         k = min(k, self.n_documents)
@@ -56,7 +74,7 @@ class BM25Miner:
 
     def score_of(self, query_index: int, positions: Sequence[int]) -> np.ndarray:
         """BM25 scores of some documents for one query of the last :meth:`rank` call."""
-        words = self._bm25s.tokenize([self._queries[query_index]], stopwords="en", stemmer=self._stemmer,
+        words = self._bm25s.tokenize([self._queries[query_index]], stopwords=self._stopwords, stemmer=self._stemmer,
                                      show_progress=False, return_ids=False)[0]
         return self.retriever.get_scores(words)[np.asarray(positions, dtype=np.int64)]
 

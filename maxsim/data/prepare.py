@@ -199,7 +199,7 @@ def mine_negatives(collection: Collection, train_ids: list[str], doc_ids: list[s
 def _miner(doc_texts: list[str], settings: PrepareSettings, notes: list[str]):
     """The miner ``settings.mine`` asks for (bm25 or dense, exact or through an index)."""
     if settings.mine == "bm25":
-        return BM25Miner(doc_texts)
+        return BM25Miner(doc_texts, settings.bm25_language)
     from maxsim.model import ColBERT
 
     miner_model = ColBERT.from_pretrained(settings.miner_model)

@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from maxsim.data.mining import BM25_LANGUAGES
 from maxsim.errors import SettingsError, validation_message
 
 Kind = Literal["pairs", "labelled", "triplets"]
@@ -47,11 +48,16 @@ class PrepareSettings(BaseModel):
     export: tuple[Literal["colbert"], ...] = Field(
         (), description="Also write other formats: colbert (colbert-ai / RAGatouille files in colbert/).")
     batch_size: int = Field(64, gt=0, description="Encoding batch size of --mine dense.")
+    bm25_language: str = Field("en", description="Language of --mine bm25's stop words and stemmer (ISO 639-1: en, "
+                               "fr, de, es, ...).")
 
     @model_validator(mode="after")
     def _consistent(self) -> PrepareSettings:
         if self.mine == "dense" and not self.miner_model:
             raise ValueError("--mine dense needs --miner-model DIR (a maxsim checkpoint or a base model folder)")
+        if self.mine == "bm25" and self.bm25_language not in BM25_LANGUAGES:
+            raise ValueError(f"--bm25-language {self.bm25_language!r} has no stemmer: use one of "
+                             f"{', '.join(sorted(BM25_LANGUAGES))}, or --mine dense with a model for that language")
         if self.max_rank < self.min_rank:
             raise ValueError(f"rank window [{self.min_rank}, {self.max_rank}] is empty: need 1 <= min-rank <= "
                              "max-rank")

@@ -221,7 +221,8 @@ class ColBERT(nn.Module):
                     positions = order[start : start + batch_size]
                     batch = pad([token_ids[i] for i in positions]).to(self.device)
                     if forward is not None:
-                        vectors = forward(batch.input_ids, batch.attention_mask, fixed_shape=is_query)
+                        fixed = is_query and self.settings.do_query_expansion  # (always query_maxlen long)
+                        vectors = forward(batch.input_ids, batch.attention_mask, fixed_shape=fixed)
                     else:
                         vectors = self(batch.input_ids, batch.attention_mask).float()
                     yield positions, vectors, batch.score_mask
