@@ -207,15 +207,16 @@ class RAGTrainer:
         return max(0, min(wanted, available))
 
 
-def _torchrun(config: TrainConfig, gpus: int) -> Path:
-    """Train under torchrun on ``gpus`` GPUs in a subprocess, streaming its log; the best checkpoint."""
+def _torchrun(config: TrainConfig, gpus: int, device: str = "cuda") -> Path:
+    """Train under torchrun with ``gpus`` processes (one GPU each) in a subprocess, streaming its
+    log; returns the checkpoint it printed last (the best)."""
     folder = Path(config.output)
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=folder, delete=False) as handle:
-        handle.write(config.model_copy(update={"device": "cuda"}).to_yaml())
+        handle.write(config.model_copy(update={"device": device}).to_yaml())
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
                "-m", "maxsim", "train", "--config", handle.name]
-    logger.info("training on %d GPUs: %s", gpus, " ".join(command))
+    logger.info("training with %d processes: %s", gpus, " ".join(command))
     last = ""
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
         for line in process.stdout:

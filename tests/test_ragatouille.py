@@ -221,3 +221,26 @@ def test_an_unknown_model_is_one_clear_error(tmp_path):
 
     with pytest.raises(ModelLoadError, match="not in the Hugging Face cache"):
         RAGTrainer("m", "colbert-ir/not-a-cached-model")
+
+
+def test_several_processes_run_under_torchrun_and_stream_the_log(tiny_model_dir, training_folder, tmp_path, capsys):
+    """The multi-GPU path, run with 2 CPU processes (gloo): the command, the streamed log, the result."""
+    from maxsim.ragatouille import _torchrun
+    from maxsim.training import TrainConfig
+
+    config = TrainConfig(data=training_folder, output=tmp_path / "run", base_model=str(tiny_model_dir), dim=16,
+                         query_maxlen=12, doc_maxlen=24, batch_size=4, max_steps=2, dev_fraction=0.25,
+                         progress_bar=False)
+    best = _torchrun(config, 2, device="cpu")
+    assert best == tmp_path / "run" / "best" and (best / "best.json").is_file()
+    assert "best checkpoint" in capsys.readouterr().out
+
+
+def test_reuse_force_fast_and_an_untrained_encoder(rag, tiny_model_dir, caplog):
+    model, path, documents, _, _ = rag
+    assert model.index(["ignored"], index_name="sci", overwrite_index="reuse") == path
+    title = documents[3].split(". ")[0]
+    assert model.search(title, k=2, force_fast=True)[0]["document_id"] == "doc3"
+    with caplog.at_level("WARNING"):
+        RAGPretrainedModel.from_pretrained(str(tiny_model_dir))
+    assert "untrained" in caplog.text
