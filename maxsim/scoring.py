@@ -20,6 +20,12 @@ import torch
 #: stays in cache is fastest (8M elements measured best on a 2-core Xeon); on a GPU larger
 #: blocks mean fewer kernel launches.
 BLOCK_ELEMENTS = {"cpu": 1 << 23, "cuda": 1 << 28}
+#: Above this many (query token, document) pairs, a MaxSim that needs gradients recomputes its
+#: blocks in backward (:class:`_MaxSim`) rather than keep autograd's argmax indices and maxima
+#: (about 12 bytes a pair: 0.4 GB here, gigabytes for batches of thousands); below it, autograd's
+#: own backward is faster (on an H100, batch 256 trained at 1,819 and 2,070 triplets/s in two
+#: runs without the recomputation, 1,618 with it: ``bench/grad_cache_memory.py``).
+RECOMPUTE_ABOVE = 1 << 25
 
 
 def _token_maxima(
@@ -76,17 +82,65 @@ def maxsim(
     if block_elements is None:
         block_elements = BLOCK_ELEMENTS.get(queries.device.type, 1 << 25)
     chunk = max(1, block_elements // max(1, n_q * len_q * len_d))
+    needs_grad = torch.is_grad_enabled() and (queries.requires_grad or documents.requires_grad)
+    if needs_grad and n_q * len_q * n_d > RECOMPUTE_ABOVE:
+        return _MaxSim.apply(queries, query_mask, documents, document_mask, chunk)
+    return _scores(queries, query_mask, documents, document_mask, chunk)
+
+
+def _scores(queries: torch.Tensor, query_mask: torch.Tensor, documents: torch.Tensor, document_mask: torch.Tensor,
+            chunk: int) -> torch.Tensor:
+    """(Q, D) float32 scores, ``chunk`` documents at a time."""
     qmask = query_mask.to(torch.float32)[:, :, None]  # (Q, Lq, 1)
     parts = []
-    for start in range(0, n_d, chunk):
+    for start in range(0, documents.shape[0], chunk):
         best = _token_maxima(
             queries, documents[start : start + chunk], document_mask[start : start + chunk]
         )
         parts.append((best.float() * qmask).sum(dim=1))
     if not parts:
-        return queries.new_zeros((n_q, 0), dtype=torch.float32)
+        return queries.new_zeros((queries.shape[0], 0), dtype=torch.float32)
     return torch.cat(parts, dim=1)
 
+
+class _MaxSim(torch.autograd.Function):
+    """MaxSim whose backward recomputes each block instead of keeping it: memory holds the inputs
+    and one (Q, Lq, D_chunk, Ld) block, whatever the batch (autograd's own backward of ``max``
+    would keep (Q, Lq, D) argmax indices and values, gigabytes for thousands of in-batch
+    documents). The gradient is the same: each query token's gradient goes to its best document
+    token, through the same two products as autograd's."""
+
+    @staticmethod
+    def forward(ctx, queries, query_mask, documents, document_mask, chunk):
+        ctx.save_for_backward(queries, query_mask, documents, document_mask)
+        ctx.chunk = chunk
+        with torch.no_grad():
+            return _scores(queries, query_mask, documents, document_mask, chunk)
+
+    @staticmethod
+    def backward(ctx, grad):
+        queries, query_mask, documents, document_mask = ctx.saved_tensors
+        n_q, len_q, dim = queries.shape
+        len_d = documents.shape[1]
+        grad_q = torch.zeros_like(queries) if ctx.needs_input_grad[0] else None
+        grad_d = torch.zeros_like(documents) if ctx.needs_input_grad[2] else None
+        qmask = query_mask.to(grad.dtype)[:, :, None]  # (Q, Lq, 1)
+        flat_q = queries.reshape(n_q * len_q, dim)
+        for start in range(0, documents.shape[0], ctx.chunk):
+            block = documents[start : start + ctx.chunk]
+            n_d = block.shape[0]
+            sim = (flat_q @ block.reshape(n_d * len_d, dim).T).view(n_q, len_q, n_d, len_d)
+            sim.masked_fill_(~document_mask[start : start + ctx.chunk][None, None], float("-inf"))
+            best, where = sim.max(dim=-1)  # (Q, Lq, n_d)
+            weight = (grad[:, None, start : start + n_d] * qmask).masked_fill(torch.isneginf(best), 0)
+            # d score / d sim: the weight at each query token's best document token, 0 elsewhere
+            d_sim = sim.zero_().scatter_(-1, where[..., None], weight.to(sim.dtype)[..., None])
+            d_sim = d_sim.view(n_q * len_q, n_d * len_d)
+            if grad_q is not None:
+                grad_q += (d_sim @ block.reshape(n_d * len_d, dim)).view(n_q, len_q, dim)
+            if grad_d is not None:
+                grad_d[start : start + n_d] += (d_sim.T @ flat_q).view(n_d, len_d, dim)
+        return grad_q, None, grad_d, None, None
 
 
 def maxsim_packed(

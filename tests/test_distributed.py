@@ -30,12 +30,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _step(model_dir, data_dir, ctx, batch):
+def _step(model_dir, data_dir, ctx, batch, grad_cache_chunk=None):
     """Gradients of one global batch on this rank, averaged over ranks."""
     torch.manual_seed(0)
     model = ColBERT.from_pretrained(model_dir, dim=16, query_maxlen=12, doc_maxlen=24, seed=3)
     model.train()
-    cfg = TrainConfig(data=data_dir, output="unused", nway=3, temperature=0.5)
+    cfg = TrainConfig(data=data_dir, output="unused", nway=3, temperature=0.5, grad_cache_chunk=grad_cache_chunk)
     data = TrainingData.load(data_dir, nway=3)
     cache = TokenCache(model, data)
     stats = StepStats()
@@ -49,13 +49,13 @@ def _step(model_dir, data_dir, ctx, batch):
     return stats.to_tensor(), grads
 
 
-def _worker(rank, world, port, model_dir, data_dir, batch, out):
+def _worker(rank, world, port, model_dir, data_dir, batch, out, grad_cache_chunk=None):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     ctx = setup("cpu")
     try:
-        stats, grads = _step(model_dir, data_dir, ctx, batch)
+        stats, grads = _step(model_dir, data_dir, ctx, batch, grad_cache_chunk)
         from maxsim.training.distributed import all_sum
         stats = all_sum(ctx, stats)
         if rank == 0:
@@ -89,6 +89,56 @@ def test_two_processes_match_one(no_dropout_model, training_folder, tmp_path, ba
     assert one_grads.keys() == two["grads"].keys()
     worst = max((one_grads[k] - two["grads"][k]).abs().max().item() for k in one_grads)
     assert worst < 1e-5, worst
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 4])
+def test_grad_cache_gives_the_gradients_of_the_whole_batch(no_dropout_model, training_folder, chunk):
+    batch = np.random.default_rng(1).permutation(16)[:6]
+    plain_stats, plain = _step(no_dropout_model, training_folder, Context(), batch)
+    cached_stats, cached = _step(no_dropout_model, training_folder, Context(), batch, grad_cache_chunk=chunk)
+    assert cached_stats[0].item() == pytest.approx(plain_stats[0].item(), rel=1e-6)
+    assert plain.keys() == cached.keys()
+    worst = max((plain[k] - cached[k]).abs().max().item() for k in plain)
+    assert worst < 1e-5, worst
+
+
+def test_grad_cache_across_two_processes_keeps_the_cross_rank_negatives(no_dropout_model, training_folder, tmp_path):
+    batch = np.random.default_rng(2).permutation(16)[:5]  # ranks hold 3 and 2 queries
+    _, one_grads = _step(no_dropout_model, training_folder, Context(), batch)
+    out = tmp_path / "rank0.pt"
+    mp.spawn(_worker, args=(2, _free_port(), no_dropout_model, training_folder, batch, out, 2), nprocs=2)
+    two = torch.load(out)
+    worst = max((one_grads[k] - two["grads"][k]).abs().max().item() for k in one_grads)
+    assert worst < 1e-5, worst
+
+
+def test_grad_cache_replays_each_chunks_dropout(tiny_model_dir):
+    """With dropout on, the chunk encoded again for its graph is the one whose vectors gave the loss."""
+    from maxsim.training import grad_cache
+
+    model = ColBERT.from_pretrained(tiny_model_dir, dim=16, query_maxlen=12, doc_maxlen=24)
+    model.train()
+    batch = model.pad_documents(model.tokenize_documents([f"document number {i} about cats" for i in range(5)]))
+    cached, states = grad_cache.encode_without_graph(model, batch, 2, _no_autocast)
+    seen = []
+    real_backward = torch.Tensor.backward
+
+    def record(self, gradient=None, *args, **kwargs):
+        seen.append(self.detach().clone())
+        return real_backward(self, gradient, *args, **kwargs)
+
+    torch.Tensor.backward = record
+    try:
+        grad_cache.backward_through_chunks(model, batch, 2, torch.ones_like(cached), states, _no_autocast)
+    finally:
+        torch.Tensor.backward = real_backward
+    assert torch.equal(torch.cat(seen), cached)
+    again, _ = grad_cache.encode_without_graph(model, batch, 2, _no_autocast)
+    assert not torch.equal(again, cached)  # dropout is on: a new draw differs
+
+
+def _no_autocast():
+    return torch.autocast("cpu", enabled=False)
 
 
 def torchrun_train_command(tiny_model_dir, training_folder, out, nproc: int, device: str) -> list[str]:

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from maxsim.scoring import maxsim
@@ -94,3 +95,37 @@ def test_packed_maxsim_equals_padded_maxsim():
     got = maxsim_packed(query, qmask, tokens, lengths, 1 / tokens.norm(dim=1))
     assert torch.allclose(got, expected, atol=1e-5)
     assert got.dtype == torch.float32 and got.shape == (4,)
+
+
+def _reference_maxsim(q, qm, d, dm):
+    """MaxSim straight from its definition, differentiated by autograd."""
+    sim = torch.einsum("qid,njd->qinj", q, d).masked_fill(~dm[None, None], float("-inf"))
+    best = sim.max(dim=-1).values
+    best = torch.where(torch.isneginf(best), torch.zeros_like(best), best)
+    return (best * qm[:, :, None].to(best.dtype)).sum(dim=1)
+
+
+@pytest.mark.parametrize("recompute_above", [0, 1 << 40])  # the recomputing backward, and autograd's
+@pytest.mark.parametrize("block_elements", [64, 1 << 20])  # many document chunks, and one
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_maxsim_gradients_equal_autograds_of_the_definition(block_elements, dtype, recompute_above, monkeypatch):
+    monkeypatch.setattr("maxsim.scoring.RECOMPUTE_ABOVE", recompute_above)
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(5, 4, 8, generator=g, dtype=dtype)
+    d = torch.randn(7, 6, 8, generator=g, dtype=dtype)
+    qm = torch.rand(5, 4, generator=g) > 0.2
+    dm = torch.rand(7, 6, generator=g) > 0.3
+    dm[3] = False  # a document with no token that takes part: score 0, no gradient
+    weights = torch.randn(5, 7, generator=g, dtype=torch.float32)
+    grads = []
+    for fn in (lambda a, b: maxsim(a, qm, b, dm, block_elements=block_elements),
+               lambda a, b: _reference_maxsim(a, qm, b, dm)):
+        a, b = q.clone().requires_grad_(), d.clone().requires_grad_()
+        scores = fn(a, b)
+        (scores.float() * weights).sum().backward()
+        grads.append((scores.detach().float(), a.grad, b.grad))
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-5, rtol=1e-5)  # scores: summed in float32
+    for ours, reference in zip(grads[0][1:], grads[1][1:]):
+        torch.testing.assert_close(ours, reference, atol=tol, rtol=tol)
+    assert grads[0][2][3].abs().sum() == 0

@@ -37,6 +37,9 @@ class TrainConfig(BaseModel):
     nway: int = Field(2, ge=1, description="Documents per query: 1 positive + nway-1 negatives.")
     use_ib_negatives: bool = Field(True, description="Use other queries' documents as negatives.")
     temperature: float = Field(1.0, gt=0, description="Scores are divided by this in the loss.")
+    grad_cache_chunk: int | None = Field(
+        None, gt=0, description="GradCache: encode each micro-batch this many sequences at a time and back-propagate "
+        "chunk by chunk, so memory stops growing with the batch; the gradients are the same [default: off].")
     # optimisation
     batch_size: int = Field(32, gt=0, description="Global batch size (queries per step, over all processes).")
     accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")

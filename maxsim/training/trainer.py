@@ -37,7 +37,7 @@ from maxsim.losses import candidate_mask_for_batch, contrastive_loss
 from maxsim.model import ColBERT
 from maxsim.progress import progress as progress_bar
 from maxsim.scoring import maxsim
-from maxsim.training import checkpoints, distributed
+from maxsim.training import checkpoints, distributed, grad_cache
 from maxsim.training.config import TrainConfig
 from maxsim.training.report import MetricsLog, plot_training
 from maxsim.training.stats import StepStats
@@ -400,17 +400,30 @@ def forward_backward(
     Returns the sums over this rank's queries.
     """
     queries, documents = batch.queries.to(ctx.device), batch.documents.to(ctx.device)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx.device.type == "cuda"):
-        q_vectors = model(queries.input_ids, queries.attention_mask)
-        d_vectors = model(documents.input_ids, documents.attention_mask)
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx.device.type == "cuda")
+
+    chunk = cfg.grad_cache_chunk
+    with autocast():
+        if chunk:  # vectors without graphs, made leaves: the loss back-propagates to them alone
+            q_vectors, q_states = grad_cache.encode_without_graph(model, queries, chunk, autocast)
+            d_local, d_states = grad_cache.encode_without_graph(model, documents, chunk, autocast)
+            q_vectors, d_local = q_vectors.requires_grad_(), d_local.requires_grad_()
+        else:
+            q_vectors = model(queries.input_ids, queries.attention_mask)
+            d_local = model(documents.input_ids, documents.attention_mask)
         d_vectors, d_mask, d_ids = distributed.gather_documents(
-            ctx, d_vectors, documents.score_mask, batch.document_ids.to(ctx.device))
+            ctx, d_local, documents.score_mask, batch.document_ids.to(ctx.device))
         scores = maxsim(q_vectors, queries.score_mask, d_vectors, d_mask)
     positive_column, candidates = candidate_mask_for_batch(
         d_ids, batch.positives, offset, cfg.nway, cfg.use_ib_negatives)
     normaliser = global_batch_size / ctx.world_size
     result = contrastive_loss(scores, positive_column, candidates, cfg.temperature, normaliser)
     result.loss.backward()
+    if chunk:  # then each chunk again, with its graph and its dropout, back-propagating those gradients
+        grad_cache.backward_through_chunks(model, queries, chunk, q_vectors.grad, q_states, autocast)
+        grad_cache.backward_through_chunks(model, documents, chunk, d_local.grad, d_states, autocast)
     n = len(batch.positives)
     return StepStats(
         loss=result.loss.item() * normaliser, positive_term=result.positive_term.item() * n,
