@@ -1,4 +1,4 @@
-"""Contrastive loss over MaxSim scores, with the query's own negatives and in-batch negatives."""
+"""Losses over MaxSim scores: contrastive (own and in-batch negatives) and distillation (KL to a teacher)."""
 
 from __future__ import annotations
 
@@ -114,3 +114,32 @@ def candidate_mask_for_batch(
         mask[i] &= ~torch.isin(document_ids, known)
     mask[torch.arange(n_local, device=device), positive_column] = True
     return positive_column, mask
+
+
+def distillation_loss(
+    student_scores: torch.Tensor,
+    teacher_scores: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    teacher_temperature: float = 1.0,
+    normaliser: float | None = None,
+) -> torch.Tensor:
+    """KL(teacher || student) over each query's candidate list.
+
+    KL_i = sum_j p_ij (log p_ij - log s_ij), with p_i = softmax(teacher_i / teacher_temperature)
+    and s_i = softmax(student_i), over the candidates that ``mask`` keeps (padding takes no part).
+    The loss is ``sum_i KL_i / normaliser`` (default B): PyLate's Distillation loss without its
+    min-max normalisation of the student scores, and colbert-ai's with ``distillation_alpha =
+    1 / teacher_temperature``.
+
+    student_scores, teacher_scores: (B, n) float; mask: (B, n) bool, True for a real candidate.
+
+    >>> distillation_loss(torch.tensor([[2.0, 0.0]]), torch.tensor([[2.0, 0.0]])).item()
+    0.0
+    """
+    if mask is None:
+        mask = torch.ones_like(student_scores, dtype=torch.bool)
+    student = torch.log_softmax(student_scores.float().masked_fill(~mask, float("-inf")), dim=1)
+    teacher = torch.log_softmax((teacher_scores.float() / teacher_temperature).masked_fill(~mask, float("-inf")), dim=1)
+    terms = torch.where(mask, teacher.exp() * (teacher - student), torch.zeros_like(student))
+    norm = float(student_scores.shape[0] if normaliser is None else normaliser)
+    return terms.sum() / norm

@@ -80,12 +80,15 @@ class TrainBatch:
         its positive first.
     document_ids: (b * nway,) long, corpus positions of those documents.
     positives: for each query, the corpus positions of all its known positives.
+    teacher_scores: (b, nway) float32, the teacher's score of each query's documents, in the
+        same order, when the training data carries scores; else None.
     """
 
     queries: TokenBatch
     documents: TokenBatch
     document_ids: torch.Tensor
     positives: list[set[int]]
+    teacher_scores: torch.Tensor | None = None
 
     def n_tokens(self) -> int:
         return int(self.queries.attention_mask.sum() + self.documents.attention_mask.sum())
@@ -102,7 +105,7 @@ def build_batch(
     epoch: int,
 ) -> TrainBatch:
     """Pad the cached tokens of some examples into a :class:`TrainBatch`."""
-    query_tokens, doc_tokens, doc_ids, positives = [], [], [], []
+    query_tokens, doc_tokens, doc_ids, positives, teacher = [], [], [], [], []
     for index in example_indices:
         example = data.examples[int(index)]
         docs = sample_documents(data, int(index), nway, seed, epoch)
@@ -110,9 +113,12 @@ def build_batch(
         doc_tokens.extend(cache.documents[d] for d in docs)
         doc_ids.extend(docs)
         positives.append(positives_of[example.query])
+        if example.scores is not None:
+            teacher.append([example.scores[d] for d in docs])
     return TrainBatch(
         queries=model.pad_queries(query_tokens),
         documents=model.pad_documents(doc_tokens),
         document_ids=torch.tensor(doc_ids, dtype=torch.long),
         positives=positives,
+        teacher_scores=torch.tensor(teacher, dtype=torch.float32) if teacher else None,
     )

@@ -5,6 +5,8 @@
     DIR/queries.jsonl   {"_id": "q1", "text": "..."}
     DIR/corpus.jsonl    {"_id": "d1", "title": "...", "text": "..."}   (title optional)
     DIR/triples.jsonl   {"query_id": "q1", "positive_ids": ["d1"], "negative_ids": ["d7", "d9"]}
+                        optionally with teacher scores for distillation, one per id of
+                        positive_ids + negative_ids, in that order: "scores": [9.1, 3.2, 1.7]
 
 Everything is checked when the folder is loaded, before any model is built: each problem is a
 :class:`~maxsim.data.errors.DataError` naming the file and the line.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,11 +82,13 @@ def read_corpus(path: Path) -> Corpus:
 
 @dataclass
 class Example:
-    """One training line: positions of the query, its positives and its negatives."""
+    """One training line: positions of the query, its positives and its negatives, and, when the
+    line carries ``"scores"``, the teacher's score of each of those documents (by position)."""
 
     query: int
     positives: list[int]
     negatives: list[int]
+    scores: dict[int, float] | None = None
 
 
 @dataclass
@@ -120,10 +125,16 @@ class TrainingData:
             negatives = _id_list(path, number, obj, "negative_ids", corpus)
             if not positives:
                 raise DataError(path, number, "positive_ids is empty", "give at least one positive")
-            examples.append(Example(queries.index[query_id], positives, negatives))
+            scores = _scores(path, number, obj, corpus)
+            examples.append(Example(queries.index[query_id], positives, negatives, scores))
             lines.append(number)
         if not examples:
             raise DataError(path, None, "no training examples", "add at least one line")
+        scored = [number for number, ex in zip(lines, examples) if ex.scores is not None]
+        if scored and len(scored) != len(examples):
+            unscored = next(number for number, ex in zip(lines, examples) if ex.scores is None)
+            raise DataError(path, unscored, f'no "scores", though line {scored[0]} has teacher scores',
+                            "give every line its scores, or none")
         data = cls(folder, queries, corpus, examples)
         # A query listed on several lines keeps every positive it has anywhere in the file, and
         # none of them is ever its negative.
@@ -138,6 +149,11 @@ class TrainingData:
                     f"add negatives to this line or train with --nway {len(ex.negatives) + 1}",
                 )
         return data
+
+    @property
+    def has_scores(self) -> bool:
+        """Whether the examples carry teacher scores (then all of them do)."""
+        return bool(self.examples) and self.examples[0].scores is not None
 
     def positives_of(self) -> dict[int, set[int]]:
         """Every known positive of each query (by position), over all examples."""
@@ -184,6 +200,27 @@ def _id_list(path: Path, number: int, obj: dict, name: str, corpus: Corpus) -> l
                             "add the document to corpus.jsonl or remove the id")
         out.append(corpus.index[doc_id])
     return list(dict.fromkeys(out))
+
+
+def _scores(path: Path, number: int, obj: dict, corpus: Corpus) -> dict[int, float] | None:
+    """The line's teacher scores, aligned with ``positive_ids + negative_ids``, by document position."""
+    if "scores" not in obj:
+        return None
+    values = obj["scores"]
+    ids = [obj[name] if isinstance(obj[name], list) else [obj[name]] for name in ("positive_ids", "negative_ids")]
+    ids = ids[0] + ids[1]
+    if not isinstance(values, list):
+        raise DataError(path, number, '"scores" must be a list of numbers, one per id in positive_ids + negative_ids')
+    if len(values) != len(ids):
+        raise DataError(path, number, f'"scores" has {len(values)} numbers for {len(ids)} documents '
+                        "(positive_ids + negative_ids)", "give one score per document, in that order")
+    out: dict[int, float] = {}
+    for doc_id, value in zip(ids, values):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise DataError(path, number, f'the score of "{doc_id}" is {value!r}, not a number',
+                            "give every document a finite number")
+        out.setdefault(corpus.index[str(doc_id)], float(value))
+    return out
 
 
 def data_digest(folder: str | Path) -> str:

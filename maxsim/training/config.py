@@ -37,6 +37,14 @@ class TrainConfig(BaseModel):
     nway: int = Field(2, ge=1, description="Documents per query: 1 positive + nway-1 negatives.")
     use_ib_negatives: bool = Field(True, description="Use other queries' documents as negatives.")
     temperature: float = Field(1.0, gt=0, description="Scores are divided by this in the loss.")
+    loss: Literal["contrastive", "distillation", "combined"] | None = Field(
+        None, description="contrastive, distillation (KL to the teacher scores in triples.jsonl) or combined "
+        "(contrastive + --distillation-weight x distillation) [default: distillation when the data has scores, "
+        "else contrastive].")
+    teacher_temperature: float = Field(
+        1.0, gt=0, description="Teacher scores are divided by this before their softmax (colbert-ai's "
+        "distillation_alpha is 1 / this).")
+    distillation_weight: float = Field(1.0, ge=0, description="Weight of the distillation term in --loss combined.")
     grad_cache_chunk: int | None = Field(
         None, gt=0, description="GradCache: encode each micro-batch this many sequences at a time and back-propagate "
         "chunk by chunk, so memory stops growing with the batch; the gradients are the same [default: off].")

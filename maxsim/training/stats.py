@@ -24,6 +24,7 @@ class StepStats:
     negative_score: float = 0.0
     accuracy: float = 0.0
     tokens: float = 0.0
+    distillation: float = 0.0
 
     def __iadd__(self, other: StepStats) -> StepStats:
         """
@@ -37,7 +38,7 @@ class StepStats:
         return self
 
     def to_tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """(7,) float64, in field order (for an all-reduce)."""
+        """(8,) float64, in field order (for an all-reduce)."""
         return torch.tensor(astuple(self), dtype=torch.float64, device=device)
 
     @classmethod
@@ -65,6 +66,7 @@ class StepStats:
             "positive_score": self.positive_score / count,
             "negative_score": self.negative_score / count,
             "accuracy": self.accuracy / count,
+            "loss_distillation": self.distillation / count,
             "lr": lr, "grad_norm": finite(grad_norm),
             "triplets_per_s": count / elapsed, "tokens_per_s": self.tokens / elapsed,
         }

@@ -33,7 +33,7 @@ from maxsim.errors import OutputExistsError, SettingsError
 from maxsim.evaluation import evaluate_run, run_from_ranking
 from maxsim.exact_search import exact_search
 from maxsim.files import LockedError, atomic_write_text, exclusive_lock
-from maxsim.losses import candidate_mask_for_batch, contrastive_loss
+from maxsim.losses import candidate_mask_for_batch, contrastive_loss, distillation_loss
 from maxsim.model import ColBERT
 from maxsim.progress import progress as progress_bar
 from maxsim.scoring import maxsim
@@ -82,6 +82,7 @@ class Trainer:
 
         # ---- data: everything is checked before a model is loaded ---------------------------
         data = TrainingData.load(cfg.data, cfg.nway)
+        objective = choose_objective(cfg, data)
         data, dev = dev_set(cfg, data)
         check_world_size(cfg, data, ctx)
         digest = data_digest(cfg.data)
@@ -130,7 +131,7 @@ class Trainer:
                 for micro in micro_batches(batch, cfg.accumulation_steps, ctx.world_size):
                     local, offset = shard(micro, ctx.rank, ctx.world_size)
                     tb = build_batch(model, data, cache, positives_of, local, cfg.nway, cfg.seed, epoch)
-                    stats += forward_backward(model, tb, ctx, cfg, offset, len(batch))
+                    stats += forward_backward(model, tb, ctx, cfg, offset, len(batch), objective)
                 grad_norm = apply_gradients(ctx, parameters, optimizer, scheduler, cfg.max_grad_norm)
                 stats = stats.summed(ctx)
                 elapsed = time.perf_counter() - started
@@ -168,6 +169,19 @@ class Trainer:
                 checkpoints.checkpoint_dir(out, position.step).is_dir()):
             save(position)
         return chosen_checkpoint(cfg, dev is not None, position)
+
+
+def choose_objective(cfg: TrainConfig, data: TrainingData) -> str:
+    """The loss the run trains with: ``cfg.loss``, or distillation when the data carries teacher
+    scores and contrastive when it does not. Logged either way."""
+    objective = cfg.loss or ("distillation" if data.has_scores else "contrastive")
+    if objective != "contrastive" and not data.has_scores:
+        raise DataError(Path(cfg.data) / "triples.jsonl", None, f"--loss {objective} needs teacher scores, and the "
+                        'lines have no "scores"', "add scores (maxsim score writes them) or use --loss contrastive")
+    how = "as asked" if cfg.loss else ("the data has teacher scores" if data.has_scores else "the default")
+    logger.info("loss: %s (%s)%s", objective, how, "" if objective == "contrastive" else
+                f", teacher temperature {cfg.teacher_temperature}, over each query's {cfg.nway} documents")
+    return objective
 
 
 def check_world_size(cfg: TrainConfig, data: TrainingData, ctx: distributed.Context) -> None:
@@ -390,12 +404,15 @@ def forward_backward(
     cfg: TrainConfig,
     offset: int,
     global_batch_size: int,
+    objective: str = "contrastive",
 ) -> StepStats:
     """Loss and backward pass for this rank's share of one micro-batch.
 
     ``offset`` is the micro-batch position of this rank's first query. The loss is scaled so
     that, after gradients are averaged over ranks and accumulated over micro-batches, they
-    equal those of the mean loss over the whole global batch in one process.
+    equal those of the mean loss over the whole global batch in one process. ``objective``:
+    contrastive, distillation (KL to ``batch.teacher_scores`` over each query's own ``nway``
+    documents) or combined (contrastive + ``cfg.distillation_weight`` x distillation).
 
     Returns the sums over this rank's queries.
     """
@@ -420,13 +437,21 @@ def forward_backward(
         d_ids, batch.positives, offset, cfg.nway, cfg.use_ib_negatives)
     normaliser = global_batch_size / ctx.world_size
     result = contrastive_loss(scores, positive_column, candidates, cfg.temperature, normaliser)
-    result.loss.backward()
+    distillation = None
+    if objective != "contrastive":  # each query against its own nway documents, positive first
+        own = scores.gather(1, positive_column[:, None] + torch.arange(cfg.nway, device=scores.device))
+        distillation = distillation_loss(own, batch.teacher_scores.to(scores.device), None,
+                                         cfg.teacher_temperature, normaliser)
+    loss = {"contrastive": result.loss, "distillation": distillation,
+            "combined": result.loss + cfg.distillation_weight * distillation if distillation is not None else None}[
+        objective]
+    loss.backward()
     if chunk:  # then each chunk again, with its graph and its dropout, back-propagating those gradients
         grad_cache.backward_through_chunks(model, queries, chunk, q_vectors.grad, q_states, autocast)
         grad_cache.backward_through_chunks(model, documents, chunk, d_local.grad, d_states, autocast)
     n = len(batch.positives)
     return StepStats(
-        loss=result.loss.item() * normaliser, positive_term=result.positive_term.item() * n,
+        loss=loss.item() * normaliser, positive_term=result.positive_term.item() * n,
         logsumexp_term=result.logsumexp_term.item() * n, positive_score=result.positive_score.item() * n,
         negative_score=result.negative_score.item() * n, accuracy=result.accuracy.item() * n,
-        tokens=batch.n_tokens())
+        tokens=batch.n_tokens(), distillation=0.0 if distillation is None else distillation.item() * normaliser)

@@ -1,0 +1,151 @@
+"""Distillation: teacher scores in the training folder, the KL loss, many documents per query."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_training_folder, write_jsonl
+
+from maxsim.data.errors import DataError
+from maxsim.data.training_folder import TrainingData
+from maxsim.losses import distillation_loss
+
+
+def test_kl_by_hand_with_a_padding_candidate():
+    student = torch.tensor([[1.0, 0.0, 5.0]])
+    teacher = torch.tensor([[0.0, 0.0, -3.0]])
+    mask = torch.tensor([[True, True, False]])  # the third candidate is padding
+    # teacher: softmax(0, 0) = (1/2, 1/2); student: softmax(1, 0) = (e/(1+e), 1/(1+e))
+    e = np.e
+    expected = 0.5 * (np.log(0.5) - np.log(e / (1 + e))) + 0.5 * (np.log(0.5) - np.log(1 / (1 + e)))
+    assert distillation_loss(student, teacher, mask).item() == pytest.approx(expected, rel=1e-6)
+    # a temperature flattens or sharpens the teacher: T=2 on (2, 0) is the same as T=1 on (1, 0)
+    assert distillation_loss(student[:, :2], torch.tensor([[2.0, 0.0]]), teacher_temperature=2.0).item() == \
+        pytest.approx(distillation_loss(student[:, :2], torch.tensor([[1.0, 0.0]])).item(), rel=1e-6)
+
+
+def test_equals_pylates_and_colbert_ais_distillation_losses():
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(6, 16, generator=g) * 5, torch.randn(6, 16, generator=g) * 3
+    # PyLate 1.6 Distillation (normalize_scores=False): KLDivLoss(batchmean, log_target=True) of
+    # log_softmax(student) against log_softmax(teacher)
+    pylate = torch.nn.KLDivLoss(reduction="batchmean", log_target=True)(
+        torch.log_softmax(student, dim=-1), torch.log_softmax(teacher, dim=-1))
+    assert distillation_loss(student, teacher).item() == pytest.approx(pylate.item(), rel=1e-6)
+    # colbert-ai: the teacher's scores times distillation_alpha, then the same KL
+    alpha = 0.5
+    colbert = torch.nn.KLDivLoss(reduction="batchmean", log_target=True)(
+        torch.log_softmax(student, dim=-1), torch.log_softmax(teacher * alpha, dim=-1))
+    assert distillation_loss(student, teacher, teacher_temperature=1 / alpha).item() == \
+        pytest.approx(colbert.item(), rel=1e-6)
+
+
+def scored_folder(folder, n_negatives=19, seed=0):
+    """The tiny dataset with every other document as a negative and teacher scores: the positive
+    high, the negatives spread below it."""
+    make_training_folder(folder)
+    rng = np.random.default_rng(seed)
+    docs = [json.loads(x)["_id"] for x in (folder / "corpus.jsonl").read_text().splitlines()]
+    rows = []
+    for i in range(16):
+        negatives = [d for d in docs if d != f"d{i}"][:n_negatives]
+        scores = [12.0] + [float(x) for x in rng.uniform(0, 8, len(negatives))]
+        rows.append({"query_id": f"q{i}", "positive_ids": [f"d{i}"], "negative_ids": negatives, "scores": scores})
+    write_jsonl(folder / "triples.jsonl", rows)
+    return folder
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"scores": [1.0]}, "has 1 numbers for 3 documents"),
+    ({"scores": [1.0, "high", 2.0]}, "not a number"),
+    ({"scores": [1.0, float("nan"), 2.0]}, "not a number"),
+    ({"scores": "1 2 3"}, "must be a list of numbers"),
+])
+def test_bad_scores_name_the_file_and_line(tmp_path, bad, message):
+    folder = make_training_folder(tmp_path / "data", extra_negatives=1)
+    lines = [json.loads(x) for x in (folder / "triples.jsonl").read_text().splitlines()]
+    for line in lines:
+        line["scores"] = [1.0] * (len(line["positive_ids"]) + len(line["negative_ids"]))
+    lines[2].update(bad)
+    (folder / "triples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with pytest.raises(DataError, match=message) as info:
+        TrainingData.load(folder)
+    assert str(info.value).startswith(f"{folder / 'triples.jsonl'}:3:")
+
+
+def test_scores_on_some_lines_only_is_an_error(tmp_path):
+    folder = scored_folder(tmp_path / "data")
+    lines = [json.loads(x) for x in (folder / "triples.jsonl").read_text().splitlines()]
+    del lines[4]["scores"]
+    write_jsonl(folder / "triples.jsonl", lines)
+    with pytest.raises(DataError, match=r"triples.jsonl:5: no \"scores\""):
+        TrainingData.load(folder)
+
+
+def _gradients(model_dir, folder, chunk, objective, nway=16):
+    from maxsim.data.batches import TokenCache, build_batch
+    from maxsim.model import ColBERT
+    from maxsim.training import TrainConfig
+    from maxsim.training.distributed import Context
+    from maxsim.training.trainer import forward_backward
+
+    torch.manual_seed(0)
+    model = ColBERT.from_pretrained(model_dir, dim=16, query_maxlen=12, doc_maxlen=24, seed=3)
+    model.train()
+    data = TrainingData.load(folder, nway)
+    cfg = TrainConfig(data=folder, output="unused", nway=nway, grad_cache_chunk=chunk, loss=objective,
+                      teacher_temperature=2.0)
+    batch = build_batch(model, data, TokenCache(model, data), data.positives_of(), np.arange(4), nway, 0, 0)
+    stats = forward_backward(model, batch, Context(), cfg, 0, 4, objective)
+    return stats, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("objective", ["distillation", "combined"])
+def test_chunked_and_unchunked_gradients_are_equal_at_nway_16(no_dropout_dir, tmp_path, objective):
+    folder = scored_folder(tmp_path / "data")
+    plain_stats, plain = _gradients(no_dropout_dir, folder, None, objective)
+    cached_stats, cached = _gradients(no_dropout_dir, folder, 8, objective)
+    assert cached_stats.distillation == pytest.approx(plain_stats.distillation, rel=1e-5)
+    worst = max((plain[k] - cached[k]).abs().max().item() for k in plain)
+    assert worst < 1e-5, worst
+
+
+@pytest.fixture
+def no_dropout_dir(tmp_path, tiny_model_dir):
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig.from_pretrained(tiny_model_dir)
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+    folder = tmp_path / "no-dropout"
+    BertModel.from_pretrained(tiny_model_dir, config=config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((tiny_model_dir / name).read_bytes())
+    return folder
+
+
+def test_a_short_run_on_scores_distils_and_its_loss_falls(tiny_model_dir, tmp_path, caplog):
+    from maxsim.training import TrainConfig, Trainer
+
+    folder = scored_folder(tmp_path / "data", n_negatives=7)
+    config = TrainConfig(data=folder, output=tmp_path / "run", base_model=str(tiny_model_dir), dim=16,
+                         query_maxlen=12, doc_maxlen=24, nway=8, batch_size=4, learning_rate=3e-3, epochs=12,
+                         progress_bar=False, seed=1)
+    with caplog.at_level("INFO"):
+        Trainer(config).train()
+    assert "loss: distillation (the data has teacher scores)" in caplog.text
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows]
+    assert all(r["loss"] == pytest.approx(r["loss_distillation"]) for r in rows)
+    assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:8]), losses
+
+
+def test_distillation_without_scores_is_refused(tiny_model_dir, training_folder, tmp_path):
+    from maxsim.training import TrainConfig, Trainer
+
+    config = TrainConfig(data=training_folder, output=tmp_path / "run", base_model=str(tiny_model_dir), dim=16,
+                         loss="distillation", max_steps=1, batch_size=4, progress_bar=False)
+    with pytest.raises(DataError, match="needs teacher scores"):
+        Trainer(config).train()
