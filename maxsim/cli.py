@@ -114,6 +114,27 @@ def train(config: Path | None, resume: bool, **values) -> None:
         typer.echo(str(path))
 
 
+@app.command()
+def score(
+    data: Annotated[Path, typer.Argument(help="Training-data folder (queries.jsonl, corpus.jsonl, triples.jsonl).", show_default=False)],
+    teacher: Annotated[str, typer.Option(help="bm25, a ColBERT checkpoint (maxsim, colbert-ai or PyLate format) or a Hugging Face sequence-classification cross-encoder (its relevance logit).")],
+    output: Annotated[Path, typer.Option(help="New training folder: the same queries and corpus, triples.jsonl with \"scores\".")],
+    candidates: Annotated[int | None, typer.Option(help="Score the teacher's top N of the corpus (BM25's for a cross-encoder), known positives always included [default: each line's own positives and negatives].")] = None,
+    batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 32,
+) -> None:
+    """Score a training folder with a teacher, for distillation; prints the new folder.
+
+    Scores are written in chunks as they are computed: run the same command again after a kill
+    and it goes on where it stopped.
+    """
+    from maxsim.data.teacher import score_training_folder
+
+    _quiet_libraries()
+    with _one_line_errors():
+        score_training_folder(data, teacher, output, candidates, batch_size)
+    typer.echo(str(output))
+
+
 @app.command("eval")
 def evaluate(
     data: Annotated[Path, typer.Option(help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.")],

@@ -149,3 +149,96 @@ def test_distillation_without_scores_is_refused(tiny_model_dir, training_folder,
                          loss="distillation", max_steps=1, batch_size=4, progress_bar=False)
     with pytest.raises(DataError, match="needs teacher scores"):
         Trainer(config).train()
+
+
+def _lines(folder):
+    return [json.loads(x) for x in (folder / "triples.jsonl").read_text().splitlines()]
+
+
+def test_score_with_bm25_writes_its_scores_and_trains(training_folder, tmp_path, tiny_model_dir):
+    from maxsim.data.mining import BM25Miner
+    from maxsim.data.teacher import score_training_folder
+
+    out = tmp_path / "scored"
+    manifest = score_training_folder(training_folder, "bm25", out, show_progress=False, chunk_lines=5)
+    assert manifest["teacher_kind"] == "bm25" and manifest["lines"] == 16
+    data = TrainingData.load(out, 2)
+    assert data.has_scores
+    line = _lines(out)[3]
+    corpus = TrainingData.load(training_folder, 1).corpus
+    miner = BM25Miner(corpus.texts)
+    miner.rank([TrainingData.load(training_folder, 1).queries.texts[3]], 1)
+    ids = line["positive_ids"] + line["negative_ids"]
+    expected = miner.score_of(0, [corpus.index[i] for i in ids])
+    assert line["scores"] == pytest.approx([round(float(x), 6) for x in expected], abs=1e-6)
+    assert (out / "queries.jsonl").read_bytes() == (training_folder / "queries.jsonl").read_bytes()
+
+
+def test_score_with_a_colbert_teacher_is_its_maxsim(training_folder, tmp_path, tiny_model_dir):
+    from maxsim.data.teacher import score_training_folder
+    from maxsim.model import ColBERT
+    from maxsim.scoring import maxsim
+
+    teacher = ColBERT.from_pretrained(tiny_model_dir, dim=16, doc_maxlen=24).save(tmp_path / "teacher")
+    out = tmp_path / "scored"
+    score_training_folder(training_folder, str(teacher), out, show_progress=False)
+    model = ColBERT.from_pretrained(teacher)
+    model.eval()
+    line = _lines(out)[0]
+    data = TrainingData.load(training_folder, 1)
+    q, qm = model.encode_queries([data.queries.texts[0]], padded=True)
+    d, dm = model.encode_documents([data.corpus.texts[data.corpus.index[i]]
+                                    for i in line["positive_ids"] + line["negative_ids"]], padded=True)
+    assert line["scores"] == pytest.approx(maxsim(q, qm, d, dm)[0].tolist(), abs=1e-5)
+
+
+def test_score_with_a_cross_encoder_is_its_logit_and_candidates_keep_positives(training_folder, tmp_path,
+                                                                               tiny_model_dir):
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from maxsim.data.teacher import score_training_folder
+
+    config = BertConfig.from_pretrained(tiny_model_dir)
+    config.num_labels = 1
+    torch.manual_seed(0)
+    folder = tmp_path / "cross"
+    BertForSequenceClassification(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    out = tmp_path / "scored"
+    score_training_folder(training_folder, str(folder), out, candidates=6, show_progress=False)
+    lines = _lines(out)
+    assert all(len(x["positive_ids"]) + len(x["negative_ids"]) >= 6 for x in lines)
+    assert all(f"d{i}" in x["positive_ids"] for i, x in enumerate(lines))
+    model = BertForSequenceClassification.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    data = TrainingData.load(training_folder, 1)
+    text = data.corpus.texts[data.corpus.index[lines[1]["positive_ids"][0]]]
+    with torch.no_grad():
+        logit = model(**tokenizer([data.queries.texts[1]], [text], return_tensors="pt")).logits[0, 0].item()
+    assert lines[1]["scores"][0] == pytest.approx(logit, abs=1e-5)
+
+
+def test_a_killed_scoring_run_goes_on_and_gives_the_same_folder(training_folder, tmp_path, monkeypatch):
+    from maxsim.data import teacher as teacher_module
+
+    whole = tmp_path / "whole"
+    teacher_module.score_training_folder(training_folder, "bm25", whole, show_progress=False, chunk_lines=4)
+    out = tmp_path / "killed"
+    real = teacher_module._score_lines
+    calls = []
+
+    def die_on_the_third_chunk(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(teacher_module, "_score_lines", die_on_the_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        teacher_module.score_training_folder(training_folder, "bm25", out, show_progress=False, chunk_lines=4)
+    assert len(list((out / teacher_module.PARTIAL).glob("chunk-*.jsonl"))) == 2
+    monkeypatch.setattr(teacher_module, "_score_lines", real)
+    calls.clear()
+    teacher_module.score_training_folder(training_folder, "bm25", out, show_progress=False, chunk_lines=4)
+    assert (out / "triples.jsonl").read_bytes() == (whole / "triples.jsonl").read_bytes()
+    assert not (out / teacher_module.PARTIAL).exists()

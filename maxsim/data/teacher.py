@@ -1,0 +1,206 @@
+"""Scoring a training folder with a teacher, for distillation (``maxsim score``).
+
+A teacher scores each line's candidates: a Hugging Face sequence-classification cross-encoder
+(its relevance logit), any ColBERT checkpoint (MaxSim, in maxsim's, colbert-ai's or PyLate's
+format) or ``bm25``. The candidates are the line's positives and negatives, or with
+``candidates=N`` the teacher's own top N over the corpus (BM25's for a cross-encoder), with the
+known positives always kept. The result is a new training folder whose ``triples.jsonl`` lines
+carry ``"scores"``; scores are written in chunks of lines as they are computed, so a killed run
+goes on where it stopped, and the same inputs give the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from maxsim.data.errors import DataError
+from maxsim.data.training_folder import TrainingData
+from maxsim.errors import OutputExistsError, SettingsError
+from maxsim.files import atomic_directory, atomic_write_text, check_replaceable
+from maxsim.progress import progress
+
+logger = logging.getLogger(__name__)
+
+PARTIAL = ".score-partial"  # chunks of scored lines, kept until the folder is complete
+MANIFEST = "score_manifest.json"
+
+
+class Teacher:
+    """Scores of (query, documents) pairs, and the top documents of the corpus for a query."""
+
+    kind = ""
+
+    def score(self, query: str, documents: Sequence[str]) -> list[float]:
+        raise NotImplementedError
+
+    def top(self, queries: Sequence[str], k: int) -> np.ndarray:
+        """(Q, k) corpus positions, best first (-1 pads)."""
+        raise NotImplementedError
+
+
+class BM25Teacher(Teacher):
+    kind = "bm25"
+
+    def __init__(self, corpus: Sequence[str]) -> None:
+        from maxsim.data.mining import BM25Miner
+
+        self.miner = BM25Miner(list(corpus))
+        self.position = {text: i for i, text in enumerate(corpus)}
+
+    def score(self, query, documents):
+        self.miner.rank([query], 1)
+        return [float(x) for x in self.miner.score_of(0, [self.position[d] for d in documents])]
+
+    def top(self, queries, k):
+        return self.miner.rank(list(queries), k).positions
+
+
+class ColBERTTeacher(Teacher):
+    kind = "colbert"
+
+    def __init__(self, path: str, corpus: Sequence[str], batch_size: int) -> None:
+        from maxsim.model import ColBERT
+
+        self.model = ColBERT.from_pretrained(path)
+        self.model.eval()
+        self.corpus, self.batch_size = list(corpus), batch_size
+
+    def score(self, query, documents):
+        from maxsim.scoring import maxsim
+
+        q, q_mask = self.model.encode_queries([query], padded=True, batch_size=self.batch_size)
+        d, d_mask = self.model.encode_documents(list(documents), padded=True, batch_size=self.batch_size)
+        return maxsim(q, q_mask, d, d_mask)[0].tolist()
+
+    def top(self, queries, k):
+        from maxsim.data.mining import DenseMiner
+
+        return DenseMiner(self.model, self.corpus, self.batch_size).rank(list(queries), k).positions
+
+
+class CrossEncoderTeacher(Teacher):
+    kind = "cross-encoder"
+
+    def __init__(self, path: str, corpus: Sequence[str], batch_size: int) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False).float().eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        self.batch_size = batch_size
+        self.bm25 = BM25Teacher(corpus)
+
+    def score(self, query, documents):
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(documents), self.batch_size):
+                part = list(documents[start : start + self.batch_size])
+                inputs = self.tokenizer([query] * len(part), part, truncation="only_second", padding=True,
+                                        max_length=512, return_tensors="pt")
+                out += self.model(**inputs).logits[:, -1].float().tolist()  # the relevance logit
+        return out
+
+    def top(self, queries, k):
+        return self.bm25.top(queries, k)  # the miner's top k, scored by the cross-encoder
+
+
+def load_teacher(name: str, corpus: Sequence[str], batch_size: int = 32) -> Teacher:
+    """``bm25``, a ColBERT checkpoint (any format) or a sequence-classification cross-encoder."""
+    if name == "bm25":
+        return BM25Teacher(corpus)
+    from maxsim.model.checkpoint import resolve_model_path
+    from maxsim.model.formats import detect_format
+
+    path = resolve_model_path(name)
+    if detect_format(path) is not None:
+        return ColBERTTeacher(str(path), corpus, batch_size)
+    try:
+        architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError):
+        architectures = []
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return CrossEncoderTeacher(str(path), corpus, batch_size)
+    raise SettingsError(f"teacher {name!r} is neither bm25, a ColBERT checkpoint nor a sequence-classification "
+                        f"cross-encoder (its config.json names {architectures or 'no architecture'})")
+
+
+def score_training_folder(data_dir: str | Path, teacher: str, output: str | Path, candidates: int | None = None,
+                          batch_size: int = 32, chunk_lines: int = 64, show_progress: bool = True) -> dict:
+    """Write ``output``: ``data_dir``'s queries and corpus, and its triples with the teacher's scores.
+
+    Returns the manifest (also ``output/score_manifest.json``). A run killed midway goes on
+    from its last complete chunk of ``chunk_lines`` lines when run again with the same arguments.
+    """
+    data_dir, output = Path(data_dir), Path(output)
+    if output.resolve() == data_dir.resolve():
+        raise OutputExistsError(f"--output {output} is the training folder itself: choose a new folder")
+    check_replaceable(output, lambda p: (p / MANIFEST).is_file() or (p / PARTIAL).is_dir(), "scored training folder",
+                      None)
+    if candidates is not None and candidates < 1:
+        raise SettingsError(f"--candidates must be 1 or more, got {candidates}")
+    data = TrainingData.load(data_dir, 1)
+    settings = {"data": str(data_dir.resolve()), "teacher": teacher, "candidates": candidates}
+    partial = output / PARTIAL
+    partial.mkdir(parents=True, exist_ok=True)
+    started = partial / "settings.json"
+    if started.is_file() and json.loads(started.read_text()) != settings:
+        raise SettingsError(f"{output} holds a scoring run with other settings ({started.read_text().strip()}): "
+                            "use another --output, or the same arguments to finish it")
+    atomic_write_text(started, json.dumps(settings))
+    model = load_teacher(teacher, data.corpus.texts, batch_size)
+    n_chunks = (len(data.examples) + chunk_lines - 1) // chunk_lines
+    todo = [c for c in range(n_chunks) if not (partial / f"chunk-{c:06d}.jsonl").is_file()]
+    tops = None
+    if candidates is not None and todo:  # one ranking of the corpus for every query (the same on a rerun)
+        tops = model.top([data.queries.texts[ex.query] for ex in data.examples], candidates)
+    bar = progress(len(data.examples), "scoring", "line", enabled=show_progress)
+    for c in range(n_chunks):
+        lines = range(c * chunk_lines, min((c + 1) * chunk_lines, len(data.examples)))
+        path = partial / f"chunk-{c:06d}.jsonl"
+        if c in todo:
+            rows = _score_lines(data, model, lines, None if tops is None else tops[lines.start : lines.stop])
+            atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+        bar.update(len(lines))
+    bar.close()
+    rows = "".join(path.read_text() for path in sorted(partial.glob("chunk-*.jsonl")))
+    manifest = {"format": "maxsim scored training folder v1", **settings, "teacher_kind": model.kind,
+                "lines": len(data.examples)}
+    with atomic_directory(output) as tmp:
+        for name in ("queries.jsonl", "corpus.jsonl"):
+            shutil.copyfile(data_dir / name, tmp / name)
+        if (data_dir / "dev").is_dir():  # the dev slice maxsim prepare held out: train validates on it
+            shutil.copytree(data_dir / "dev", tmp / "dev")
+        (tmp / "triples.jsonl").write_text(rows)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    logger.info("scored %d lines with %s (%s) into %s", len(data.examples), teacher, model.kind, output)
+    return manifest
+
+
+def _score_lines(data: TrainingData, teacher: Teacher, lines: range, tops: np.ndarray | None) -> list[dict]:
+    """The scored rows of some lines; ``tops``: (len(lines), N) candidate positions, or None for
+    each line's own documents."""
+    examples = [data.examples[i] for i in lines]
+    positives_of = data.positives_of()
+    rows = []
+    for row, ex in enumerate(examples):
+        known = positives_of[ex.query]
+        if tops is None:
+            negatives = list(ex.negatives)
+        else:
+            negatives = [int(p) for p in tops[row] if p >= 0 and int(p) not in known]
+        positives = list(ex.positives)
+        docs = positives + negatives
+        scores = teacher.score(data.queries.texts[ex.query], [data.corpus.texts[d] for d in docs])
+        if len(scores) != len(docs) or not all(np.isfinite(scores)):
+            raise DataError(data.folder / "triples.jsonl", None, f"the teacher gave no finite score for a document "
+                            f"of query {data.queries.ids[ex.query]!r}", "check the teacher model")
+        rows.append({"query_id": data.queries.ids[ex.query], "positive_ids": [data.corpus.ids[d] for d in positives],
+                     "negative_ids": [data.corpus.ids[d] for d in negatives],
+                     "scores": [round(float(s), 6) for s in scores]})
+    return rows
