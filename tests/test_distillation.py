@@ -242,3 +242,34 @@ def test_a_killed_scoring_run_goes_on_and_gives_the_same_folder(training_folder,
     teacher_module.score_training_folder(training_folder, "bm25", out, show_progress=False, chunk_lines=4)
     assert (out / "triples.jsonl").read_bytes() == (whole / "triples.jsonl").read_bytes()
     assert not (out / teacher_module.PARTIAL).exists()
+
+
+def test_pylate_distillation_rows_become_scored_triples_and_colbert_ai_scores(tmp_path):
+    from maxsim.data.prepare import prepare_training_data
+
+    rows = [{"query": f"question {i} about topic {i}",
+             "documents": [f"an answer about topic {i}", f"unrelated text {i}", f"another text {i} on nothing"],
+             "scores": [1.5, 7.25, -2.0] if i == 0 else [9.0, 1.0, 0.5]} for i in range(6)]
+    write_jsonl(tmp_path / "kd.jsonl", rows)
+    manifest = prepare_training_data(tmp_path / "kd.jsonl", tmp_path / "out", export=("colbert",))
+    assert manifest["inputs"][0]["kind"] == "scored" and manifest["counts"]["mined_negatives"] == 0
+    data = TrainingData.load(tmp_path / "out", 3)
+    assert data.has_scores
+    lines = _lines(tmp_path / "out")
+    corpus = {json.loads(x)["_id"]: json.loads(x)["text"] for x in (tmp_path / "out" / "corpus.jsonl").read_text().splitlines()}
+    first = next(x for x in lines if corpus[x["positive_ids"][0]] == "unrelated text 0")  # the best-scored is the positive
+    assert first["scores"] == [7.25, 1.5, -2.0]
+    assert [corpus[d] for d in first["negative_ids"]] == ["an answer about topic 0", "another text 0 on nothing"]
+    colbert = [json.loads(x) for x in (tmp_path / "out" / "colbert" / "triples.jsonl").read_text().splitlines()]
+    assert all(isinstance(pair, list) and len(pair) == 2 for pair in colbert[0][1:])
+    assert sorted(pair[1] for pair in colbert[0][1:]) == sorted(lines[0]["scores"])
+
+
+def test_a_bad_score_in_a_pylate_row_names_the_line(tmp_path):
+    from maxsim.data.prepare import prepare_training_data
+
+    rows = [{"query": "q one", "documents": ["a", "b"], "scores": [1.0, 2.0]},
+            {"query": "q two", "documents": ["c", "d"], "scores": [1.0, "high"]}]
+    write_jsonl(tmp_path / "kd.jsonl", rows)
+    with pytest.raises(DataError, match=r"kd.jsonl:2: score 'high' is not a number"):
+        prepare_training_data(tmp_path / "kd.jsonl", tmp_path / "out")

@@ -44,6 +44,8 @@ class Collection:
     documents: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (title, text)
     positives: dict[str, dict[str, None]] = field(default_factory=dict)  # ordered sets
     negatives: dict[str, dict[str, None]] = field(default_factory=dict)
+    #: teacher scores of (query id, document id) pairs, from scored rows
+    scores: dict[tuple[str, str], float] = field(default_factory=dict)
     _query_by_text: dict[str, str] = field(default_factory=dict)
     _document_by_text: dict[str, str] = field(default_factory=dict)
     merged: Counter = field(default_factory=Counter)
@@ -116,6 +118,8 @@ def detect_kind(columns: Sequence[str]) -> Kind:
                           "name the columns query,positive[,negative] or query,passage,label")
     if {"passage", "label"} <= cols:
         return "labelled"
+    if {"documents", "scores"} <= cols:
+        return "scored"
     if "positive" in cols and "negative" in cols:
         return "triplets"
     if "positive" in cols:
@@ -145,12 +149,15 @@ def add_row(collection: Collection, kind: Kind, row: dict, positive_labels: set[
             negative_labels: set[str]) -> None:
     """Add one row of a pairs, labelled or triplets table."""
     required = {"pairs": ("query", "positive"), "labelled": ("query", "passage", "label"),
-                "triplets": ("query", "positive", "negative")}[kind]
+                "triplets": ("query", "positive", "negative"), "scored": ("query", "documents", "scores")}[kind]
     for column in required:
         if column not in row:
             raise InvalidItem("missing column", f"no '{column}' column for {kind}", f"add the '{column}' column")
     # check the whole row before anything is added
     _text(row["query"], "query")
+    if kind == "scored":
+        _add_scored(collection, row)
+        return
     if kind == "labelled":
         positive = _label(row["label"], positive_labels, negative_labels)
         _text(row["passage"], "passage")
@@ -176,6 +183,31 @@ def add_row(collection: Collection, kind: Kind, row: dict, positive_labels: set[
         for i, text in enumerate(texts):
             did = collection.add_document(text, ids[i] if ids else None)
             collection.relate(qid, did, positive)
+
+
+def _add_scored(collection: Collection, row: dict) -> None:
+    """A PyLate distillation row: a query, its documents and a teacher score for each. The
+    best-scored document is the positive, the others its negatives, every score kept."""
+    documents, scores = _as_list(row["documents"]), _as_list(row["scores"])
+    if not documents:
+        raise InvalidItem("empty documents", "documents is empty", "give at least two documents")
+    if len(scores) != len(documents):
+        raise InvalidItem("score count", f"{len(scores)} scores for {len(documents)} documents",
+                          "give one score per document, in the same order")
+    for value in scores:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value):
+            raise InvalidItem("bad score", f"score {value!r} is not a number", "give every document a finite number")
+    for text in documents:
+        _text(text, "document")
+    ids = _as_list(row.get("document_ids"))
+    if ids and len(ids) != len(documents):
+        raise InvalidItem("id count", f"{len(ids)} document_ids for {len(documents)} documents", "give one id per text")
+    qid = collection.add_query(row["query"], row.get("query_id"))
+    best = int(np.argmax(scores))
+    for i, (text, value) in enumerate(zip(documents, scores)):
+        did = collection.add_document(text, ids[i] if ids else None)
+        collection.relate(qid, did, i == best)
+        collection.scores[(qid, did)] = float(value)
 
 
 def _row_from_tuple(item: Sequence, kind: Kind | None) -> tuple[Kind, dict]:

@@ -79,7 +79,11 @@ def prepare_training_data(
     collection, described = gather_inputs(inputs, corpus, all_documents, settings, RowErrors(settings, dropped))
     train_ids, dev_ids = split_dev(_queries_with_positives(collection, described, dropped), settings)
     doc_ids = list(collection.documents)
-    mined = mine_negatives(collection, train_ids, doc_ids, settings)
+    mined = mine_negatives(collection, train_ids, doc_ids, settings if not collection.scores else
+                           settings.model_copy(update={"negatives": 0}))
+    if collection.scores:
+        mined.notes.append("scored inputs: the negatives are the scored documents, none mined (a teacher would "
+                           "have to score them: maxsim score --candidates N)")
     triples = make_triples(collection, train_ids, doc_ids, mined.negatives, dropped)
     manifest = {
         "format": "maxsim training folder v1",
@@ -222,7 +226,15 @@ def make_triples(collection: Collection, train_ids: list[str], doc_ids: list[str
             dropped["query with no negative available"] += 1
             continue
         for positive in collection.positives[q]:
-            triples.append({"query_id": q, "positive_ids": [positive], "negative_ids": negatives})
+            line = {"query_id": q, "positive_ids": [positive], "negative_ids": negatives}
+            if collection.scores:
+                missing = [d for d in [positive] + negatives if (q, d) not in collection.scores]
+                if missing:
+                    raise DataError("<inputs>", None, f'query "{q}" has documents without a teacher score (e.g. '
+                                    f'"{missing[0]}"): some inputs carry scores and others do not',
+                                    "give scores for every input, or none")
+                line["scores"] = [collection.scores[(q, d)] for d in [positive] + negatives]
+            triples.append(line)
     return triples
 
 
@@ -315,8 +327,9 @@ def _tsv(text: str) -> str:
 def export_colbert(folder: Path, collection: Collection, query_ids: list[str], doc_ids: list[str],
                    triples: list[dict]) -> None:
     """colbert-ai's files in ``folder/colbert``: queries.tsv, collection.tsv (pid = line number,
-    from 0), triples.jsonl (``[qid, pid+, pid-, ...]`` per line) and ids.json mapping the integer
-    ids back to maxsim's."""
+    from 0), triples.jsonl (``[qid, pid+, pid-, ...]`` per line, or with teacher scores
+    ``[qid, [pid+, score], [pid-, score], ...]`` as colbert-ai's distillation reads them) and
+    ids.json mapping the integer ids back to maxsim's."""
     out = folder / "colbert"
     out.mkdir()
     qid_of = {q: i for i, q in enumerate(query_ids)}
@@ -329,7 +342,8 @@ def export_colbert(folder: Path, collection: Collection, query_ids: list[str], d
             handle.write(f"{pid_of[d]}\t{_tsv(document_text(*collection.documents[d]))}\n")
     with (out / "triples.jsonl").open("w", encoding="utf-8", newline="\n") as handle:
         for t in triples:
-            row = [qid_of[t["query_id"]], pid_of[t["positive_ids"][0]]] + [pid_of[n] for n in t["negative_ids"]]
+            pids = [pid_of[t["positive_ids"][0]]] + [pid_of[n] for n in t["negative_ids"]]
+            row = [qid_of[t["query_id"]]] + ([[p, s] for p, s in zip(pids, t["scores"])] if "scores" in t else pids)
             handle.write(json.dumps(row) + "\n")
     (out / "ids.json").write_text(json.dumps({"queries": query_ids, "documents": doc_ids}) + "\n", encoding="utf-8")
 

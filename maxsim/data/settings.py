@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from maxsim.data.mining import BM25_LANGUAGES
 from maxsim.errors import SettingsError, validation_message
 
-Kind = Literal["pairs", "labelled", "triplets"]
-KINDS = ("pairs", "labelled", "triplets")
+Kind = Literal["pairs", "labelled", "triplets", "scored"]
+KINDS = ("pairs", "labelled", "triplets", "scored")
 
 
 class PrepareSettings(BaseModel):
@@ -22,7 +22,8 @@ class PrepareSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Kind | None = Field(
-        None, description="Force the input kind: pairs, labelled or triplets [default: read from the columns].")
+        None, description="Force the input kind: pairs, labelled, triplets or scored (PyLate's distillation rows: "
+        "query, documents, scores) [default: read from the columns].")
     split: str = Field("train", description="qrels split of BEIR folders.")
     mine: Literal["bm25", "dense", "none"] = Field(
         "bm25", description="Negative mining: bm25, dense (needs --miner-model) or none (random).")
