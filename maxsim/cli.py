@@ -59,16 +59,20 @@ def _root() -> None:
     parameter("inputs", Annotated[list[Path], typer.Argument(help="Files (.jsonl, .csv, .tsv, .parquet) of pairs, labelled pairs or triplets, and/or BEIR folders.", show_default=False, metavar="INPUT")], positional=True),
     parameter("output", Annotated[Path, typer.Option(help="Training-data folder to write (queries.jsonl, corpus.jsonl, triples.jsonl, manifest.json).")]),
     parameter("corpus", Annotated[list[Path] | None, typer.Option(help="Extra documents (a corpus.jsonl, a table with a 'text' column, or a BEIR folder), only candidates for negatives. Repeatable.", metavar="<path>")], None),
+    parameter("queries", Annotated[Path | None, typer.Option(help="colbert-ai's queries.tsv, for inputs that are colbert-ai triples ([qid, pid, ...] or [qid, [pid, score], ...] lines).")], None),
+    parameter("collection", Annotated[Path | None, typer.Option(help="colbert-ai's collection.tsv, for inputs that are colbert-ai triples.")], None),
     *options_from(PrepareSettings, flags={"positive_labels": "positive_label", "negative_labels": "negative_label"}),
 )
-def prepare(inputs: list[Path], output: Path, corpus: list[Path] | None, **settings) -> None:
+def prepare(inputs: list[Path], output: Path, corpus: list[Path] | None, queries: Path | None,
+            collection: Path | None, **settings) -> None:
     """Turn pairs, labelled pairs, triplets or a BEIR folder into a checked training folder."""
     from maxsim.data.prepare import prepare_training_data
 
     _quiet_libraries()
     with _one_line_errors():
         options = PrepareSettings.checked(**{k: v for k, v in settings.items() if v is not None}).model_dump()
-        manifest = prepare_training_data(list(inputs), output, corpus=list(corpus or []), **options)
+        manifest = prepare_training_data(list(inputs), output, corpus=list(corpus or []), colbert_queries=queries,
+                                         colbert_collection=collection, **options)
     counts = manifest["counts"]
     typer.echo(", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()), err=True)
     for what, section in (("dropped", manifest["dropped"]), ("merged", manifest["merged"])):

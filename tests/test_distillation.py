@@ -273,3 +273,25 @@ def test_a_bad_score_in_a_pylate_row_names_the_line(tmp_path):
     write_jsonl(tmp_path / "kd.jsonl", rows)
     with pytest.raises(DataError, match=r"kd.jsonl:2: score 'high' is not a number"):
         prepare_training_data(tmp_path / "kd.jsonl", tmp_path / "out")
+
+
+def test_colbert_ai_score_triples_round_trip_through_prepare(tmp_path):
+    from maxsim.data.prepare import prepare_training_data
+
+    (tmp_path / "queries.tsv").write_text("".join(f"{i}\tquestion {i} about topic {i}\n" for i in range(5)))
+    (tmp_path / "collection.tsv").write_text("".join(f"{p}\tpassage {p} says something\n" for p in range(20)))
+    lines = [[q, [q, 10.0 + q], [q + 5, 2.5], [q + 10, -1.0]] for q in range(5)]
+    (tmp_path / "triples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    manifest = prepare_training_data(tmp_path / "triples.jsonl", tmp_path / "out", colbert_queries=tmp_path / "queries.tsv",
+                                     colbert_collection=tmp_path / "collection.tsv", export=("colbert",))
+    assert manifest["inputs"][0]["kind"] == "colbert-triples"
+    ours = _lines(tmp_path / "out")
+    assert ours[2] == {"query_id": "2", "positive_ids": ["2"], "negative_ids": ["7", "12"], "scores": [12.0, 2.5, -1.0]}
+    exported = [json.loads(x) for x in (tmp_path / "out" / "colbert" / "triples.jsonl").read_text().splitlines()]
+    assert [[pair[1] for pair in row[1:]] for row in exported] == [[10.0 + q, 2.5, -1.0] for q in range(5)]
+    (tmp_path / "bad.jsonl").write_text(json.dumps([0, [0, 1.0], [99, 2.0]]) + "\n")
+    with pytest.raises(DataError, match=r"bad.jsonl:1: passage 99 is not in collection.tsv"):
+        prepare_training_data(tmp_path / "bad.jsonl", tmp_path / "out2", colbert_queries=tmp_path / "queries.tsv",
+                              colbert_collection=tmp_path / "collection.tsv")
+    with pytest.raises(DataError, match="pass --queries"):
+        prepare_training_data(tmp_path / "triples.jsonl", tmp_path / "out3")

@@ -274,6 +274,71 @@ def _read_beir(collection: Collection, folder: Path, split: str, skip, stats: di
             stats["rows"] += 1
 
 
+def _is_colbert_triples(path: Path) -> bool:
+    """Whether ``path`` is a JSONL file of arrays (colbert-ai's triples) rather than of objects."""
+    if path.suffix.lower() not in (".jsonl", ".json") or not path.is_file():
+        return False
+    with path.open(encoding="utf-8-sig", errors="replace") as handle:
+        for line in handle:
+            if line.strip():
+                return line.lstrip().startswith("[")
+    return False
+
+
+def _read_tsv_ids(path: Path) -> dict[str, str]:
+    """``id<TAB>text`` lines (colbert-ai's queries.tsv / collection.tsv; a third column, the
+    title, goes before the text)."""
+    out = {}
+    with path.open(encoding="utf-8-sig") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 2:
+                raise DataError(path, number, "expected id<TAB>text", "write one id and its text per line")
+            out[parts[0]] = document_text(parts[2], parts[1]) if len(parts) > 2 else parts[1]
+    return out
+
+
+def _read_colbert_triples(collection: Collection, path: Path, tsvs: tuple[Path, Path] | None, skip,
+                          stats: dict) -> None:
+    """colbert-ai's triples: ``[qid, pid+, pid-, ...]``, or with teacher scores ``[qid, [pid,
+    score], [pid, score], ...]`` (the first pid the positive), ids into its queries.tsv and
+    collection.tsv."""
+    from maxsim.data.jsonl import read_jsonl
+
+    if tsvs is None:
+        raise DataError(path, None, "colbert-ai triples hold ids, not texts", "pass --queries queries.tsv and "
+                        "--collection collection.tsv, colbert-ai's files these ids point into")
+    queries, documents = _read_tsv_ids(tsvs[0]), _read_tsv_ids(tsvs[1])
+    for number, line in read_jsonl(path, arrays=True):
+        with skip(path, number):
+            if len(line) < 3:
+                raise InvalidItem("short line", "a triple needs a query, a positive and a negative")
+            qid, items = str(line[0]), line[1:]
+            scored = [isinstance(x, list) for x in items]
+            if any(scored) and not all(scored) or (all(scored) and any(len(x) != 2 for x in items)):
+                raise InvalidItem("bad triple", "mix of ids and [id, score] pairs",
+                                  "write [qid, pid, pid, ...] or [qid, [pid, score], ...]")
+            pids = [str(x[0]) if isinstance(x, list) else str(x) for x in items]
+            if qid not in queries:
+                raise InvalidItem("unknown id", f"query {qid} is not in {tsvs[0].name}", "check the ids")
+            missing = [p for p in pids if p not in documents]
+            if missing:
+                raise InvalidItem("unknown id", f"passage {missing[0]} is not in {tsvs[1].name}", "check the ids")
+            scores = [x[1] for x in items] if all(scored) else None
+            if scores is not None and any(isinstance(v, bool) or not isinstance(v, (int, float)) or
+                                          not np.isfinite(v) for v in scores):
+                raise InvalidItem("bad score", "a score is not a number", "give every passage a finite number")
+            q = collection.add_query(queries[qid], qid)
+            for i, pid in enumerate(pids):
+                d = collection.add_document(documents[pid], pid)
+                collection.relate(q, d, i == 0)
+                if scores is not None:
+                    collection.scores[(q, d)] = float(scores[i])
+            stats["rows"] += 1
+
+
 def _beir_id(obj: dict, seen: dict[str, int], number: int) -> str:
     """The ``_id`` of a BEIR line, refused when missing or already given on another line."""
     if "_id" not in obj:
@@ -317,9 +382,11 @@ class RowErrors:
 
 
 def gather_inputs(inputs: list, corpus: Sequence[str | Path], all_documents: Sequence[str] | None,
-                  settings: PrepareSettings, skip: RowErrors) -> tuple[Collection, list[dict]]:
+                  settings: PrepareSettings, skip: RowErrors,
+                  colbert_tsvs: tuple[Path, Path] | None = None) -> tuple[Collection, list[dict]]:
     """Read every input into one :class:`Collection`; returns it and a description of each input
-    (kind, rows, sha256) for the manifest."""
+    (kind, rows, sha256) for the manifest. ``colbert_tsvs``: colbert-ai's (queries.tsv,
+    collection.tsv) that the ids of colbert-ai triples inputs point into."""
     collection = Collection()
     positive_labels = {str(x).strip().lower() for x in settings.positive_labels}
     negative_labels = {str(x).strip().lower() for x in settings.negative_labels}
@@ -331,6 +398,11 @@ def gather_inputs(inputs: list, corpus: Sequence[str | Path], all_documents: Seq
             if path.is_dir():
                 _read_beir(collection, path, settings.split, skip, stats)
                 described.append({"input": str(path), "kind": f"beir:{settings.split}", "rows": stats["rows"],
+                                  "sha256": file_hash(path)})
+                continue
+            if _is_colbert_triples(path):
+                _read_colbert_triples(collection, path, colbert_tsvs, skip, stats)
+                described.append({"input": str(path), "kind": "colbert-triples", "rows": stats["rows"],
                                   "sha256": file_hash(path)})
                 continue
             try:

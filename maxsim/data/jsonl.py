@@ -9,8 +9,9 @@ from pathlib import Path
 from maxsim.data.errors import DataError, encoding_error
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield (1-based line number, object) for each non-blank line of a JSONL file.
+def read_jsonl(path: str | Path, arrays: bool = False) -> Iterator[tuple[int, dict]]:
+    """Yield (1-based line number, object) for each non-blank line of a JSONL file (with
+    ``arrays``, lines that are JSON arrays instead, as colbert-ai's triples).
 
     A UTF-8 byte-order mark at the start is skipped; bytes that are not UTF-8 are a DataError
     naming the line.
@@ -36,7 +37,9 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
                     path, number, f"malformed JSON ({err.msg} at column {err.colno})",
                     "write one JSON object per line",
                 ) from None
-            if not isinstance(obj, dict):
+            if arrays and not isinstance(obj, list):
+                raise DataError(path, number, "expected a JSON array", "write one [...] per line")
+            if not arrays and not isinstance(obj, dict):
                 raise DataError(path, number, "expected a JSON object", "write one {...} per line")
             yield number, obj
 

@@ -52,6 +52,8 @@ def prepare_training_data(
     *,
     all_documents: Sequence[str] | None = None,
     corpus: Sequence[str | Path] = (),
+    colbert_queries: str | Path | None = None,
+    colbert_collection: str | Path | None = None,
     **options,
 ) -> dict:
     """Build a training folder from pairs, labelled pairs, triplets and/or BEIR folders.
@@ -64,6 +66,8 @@ def prepare_training_data(
         those) are replaced; an input may not lie inside it.
     all_documents: extra document texts that are only candidates for negatives.
     corpus: extra document files, also only candidates for negatives.
+    colbert_queries, colbert_collection: colbert-ai's queries.tsv and collection.tsv, which the ids
+        of colbert-ai triples inputs (``[qid, pid, ...]`` or ``[qid, [pid, score], ...]``) point into.
     options: the fields of :class:`PrepareSettings` (``mine``, ``negatives``, ``min_rank``, ...).
 
     Returns
@@ -73,10 +77,13 @@ def prepare_training_data(
     settings = PrepareSettings.checked(**options)
     inputs = _as_inputs(inputs)
     output = Path(output)
-    check_output(output, [Path(i) for i in inputs if isinstance(i, (str, Path))] + [Path(c) for c in corpus])
+    check_output(output, [Path(i) for i in inputs if isinstance(i, (str, Path))] + [Path(c) for c in corpus]
+                 + [Path(t) for t in (colbert_queries, colbert_collection) if t])
 
     dropped: Counter = Counter()
-    collection, described = gather_inputs(inputs, corpus, all_documents, settings, RowErrors(settings, dropped))
+    tsvs = (Path(colbert_queries), Path(colbert_collection)) if colbert_queries and colbert_collection else None
+    collection, described = gather_inputs(inputs, corpus, all_documents, settings, RowErrors(settings, dropped),
+                                          tsvs)
     train_ids, dev_ids = split_dev(_queries_with_positives(collection, described, dropped), settings)
     doc_ids = list(collection.documents)
     mined = mine_negatives(collection, train_ids, doc_ids, settings if not collection.scores else
