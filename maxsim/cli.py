@@ -270,6 +270,33 @@ def search(
             typer.echo(f"{h.rank:3d}  {h.score:8.4f}  {h.document_id}  {content}")
 
 
+@app.command()
+def serve(
+    index: Annotated[Path, typer.Option(help="Index folder made by maxsim index.")],
+    host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    api_key_file: Annotated[Path | None, typer.Option(help="File holding the API key: every route but /health then needs Authorization: Bearer <key>.")] = None,
+    read_only: Annotated[bool, typer.Option("--read-only", help="Refuse writes (POST and DELETE /documents), so that several servers can share the index.")] = False,
+) -> None:
+    """Serve an index over HTTP: /search, /documents, /health, /metrics, docs at /docs."""
+    import uvicorn
+
+    from maxsim.retriever import Retriever
+    from maxsim.serve import create_app, writer_lock
+
+    _quiet_libraries()
+    with contextlib.ExitStack() as held:
+        with _one_line_errors():
+            key = api_key_file.read_text().strip() if api_key_file is not None else None
+            if api_key_file is not None and not key:
+                _fail(f"--api-key-file {api_key_file} is empty")
+            if not read_only:
+                held.enter_context(writer_lock(index))
+            retriever = Retriever.from_index(index)
+            application = create_app(retriever, api_key=key, read_only=read_only)
+        uvicorn.run(application, host=host, port=port, log_level="info")
+
+
 def _quiet_libraries() -> None:
     """Show maxsim's own progress; hide Hugging Face's per-file progress bars."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -326,10 +326,10 @@ class Retriever:
         ranking = search(data, q_vectors, q_mask, k, ncells, centroid_score_threshold, ndocs)
         return self.hits(ranking)
 
-    def hits(self, ranking: Ranking) -> list[list[Hit]]:
-        """The hits of a ranking of chunk ids (from :func:`maxsim.index.search`): each chunk's
-        document, with the chunk's text as ``content``."""
-        data = self._require_index()
+    def hits(self, ranking: Ranking, data: IndexData | None = None) -> list[list[Hit]]:
+        """The hits of a ranking of chunk ids (from :func:`maxsim.index.search` over ``data``,
+        default the index held now): each chunk's document, with the chunk's text as ``content``."""
+        data = data if data is not None else self._require_index()
         results = []
         for i in range(len(ranking)):
             chunk_ids, scores = ranking.row(i)

@@ -25,7 +25,7 @@ LAYERS = [
     ("index and search", ["maxsim.index", "maxsim.exact_search", "maxsim.retriever"]),
     ("data and evaluation", ["maxsim.data", "maxsim.evaluation"]),
     ("training", ["maxsim.training"]),
-    ("adapters", ["maxsim.cli", "maxsim.cli_options", "maxsim.ragatouille", "maxsim.ragatouille_langchain",
+    ("adapters", ["maxsim.cli", "maxsim.cli_options", "maxsim.ragatouille", "maxsim.ragatouille_langchain", "maxsim.serve",
                   "maxsim.__main__", "maxsim"]),
 ]
 

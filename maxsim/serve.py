@@ -1,0 +1,199 @@
+"""``maxsim serve``: a search service over an index (FastAPI, run by uvicorn).
+
+``create_app(retriever)`` builds the app, so it can also be mounted in another one. Searches read
+one index version (a snapshot taken when the request starts); writes go through the index's
+atomic swap and writer lock, one at a time. With an API key, every route but ``/health`` needs
+``Authorization: Bearer <key>``. Errors are JSON, never tracebacks.
+
+FastAPI and uvicorn because they are the well-kept ASGI pair that PyLate's server and most RAG
+stacks already run (and FastAPI writes the OpenAPI docs at ``/docs`` from the request models).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from maxsim.errors import LockedError, MaxsimError
+from maxsim.files import atomic_write_text, exclusive_lock
+from maxsim.index import search
+from maxsim.retriever import Retriever
+
+logger = logging.getLogger(__name__)
+
+MAX_K = 1000
+MAX_QUERIES = 256
+MAX_DOCUMENTS = 1000
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    queries: list[str] = Field(min_length=1, max_length=MAX_QUERIES)
+    k: int = Field(10, ge=1, le=MAX_K)
+    ncells: int | None = Field(None, ge=1, le=1 << 16)
+    ndocs: int | None = Field(None, ge=1, le=1 << 20)
+
+
+class Document(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1)
+    text: str = Field(min_length=1)
+    metadata: dict[str, Any] | None = None
+
+
+class AddRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    documents: list[Document] = Field(min_length=1, max_length=MAX_DOCUMENTS)
+
+
+class DeleteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[str] = Field(min_length=1, max_length=MAX_DOCUMENTS)
+
+
+def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool = False) -> FastAPI:
+    """The service over ``retriever`` (which holds an index: ``Retriever.from_index(path)``)."""
+    app = FastAPI(title="maxsim", description="Search a ColBERT index.", version="1")
+    registry = CollectorRegistry()
+    requests = Counter("maxsim_requests", "Requests served", ["route", "status"], registry=registry)
+    latency = Histogram("maxsim_request_seconds", "Request latency in seconds", ["route"], registry=registry,
+                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+    errors = Counter("maxsim_errors", "Requests answered with an error", ["route"], registry=registry)
+    documents = Gauge("maxsim_documents", "Documents in the index", registry=registry)
+    writes = threading.Lock()
+
+    def snapshot():
+        retriever.refresh()  # other processes' writes
+        return retriever.index_data
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        route = request.url.path
+        started = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            response = JSONResponse({"error": f"the request body is over {MAX_BODY_BYTES} bytes"}, status_code=413)
+        elif route != "/health" and api_key is not None and not _authorised(request, api_key):
+            response = JSONResponse({"error": "missing or wrong API key: send Authorization: Bearer <key>"},
+                                    status_code=401)
+        else:
+            try:
+                response = await call_next(request)
+            except Exception:  # noqa: BLE001 - a bug: logged with its traceback here, JSON to the client
+                logger.exception("error serving %s", route)
+                response = JSONResponse({"error": "internal error"}, status_code=500)
+        requests.labels(route, str(response.status_code)).inc()
+        latency.labels(route).observe(time.perf_counter() - started)
+        if response.status_code >= 400:
+            errors.labels(route).inc()
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"error": problems}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+
+    @app.exception_handler(MaxsimError)
+    async def user_error(request: Request, exc: MaxsimError):
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    def run_search(queries: list[str], k: int, ncells: int | None = None, ndocs: int | None = None):
+        data = snapshot()
+        q_vectors, q_mask = retriever.query_vectors(queries)
+        ranking = search(data, q_vectors, q_mask, k, ncells, None, ndocs)
+        return [[hit.to_dict() for hit in hits] for hits in retriever.hits(ranking, data)]
+
+    @app.post("/search")
+    def search_post(body: SearchRequest):
+        """The ``k`` best documents for each query, each hit as ``maxsim search --json`` prints it."""
+        return {"results": run_search(body.queries, body.k, body.ncells, body.ndocs)}
+
+    @app.get("/search")
+    def search_get(q: str, k: int = 10):
+        """One query, from a browser: ``/search?q=...&k=10``."""
+        if not q.strip():
+            raise HTTPException(422, "q must be a non-empty query")
+        if not 1 <= k <= MAX_K:
+            raise HTTPException(422, f"k must be between 1 and {MAX_K}")
+        return {"results": run_search([q], k)}
+
+    def writable():
+        if read_only:
+            raise HTTPException(403, "this server is read-only (--read-only)")
+
+    @app.post("/documents")
+    def add(body: AddRequest):
+        """Add documents (written through the index's atomic swap and writer lock)."""
+        writable()
+        with writes:
+            retriever.add([d.text for d in body.documents], [d.id for d in body.documents],
+                          [d.metadata for d in body.documents])
+        return {"added": len(body.documents), "documents": len(retriever.index_data.documents)}
+
+    @app.delete("/documents")
+    def delete(body: DeleteRequest):
+        """Delete documents by id; an id not in the index is an error (404) and nothing changes."""
+        writable()
+        with writes:
+            try:
+                retriever.delete(body.ids)
+            except KeyError as err:
+                raise HTTPException(404, str(err.args[0] if err.args else err)) from None
+        return {"deleted": len(body.ids), "documents": len(retriever.index_data.documents)}
+
+    @app.get("/health")
+    def health():
+        data = retriever.index_data
+        return {"status": "ok", "model": retriever.model_path, "index": str(retriever.index_path),
+                "documents": len(data.documents), "chunks": int(len(data.doclens)), "version": data.version,
+                "read_only": read_only}
+
+    @app.get("/metrics")
+    def metrics():
+        documents.set(len(retriever.index_data.documents))
+        return PlainTextResponse(generate_latest(registry).decode(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+@contextlib.contextmanager
+def writer_lock(index: Path):
+    """One writing server per index: ``<index>.serve.lock`` held while it runs, and its pid in
+    ``<index>.serve.pid`` so that a second one can say which process holds it. Released by the
+    operating system if the server dies."""
+    lock, pid_file = index.with_name(index.name + ".serve.lock"), index.with_name(index.name + ".serve.pid")
+    try:
+        with exclusive_lock(lock, f"the index {index}", timeout=0):
+            atomic_write_text(pid_file, f"{os.getpid()}\n")
+            yield
+    except LockedError:
+        holder = pid_file.read_text().strip() if pid_file.is_file() else "unknown"
+        raise LockedError(f"another maxsim serve (pid {holder}) serves {index} as its writer: stop it, or start "
+                          "this one with --read-only (several read-only servers can share an index)") from None
+
+
+def _authorised(request: Request, api_key: str) -> bool:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
