@@ -68,20 +68,22 @@ class DeleteRequest(BaseModel):
     ids: list[str] = Field(min_length=1, max_length=MAX_DOCUMENTS)
 
 
-def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool = False) -> FastAPI:
-    """The service over ``retriever`` (which holds an index: ``Retriever.from_index(path)``)."""
-    app = FastAPI(title="maxsim", description="Search a ColBERT index.", version="1")
-    registry = CollectorRegistry()
-    requests = Counter("maxsim_requests", "Requests served", ["route", "status"], registry=registry)
-    latency = Histogram("maxsim_request_seconds", "Request latency in seconds", ["route"], registry=registry,
-                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-    errors = Counter("maxsim_errors", "Requests answered with an error", ["route"], registry=registry)
-    documents = Gauge("maxsim_documents", "Documents in the index", registry=registry)
-    writes = threading.Lock()
+class Metrics:
+    """What ``/metrics`` reports, in a registry of the app's own (no global state)."""
 
-    def snapshot():
-        retriever.refresh()  # other processes' writes
-        return retriever.index_data
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("maxsim_requests", "Requests served", ["route", "status"], registry=self.registry)
+        self.latency = Histogram("maxsim_request_seconds", "Request latency in seconds", ["route"],
+                                 registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.errors = Counter("maxsim_errors", "Requests answered with an error", ["route"], registry=self.registry)
+        self.documents = Gauge("maxsim_documents", "Documents in the index", registry=self.registry)
+
+
+def _install_guards(app: FastAPI, api_key: str | None, metrics: Metrics) -> None:
+    """Body size and API key checked before any work, every request counted and timed, and every
+    error answered as JSON (a bug is logged with its traceback, which the client never sees)."""
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
@@ -99,10 +101,10 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
             except Exception:  # noqa: BLE001 - a bug: logged with its traceback here, JSON to the client
                 logger.exception("error serving %s", route)
                 response = JSONResponse({"error": "internal error"}, status_code=500)
-        requests.labels(route, str(response.status_code)).inc()
-        latency.labels(route).observe(time.perf_counter() - started)
+        metrics.requests.labels(route, str(response.status_code)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
         if response.status_code >= 400:
-            errors.labels(route).inc()
+            metrics.errors.labels(route).inc()
         return response
 
     @app.exception_handler(RequestValidationError)
@@ -117,6 +119,18 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
     @app.exception_handler(MaxsimError)
     async def user_error(request: Request, exc: MaxsimError):
         return JSONResponse({"error": str(exc)}, status_code=400)
+
+
+def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool = False) -> FastAPI:
+    """The service over ``retriever`` (which holds an index: ``Retriever.from_index(path)``)."""
+    app = FastAPI(title="maxsim", description="Search a ColBERT index.", version="1")
+    metrics = Metrics()
+    _install_guards(app, api_key, metrics)
+    writes = threading.Lock()
+
+    def snapshot():
+        retriever.refresh()  # other processes' writes
+        return retriever.index_data
 
     def run_search(queries: list[str], k: int, ncells: int | None = None, ndocs: int | None = None):
         data = snapshot()
@@ -170,9 +184,9 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
                 "read_only": read_only}
 
     @app.get("/metrics")
-    def metrics():
-        documents.set(len(retriever.index_data.documents))
-        return PlainTextResponse(generate_latest(registry).decode(), media_type="text/plain; version=0.0.4")
+    def prometheus():
+        metrics.documents.set(len(retriever.index_data.documents))
+        return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type="text/plain; version=0.0.4")
 
     return app
 
