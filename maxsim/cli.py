@@ -277,6 +277,7 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     api_key_file: Annotated[Path | None, typer.Option(help="File holding the API key: every route but /health then needs Authorization: Bearer <key>.")] = None,
     read_only: Annotated[bool, typer.Option("--read-only", help="Refuse writes (POST and DELETE /documents), so that several servers can share the index.")] = False,
+    workers: Annotated[int, typer.Option(help="Worker processes (each holds the model and the index; writes take the index's writer lock).")] = 1,
 ) -> None:
     """Serve an index over HTTP: /search, /documents, /health, /metrics, docs at /docs."""
     import uvicorn
@@ -290,11 +291,23 @@ def serve(
             key = api_key_file.read_text().strip() if api_key_file is not None else None
             if api_key_file is not None and not key:
                 _fail(f"--api-key-file {api_key_file} is empty")
+            if workers < 1:
+                _fail(f"--workers must be 1 or more, got {workers}")
             if not read_only:
                 held.enter_context(writer_lock(index))
-            retriever = Retriever.from_index(index)
-            application = create_app(retriever, api_key=key, read_only=read_only)
-        uvicorn.run(application, host=host, port=port, log_level="info")
+            if workers > 1:  # each worker builds its own app (uvicorn needs an import string)
+                from maxsim.serve import ENV_API_KEY, ENV_INDEX, ENV_READ_ONLY
+
+                Retriever.from_index(index)  # a bad index is one error line here, not one per worker
+                os.environ.update({ENV_INDEX: str(index.resolve()), ENV_API_KEY: key or "",
+                                   ENV_READ_ONLY: "1" if read_only else "0"})
+            else:
+                application = create_app(Retriever.from_index(index), api_key=key, read_only=read_only)
+        if workers > 1:
+            uvicorn.run("maxsim.serve:app_from_environment", factory=True, workers=workers, host=host, port=port,
+                        log_level="info")
+        else:
+            uvicorn.run(application, host=host, port=port, log_level="info")
 
 
 def _quiet_libraries() -> None:

@@ -191,6 +191,19 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
     return app
 
 
+#: how ``maxsim serve --workers N`` tells each worker process what to serve
+ENV_INDEX, ENV_API_KEY, ENV_READ_ONLY = "MAXSIM_SERVE_INDEX", "MAXSIM_SERVE_API_KEY", "MAXSIM_SERVE_READ_ONLY"
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one worker of ``maxsim serve --workers N`` (uvicorn's factory): the index in
+    ``MAXSIM_SERVE_INDEX``. Workers share the index on disk: a write takes the index's writer
+    lock and every search picks up the newest version first."""
+    retriever = Retriever.from_index(os.environ[ENV_INDEX])
+    return create_app(retriever, api_key=os.environ.get(ENV_API_KEY) or None,
+                      read_only=os.environ.get(ENV_READ_ONLY) == "1")
+
+
 @contextlib.contextmanager
 def writer_lock(index: Path):
     """One writing server per index: ``<index>.serve.lock`` held while it runs, and its pid in

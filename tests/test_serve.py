@@ -202,3 +202,23 @@ def test_kill_9_during_an_add_leaves_the_previous_index_serving(index_path, tmp_
         assert hits.status_code == 200 and hits.json()["results"][0]
     finally:
         again.stop()
+
+
+def test_several_workers_share_the_index(index_path, tmp_path):
+    import shutil
+
+    copy = tmp_path / "index"
+    shutil.copytree(index_path, copy)
+    running = Server(copy, "--workers", "2")
+    try:
+        with httpx.Client(timeout=60) as client:
+            added = client.post(running.url + "/documents", json={"documents": [
+                {"id": "okapi", "text": "okapi live in rainforests of central africa"}]})
+            assert added.status_code == 200, added.text
+            for _ in range(6):  # new connections: whichever worker answers sees the write
+                with httpx.Client(timeout=60) as fresh:
+                    hits = fresh.post(running.url + "/search", json={"queries": [
+                        "okapi live in rainforests of central africa"], "k": 1}).json()
+                assert hits["results"][0][0]["document_id"] == "okapi"
+    finally:
+        running.stop()
