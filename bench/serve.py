@@ -1,0 +1,135 @@
+"""`maxsim serve` under load: N concurrent clients for a while, with and without a writer.
+
+Builds an index of the first --docs SciFact abstracts with the bundled MiniLM (untrained
+projection: speed, not quality, is measured here), starts `maxsim serve` on it, then for each
+client count runs that many threads, each sending one test query at a time to POST /search
+(k=10) for --seconds; then the same while one more client adds a document every second.
+Prints and writes (bench/results/serve.json) requests/s, p50/p95/p99 latency and errors.
+The clients run on the same machine as the server, so they share its cores.
+
+    python bench/serve.py --docs 1000 --seconds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load(url: str, queries: list[str], clients: int, seconds: float, writer: bool) -> dict:
+    stop = time.monotonic() + seconds
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+
+    def client(offset: int) -> None:
+        with httpx.Client(timeout=60) as http:
+            i = offset
+            while time.monotonic() < stop:
+                started = time.perf_counter()
+                try:
+                    ok = http.post(url + "/search", json={"queries": [queries[i % len(queries)]], "k": 10}).is_success
+                except httpx.HTTPError:
+                    ok = False
+                with lock:
+                    latencies.append(time.perf_counter() - started)
+                    errors[0] += not ok
+                i += clients
+
+    def add_documents() -> None:
+        with httpx.Client(timeout=60) as http:
+            n = 0
+            while time.monotonic() < stop:
+                response = http.post(url + "/documents", json={"documents": [
+                    {"id": f"load-{time.time_ns()}", "text": f"a document added under load, number {n}"}]})
+                with lock:
+                    errors[0] += not response.is_success
+                n += 1
+                time.sleep(1)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    if writer:
+        threads.append(threading.Thread(target=add_documents))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ordered = sorted(latencies)
+
+    def pct(p):
+        return round(1000 * ordered[min(len(ordered) - 1, int(p * len(ordered)))], 1)
+
+    return {"clients": clients, "writer": writer, "requests": len(ordered),
+            "requests_per_s": round(len(ordered) / seconds, 1), "p50_ms": pct(0.5), "p95_ms": pct(0.95),
+            "p99_ms": pct(0.99), "mean_ms": round(1000 * statistics.mean(ordered), 1), "errors": errors[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "scifact"))
+    parser.add_argument("--docs", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--clients", default="1,4,16")
+    args = parser.parse_args()
+    from maxsim.data.training_folder import read_beir_split
+    from maxsim.retriever import Retriever
+
+    queries, corpus, _ = read_beir_split(args.data, "test")
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        retriever = Retriever.from_pretrained(None)
+        retriever.model.save(Path(tmp) / "model")
+        retriever = Retriever.from_pretrained(Path(tmp) / "model")
+        retriever.index(corpus.texts[: args.docs], path=Path(tmp) / "ix", document_ids=corpus.ids[: args.docs])
+        print(f"index of {args.docs} documents built in {time.perf_counter() - started:.0f} s", flush=True)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        server = subprocess.Popen([sys.executable, "-m", "maxsim", "serve", "--index", str(Path(tmp) / "ix"), "--port",
+                                   str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+        try:
+            while True:
+                try:
+                    if httpx.get(url + "/health", timeout=1).is_success:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            load(url, queries.texts, 1, 3, False)  # warm-up: the first queries trace the query encoder
+            rows = []
+            for writer in (False, True):
+                for clients in (int(c) for c in args.clients.split(",")):
+                    row = load(url, queries.texts, clients, args.seconds, writer)
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait()
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "docs": args.docs, "seconds": args.seconds,
+              "rows": rows}
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "serve.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
