@@ -132,9 +132,9 @@ def test_grad_cache_replays_each_chunks_dropout(tiny_model_dir):
         grad_cache.backward_through_chunks(model, batch, 2, torch.ones_like(cached), states, _no_autocast)
     finally:
         torch.Tensor.backward = real_backward
-    assert torch.equal(torch.cat(seen), cached)
+    torch.testing.assert_close(torch.cat(seen), cached, atol=1e-6, rtol=0)  # (with and without a graph)
     again, _ = grad_cache.encode_without_graph(model, batch, 2, _no_autocast)
-    assert not torch.equal(again, cached)  # dropout is on: a new draw differs
+    assert (again - cached).abs().max() > 1e-3  # dropout is on: a new draw differs
 
 
 def _no_autocast():

@@ -74,7 +74,11 @@ class BM25Miner:
 
     def score_of(self, query_index: int, positions: Sequence[int]) -> np.ndarray:
         """BM25 scores of some documents for one query of the last :meth:`rank` call."""
-        words = self._bm25s.tokenize([self._queries[query_index]], stopwords=self._stopwords, stemmer=self._stemmer,
+        return self.scores(self._queries[query_index], positions)
+
+    def scores(self, query: str, positions: Sequence[int]) -> np.ndarray:
+        """BM25 scores of some documents (corpus positions) for any query."""
+        words = self._bm25s.tokenize([query], stopwords=self._stopwords, stemmer=self._stemmer,
                                      show_progress=False, return_ids=False)[0]
         return self.retriever.get_scores(words)[np.asarray(positions, dtype=np.int64)]
 

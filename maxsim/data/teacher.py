@@ -55,8 +55,7 @@ class BM25Teacher(Teacher):
         self.position = {text: i for i, text in enumerate(corpus)}
 
     def score(self, query, documents):
-        self.miner.rank([query], 1)
-        return [float(x) for x in self.miner.score_of(0, [self.position[d] for d in documents])]
+        return [float(x) for x in self.miner.scores(query, [self.position[d] for d in documents])]
 
     def top(self, queries, k):
         return self.miner.rank(list(queries), k).positions

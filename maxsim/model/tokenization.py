@@ -65,11 +65,16 @@ class ColBERTTokenizer:
         )
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         #: special tokens that open a sequence ([CLS], <s>): the marker goes right after them
-        self.start_ids = {tokenizer.cls_token_id, tokenizer.bos_token_id} - {None}
+        self.start_ids = self.starts(tokenizer)
         self.punctuation_ids = torch.tensor(
             sorted(skiplist_ids(tokenizer, settings)) if settings.mask_punctuation else [],
             dtype=torch.long,
         )
+
+    @staticmethod
+    def starts(tokenizer) -> set[int]:
+        """Ids of the special tokens that open a sequence ([CLS], <s>)."""
+        return {tokenizer.cls_token_id, tokenizer.bos_token_id} - {None}
 
     def _token_id(self, token: str) -> int:
         token_id = self.tokenizer.convert_tokens_to_ids(token)
