@@ -91,18 +91,23 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--writer", default="no,yes", help="rows without and with a writer: no, yes or no,yes")
+    parser.add_argument("--workdir", help="keep the model and index here, and reuse them when there "
+                        "[default: a temporary folder]")
     args = parser.parse_args()
     from maxsim.data.training_folder import read_beir_split
     from maxsim.retriever import Retriever
 
     queries, corpus, _ = read_beir_split(args.data, "test")
-    with tempfile.TemporaryDirectory() as tmp:
-        started = time.perf_counter()
-        retriever = Retriever.from_pretrained(None)
-        retriever.model.save(Path(tmp) / "model")
-        retriever = Retriever.from_pretrained(Path(tmp) / "model")
-        retriever.index(corpus.texts[: args.docs], path=Path(tmp) / "ix", document_ids=corpus.ids[: args.docs])
-        print(f"index of {args.docs} documents built in {time.perf_counter() - started:.0f} s", flush=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.workdir or scratch
+        if not (Path(tmp) / "ix" / "index.json").is_file():
+            started = time.perf_counter()
+            retriever = Retriever.from_pretrained(None)
+            retriever.model.save(Path(tmp) / "model")
+            retriever = Retriever.from_pretrained(Path(tmp) / "model")
+            retriever.index(corpus.texts[: args.docs], path=Path(tmp) / "ix", document_ids=corpus.ids[: args.docs])
+            print(f"index of {args.docs} documents built in {time.perf_counter() - started:.0f} s", flush=True)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         server = subprocess.Popen([sys.executable, "-m", "maxsim", "serve", "--index", str(Path(tmp) / "ix"), "--port",
@@ -117,7 +122,7 @@ def main() -> None:
                     time.sleep(0.2)
             load(url, queries.texts, 1, 3, False)  # warm-up: the first queries trace the query encoder
             rows = []
-            for writer in (False, True):
+            for writer in (w == "yes" for w in args.writer.split(",")):
                 for clients in (int(c) for c in args.clients.split(",")):
                     row = load(url, queries.texts, clients, args.seconds, writer)
                     print(json.dumps(row), flush=True)

@@ -317,7 +317,8 @@ def _quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:  # (bm25s sets its own logger to DEBUG when imported)
+        handler.addFilter(lambda record: not record.name.startswith("bm25s") or record.levelno >= logging.WARNING)
     hf_logging.set_verbosity_error()
 
 

@@ -81,6 +81,37 @@ def run_from_ranking(query_ids: Sequence[str], doc_ids: Sequence[str], ranking: 
     return run
 
 
+def evaluation_corpus(query_texts: Sequence[str], judged: Iterable[str], corpus_ids: Sequence[str],
+                      corpus_texts: Sequence[str], size: int, language: str = "en") -> list[int]:
+    """Corpus positions (ascending) of a smaller corpus to evaluate on, as NanoBEIR cuts BEIR: every
+    judged document, then the queries' BM25 best documents taken rank by rank across the queries
+    (each query's first, then each one's second, ...) until ``size`` documents. The hard
+    distractors stay, so a metric on it still separates checkpoints, for a fraction of the
+    encoding; its values are not comparable with a full-corpus metric.
+
+    judged: the ids the qrels name (all kept, even past ``size``); language: BM25's (ISO 639-1).
+
+    >>> evaluation_corpus(["blue whale"], ["d3"], ["d0", "d1", "d2", "d3"],
+    ...                   ["red fox", "blue whale song", "green tree", "grey whale"], 2)
+    [1, 3]
+    """
+    from maxsim.data.mining import BM25Miner
+
+    position = {d: i for i, d in enumerate(corpus_ids)}
+    chosen = {position[d] for d in judged if d in position}
+    if len(chosen) >= size or len(corpus_ids) <= size:
+        return sorted(chosen) if len(corpus_ids) > size else list(range(len(corpus_ids)))
+    depth = min(len(corpus_ids), 2 * -(-size // max(1, len(query_texts))) + 10)
+    ranked = BM25Miner(corpus_texts, language).rank(query_texts, depth).positions
+    for column in ranked.T:
+        for j in column.tolist():
+            if j >= 0 and len(chosen) < size:
+                chosen.add(j)
+        if len(chosen) >= size:
+            break
+    return sorted(chosen)
+
+
 def check_trec_ids(ids: Iterable[str], source) -> None:
     """Refuse ids that a TREC run file cannot hold (its fields are separated by whitespace)."""
     for item in ids:

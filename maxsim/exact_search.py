@@ -12,6 +12,7 @@ import torch
 
 from maxsim.errors import SettingsError
 from maxsim.model import ColBERT
+from maxsim.model.inference import InferenceForward
 from maxsim.progress import progress as progress_bar
 from maxsim.ranking import Ranking
 from maxsim.scoring import maxsim
@@ -62,16 +63,17 @@ def top_k_maxsim(
     return best_scores.cpu(), best_positions.cpu(), None if pair_scores is None else pair_scores.cpu()
 
 
-def encode_all(model: ColBERT, token_ids: Sequence[Sequence[int]], is_query: bool, batch_size: int = 64
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_all(model: ColBERT, token_ids: Sequence[Sequence[int]], is_query: bool, batch_size: int = 64,
+               forward: InferenceForward | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode cached token ids into one padded tensor: (N, L, dim) float32 and (N, L) bool mask,
-    on the model's device, in the order of ``token_ids``."""
+    on the model's device, in the order of ``token_ids`` (``forward``: as in
+    :meth:`~maxsim.model.ColBERT.encode_batches`)."""
     length = max((len(t) for t in token_ids), default=1)
     if is_query:
         length = model.settings.query_maxlen
     vectors = torch.zeros(len(token_ids), length, model.settings.dim, device=model.device)
     mask = torch.zeros(len(token_ids), length, dtype=torch.bool, device=model.device)
-    for positions, v, m in model.encode_batches(token_ids, is_query, batch_size):
+    for positions, v, m in model.encode_batches(token_ids, is_query, batch_size, forward):
         vectors[positions, : v.shape[1]], mask[positions, : m.shape[1]] = v, m
     return vectors, mask
 
@@ -83,20 +85,23 @@ def exact_search(
     k: int = 100,
     batch_size: int = 64,
     progress: bool = False,
+    forward: InferenceForward | None = None,
 ) -> Ranking:
     """Top-``k`` documents for each query by exact MaxSim over all documents.
 
     document_tokens: cached token ids of every document (from ``model.tokenize_documents``).
     progress: report progress over the documents (a bar on a terminal, log lines otherwise).
+    forward: encode with this :class:`~maxsim.model.inference.InferenceForward` of ``model``
+        (bf16 on a CPU that computes it) instead of the model itself.
     Returns a :class:`~maxsim.ranking.Ranking` of corpus positions, (Q, k') with k' = min(k, D).
     """
     if k < 1:
         raise SettingsError(f"k must be 1 or more, got {k}")
-    q_vectors, q_mask = encode_all(model, model.tokenize_queries(list(query_texts)), True, batch_size)
+    q_vectors, q_mask = encode_all(model, model.tokenize_queries(list(query_texts)), True, batch_size, forward)
     bar = progress_bar(len(document_tokens), "exact MaxSim", "doc", enabled=progress, leave=False)
 
     def batches():
-        for positions, vectors, mask in model.encode_batches(document_tokens, False, batch_size):
+        for positions, vectors, mask in model.encode_batches(document_tokens, False, batch_size, forward):
             yield positions, vectors, mask
             bar.update(len(positions))
 

@@ -12,8 +12,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from maxsim.cli import app
-from maxsim.training import TrainConfig, Trainer, checkpoints
-from maxsim.training import trainer as trainer_module
+from maxsim.training import TrainConfig, Trainer, checkpoints, validation
 
 
 def _config(tiny_model_dir, data, output, **kw):
@@ -106,7 +105,7 @@ def test_best_checkpoint_is_the_step_with_the_best_dev_metric(
         value = next(scripted)
         return {"ndcg@10": value, "mrr@10": value / 2}
 
-    monkeypatch.setattr(trainer_module, "evaluate_run", fake_eval)
+    monkeypatch.setattr(validation, "evaluate_run", fake_eval)
     cfg = _config(tiny_model_dir, training_folder, tmp_path / "run", epochs=4, dev_fraction=0.25,
                   eval_every=2, save_every=2, keep_checkpoints=2)
     # 12 training queries / 4 = 3 steps an epoch, 12 steps: evaluations at 2, 4, 6, ...

@@ -71,6 +71,10 @@ class TrainConfig(BaseModel):
     dev_split: str = Field("dev", description="qrels split of --dev-data.")
     dev_fraction: float | None = Field(
         None, gt=0, lt=1, description="Hold out this share of training queries (chosen by --seed) for validation.")
+    dev_max_documents: int | None = Field(
+        None, gt=0, description="Validate on at most this many documents: every judged one, then the dev queries' "
+        "BM25 best ones (hard distractors), as NanoBEIR cuts BEIR; faster, not comparable with full-corpus figures "
+        "[default: the whole corpus].")
     metric: Literal["ndcg@10", "mrr@10"] = Field(
         "ndcg@10", description="Dev metric that picks best/: ndcg@10 or mrr@10.")
     eval_batch_size: int = Field(64, gt=0, description="Encoding batch size of the dev evaluation.")

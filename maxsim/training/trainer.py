@@ -28,10 +28,8 @@ from maxsim.data.batches import (
     shard,
 )
 from maxsim.data.errors import DataError
-from maxsim.data.training_folder import Corpus, TrainingData, data_digest, read_beir_split
+from maxsim.data.training_folder import TrainingData, data_digest
 from maxsim.errors import OutputExistsError, SettingsError
-from maxsim.evaluation import evaluate_run, run_from_ranking
-from maxsim.exact_search import exact_search
 from maxsim.files import LockedError, atomic_write_text, exclusive_lock
 from maxsim.losses import candidate_mask_for_batch, contrastive_loss, distillation_loss
 from maxsim.model import ColBERT
@@ -41,21 +39,11 @@ from maxsim.training import checkpoints, distributed, grad_cache
 from maxsim.training.config import TrainConfig
 from maxsim.training.report import MetricsLog, plot_training
 from maxsim.training.stats import StepStats
+from maxsim.training.validation import dev_set, validate
 
 logger = logging.getLogger(__name__)
 
-DEV_METRICS = ("ndcg@10", "mrr@10")
 LOCK_FILE = "train.lock"
-
-
-@dataclass
-class DevSet:
-    """Validation queries, the corpus they search, and their qrels."""
-
-    query_ids: list[str]
-    query_texts: list[str]
-    corpus: Corpus
-    qrels: dict[str, dict[str, float]]
 
 
 class Trainer:
@@ -232,27 +220,6 @@ def apply_gradients(ctx: distributed.Context, parameters: list[torch.nn.Paramete
     return grad_norm
 
 
-def validate(ctx: distributed.Context, cfg: TrainConfig, model: ColBERT, dev: DevSet,
-             dev_tokens: list[list[int]] | None, position: checkpoints.Position) -> dict[str, float]:
-    """Evaluate on the dev set (rank 0) and replace ``best/`` when ``cfg.metric`` improves.
-
-    Updates ``position``'s best on every rank; returns the dev metrics (empty on other ranks).
-    """
-    scores: dict[str, float] = {}
-    if ctx.is_main:
-        scores = evaluate_dev(model, dev, dev_tokens, cfg)
-        value = scores[cfg.metric]
-        logger.info("step %d: dev %s", position.step, ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
-        if position.best_value is None or value > position.best_value:
-            position.best_value, position.best_step = value, position.step
-            checkpoints.save_best(Path(cfg.output), model, {
-                "step": position.step, "metric": cfg.metric, "value": value, "metrics": scores})
-    position.best_value, position.best_step = distributed.broadcast_object(
-        ctx, (position.best_value, position.best_step))
-    model.train()
-    return scores
-
-
 def load_model(cfg: TrainConfig, resume_from: Path | None, device: torch.device) -> ColBERT:
     """The checkpoint to resume from, or the base model with a new projection (seeded)."""
     if resume_from is not None:
@@ -271,31 +238,6 @@ def make_optimizer(parameters: list[torch.nn.Parameter], cfg: TrainConfig) -> to
         ],
         lr=cfg.learning_rate, eps=1e-8,
     )
-
-
-def evaluate_dev(model: ColBERT, dev: DevSet, dev_tokens: list[list[int]], cfg: TrainConfig) -> dict[str, float]:
-    """nDCG@10 and MRR@10 of exact MaxSim over the dev corpus (top 100 per query)."""
-    ranking = exact_search(model, dev.query_texts, dev_tokens, k=100, batch_size=cfg.eval_batch_size,
-                           progress=cfg.progress_bar)
-    run = run_from_ranking(dev.query_ids, dev.corpus.ids, ranking)
-    return evaluate_run(dev.qrels, run, DEV_METRICS)
-
-
-def dev_set(cfg: TrainConfig, data: TrainingData) -> tuple[TrainingData, DevSet | None]:
-    """The validation set, from ``dev_fraction`` (held out of ``data``), ``dev_data`` or
-    ``DATA/dev`` (written by maxsim prepare); returns the training data left and the dev set."""
-    if cfg.dev_fraction is not None:
-        data, qrels = data.hold_out(cfg.dev_fraction, cfg.seed)
-        ids = list(qrels)
-        return data, DevSet(ids, [data.queries.texts[data.queries.index[q]] for q in ids], data.corpus, qrels)
-    folder, split = cfg.dev_data, cfg.dev_split
-    if folder is None and (Path(cfg.data) / "dev" / "qrels" / "dev.tsv").is_file():
-        folder, split = Path(cfg.data) / "dev", "dev"
-    if folder is None:
-        return data, None
-    queries, corpus, qrels = read_beir_split(folder, split)
-    logger.info("validating on %s (%d queries)", folder, len(qrels))
-    return data, DevSet(queries.ids, queries.texts, corpus, qrels)
 
 
 def open_output(ctx: distributed.Context, cfg: TrainConfig, resume: bool, digest: str,

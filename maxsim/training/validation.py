@@ -1,0 +1,140 @@
+"""Validation during training: the dev set, its evaluation, and ``best/``.
+
+The dev evaluation is exact MaxSim over the dev corpus (or the smaller one ``dev_max_documents``
+cuts), encoded through the fast inference path where that path keeps the vectors as good as
+float32's (:func:`dev_forward`), so that an evaluation costs as little as it can.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from maxsim.data.training_folder import Corpus, TrainingData, read_beir_split
+from maxsim.evaluation import evaluate_run, evaluation_corpus, run_from_ranking
+from maxsim.exact_search import exact_search
+from maxsim.model import ColBERT
+from maxsim.model.inference import InferenceForward, cpu_computes_bf16
+from maxsim.training import checkpoints, distributed
+from maxsim.training.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+DEV_METRICS = ("ndcg@10", "mrr@10")
+#: the bf16 fast path evaluates only if its token vectors keep at least this mean cosine to
+#: float32's on a sample of dev documents (measured on SciFact: dev nDCG@10 then moves by less
+#: than 0.003, BENCHMARKS.md)
+MIN_FAST_COSINE = 0.999
+CHECK_DOCUMENTS = 32
+
+
+@dataclass
+class DevSet:
+    """Validation queries, the corpus they search, and their qrels."""
+
+    query_ids: list[str]
+    query_texts: list[str]
+    corpus: Corpus
+    qrels: dict[str, dict[str, float]]
+
+
+def dev_set(cfg: TrainConfig, data: TrainingData) -> tuple[TrainingData, DevSet | None]:
+    """The validation set, from ``dev_fraction`` (held out of ``data``), ``dev_data`` or
+    ``DATA/dev`` (written by maxsim prepare), its corpus cut to ``dev_max_documents``; returns
+    the training data left and the dev set."""
+    if cfg.dev_fraction is not None:
+        data, qrels = data.hold_out(cfg.dev_fraction, cfg.seed)
+        ids = list(qrels)
+        dev = DevSet(ids, [data.queries.texts[data.queries.index[q]] for q in ids], data.corpus, qrels)
+    else:
+        folder, split = cfg.dev_data, cfg.dev_split
+        if folder is None and (Path(cfg.data) / "dev" / "qrels" / "dev.tsv").is_file():
+            folder, split = Path(cfg.data) / "dev", "dev"
+        if folder is None:
+            return data, None
+        queries, corpus, qrels = read_beir_split(folder, split)
+        logger.info("validating on %s (%d queries)", folder, len(qrels))
+        dev = DevSet(queries.ids, queries.texts, corpus, qrels)
+    if cfg.dev_max_documents is not None and len(dev.corpus) > cfg.dev_max_documents:
+        dev = smaller_corpus(dev, cfg.dev_max_documents, bm25_language(Path(cfg.data)))
+    return data, dev
+
+
+def smaller_corpus(dev: DevSet, size: int, language: str) -> DevSet:
+    """``dev`` searching at most ``size`` documents (:func:`~maxsim.evaluation.evaluation_corpus`)."""
+    judged = {d for docs in dev.qrels.values() for d in docs}
+    keep = evaluation_corpus(dev.query_texts, judged, dev.corpus.ids, dev.corpus.texts, size, language)
+    corpus = Corpus()
+    for j in keep:
+        corpus.index[dev.corpus.ids[j]] = len(corpus.ids)
+        corpus.ids.append(dev.corpus.ids[j])
+        corpus.texts.append(dev.corpus.texts[j])
+    logger.info("dev corpus: %d of %d documents (--dev-max-documents: the judged ones and the dev queries' BM25 "
+                "best); dev metrics on it are not comparable with full-corpus figures", len(corpus), len(dev.corpus))
+    return DevSet(dev.query_ids, dev.query_texts, corpus, dev.qrels)
+
+
+def bm25_language(data: Path) -> str:
+    """The BM25 language ``maxsim prepare`` recorded in ``data/manifest.json`` (English if none)."""
+    try:
+        return json.loads((data / "manifest.json").read_text())["settings"]["bm25_language"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "en"
+
+
+def dev_forward(model: ColBERT, sample: list[list[int]]) -> tuple[InferenceForward | None, str]:
+    """The forward the dev evaluation encodes with, and how to say it in the log.
+
+    On a CPU that computes bf16 natively, the bf16 :class:`InferenceForward` (about 3x float32's
+    document throughput) when its token vectors of ``sample`` (token ids of a few dev documents)
+    keep a mean cosine of at least :data:`MIN_FAST_COSINE` to float32's; else the model itself
+    (float32 on a CPU, bf16 autocast on CUDA).
+    """
+    if model.device.type != "cpu":
+        return None, "bf16 autocast" if model.device.type == "cuda" else "float32"
+    if not cpu_computes_bf16():
+        return None, "float32 (this CPU has no native bf16)"
+    fast = InferenceForward(model, dtype=torch.bfloat16, trace=False)
+    exact = model.encode_token_ids(sample, False)
+    quick = model.encode_token_ids(sample, False, forward=fast)
+    cosine = torch.cat([(a * b).sum(-1) for a, b in zip(exact, quick)]).mean().item()
+    if cosine < MIN_FAST_COSINE:
+        logger.warning("dev evaluation in float32: bf16 token vectors have mean cosine %.4f to float32's here "
+                       "(below %.3f)", cosine, MIN_FAST_COSINE)
+        return None, "float32"
+    return fast, f"bf16 (token vectors at mean cosine {cosine:.4f} to float32's)"
+
+
+def evaluate_dev(model: ColBERT, dev: DevSet, dev_tokens: list[list[int]], cfg: TrainConfig) -> dict[str, float]:
+    """nDCG@10 and MRR@10 of exact MaxSim over the dev corpus (top 100 per query)."""
+    forward, precision = dev_forward(model, dev_tokens[:CHECK_DOCUMENTS])
+    logger.info("dev evaluation: %d queries, %d documents, %s", len(dev.query_ids), len(dev_tokens), precision)
+    ranking = exact_search(model, dev.query_texts, dev_tokens, k=100, batch_size=cfg.eval_batch_size,
+                           progress=cfg.progress_bar, forward=forward)
+    run = run_from_ranking(dev.query_ids, dev.corpus.ids, ranking)
+    return evaluate_run(dev.qrels, run, DEV_METRICS)
+
+
+def validate(ctx: distributed.Context, cfg: TrainConfig, model: ColBERT, dev: DevSet,
+             dev_tokens: list[list[int]] | None, position: checkpoints.Position) -> dict[str, float]:
+    """Evaluate on the dev set (rank 0) and replace ``best/`` when ``cfg.metric`` improves.
+
+    Updates ``position``'s best on every rank; returns the dev metrics (empty on other ranks).
+    """
+    scores: dict[str, float] = {}
+    if ctx.is_main:
+        scores = evaluate_dev(model, dev, dev_tokens, cfg)
+        value = scores[cfg.metric]
+        logger.info("step %d: dev %s", position.step, ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
+        if position.best_value is None or value > position.best_value:
+            position.best_value, position.best_step = value, position.step
+            checkpoints.save_best(Path(cfg.output), model, {
+                "step": position.step, "metric": cfg.metric, "value": value, "metrics": scores})
+    position.best_value, position.best_step = distributed.broadcast_object(
+        ctx, (position.best_value, position.best_step))
+    model.train()
+    return scores
