@@ -283,9 +283,10 @@ def serve(
     import uvicorn
 
     from maxsim.retriever import Retriever
-    from maxsim.serve import create_app, writer_lock
+    from maxsim.serve import create_app, keep_freed_memory, writer_lock
 
     _quiet_libraries()
+    keep_freed_memory()
     with contextlib.ExitStack() as held:
         with _one_line_errors():
             key = api_key_file.read_text().strip() if api_key_file is not None else None

@@ -211,7 +211,7 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
     @app.post("/search")
     async def search_post(body: SearchRequest):
         """The ``k`` best documents for each query, each hit as ``maxsim search --json`` prints it."""
-        return {"results": await run_search(body.queries, body.k, body.ncells, body.ndocs)}
+        return JSONResponse({"results": await run_search(body.queries, body.k, body.ncells, body.ndocs)})
 
     @app.get("/search")
     async def search_get(q: str, k: int = 10):
@@ -220,7 +220,7 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
             raise HTTPException(422, "q must be a non-empty query")
         if not 1 <= k <= MAX_K:
             raise HTTPException(422, f"k must be between 1 and {MAX_K}")
-        return {"results": await run_search([q], k)}
+        return JSONResponse({"results": await run_search([q], k)})
 
     def writable():
         if read_only:
@@ -265,10 +265,32 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
 ENV_INDEX, ENV_API_KEY, ENV_READ_ONLY = "MAXSIM_SERVE_INDEX", "MAXSIM_SERVE_API_KEY", "MAXSIM_SERVE_READ_ONLY"
 
 
+#: glibc's largest mmap threshold (64-bit), and a trim threshold far above what a search frees
+MMAP_THRESHOLD, TRIM_THRESHOLD = 32 * 1024 * 1024, 1 << 30
+
+
+def keep_freed_memory() -> bool:
+    """Let this process reuse the memory its searches free instead of handing it back to the
+    system after each one (glibc's malloc maps every block over 128 KiB afresh until its dynamic
+    threshold has grown, and a new mapping is zeroed page by page): one query's search on 2
+    cores goes from about 30 to 23 ms. Called by ``maxsim serve`` for its own process, never by
+    the library. Returns whether it applied (glibc only)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return bool(libc and libc.mallopt(-3, MMAP_THRESHOLD) and libc.mallopt(-1, TRIM_THRESHOLD))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 def app_from_environment() -> FastAPI:
     """The app of one worker of ``maxsim serve --workers N`` (uvicorn's factory): the index in
     ``MAXSIM_SERVE_INDEX``. Workers share the index on disk: a write takes the index's writer
     lock and every search picks up the newest version first."""
+    keep_freed_memory()
     retriever = Retriever.from_index(os.environ[ENV_INDEX])
     return create_app(retriever, api_key=os.environ.get(ENV_API_KEY) or None,
                       read_only=os.environ.get(ENV_READ_ONLY) == "1")

@@ -49,7 +49,8 @@ class InferenceForward:
     multiplies bf16 natively (AMX / AVX512-BF16: about 3x the document throughput of float32,
     token vectors within cosine 0.9995 of it), and inputs of a fixed shape (queries, always
     ``query_maxlen`` long) run a TorchScript trace made once per shape, which drops Python
-    overhead (a one-query encode about 1.5x faster; batches of more than ``TRACE_MAX_ROWS`` run
+    overhead and runs the linear layers on prepacked oneDNN weights (a one-query encode about 2x
+faster; batches of more than ``TRACE_MAX_ROWS`` run
     untraced). A trace is checked against the untraced
     copy on its first input and not used if they disagree. Training later does not change this
     copy: make a new one from the updated model.
@@ -87,16 +88,31 @@ class InferenceForward:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 hf_logger.setLevel(logging.ERROR)  # tracing reads config attributes that it warns about
-                traced = torch.jit.freeze(torch.jit.trace(self.module, (input_ids, example_mask), check_trace=False))
-            for mask in (example_mask, attention_mask):
-                if (traced(input_ids, mask) - self.module(input_ids, mask)).abs().max().item() > 1e-3:
-                    raise RuntimeError("the trace disagrees with the model")
+                def trace():
+                    return torch.jit.trace(self.module, (input_ids, example_mask), check_trace=False)
+
+                candidates = [torch.jit.freeze(trace())]
+                try:  # linear layers on prepacked oneDNN weights: a one-query forward about 1.5x faster
+                    candidates.insert(0, torch.jit.optimize_for_inference(torch.jit.freeze(trace())))
+                except Exception as err:  # noqa: BLE001 - the frozen trace still serves
+                    logger.debug("optimize_for_inference failed for shape %s: %s", tuple(input_ids.shape), err)
+            for traced in candidates:
+                if all(_agree(traced, self.module, input_ids, mask) for mask in (example_mask, attention_mask)):
+                    return traced
+            raise RuntimeError("the trace disagrees with the model")
         except Exception as err:  # noqa: BLE001 - any failure means: run untraced
             logger.debug("not tracing the forward for shape %s: %s", tuple(input_ids.shape), err)
             return self.module
         finally:
             hf_logger.setLevel(level)
-        return traced
+
+
+def _agree(traced: Callable, module: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> bool:
+    try:
+        return (traced(input_ids, mask) - module(input_ids, mask)).abs().max().item() <= 1e-3
+    except Exception as err:  # noqa: BLE001 - a trace that cannot run does not agree
+        logger.debug("a trace failed to run: %s", err)
+        return False
 
 
 def autocast(device: torch.device):
