@@ -27,8 +27,13 @@ if [[ -n "${MAX_STEPS:-}" ]]; then length=(--max-steps "$MAX_STEPS"); fi
 base=()
 if [[ -n "$BASE" ]]; then base=(--base-model "$BASE"); fi
 common=(--batch-size "$BATCH" --doc-maxlen 180 --eval-every "$EVAL_EVERY" --no-progress-bar "${length[@]}")
+if [[ -e "$WORK" && ! -f "$WORK/.distill-bench" ]]; then  # never delete a folder this script did not write
+    echo "error: $WORK exists and was not made by $0: choose another WORK_DIR" >&2
+    exit 2
+fi
 rm -rf "$WORK"
 mkdir -p "$WORK"
+touch "$WORK/.distill-bench"
 times=()
 mx() { ${MAXSIM:-maxsim} "$@"; }  # MAXSIM="python3 -m maxsim" where the package is not installed
 step() {  # step NAME COMMAND...: run it, keep its last line of stdout, time it

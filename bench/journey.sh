@@ -12,7 +12,13 @@ BEIR=${1:-../shared/data/scifact}
 WORK=${2:-runs/journey}
 EPOCHS=${EPOCHS:-8}
 LR=${LR:-6e-5}
+if [[ -e "$WORK" && ! -f "$WORK/.journey-bench" ]]; then  # never delete a folder this script did not write
+    echo "error: $WORK exists and was not made by $0: choose another WORK_DIR" >&2
+    exit 2
+fi
 rm -rf "$WORK"
+mkdir -p "$WORK"
+touch "$WORK/.journey-bench"
 start=$(date +%s)
 maxsim prepare "$BEIR" --split train --output "$WORK/data" --dev-fraction 0.1 --negatives 10 --min-rank 10 --max-rank 100 >&2
 best=$(maxsim train --data "$WORK/data" --output "$WORK/run" --epochs "$EPOCHS" --batch-size 32 \

@@ -12,7 +12,11 @@
 set -euo pipefail
 BEIR=${1:-../shared/data/scifact}
 WORK=${2:-runs/same-outputs}
-rm -rf "$WORK" && mkdir -p "$WORK"
+if [[ -e "$WORK" && ! -f "$WORK/.same-outputs-bench" ]]; then  # never delete a folder this script did not write
+    echo "error: $WORK exists and was not made by $0: choose another WORK_DIR" >&2
+    exit 2
+fi
+rm -rf "$WORK" && mkdir -p "$WORK" && touch "$WORK/.same-outputs-bench"
 maxsim prepare "$BEIR" --output "$WORK/prep" --dev-fraction 0.1 >/dev/null 2>"$WORK/prepare.log"
 (cd "$WORK/prep" && find . -type f | sort | xargs sha256sum | sed 's/^/prepare /')
 maxsim prepare "$BEIR" --output "$WORK/prep-nodev" >/dev/null 2>>"$WORK/prepare.log"
