@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from maxsim.cli import app
 from maxsim.training import TrainConfig, Trainer, checkpoints, validation
+from maxsim.training import trainer as trainer_module
 
 
 def _config(tiny_model_dir, data, output, **kw):
@@ -316,3 +317,16 @@ def test_a_full_disk_during_a_checkpoint_is_reported_as_such(tiny_model_dir, tra
         Trainer(_config(tiny_model_dir, training_folder, tmp_path / "run", max_steps=1)).train()
     assert err.value.errno == errno.ENOSPC
     assert not list((tmp_path / "run" / "checkpoints").glob("*"))  # nothing half-written left
+
+
+def test_batches_built_ahead_train_exactly_the_same(tiny_model_dir, training_folder, tmp_path, monkeypatch):
+    plain = _config(tiny_model_dir, training_folder, tmp_path / "plain", max_steps=7, accumulation_steps=2)
+    Trainer(plain).train()
+    monkeypatch.setattr(trainer_module, "builds_ahead", lambda ctx: True)  # the GPU path's thread, on the CPU
+    ahead = plain.model_copy(update={"output": tmp_path / "ahead"})
+    Trainer(ahead).train()
+    drop = ("triplets_per_s", "tokens_per_s")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in _rows(tmp_path / "ahead")] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in _rows(tmp_path / "plain")]
+    assert _max_diff(_weights(tmp_path / "ahead" / "checkpoints" / "step-7"),
+                     _weights(tmp_path / "plain" / "checkpoints" / "step-7")) == 0

@@ -8,6 +8,7 @@ are gathered across ranks with their gradients.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -24,8 +25,8 @@ from maxsim.data.batches import (
     build_batch,
     epoch_order,
     global_batches,
-    micro_batches,
-    shard,
+    prefetched,
+    step_batches,
 )
 from maxsim.data.errors import DataError
 from maxsim.data.training_folder import TrainingData, data_digest
@@ -104,21 +105,24 @@ class Trainer:
         progress = progress_bar(total_steps, "training", "step", enabled=ctx.is_main and cfg.progress_bar,
                                 initial=position.step)
         model.train()
+        on_gpu, ahead = ctx.device.type == "cuda", builds_ahead(ctx)
         last_saved = None
         epoch, start_batch = position.epoch, position.batch
         while position.step < total_steps and epoch < epochs:
             batches = global_batches(epoch_order(len(data.examples), cfg.seed, epoch),
                                      cfg.batch_size, ctx.world_size)
-            for batch_index in range(start_batch, len(batches)):
-                if position.step >= total_steps:
-                    break
+            steps = range(start_batch, min(len(batches), start_batch + total_steps - position.step))
+            build = functools.partial(build_batch, model, data, cache, positives_of, nway=cfg.nway, seed=cfg.seed,
+                                      epoch=epoch)
+            inputs_of_steps = step_batches(build, batches, steps, cfg.accumulation_steps, ctx.rank, ctx.world_size,
+                                           pin=on_gpu)
+            # on a GPU the host pads the next steps' batches while the GPU runs this one
+            started = time.perf_counter()  # a step's time: getting its batches, forward, backward, update
+            for batch_index, inputs in prefetched(inputs_of_steps) if ahead else inputs_of_steps:
                 batch = batches[batch_index]
-                started = time.perf_counter()
                 optimizer.zero_grad(set_to_none=True)
                 stats = StepStats()
-                for micro in micro_batches(batch, cfg.accumulation_steps, ctx.world_size):
-                    local, offset = shard(micro, ctx.rank, ctx.world_size)
-                    tb = build_batch(model, data, cache, positives_of, local, cfg.nway, cfg.seed, epoch)
+                for tb, offset in inputs:
                     stats += forward_backward(model, tb, ctx, cfg, offset, len(batch), objective)
                 grad_norm = apply_gradients(ctx, parameters, optimizer, scheduler, cfg.max_grad_norm)
                 stats = stats.summed(ctx)
@@ -149,6 +153,7 @@ class Trainer:
                         position.step == total_steps):
                     save(position)
                     last_saved = position.step
+                started = time.perf_counter()
             epoch, start_batch = epoch + 1, 0
         progress.close()
 
@@ -157,6 +162,12 @@ class Trainer:
                 checkpoints.checkpoint_dir(out, position.step).is_dir()):
             save(position)
         return chosen_checkpoint(cfg, dev is not None, position)
+
+
+def builds_ahead(ctx: distributed.Context) -> bool:
+    """Whether a background thread pads the next steps' batches while this one runs: on a GPU,
+    where the host would otherwise idle; not on a CPU, whose cores the step itself uses."""
+    return ctx.device.type == "cuda"
 
 
 def choose_objective(cfg: TrainConfig, data: TrainingData) -> str:
@@ -230,13 +241,14 @@ def load_model(cfg: TrainConfig, resume_from: Path | None, device: torch.device)
 
 
 def make_optimizer(parameters: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW (eps 1e-8) with weight decay on matrices only, none on biases and LayerNorm."""
+    """AdamW (eps 1e-8) with weight decay on matrices only, none on biases and LayerNorm; fused on a GPU."""
     return torch.optim.AdamW(
         [
             {"params": [p for p in parameters if p.ndim >= 2], "weight_decay": cfg.weight_decay},
             {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0},
         ],
         lr=cfg.learning_rate, eps=1e-8,
+        fused=True if parameters and parameters[0].is_cuda else None,  # one kernel for all tensors on a GPU
     )
 
 
@@ -373,7 +385,7 @@ def forward_backward(
             q_vectors = model(queries.input_ids, queries.attention_mask)
             d_local = model(documents.input_ids, documents.attention_mask)
         d_vectors, d_mask, d_ids = distributed.gather_documents(
-            ctx, d_local, documents.score_mask, batch.document_ids.to(ctx.device))
+            ctx, d_local, documents.score_mask, batch.document_ids.to(ctx.device, non_blocking=True))
         scores = maxsim(q_vectors, queries.score_mask, d_vectors, d_mask)
     positive_column, candidates = candidate_mask_for_batch(
         d_ids, batch.positives, offset, cfg.nway, cfg.use_ib_negatives)
@@ -382,7 +394,7 @@ def forward_backward(
     distillation = None
     if objective != "contrastive":  # each query against its own nway documents, positive first
         own = scores.gather(1, positive_column[:, None] + torch.arange(cfg.nway, device=scores.device))
-        distillation = distillation_loss(own, batch.teacher_scores.to(scores.device), None,
+        distillation = distillation_loss(own, batch.teacher_scores.to(scores.device, non_blocking=True), None,
                                          cfg.teacher_temperature, normaliser)
     loss = {"contrastive": result.loss, "distillation": distillation,
             "combined": result.loss + cfg.distillation_weight * distillation if distillation is not None else None}[
@@ -392,8 +404,11 @@ def forward_backward(
         grad_cache.backward_through_chunks(model, queries, chunk, q_vectors.grad, q_states, autocast)
         grad_cache.backward_through_chunks(model, documents, chunk, d_local.grad, d_states, autocast)
     n = len(batch.positives)
-    return StepStats(
-        loss=loss.item() * normaliser, positive_term=result.positive_term.item() * n,
-        logsumexp_term=result.logsumexp_term.item() * n, positive_score=result.positive_score.item() * n,
-        negative_score=result.negative_score.item() * n, accuracy=result.accuracy.item() * n,
-        tokens=batch.n_tokens(), distillation=0.0 if distillation is None else distillation.item() * normaliser)
+    zero = torch.zeros((), device=loss.device)
+    values = torch.stack([t.detach().float() for t in (
+        loss, result.positive_term, result.logsumexp_term, result.positive_score, result.negative_score,
+        result.accuracy, zero if distillation is None else distillation)]).tolist()  # one host sync
+    mean_loss, positive_term, logsumexp_term, positive_score, negative_score, accuracy, distilled = values
+    return StepStats(loss=mean_loss * normaliser, positive_term=positive_term * n, logsumexp_term=logsumexp_term * n,
+                     positive_score=positive_score * n, negative_score=negative_score * n, accuracy=accuracy * n,
+                     tokens=batch.n_tokens(), distillation=distilled * normaliser)
