@@ -78,3 +78,13 @@ def test_torchrun_nccl_trains_and_resumes(tiny_model_dir, training_folder, tmp_p
     assert "resumed from" in second.stderr or not killed
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 9)) and "dev_ndcg@10" in rows[1]
+
+
+def test_encoding_on_cuda_pads_ahead_and_keeps_each_texts_vectors(tiny_model_dir):
+    texts = [f"document {i} " + "word " * (i % 17) for i in range(150)]  # lengths vary: batches are length-sorted
+    cpu = ColBERT.from_pretrained(tiny_model_dir, dim=16, doc_maxlen=24, seed=3)
+    gpu = ColBERT.from_pretrained(tiny_model_dir, dim=16, doc_maxlen=24, seed=3, device="cuda")
+    want, got = cpu.encode_documents(texts, batch_size=16), gpu.encode_documents(texts, batch_size=16)
+    for a, b in zip(want, got):
+        assert b.device.type == "cpu" and b.dtype == torch.float32 and a.shape == b.shape
+        assert (a * b).sum(-1).min().item() > 0.99  # bf16 autocast on the GPU

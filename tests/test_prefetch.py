@@ -1,11 +1,11 @@
-"""maxsim.data.batches.prefetched: items made ahead by a thread, in order, errors and early stops."""
+"""maxsim.background.prefetched: items made ahead by a thread, in order, errors and early stops."""
 
 import threading
 import time
 
 import pytest
 
-from maxsim.data.batches import prefetched
+from maxsim.background import prefetched
 
 
 def test_same_items_in_the_same_order():

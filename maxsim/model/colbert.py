@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maxsim.background import prefetched
 from maxsim.files import atomic_directory, check_replaceable
 from maxsim.model.checkpoint import (
     default_base_model,
@@ -215,11 +216,18 @@ class ColBERT(nn.Module):
         was_training = self.training
         if was_training and forward is None:  # (walking every module costs ms: only when needed)
             self.eval()
+        on_gpu = self.device.type == "cuda"
+
+        def padded():  # on a GPU, padded (and pinned) ahead by a background thread while the GPU encodes
+            for start in range(0, len(order), batch_size):
+                positions = order[start : start + batch_size]
+                batch = pad([token_ids[i] for i in positions])
+                yield positions, batch.pin_memory() if on_gpu else batch
+
         try:
             with torch.inference_mode(), autocast(self.device):
-                for start in range(0, len(order), batch_size):
-                    positions = order[start : start + batch_size]
-                    batch = pad([token_ids[i] for i in positions]).to(self.device)
+                for positions, batch in prefetched(padded()) if on_gpu else padded():
+                    batch = batch.to(self.device)
                     if forward is not None:
                         fixed = is_query and self.settings.do_query_expansion  # (always query_maxlen long)
                         vectors = forward(batch.input_ids, batch.attention_mask, fixed_shape=fixed)
@@ -235,8 +243,9 @@ class ColBERT(nn.Module):
         """The scored token vectors of each id list, in order: (n_i, dim) float32 CPU tensors."""
         per_text: list[torch.Tensor] = [torch.zeros(0, self.settings.dim)] * len(token_ids)
         for positions, vectors, mask in self.encode_batches(token_ids, is_query, batch_size, forward):
+            vectors, mask = vectors.cpu(), mask.cpu()  # one copy a batch, not one a text
             for row, i in enumerate(positions):
-                per_text[i] = vectors[row][mask[row]].cpu()
+                per_text[i] = vectors[row][mask[row]]
         return per_text
 
     def _encode(self, texts, is_query, batch_size, padded, forward=None):

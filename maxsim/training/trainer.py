@@ -19,13 +19,13 @@ import torch
 from pydantic import ValidationError
 from transformers import get_linear_schedule_with_warmup
 
+from maxsim.background import prefetched
 from maxsim.data.batches import (
     TokenCache,
     TrainBatch,
     build_batch,
     epoch_order,
     global_batches,
-    prefetched,
     step_batches,
 )
 from maxsim.data.errors import DataError
