@@ -99,16 +99,17 @@ def evaluation_corpus(query_texts: Sequence[str], judged: Iterable[str], corpus_
 
     position = {d: i for i, d in enumerate(corpus_ids)}
     chosen = {position[d] for d in judged if d in position}
-    if len(chosen) >= size or len(corpus_ids) <= size:
-        return sorted(chosen) if len(corpus_ids) > size else list(range(len(corpus_ids)))
+    if len(corpus_ids) <= size:
+        return list(range(len(corpus_ids)))
+    if len(chosen) >= size:
+        return sorted(chosen)
     depth = min(len(corpus_ids), 2 * -(-size // max(1, len(query_texts))) + 10)
     ranked = BM25Miner(corpus_texts, language).rank(query_texts, depth).positions
-    for column in ranked.T:
-        for j in column.tolist():
-            if j >= 0 and len(chosen) < size:
-                chosen.add(j)
+    for j in ranked.T.ravel().tolist():  # every query's first, then every query's second, ...
         if len(chosen) >= size:
             break
+        if j >= 0:
+            chosen.add(j)
     return sorted(chosen)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +57,15 @@ class Corpus:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def subset(self, positions: Sequence[int]) -> Corpus:
+        """The documents at ``positions``, in that order.
+
+        >>> Corpus(["a", "b", "c"], ["x", "y", "z"], {"a": 0, "b": 1, "c": 2}).subset([2, 0]).index
+        {'c': 0, 'a': 1}
+        """
+        ids = [self.ids[j] for j in positions]
+        return Corpus(ids, [self.texts[j] for j in positions], {d: i for i, d in enumerate(ids)})
 
 
 def read_queries(path: Path) -> Corpus:

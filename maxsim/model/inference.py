@@ -49,11 +49,11 @@ class InferenceForward:
     multiplies bf16 natively (AMX / AVX512-BF16: about 3x the document throughput of float32,
     token vectors within cosine 0.9995 of it), and inputs of a fixed shape (queries, always
     ``query_maxlen`` long) run a TorchScript trace made once per shape, which drops Python
-    overhead and runs the linear layers on prepacked oneDNN weights (a one-query encode about 2x
-faster; batches of more than ``TRACE_MAX_ROWS`` run
-    untraced). A trace is checked against the untraced
-    copy on its first input and not used if they disagree. Training later does not change this
-    copy: make a new one from the updated model.
+    overhead, through ``torch.jit.optimize_for_inference`` (linear layers with pre-transposed
+    weights; a one-query encode about 2x faster than untraced; batches of more than
+    ``TRACE_MAX_ROWS`` run untraced). A trace is checked against the untraced copy on its first
+    input and not used if they disagree (then the plain frozen trace is tried). Training later
+    does not change this copy: make a new one from the updated model.
     """
 
     def __init__(self, model: nn.Module, dtype: torch.dtype | None = None, trace: bool = True,
@@ -88,18 +88,18 @@ faster; batches of more than ``TRACE_MAX_ROWS`` run
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 hf_logger.setLevel(logging.ERROR)  # tracing reads config attributes that it warns about
-                def trace():
-                    return torch.jit.trace(self.module, (input_ids, example_mask), check_trace=False)
+                def frozen():
+                    return torch.jit.freeze(torch.jit.trace(self.module, (input_ids, example_mask), check_trace=False))
 
-                candidates = [torch.jit.freeze(trace())]
-                try:  # linear layers on prepacked oneDNN weights: a one-query forward about 1.5x faster
-                    candidates.insert(0, torch.jit.optimize_for_inference(torch.jit.freeze(trace())))
-                except Exception as err:  # noqa: BLE001 - the frozen trace still serves
-                    logger.debug("optimize_for_inference failed for shape %s: %s", tuple(input_ids.shape), err)
-            for traced in candidates:
-                if all(_agree(traced, self.module, input_ids, mask) for mask in (example_mask, attention_mask)):
-                    return traced
-            raise RuntimeError("the trace disagrees with the model")
+                # optimize_for_inference first (about 1.3x the plain frozen trace for one query)
+                for make in (lambda: torch.jit.optimize_for_inference(frozen()), frozen):
+                    try:
+                        traced = make()
+                        if all(_agree(traced, self.module, input_ids, m) for m in (example_mask, attention_mask)):
+                            return traced
+                    except Exception as err:  # noqa: BLE001 - try the next way, else run untraced
+                        logger.debug("a trace for shape %s failed: %s", tuple(input_ids.shape), err)
+            raise RuntimeError("no trace agrees with the model")
         except Exception as err:  # noqa: BLE001 - any failure means: run untraced
             logger.debug("not tracing the forward for shape %s: %s", tuple(input_ids.shape), err)
             return self.module
@@ -108,11 +108,7 @@ faster; batches of more than ``TRACE_MAX_ROWS`` run
 
 
 def _agree(traced: Callable, module: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> bool:
-    try:
-        return (traced(input_ids, mask) - module(input_ids, mask)).abs().max().item() <= 1e-3
-    except Exception as err:  # noqa: BLE001 - a trace that cannot run does not agree
-        logger.debug("a trace failed to run: %s", err)
-        return False
+    return (traced(input_ids, mask) - module(input_ids, mask)).abs().max().item() <= 1e-3
 
 
 def autocast(device: torch.device):

@@ -68,11 +68,7 @@ def smaller_corpus(dev: DevSet, size: int, language: str) -> DevSet:
     """``dev`` searching at most ``size`` documents (:func:`~maxsim.evaluation.evaluation_corpus`)."""
     judged = {d for docs in dev.qrels.values() for d in docs}
     keep = evaluation_corpus(dev.query_texts, judged, dev.corpus.ids, dev.corpus.texts, size, language)
-    corpus = Corpus()
-    for j in keep:
-        corpus.index[dev.corpus.ids[j]] = len(corpus.ids)
-        corpus.ids.append(dev.corpus.ids[j])
-        corpus.texts.append(dev.corpus.texts[j])
+    corpus = dev.corpus.subset(keep)
     logger.info("dev corpus: %d of %d documents (--dev-max-documents: the judged ones and the dev queries' BM25 "
                 "best); dev metrics on it are not comparable with full-corpus figures", len(corpus), len(dev.corpus))
     return DevSet(dev.query_ids, dev.query_texts, corpus, dev.qrels)
