@@ -39,6 +39,39 @@ class FrozenForward(nn.Module):
         return F.normalize(self.linear(hidden).float(), p=2, dim=-1)
 
 
+class PackedLinear(nn.Module):
+    """A float32 ``nn.Linear`` through MKL's packed GEMM: the weight is reordered once for inputs
+    of exactly ``rows`` rows (all leading dimensions together), which saves the per-call packing
+    that dominates small products. One query (32 rows) encodes about 1.4x faster on a 2-core
+    AVX-512 CPU, with the same results. Shares the layer's weight and bias."""
+
+    def __init__(self, linear: nn.Linear, rows: int) -> None:
+        super().__init__()
+        self.rows, self.weight, self.bias = rows, linear.weight, linear.bias
+        self.register_buffer("packed", torch.ops.mkl._mkl_reorder_linear_weight(linear.weight.detach(), rows),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = torch.ops.mkl._mkl_linear(x.reshape(-1, x.shape[-1]), self.packed, self.weight, self.bias, self.rows)
+        return flat.reshape(x.shape[:-1] + flat.shape[-1:])
+
+
+def packed_copy(module: nn.Module, rows: int) -> nn.Module | None:
+    """A copy of ``module`` (sharing its parameters) whose linear layers are :class:`PackedLinear`
+    for ``rows`` rows; None where this torch has no MKL or the weights are not float32."""
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    if not (torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear") and linears
+            and all(m.weight.dtype == torch.float32 for m in linears)):
+        return None
+    shared = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    packed = copy.deepcopy(module, memo=shared)
+    for parent in list(packed.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, PackedLinear(child, rows))
+    return packed.eval()
+
+
 TRACE_MAX_ROWS = 4
 
 
@@ -88,11 +121,16 @@ class InferenceForward:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 hf_logger.setLevel(logging.ERROR)  # tracing reads config attributes that it warns about
-                def frozen():
-                    return torch.jit.freeze(torch.jit.trace(self.module, (input_ids, example_mask), check_trace=False))
+                def frozen(module=self.module):
+                    return torch.jit.freeze(torch.jit.trace(module, (input_ids, example_mask), check_trace=False))
 
-                # optimize_for_inference first (about 1.3x the plain frozen trace for one query)
-                for make in (lambda: torch.jit.optimize_for_inference(frozen()), frozen):
+                # one query: MKL's packed GEMM first (about 1.4x optimize_for_inference, which is
+                # about 1.3x the plain frozen trace); its packed weights are kept for one shape only
+                makers = [lambda: torch.jit.optimize_for_inference(frozen()), frozen]
+                packed = packed_copy(self.module, input_ids.numel()) if len(input_ids) == 1 else None
+                if packed is not None:
+                    makers.insert(0, lambda: frozen(packed))
+                for make in makers:
                     try:
                         traced = make()
                         if all(_agree(traced, self.module, input_ids, m) for m in (example_mask, attention_mask)):
