@@ -283,7 +283,7 @@ def serve(
     import uvicorn
 
     from maxsim.retriever import Retriever
-    from maxsim.serve import create_app, keep_freed_memory, writer_lock
+    from maxsim.serve import create_app, keep_freed_memory, load_retriever, writer_lock
 
     _quiet_libraries()
     keep_freed_memory()
@@ -303,7 +303,7 @@ def serve(
                 os.environ.update({ENV_INDEX: str(index.resolve()), ENV_API_KEY: key or "",
                                    ENV_READ_ONLY: "1" if read_only else "0"})
             else:
-                application = create_app(Retriever.from_index(index), api_key=key, read_only=read_only)
+                application = create_app(load_retriever(index), api_key=key, read_only=read_only)
         if workers > 1:
             uvicorn.run("maxsim.serve:app_from_environment", factory=True, workers=workers, host=host, port=port,
                         log_level="info")

@@ -93,6 +93,23 @@ def check_model(data: IndexData, model: ColBERT, path, allow_mismatch: bool = Fa
     logger.warning("%s; going on as asked (allow_model_mismatch)", message)
 
 
+@dataclass
+class EncodedDocuments:
+    """Documents ready for :meth:`Retriever.add_encoded`: their records (id, content, metadata)
+    and their chunks' token vectors, (T, dim) float32 back to back, with ``doclens`` (N,) tokens
+    per chunk, ``chunk_docs`` (N,) each chunk's document among ``records`` and ``spans``; and
+    the vectors compressed (``codes``, ``residuals``) with the index's ``centroids`` of then."""
+
+    records: list[dict]
+    vectors: np.ndarray
+    doclens: np.ndarray
+    chunk_docs: np.ndarray
+    spans: list[tuple[int, int]]
+    codes: np.ndarray
+    residuals: np.ndarray
+    centroids: np.ndarray
+
+
 class Retriever:
     """A ColBERT model and, optionally, the index it searches."""
 
@@ -243,18 +260,37 @@ class Retriever:
         Everything is checked before anything changes. The change is made under the index's
         writer lock, on the newest version on disk (documents another process added meanwhile
         are kept), and this retriever sees the result only once it is saved: a failed save
-        (a full disk, say) leaves both the folder and this object as they were.
+        (a full disk, say) leaves both the folder and this object as they were. The same as
+        :meth:`encode_for_index` then :meth:`add_encoded`.
         """
+        self.add_encoded(self.encode_for_index(documents, document_ids, metadata, batch_size))
+
+    def encode_for_index(self, documents: Sequence[str], document_ids: Sequence[str] | None = None,
+                         metadata: Sequence[dict] | None = None, batch_size: int = 64) -> EncodedDocuments:
+        """The first half of :meth:`add`: documents, ids and metadata checked against this index
+        and encoded, chunk by chunk (the model's work; nothing is locked or written)."""
         data = self._require_index()
         records = self._records(documents, document_ids, metadata)
         self._refuse_present(data, records)
         vectors, doclens, chunk_docs, spans = self._encode_chunks(
             [r["content"] for r in records], data.settings.split_documents,
             data.settings.max_document_tokens, batch_size)
+        return EncodedDocuments(records, vectors, doclens, chunk_docs, spans, *data.compress(vectors), data.centroids)
+
+    def add_encoded(self, encoded: EncodedDocuments) -> None:
+        """The second half of :meth:`add`: under the writer lock, on the newest version, the
+        encoded documents put into the index, saved, and then seen by this retriever. Their
+        compression is redone only if the index was rebuilt (other centroids) meanwhile."""
+        self._require_index()
         with index_lock(self.index_path):
             self.refresh()
-            self._refuse_present(self.index_data, records)
-            changed = self.index_data.with_documents(vectors, doclens, records, chunk_docs, spans)
+            data = self.index_data
+            self._refuse_present(data, encoded.records)
+            codes, residuals = encoded.codes, encoded.residuals
+            if not np.array_equal(encoded.centroids, data.centroids):
+                codes, residuals = data.compress(encoded.vectors)
+            changed = data.with_documents(codes, residuals, encoded.doclens, encoded.records, encoded.chunk_docs,
+                                          encoded.spans)
             changed.save(self.index_path)
         self.index_data = changed
 

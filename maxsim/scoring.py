@@ -163,8 +163,19 @@ def maxsim_packed(
     sim = tokens @ query[query_mask].T  # (T, Lq')
     if token_scale is not None:
         sim = sim * token_scale[:, None]
-    document = torch.repeat_interleave(torch.arange(len(lengths), device=tokens.device), lengths)  # (T,)
-    return scatter_max(sim.float(), document, len(lengths)).sum(dim=1)
+    return segment_maxsim(sim, lengths)
+
+
+def segment_maxsim(similarities: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """MaxSim from token similarities of documents stored back to back.
+
+    similarities: (T, Lq) of each document token with each query token, document after
+    document; lengths: (n,) int64 tokens per document, summing to T. Returns (n,) float32: each
+    document's sum over query tokens of its best token's similarity (0 for a document with no
+    tokens).
+    """
+    document = torch.repeat_interleave(torch.arange(len(lengths), device=similarities.device), lengths)  # (T,)
+    return scatter_max(similarities.float(), document, len(lengths)).sum(dim=1)
 
 
 def scatter_max(values: torch.Tensor, target: torch.Tensor, n: int) -> torch.Tensor:

@@ -116,10 +116,26 @@ def test_add_delete_and_reload(built, corpus, tmp_path):
     assert "zebra" not in after and before[0].document_id not in after
     assert after[:4] == [h.document_id for h in before[1:5]]
     again = Retriever.from_index(copy, model=retriever.model)
-    assert [(h.document_id, h.score) for h in again.search("antibiotic resistance in bacteria", k=5)] == \
-        [(h.document_id, h.score) for h in r.search("antibiotic resistance in bacteria", k=5)]
+    fresh, carried = again.search("antibiotic resistance in bacteria", k=5), r.search("antibiotic resistance in bacteria", k=5)
+    assert [h.document_id for h in fresh] == [h.document_id for h in carried]
+    assert [h.score for h in fresh] == pytest.approx([h.score for h in carried], rel=1e-6)
+    # the token scales carried through the add and the delete are those a fresh load makes
+    assert np.allclose(r.index_data.token_scales, again.index_data.token_scales, rtol=1e-6)
     with pytest.raises(ValueError, match="already in the index"):
         r.add([corpus[5][1]], document_ids=[corpus[5][0]])
+
+
+def test_exact_scores_equal_maxsim_over_the_decompressed_vectors(built):
+    from maxsim.index import chunk_scores
+    from maxsim.scoring import maxsim_packed
+
+    retriever, path = built
+    data = Retriever.from_index(path, model=retriever.model).index_data
+    q, qm = retriever.query_vectors(["antibiotic resistance in bacteria"])
+    chunk_ids = np.array([7, 3, 0, 42, len(data.doclens) - 1])
+    vectors, lengths = data.decompress(chunk_ids)
+    want = maxsim_packed(q[0], qm[0], vectors, lengths, 1 / vectors.norm(dim=1))
+    assert torch.allclose(chunk_scores(data, q, qm, chunk_ids), want, rtol=1e-5, atol=1e-5)
 
 
 def test_damaged_file_and_wrong_dim_are_errors(built, tmp_path):
@@ -170,8 +186,8 @@ def test_approximate_scores_by_hand():
     ivf, offsets = build_ivf(codes, doclens, 3)
     data = IndexData(IndexSettings(dim=3, max_document_tokens=8), np.eye(3, dtype=np.float32), Codec.fit(np.zeros((1, 3), np.float32), 2), codes,
                      np.zeros((5, 1), np.uint8), doclens, np.array([0, 1], dtype=np.int32), ivf, offsets)
-    # query tokens (rows) against centroids 0, 1, 2; chunk 0 holds centroids {0, 2}, chunk 1 {0, 1, 2}
-    cs = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.8, 0.3]])
+    # query tokens against centroids 0, 1, 2; chunk 0 holds centroids {0, 2}, chunk 1 {0, 1, 2}
+    cs = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.8, 0.3]]).T  # (centroids, query tokens)
     assert approximate_scores(data, cs, np.array([0, 1]), 0.4).tolist() == pytest.approx([0.9 + 0.3, 0.9 + 0.8])
     assert approximate_scores(data, cs, np.array([1, 0]), 0.4).tolist() == pytest.approx([1.7, 1.2])
     # centroid 2 (best score 0.5) pruned: chunk 0's second query token falls back to centroid 0

@@ -1,5 +1,5 @@
-"""Concurrent searches batched by maxsim.serve.SearchBatcher (in process; the server's tests are in
-test_serve.py)."""
+"""maxsim.serve.IndexWorker in process: concurrent searches batched, writes between batches (the
+server's tests are in test_serve.py)."""
 
 from __future__ import annotations
 
@@ -28,10 +28,10 @@ def test_requests_waiting_together_are_one_batch_with_the_same_answers(index_pat
         return refresh()
 
     monkeypatch.setattr(retriever, "refresh", held_refresh)
-    batcher = serve.SearchBatcher(retriever, on_batch=sizes.append)
-    first = batcher.submit(QUERIES[:1], 2)
+    worker = serve.IndexWorker(retriever, on_batch=sizes.append)
+    first = worker.search(QUERIES[:1], 2)
     assert first_started.wait(30)
-    later = [batcher.submit(QUERIES[i : i + 2], k) for i, k in ((1, 2), (3, 5), (0, 5), (4, 2))]
+    later = [worker.search(QUERIES[i : i + 2], k) for i, k in ((1, 2), (3, 5), (0, 5), (4, 2))]
     release.set()
     answers = [first.result(30)] + [f.result(30) for f in later]
     assert sizes == [1, 8]  # the four requests that waited were searched as one batch of 8 queries
@@ -56,11 +56,42 @@ def test_one_groups_error_is_its_own(index_path, monkeypatch):  # noqa: F811
     first_started, release = threading.Event(), threading.Event()
     refresh = retriever.refresh
     monkeypatch.setattr(retriever, "refresh", lambda: (first_started.set(), release.wait(30), refresh())[-1])
-    batcher = serve.SearchBatcher(retriever)
-    batcher.submit(["warm-up"], 3)
+    worker = serve.IndexWorker(retriever)
+    worker.search(["warm-up"], 3)
     assert first_started.wait(30)
-    bad, good = batcher.submit(["cats"], 7), batcher.submit(["cats"], 3)
+    bad, good = worker.search(["cats"], 7), worker.search(["cats"], 3)
     release.set()
     with pytest.raises(SettingsError, match="k 7 is refused"):
         bad.result(30)
     assert len(good.result(30)[0]) == 3
+
+
+def test_a_job_runs_between_batches_on_the_workers_thread(index_path, monkeypatch):  # noqa: F811
+    retriever = Retriever.from_index(index_path)
+    first_started, release = threading.Event(), threading.Event()
+    refresh = retriever.refresh
+    monkeypatch.setattr(retriever, "refresh", lambda: (first_started.set(), release.wait(30), refresh())[-1])
+    sizes: list[int] = []
+    worker = serve.IndexWorker(retriever, on_batch=sizes.append)
+    first = worker.search(["cats"], 3)
+    assert first_started.wait(30)
+    before = worker.search(["honey"], len(DOCS) + 1)  # (every document)
+    threads: list[str] = []
+
+    def add():
+        threads.append(threading.current_thread().name)
+        retriever.add(["a new document about honey bees and their hives"], ["new-doc"])
+        return len(retriever.index_data.documents)
+
+    job = worker.run(add)
+    after = worker.search(["honey bees hives"], len(DOCS) + 1)
+    release.set()
+    assert job.result(30) == len(DOCS) + 1
+    assert sizes == [1, 1, 1]  # the job split the waiting searches into a batch before it and one after
+    assert "new-doc" not in [h["document_id"] for h in before.result(30)[0]]
+    assert "new-doc" in [h["document_id"] for h in after.result(30)[0]]
+    assert first.result(30) and threads == ["maxsim-index"]
+    failing = worker.run(lambda: retriever.delete(["no-such-id"]))
+    with pytest.raises(KeyError):
+        failing.result(30)
+    assert len(worker.search(["cats"], 2).result(30)[0]) == 2  # the worker goes on after a failed job

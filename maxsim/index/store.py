@@ -256,23 +256,30 @@ class IndexData:
                    spans=[tuple(span) for span in arrays["spans"].tolist()], version=meta.get("version", ""))
 
     # ------------------------------------------------------------------ changes
-    def with_documents(self, vectors: np.ndarray, doclens: np.ndarray, records: list[dict],
+    def compress(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Token vectors ((T, dim) float32) as this index stores them, with its centroids and
+        codec: (centroid ids (T,) int64, packed residuals (T, dim * nbits / 8) uint8)."""
+        codes = nearest_centroids(vectors, self.centroids).astype(np.int64)
+        return codes, self.codec.encode(vectors - self.centroids[codes])
+
+    def with_documents(self, codes: np.ndarray, residuals: np.ndarray, doclens: np.ndarray, records: list[dict],
                        chunk_docs: np.ndarray, spans: list[tuple[int, int]]) -> IndexData:
         """A new index with documents added (existing centroids and codec).
 
-        vectors: (T, dim) float32, the chunks' token vectors back to back; doclens: (n,) tokens
-        per chunk; chunk_docs: (n,) position of each chunk's document among ``records``.
+        codes, residuals: the chunks' tokens back to back, from :meth:`compress`; doclens: (n,)
+        tokens per chunk; chunk_docs: (n,) position of each chunk's document among ``records``.
         """
-        codes = nearest_centroids(vectors, self.centroids)
-        residuals = self.codec.encode(vectors - self.centroids[codes])
         all_codes = np.concatenate([self.codes, codes])
         all_doclens = np.concatenate([self.doclens, doclens.astype(np.int32)])
         ivf, ivf_offsets = build_ivf(all_codes, all_doclens, len(self.centroids))
         chunk_docs = np.concatenate([self.chunk_docs, (chunk_docs + len(self.documents)).astype(np.int32)])
-        return replace(self, codes=all_codes, residuals=np.concatenate([self.residuals, residuals]),
-                       doclens=all_doclens, chunk_docs=chunk_docs, ivf=ivf, ivf_offsets=ivf_offsets,
-                       documents=self.documents + list(records),
-                       spans=self.spans + list(spans))
+        changed = replace(self, codes=all_codes, residuals=np.concatenate([self.residuals, residuals]),
+                          doclens=all_doclens, chunk_docs=chunk_docs, ivf=ivf, ivf_offsets=ivf_offsets,
+                          documents=self.documents + list(records), spans=self.spans + list(spans))
+        if "token_scales" in self.__dict__:  # made already: only the new tokens' are new
+            added = changed.scales_of(torch.arange(len(self.codes), len(all_codes)))
+            changed.__dict__["token_scales"] = np.concatenate([self.token_scales, added])
+        return changed
 
     def without_documents(self, positions: set[int]) -> IndexData:
         """A new index without some documents (by position) and their chunks; later ones move up."""
@@ -281,11 +288,14 @@ class IndexData:
         new_position = np.cumsum([i not in positions for i in range(len(self.documents))]) - 1
         codes, doclens = self.codes[keep_token], self.doclens[keep_chunk]
         ivf, ivf_offsets = build_ivf(codes, doclens, len(self.centroids))
-        return replace(self, codes=codes, residuals=self.residuals[keep_token], doclens=doclens,
-                       chunk_docs=new_position[self.chunk_docs[keep_chunk]].astype(np.int32), ivf=ivf,
-                       ivf_offsets=ivf_offsets,
-                       documents=[d for i, d in enumerate(self.documents) if i not in positions],
-                       spans=[s for s, keep in zip(self.spans, keep_chunk) if keep])
+        changed = replace(self, codes=codes, residuals=self.residuals[keep_token], doclens=doclens,
+                          chunk_docs=new_position[self.chunk_docs[keep_chunk]].astype(np.int32), ivf=ivf,
+                          ivf_offsets=ivf_offsets,
+                          documents=[d for i, d in enumerate(self.documents) if i not in positions],
+                          spans=[s for s, keep in zip(self.spans, keep_chunk) if keep])
+        if "token_scales" in self.__dict__:
+            changed.__dict__["token_scales"] = self.token_scales[keep_token]
+        return changed
 
     # ------------------------------------------------------------------ reading vectors
     def token_positions(self, chunk_ids: np.ndarray) -> np.ndarray:
@@ -297,13 +307,41 @@ class IndexData:
         not renormalised): ((T, dim) float32, (n,) int64 tokens per chunk)."""
         lengths = torch.from_numpy(self.doclens[chunk_ids].astype(np.int64))
         index = torch.from_numpy(self.token_positions(chunk_ids))
-        vectors = self._centroids_t.index_select(0, self._codes_t.index_select(0, index))
-        residuals = torch.nn.functional.embedding(self._residuals_t.index_select(0, index).long(), self._table_t)
-        vectors += residuals.reshape(len(index), -1)[:, : self.dim]
+        vectors = self.centroid_vectors.index_select(0, self.codes_of(index))
+        vectors += self.residual_vectors(index)
         return vectors, lengths
 
+    def codes_of(self, index: torch.Tensor) -> torch.Tensor:
+        """Centroid id of the tokens at ``index`` ((T,) int64 positions): (T,) int64."""
+        return self._codes_t.index_select(0, index)
+
+    def residual_vectors(self, index: torch.Tensor) -> torch.Tensor:
+        """Decoded residuals of the tokens at ``index`` ((T,) int64 positions): (T, dim) float32."""
+        packed = self._residuals_t.index_select(0, index).long()
+        return torch.nn.functional.embedding(packed, self._table_t).reshape(len(index), -1)[:, : self.dim]
+
     @cached_property
-    def _centroids_t(self) -> torch.Tensor:
+    def token_scales(self) -> np.ndarray:
+        """(T,) float32: 1 / norm of every stored token vector (centroid + decoded residual), by
+        which exact scores treat them as the unit vectors they were encoded as. Made on first
+        use (a pass over every token: about 0.1 s a million tokens on 2 cores, 4 bytes a token
+        in memory) and carried through :meth:`with_documents` and :meth:`without_documents`."""
+        return self.scales_of(torch.arange(len(self.codes)))
+
+    def scales_of(self, positions: torch.Tensor, block: int = 1 << 16) -> np.ndarray:
+        """1 / norm of the stored vectors of the tokens at ``positions`` ((T,) int64): (T,)
+        float32, computed ``block`` tokens at a time."""
+        scales = np.empty(len(positions), dtype=np.float32)
+        for start in range(0, len(positions), block):
+            index = positions[start : start + block]
+            vectors = self.centroid_vectors.index_select(0, self.codes_of(index)) + self.residual_vectors(index)
+            norms = torch.linalg.vector_norm(vectors, dim=1).clamp_min_(1e-12)
+            scales[start : start + block] = norms.reciprocal_().numpy()
+        return scales
+
+    @cached_property
+    def centroid_vectors(self) -> torch.Tensor:
+        """The centroids as a (C, dim) float32 tensor (made once per loaded version)."""
         return torch.from_numpy(np.ascontiguousarray(self.centroids, dtype=np.float32))
 
     @cached_property
