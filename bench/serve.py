@@ -5,9 +5,12 @@ projection: speed, not quality, is measured here), starts `maxsim serve` on it, 
 client count runs that many threads, each sending one test query at a time to POST /search
 (k=10) for --seconds; then the same while one more client adds a document every second.
 Prints and writes (bench/results/serve.json) requests/s, p50/p95/p99 latency and errors.
-The clients run on the same machine as the server, so they share its cores.
+The clients run on the same machine as the server, so they share its cores. ``--repeat R`` runs
+the whole sequence R times and prints, for each round, the throughput of the most clients over
+that of one client (rows of one round run minutes apart at most, which matters on a machine
+whose speed drifts).
 
-    python bench/serve.py --docs 1000 --seconds 30
+    python bench/serve.py --docs 1000 --seconds 30 --repeat 3
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--writer", default="no,yes", help="rows without and with a writer: no, yes or no,yes")
+    parser.add_argument("--repeat", type=int, default=1, help="run the whole sequence this many times")
     parser.add_argument("--workdir", help="keep the model and index here, and reuse them when there "
                         "[default: a temporary folder]")
     args = parser.parse_args()
@@ -122,11 +126,17 @@ def main() -> None:
                     time.sleep(0.2)
             load(url, queries.texts, 1, 3, False)  # warm-up: the first queries trace the query encoder
             rows = []
-            for writer in (w == "yes" for w in args.writer.split(",")):
-                for clients in (int(c) for c in args.clients.split(",")):
-                    row = load(url, queries.texts, clients, args.seconds, writer)
-                    print(json.dumps(row), flush=True)
-                    rows.append(row)
+            for round_ in range(1, args.repeat + 1):
+                for writer in (w == "yes" for w in args.writer.split(",")):
+                    these = []
+                    for clients in (int(c) for c in args.clients.split(",")):
+                        row = {"round": round_, **load(url, queries.texts, clients, args.seconds, writer)}
+                        print(json.dumps(row), flush=True)
+                        these.append(row)
+                    rows += these
+                    ratio = these[-1]["requests_per_s"] / max(these[0]["requests_per_s"], 1e-9)
+                    print(f"round {round_}, writer {writer}: {these[-1]['clients']} clients at {ratio:.2f}x the "
+                          f"throughput of {these[0]['clients']}", flush=True)
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait()
