@@ -270,7 +270,7 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
     metrics = Metrics()
     _install_guards(app, api_key, metrics)
     worker = IndexWorker(retriever, on_batch=metrics.batch.observe)
-    # writes one at a time; a write encodes on the worker's thread, then compresses and saves
+    # writes one at a time; a write encodes and compresses on the worker's thread, then is saved
     # here while searches go on (each search batch reads one version: before or after it)
     writer = ThreadPoolExecutor(1, thread_name_prefix="maxsim-writer")
 
