@@ -20,7 +20,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,6 +188,7 @@ class IndexWorker:
     def __init__(self, retriever: Retriever, max_queries: int = MAX_QUERIES,
                  on_batch: Callable[[int], None] | None = None) -> None:
         self.retriever, self.max_queries, self.on_batch = retriever, max_queries, on_batch
+        self._writes, self._writes_lock = 0, threading.Lock()
         self._waiting: queue.SimpleQueue[_Search | _Write] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="maxsim-index", daemon=True)
         self._thread.start()
@@ -203,6 +204,20 @@ class IndexWorker:
         request = _Write(job)
         self._waiting.put(request)
         return request.future
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Around a write by this process to the index: meanwhile batches do not look for other
+        processes' writes on disk, which would read this write's new version back (a whole
+        index load, in the search thread) in the moment between its swap and the retriever
+        taking it. The batch after the write sees it."""
+        with self._writes_lock:
+            self._writes += 1
+        try:
+            yield
+        finally:
+            with self._writes_lock:
+                self._writes -= 1
 
     def _serve(self) -> None:
         held: _Search | _Write | None = None  # a write taken while gathering a batch: it runs next
@@ -229,7 +244,8 @@ class IndexWorker:
                         request.future.set_exception(err)
 
     def _search(self, batch: list[_Search]) -> None:
-        self.retriever.refresh()  # other processes' writes
+        if not self._writes:
+            self.retriever.refresh()  # other processes' writes
         data = self.retriever.index_data
         q_vectors, q_mask = self.retriever.query_vectors([q for r in batch for q in r.queries])
         rows = np.cumsum([0] + [len(r.queries) for r in batch])
@@ -303,7 +319,8 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
             [d.text for d in body.documents], [d.id for d in body.documents], [d.metadata for d in body.documents])))
 
         def save():
-            retriever.add_encoded(encoded)
+            with worker.writing():
+                retriever.add_encoded(encoded)
             return {"added": len(body.documents), "documents": len(retriever.index_data.documents)}
 
         return await asyncio.wrap_future(writer.submit(save))
@@ -314,7 +331,8 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
         writable()
 
         def run():
-            retriever.delete(body.ids)
+            with worker.writing():
+                retriever.delete(body.ids)
             return {"deleted": len(body.ids), "documents": len(retriever.index_data.documents)}
 
         try:

@@ -95,3 +95,16 @@ def test_a_job_runs_between_batches_on_the_workers_thread(index_path, monkeypatc
     with pytest.raises(KeyError):
         failing.result(30)
     assert len(worker.search(["cats"], 2).result(30)[0]) == 2  # the worker goes on after a failed job
+
+
+def test_no_reload_from_disk_while_this_process_writes(index_path, monkeypatch):  # noqa: F811
+    retriever = Retriever.from_index(index_path)
+    calls: list[int] = []
+    refresh = retriever.refresh
+    monkeypatch.setattr(retriever, "refresh", lambda: (calls.append(1), refresh())[-1])
+    worker = serve.IndexWorker(retriever)
+    with worker.writing():
+        assert len(worker.search(["cats"], 2).result(30)[0]) == 2
+        assert calls == []  # a write of ours in progress: its new version is taken by the writer
+    worker.search(["cats"], 2).result(30)
+    assert calls == [1]
