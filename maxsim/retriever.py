@@ -10,9 +10,11 @@ Scores are always :func:`maxsim.scoring.maxsim`, the same MaxSim as in training.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -121,6 +123,7 @@ class Retriever:
         #: where the model came from (recorded in indexes built here so they can be reopened)
         self.model_path = model_path if model_path is not None else model.source
         self._encoded: tuple | None = None
+        self._writes, self._writes_lock = 0, threading.Lock()  # writes of this retriever in progress
         # on a CPU, encode through a frozen bf16/traced copy (see InferenceForward); set this to
         # None to encode with the model itself in float32
         self.inference_forward: InferenceForward | None = (
@@ -157,7 +160,16 @@ class Retriever:
         return cls(model, data, Path(path), source)
 
     def refresh(self) -> bool:
-        """Reload the index if another process changed it since it was loaded; True if it did."""
+        """Reload the index if another process changed it since it was loaded; True if it did.
+
+        While this retriever is writing (from another thread) it does nothing: the folder may
+        already hold the write's new version, which the write takes when it ends.
+        """
+        if self._writes:
+            return False
+        return self._reload_if_changed()
+
+    def _reload_if_changed(self) -> bool:
         data = self._require_index()
         if IndexData.current_version(self.index_path) == data.version:
             return False
@@ -167,6 +179,20 @@ class Retriever:
                                  "open it again with Retriever.from_index")
         self.index_data = fresh
         return True
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[IndexData]:
+        """A write: the index's writer lock held, the newest version loaded (and yielded), and
+        :meth:`refresh` idle until the write has saved and taken its new version."""
+        with self._writes_lock:
+            self._writes += 1
+        try:
+            with index_lock(self.index_path):
+                self._reload_if_changed()
+                yield self.index_data
+        finally:
+            with self._writes_lock:
+                self._writes -= 1
 
     # ------------------------------------------------------------------ building
     def _encode_chunks(self, documents: Sequence[str], split: bool, max_tokens: int | None, batch_size: int):
@@ -282,9 +308,7 @@ class Retriever:
         encoded documents put into the index, saved, and then seen by this retriever. Their
         compression is redone only if the index was rebuilt (other centroids) meanwhile."""
         self._require_index()
-        with index_lock(self.index_path):
-            self.refresh()
-            data = self.index_data
+        with self._writing() as data:
             self._refuse_present(data, encoded.records)
             codes, residuals = encoded.codes, encoded.residuals
             if not np.array_equal(encoded.centroids, data.centroids):
@@ -292,7 +316,7 @@ class Retriever:
             changed = data.with_documents(codes, residuals, encoded.doclens, encoded.records, encoded.chunk_docs,
                                           encoded.spans)
             changed.save(self.index_path)
-        self.index_data = changed
+            self.index_data = changed
 
     @staticmethod
     def _refuse_present(data: IndexData, records: list[dict]) -> None:
@@ -312,16 +336,14 @@ class Retriever:
         wanted = [str(i) for i in document_ids]
         if not wanted:
             return
-        with index_lock(self.index_path):
-            self.refresh()
-            data = self.index_data
+        with self._writing() as data:
             position = {d["id"]: i for i, d in enumerate(data.documents)}
             missing = [i for i in wanted if i not in position]
             if missing:
                 raise UnknownIdError(f"not in the index: {missing[:5]}")
             changed = data.without_documents({position[i] for i in wanted})
             changed.save(self.index_path)
-        self.index_data = changed
+            self.index_data = changed
 
     def _require_index(self) -> IndexData:
         if self.index_data is None or self.index_path is None:

@@ -20,7 +20,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,7 +164,7 @@ class _Search:
 
 
 @dataclass
-class _Write:
+class _Job:
     run: Callable[[], Any]
     future: Future = field(default_factory=Future)
 
@@ -188,8 +188,7 @@ class IndexWorker:
     def __init__(self, retriever: Retriever, max_queries: int = MAX_QUERIES,
                  on_batch: Callable[[int], None] | None = None) -> None:
         self.retriever, self.max_queries, self.on_batch = retriever, max_queries, on_batch
-        self._writes, self._writes_lock = 0, threading.Lock()
-        self._waiting: queue.SimpleQueue[_Search | _Write] = queue.SimpleQueue()
+        self._waiting: queue.SimpleQueue[_Search | _Job] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="maxsim-index", daemon=True)
         self._thread.start()
 
@@ -201,35 +200,21 @@ class IndexWorker:
 
     def run(self, job: Callable[[], Any]) -> Future:
         """A future of ``job()``, called on this worker's thread between two search batches."""
-        request = _Write(job)
+        request = _Job(job)
         self._waiting.put(request)
         return request.future
 
-    @contextlib.contextmanager
-    def writing(self) -> Iterator[None]:
-        """Around a write by this process to the index: meanwhile batches do not look for other
-        processes' writes on disk, which would read this write's new version back (a whole
-        index load, in the search thread) in the moment between its swap and the retriever
-        taking it. The batch after the write sees it."""
-        with self._writes_lock:
-            self._writes += 1
-        try:
-            yield
-        finally:
-            with self._writes_lock:
-                self._writes -= 1
-
     def _serve(self) -> None:
-        held: _Search | _Write | None = None  # a write taken while gathering a batch: it runs next
+        held: _Search | _Job | None = None  # a job taken while gathering a batch: it runs next
         while True:
             first, held = held or self._waiting.get(), None
-            if isinstance(first, _Write):
+            if isinstance(first, _Job):
                 _settle(first.future, first.run)
                 continue
             batch, count = [first], len(first.queries)
             while count < self.max_queries and not self._waiting.empty():
                 request = self._waiting.get()
-                if isinstance(request, _Write):
+                if isinstance(request, _Job):
                     held = request
                     break
                 batch.append(request)
@@ -244,8 +229,7 @@ class IndexWorker:
                         request.future.set_exception(err)
 
     def _search(self, batch: list[_Search]) -> None:
-        if not self._writes:
-            self.retriever.refresh()  # other processes' writes
+        self.retriever.refresh()  # other processes' writes
         data = self.retriever.index_data
         q_vectors, q_mask = self.retriever.query_vectors([q for r in batch for q in r.queries])
         rows = np.cumsum([0] + [len(r.queries) for r in batch])
@@ -319,8 +303,7 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
             [d.text for d in body.documents], [d.id for d in body.documents], [d.metadata for d in body.documents])))
 
         def save():
-            with worker.writing():
-                retriever.add_encoded(encoded)
+            retriever.add_encoded(encoded)
             return {"added": len(body.documents), "documents": len(retriever.index_data.documents)}
 
         return await asyncio.wrap_future(writer.submit(save))
@@ -331,8 +314,7 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
         writable()
 
         def run():
-            with worker.writing():
-                retriever.delete(body.ids)
+            retriever.delete(body.ids)
             return {"deleted": len(body.ids), "documents": len(retriever.index_data.documents)}
 
         try:

@@ -97,14 +97,21 @@ def test_a_job_runs_between_batches_on_the_workers_thread(index_path, monkeypatc
     assert len(worker.search(["cats"], 2).result(30)[0]) == 2  # the worker goes on after a failed job
 
 
-def test_no_reload_from_disk_while_this_process_writes(index_path, monkeypatch):  # noqa: F811
+def test_no_reload_from_disk_while_this_retriever_writes(index_path, monkeypatch):  # noqa: F811
+    from maxsim.index import IndexData
+
     retriever = Retriever.from_index(index_path)
-    calls: list[int] = []
-    refresh = retriever.refresh
-    monkeypatch.setattr(retriever, "refresh", lambda: (calls.append(1), refresh())[-1])
-    worker = serve.IndexWorker(retriever)
-    with worker.writing():
-        assert len(worker.search(["cats"], 2).result(30)[0]) == 2
-        assert calls == []  # a write of ours in progress: its new version is taken by the writer
-    worker.search(["cats"], 2).result(30)
-    assert calls == [1]
+    seen: list[tuple[bool, object]] = []
+    save = IndexData.save
+
+    def save_then_look(data, path):  # the new version is on disk, not yet taken by the retriever
+        version = save(data, path)
+        before = retriever.index_data
+        seen.append((retriever.refresh(), retriever.index_data is before))
+        return version
+
+    monkeypatch.setattr(IndexData, "save", save_then_look)
+    retriever.add(["a document about otters"], ["otter"])
+    assert seen == [(False, True)]  # a search meanwhile would not read the write's version back
+    assert retriever.index_data.documents[-1]["id"] == "otter"
+    assert retriever.refresh() is False  # and after it, the retriever holds the newest version

@@ -306,10 +306,14 @@ class IndexData:
         """Token vectors of some chunks back to back, as stored (centroid + decoded residual,
         not renormalised): ((T, dim) float32, (n,) int64 tokens per chunk)."""
         lengths = torch.from_numpy(self.doclens[chunk_ids].astype(np.int64))
-        index = torch.from_numpy(self.token_positions(chunk_ids))
+        return self.vectors_at(torch.from_numpy(self.token_positions(chunk_ids))), lengths
+
+    def vectors_at(self, index: torch.Tensor) -> torch.Tensor:
+        """Stored vectors (centroid + decoded residual) of the tokens at ``index`` ((T,) int64
+        positions): (T, dim) float32."""
         vectors = self.centroid_vectors.index_select(0, self.codes_of(index))
         vectors += self.residual_vectors(index)
-        return vectors, lengths
+        return vectors
 
     def codes_of(self, index: torch.Tensor) -> torch.Tensor:
         """Centroid id of the tokens at ``index`` ((T,) int64 positions): (T,) int64."""
@@ -333,9 +337,7 @@ class IndexData:
         float32, computed ``block`` tokens at a time."""
         scales = np.empty(len(positions), dtype=np.float32)
         for start in range(0, len(positions), block):
-            index = positions[start : start + block]
-            vectors = self.centroid_vectors.index_select(0, self.codes_of(index)) + self.residual_vectors(index)
-            norms = torch.linalg.vector_norm(vectors, dim=1).clamp_min_(1e-12)
+            norms = torch.linalg.vector_norm(self.vectors_at(positions[start : start + block]), dim=1).clamp_min_(1e-12)
             scales[start : start + block] = norms.reciprocal_().numpy()
         return scales
 
