@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Run bench/distill.sh on a device machine (no network) from what bench/device_pack.sh put in .whl/;
+# Run bench/distill.sh on a device machine (no network) from what bench/device_pack.sh put in .whl/
+# (carry .whl/core, .whl/extra, .whl/data);
 # the results come back in $OUT (distill.jsonl, distill.log).
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/core/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/.whl/extra:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 MAXSIM="python3 -m maxsim"
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"

@@ -8,6 +8,12 @@ first use: PyLate 1.6 is installed with ``--no-deps`` beside its other requireme
 torch pinned to the version of this environment, since a plain install would swap torch for a
 CUDA build.
 
+On a GPU (``--device cuda``) both train in bf16 autocast, and each row also reports the peak GPU
+memory (``torch.cuda.max_memory_allocated``). A GPU machine without network can give PyLate's
+process its own packages with ``--pylate-python python3 --pylate-path DIR`` (DIR first on its
+PYTHONPATH, never on maxsim's); ``--random-weights`` trains a random-weight copy of the base
+model's architecture (the throughput is the same, the weights need not travel).
+
 Two workloads:
   scifact  whole abstracts (title + text), truncated at --doc-maxlen
   short    abstracts split into chunks of at most 96 tokens (the query's positive is the first
@@ -15,6 +21,14 @@ Two workloads:
 
     python bench/train_throughput.py                      # both workloads, 2 threads
     python bench/train_throughput.py --workloads short --steps 4
+    python bench/train_throughput.py --device cuda --workloads scifact --batch-sizes 32 128 512 \
+        --steps 10 --warmup 3 --random-weights --pylate-python python3 --pylate-path /tmp/pylate-site
+
+A third workload, ``encode``, times document encoding instead of training: every SciFact
+abstract (title + text, truncated at --doc-maxlen) from texts to token vectors on the host, in
+batches of --batch-size (maxsim's ``encode_documents``; PyLate's ``model.encode(is_query=False)``),
+bf16 on a GPU (PyLate's weights cast to bf16, maxsim's autocast), documents/s over the second of
+two passes.
 
 Prints one line per system and workload and the ratios, and writes bench/results/train_throughput.json.
 """
@@ -82,7 +96,59 @@ def make_triplets(scifact: Path, workload: str, seed: int) -> list[dict]:
     return out
 
 
+def scifact_texts(scifact: Path) -> list[str]:
+    """Every SciFact abstract as title + text, in corpus order."""
+    docs = map(json.loads, (scifact / "corpus.jsonl").open())
+    return [f"{d.get('title', '')} {d['text']}".strip() for d in docs]
+
+
+def timed_passes(encode, passes: int = 2) -> float:
+    """Seconds of the last of ``passes`` runs of ``encode()`` (the first warms kernels and caches)."""
+    import torch
+
+    for _ in range(passes):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        encode()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+    return seconds
+
+
 # ---------------------------------------------------------------- workers (run in subprocesses)
+def encode_maxsim(args) -> dict:
+    import torch
+
+    from maxsim.model import ColBERT
+
+    torch.set_num_threads(args.threads)
+    texts = json.loads(Path(args.triplets).read_text())
+    model = ColBERT.from_pretrained(args.base_model, doc_maxlen=args.doc_maxlen, device=args.device).eval()
+    out: list = []
+    seconds = timed_passes(lambda: out.__setitem__(slice(None), model.encode_documents(texts, args.batch_size)))
+    assert len(out) == len(texts) and out[0].device.type == "cpu"
+    return {"documents_per_s": len(texts) / seconds, "seconds": seconds, **gpu_peak(args.device)}
+
+
+def encode_pylate(args) -> dict:
+    import torch
+    from pylate import models
+
+    torch.set_num_threads(args.threads)
+    texts = json.loads(Path(args.triplets).read_text())
+    model = models.ColBERT(model_name_or_path=args.base_model, document_length=args.doc_maxlen,
+                           query_length=args.query_maxlen, device=args.device)
+    if args.device == "cuda":
+        model = model.to(torch.bfloat16)
+    out: list = []
+    seconds = timed_passes(lambda: out.__setitem__(slice(None), model.encode(
+        texts, is_query=False, batch_size=args.batch_size, show_progress_bar=False)))
+    assert len(out) == len(texts)
+    return {"documents_per_s": len(texts) / seconds, "seconds": seconds, **gpu_peak(args.device)}
+
+
 def worker_maxsim(args) -> dict:
     import torch
 
@@ -102,10 +168,10 @@ def worker_maxsim(args) -> dict:
         for name, table in (("queries.jsonl", queries), ("corpus.jsonl", corpus)):
             (data / name).write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for t, i in table.items()))
         (data / "triples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-        cfg = TrainConfig(data=data, output=Path(tmp) / "out", batch_size=args.batch_size,
+        cfg = TrainConfig(data=data, output=Path(tmp) / "out", base_model=args.base_model, batch_size=args.batch_size,
                           doc_maxlen=args.doc_maxlen, query_maxlen=args.query_maxlen,
                           learning_rate=3e-5, max_steps=args.warmup + args.steps, progress_bar=False,
-                          device="cpu", seed=0)
+                          device=args.device, seed=0)
         started = time.perf_counter()
         Trainer(cfg).train()
         wall = time.perf_counter() - started
@@ -113,7 +179,14 @@ def worker_maxsim(args) -> dict:
     timed = rows[args.warmup :]
     step_s = [args.batch_size / r["triplets_per_s"] for r in timed]
     return {"step_s": step_s, "tokens_per_s": statistics.median(r["tokens_per_s"] for r in timed),
-            "wall_s": wall}
+            "wall_s": wall, **gpu_peak(args.device)}
+
+
+def gpu_peak(device: str) -> dict:
+    """Peak GPU memory this process allocated, in GB (nothing on a CPU)."""
+    import torch
+
+    return {"peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30} if device == "cuda" else {}
 
 
 def worker_pylate(args) -> dict:
@@ -126,21 +199,29 @@ def worker_pylate(args) -> dict:
     torch.set_num_threads(args.threads)
     triplets = json.loads(Path(args.triplets).read_text())
     model = models.ColBERT(model_name_or_path=args.base_model, document_length=args.doc_maxlen,
-                           query_length=args.query_maxlen, device="cpu")
+                           query_length=args.query_maxlen, device=args.device)
     times: list[float] = []
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
 
-    class Timer(TrainerCallback):
-        def on_step_begin(self, *a, **k):
-            self.t = time.perf_counter()
+    class Timer(TrainerCallback):  # on a GPU: the span of the timed steps, synchronised at its two ends only
+        def on_step_begin(self, a, state, *_, **k):
+            if args.device != "cuda" or state.global_step == args.warmup:
+                sync()
+                self.t = time.perf_counter()
 
-        def on_step_end(self, *a, **k):
-            times.append(time.perf_counter() - self.t)
+        def on_step_end(self, a, state, *_, **k):
+            if args.device != "cuda":
+                times.append(time.perf_counter() - self.t)
+            elif state.global_step == args.warmup + args.steps:
+                sync()
+                times.extend([(time.perf_counter() - self.t) / args.steps] * (args.steps + args.warmup))
 
     with tempfile.TemporaryDirectory() as tmp:
         training_args = SentenceTransformerTrainingArguments(
             output_dir=tmp, per_device_train_batch_size=args.batch_size, learning_rate=3e-5,
             max_steps=args.warmup + args.steps, save_strategy="no", report_to=[], logging_steps=1000,
-            dataloader_num_workers=0, use_cpu=True, seed=0, disable_tqdm=True,
+            dataloader_num_workers=0, use_cpu=args.device == "cpu", bf16=args.device == "cuda", seed=0,
+            disable_tqdm=True,
         )
         trainer = SentenceTransformerTrainer(
             model=model, args=training_args, train_dataset=Dataset.from_list(triplets),
@@ -150,7 +231,7 @@ def worker_pylate(args) -> dict:
         started = time.perf_counter()
         trainer.train()
         wall = time.perf_counter() - started
-    return {"step_s": times[args.warmup :], "wall_s": wall}
+    return {"step_s": times[args.warmup :], "wall_s": wall, **gpu_peak(args.device)}
 
 
 # ---------------------------------------------------------------- driver
@@ -170,30 +251,71 @@ def ensure_pylate_env() -> Path:
     return python
 
 
-def run_worker(python: str, system: str, args, triplets: Path) -> dict:
+def random_weight_copy(base_model: str, folder: Path) -> str:
+    """The base model's folder with its encoder weights drawn at random (seed 0) from its config."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    shutil.copytree(base_model, folder, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "__pycache__"))
+    torch.manual_seed(0)
+    AutoModel.from_config(AutoConfig.from_pretrained(base_model)).save_pretrained(folder)
+    return str(folder)
+
+
+def run_worker(python: str, system: str, args, data: Path, batch_size: int, extra_path: str | None) -> dict:
     out = Path(tempfile.mkstemp(suffix=".json")[1])
-    cmd = [python, __file__, "--worker", system, "--triplets", str(triplets), "--result", str(out),
-           "--batch-size", str(args.batch_size), "--doc-maxlen", str(args.doc_maxlen),
-           "--query-maxlen", str(args.query_maxlen), "--steps", str(args.steps),
+    cmd = [python, __file__, "--worker", system, "--job", args.job, "--triplets", str(data), "--result", str(out),
+           "--batch-sizes", str(batch_size), "--doc-maxlen", str(args.doc_maxlen),
+           "--query-maxlen", str(args.query_maxlen), "--steps", str(args.steps), "--device", args.device,
            "--warmup", str(args.warmup), "--threads", str(args.threads), "--base-model", args.base_model]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", PYTHONPATH=str(HERE.parent))
+    path = [p for p in (extra_path, str(HERE.parent), os.environ.get("PYTHONPATH")) if p]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join(path))
+    if args.device == "cpu":  # the tokenizer's own threads would compete with the --threads given
+        env["TOKENIZERS_PARALLELISM"] = "false"
     subprocess.run(cmd, check=True, env=env)
     return json.loads(out.read_text())
+
+
+WORKERS = {("train", "maxsim"): worker_maxsim, ("train", "pylate"): worker_pylate,
+           ("encode", "maxsim"): encode_maxsim, ("encode", "pylate"): encode_pylate}
+
+
+def workload_data(args, workload: str, batch_size: int) -> Path:
+    """A temporary JSON file: the corpus texts (encode) or enough shuffled triplets for every step."""
+    if workload == "encode":
+        items = scifact_texts(Path(args.scifact))
+    else:
+        items, seed = [], 0
+        while len(items) < batch_size * (args.warmup + args.steps):  # no short batch among the timed ones
+            items += make_triplets(Path(args.scifact), workload, seed=seed)
+            seed += 1
+        random.Random(1).shuffle(items)
+    path = Path(tempfile.mkstemp(suffix=".json")[1])
+    path.write_text(json.dumps(items))
+    return path
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scifact", default=str(HERE.parent.parent / "shared" / "data" / "scifact"))
-    parser.add_argument("--workloads", nargs="+", default=["scifact", "short"], choices=["scifact", "short"])
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workloads", nargs="+", default=["scifact", "short"], choices=["scifact", "short", "encode"])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32])
     parser.add_argument("--doc-maxlen", type=int, default=180)
     parser.add_argument("--query-maxlen", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--base-model", default=None)
+    parser.add_argument("--random-weights", action="store_true", help="a random-weight copy of the base model")
+    parser.add_argument("--pylate-python",
+                        help="interpreter for PyLate [default: bench/.venv-pylate, made on first use]")
+    parser.add_argument("--pylate-path", help="put first on PyLate's PYTHONPATH (its own packages)")
+    parser.add_argument("--output", default=str(HERE / "results" / "train_throughput.json"))
     parser.add_argument("--worker", choices=["maxsim", "pylate"], help=argparse.SUPPRESS)
+    parser.add_argument("--job", choices=["train", "encode"], default="train", help=argparse.SUPPRESS)
     parser.add_argument("--triplets", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -202,34 +324,49 @@ def main() -> None:
 
         args.base_model = str(default_base_model())
     if args.worker:
-        result = worker_maxsim(args) if args.worker == "maxsim" else worker_pylate(args)
+        args.batch_size = args.batch_sizes[0]
+        result = WORKERS[args.job, args.worker](args)
         result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         Path(args.result).write_text(json.dumps(result))
         return
 
-    pylate_python = ensure_pylate_env()
+    pylate_python = args.pylate_python or str(ensure_pylate_env())
+    scratch = Path(tempfile.mkdtemp())
+    if args.random_weights:
+        args.base_model = random_weight_copy(args.base_model, scratch / "random-base")
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, {args.threads} threads"
-    hidden = {"worker", "triplets", "result"}
+    if args.device == "cuda":
+        import torch
+
+        machine += f", {torch.cuda.get_device_name()}"
+    hidden = {"worker", "job", "triplets", "result"}
     report = {"machine": machine, "settings": {k: v for k, v in vars(args).items() if k not in hidden}, "results": {}}
     for workload in args.workloads:
-        triplets = make_triplets(Path(args.scifact), workload, seed=0)
-        random.Random(1).shuffle(triplets)
-        path = Path(tempfile.mkstemp(suffix=".json")[1])
-        path.write_text(json.dumps(triplets))
-        rows = {}
-        for system, python in (("maxsim", sys.executable), ("pylate", str(pylate_python))):
-            r = run_worker(python, system, args, path)
-            r["triplets_per_s"] = args.batch_size / statistics.median(r["step_s"])
-            rows[system] = r
-            print(f"{workload:8s} {system:7s} {r['triplets_per_s']:7.2f} triplets/s  "
-                  f"peak RSS {r['peak_rss_gb']:.2f} GB  (median of {len(r['step_s'])} steps)", flush=True)
-        ratio = rows["maxsim"]["triplets_per_s"] / rows["pylate"]["triplets_per_s"]
-        mem = rows["maxsim"]["peak_rss_gb"] / rows["pylate"]["peak_rss_gb"]
-        rows["maxsim_over_pylate"] = {"throughput": ratio, "peak_rss": mem}
-        print(f"{workload:8s} ratio   maxsim/PyLate throughput {ratio:.2f}x, peak memory {mem:.2f}x", flush=True)
-        report["results"][workload] = rows
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "train_throughput.json").write_text(json.dumps(report, indent=2))
+        job = "encode" if workload == "encode" else "train"
+        unit = "documents_per_s" if job == "encode" else "triplets_per_s"
+        for batch_size in args.batch_sizes:
+            data = workload_data(args, workload, batch_size)
+            rows = {}
+            systems = (("maxsim", sys.executable, None), ("pylate", pylate_python, args.pylate_path))
+            for system, python, extra in systems:
+                args.job = job
+                r = run_worker(python, system, args, data, batch_size, extra)
+                if job == "train":
+                    r["triplets_per_s"] = batch_size / statistics.median(r["step_s"])
+                rows[system] = r
+                gpu = f"  peak GPU {r['peak_gpu_gb']:.2f} GB" if "peak_gpu_gb" in r else ""
+                print(f"{workload:8s} batch {batch_size:4d} {system:7s} {r[unit]:8.1f} {unit.replace('_per_s', '/s')}  "
+                      f"peak RSS {r['peak_rss_gb']:.2f} GB{gpu}", flush=True)
+            ratio = {"throughput": rows["maxsim"][unit] / rows["pylate"][unit],
+                     "peak_rss": rows["maxsim"]["peak_rss_gb"] / rows["pylate"]["peak_rss_gb"]}
+            if "peak_gpu_gb" in rows["pylate"]:
+                ratio["peak_gpu"] = rows["maxsim"]["peak_gpu_gb"] / rows["pylate"]["peak_gpu_gb"]
+            rows["maxsim_over_pylate"] = ratio
+            print(f"{workload:8s} batch {batch_size:4d} ratio   maxsim/PyLate "
+                  + ", ".join(f"{k} {v:.2f}x" for k, v in ratio.items()), flush=True)
+            report["results"][f"{workload}@{batch_size}"] = rows
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,11 @@ app = typer.Typer(
 )
 
 
+#: where a command's model runs: one option, the same for every command that loads a model
+Device = Annotated[str, typer.Option(help="Where the model runs: auto (a CUDA GPU where one is visible, in bf16 "
+                                     "autocast; else the CPU), cpu, cuda or cuda:N.")]
+
+
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
@@ -61,10 +66,11 @@ def _root() -> None:
     parameter("corpus", Annotated[list[Path] | None, typer.Option(help="Extra documents (a corpus.jsonl, a table with a 'text' column, or a BEIR folder), only candidates for negatives. Repeatable.", metavar="<path>")], None),
     parameter("queries", Annotated[Path | None, typer.Option(help="colbert-ai's queries.tsv, for inputs that are colbert-ai triples ([qid, pid, ...] or [qid, [pid, score], ...] lines).")], None),
     parameter("collection", Annotated[Path | None, typer.Option(help="colbert-ai's collection.tsv, for inputs that are colbert-ai triples.")], None),
+    parameter("device", Device, "auto"),
     *options_from(PrepareSettings, flags={"positive_labels": "positive_label", "negative_labels": "negative_label"}),
 )
 def prepare(inputs: list[Path], output: Path, corpus: list[Path] | None, queries: Path | None,
-            collection: Path | None, **settings) -> None:
+            collection: Path | None, device: str, **settings) -> None:
     """Turn pairs, labelled pairs, triplets or a BEIR folder into a checked training folder."""
     from maxsim.data.prepare import prepare_training_data
 
@@ -72,7 +78,7 @@ def prepare(inputs: list[Path], output: Path, corpus: list[Path] | None, queries
     with _one_line_errors():
         options = PrepareSettings.checked(**{k: v for k, v in settings.items() if v is not None}).model_dump()
         manifest = prepare_training_data(list(inputs), output, corpus=list(corpus or []), colbert_queries=queries,
-                                         colbert_collection=collection, **options)
+                                         colbert_collection=collection, device=device, **options)
     counts = manifest["counts"]
     typer.echo(", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()), err=True)
     for what, section in (("dropped", manifest["dropped"]), ("merged", manifest["merged"])):
@@ -125,6 +131,7 @@ def score(
     output: Annotated[Path, typer.Option(help="New training folder: the same queries and corpus, triples.jsonl with \"scores\".")],
     candidates: Annotated[int | None, typer.Option(help="Score the teacher's top N of the corpus (BM25's for a cross-encoder), known positives always included [default: each line's own positives and negatives].")] = None,
     batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 32,
+    device: Device = "auto",
 ) -> None:
     """Score a training folder with a teacher, for distillation; prints the new folder.
 
@@ -135,7 +142,7 @@ def score(
 
     _quiet_libraries()
     with _one_line_errors():
-        score_training_folder(data, teacher, output, candidates, batch_size)
+        score_training_folder(data, teacher, output, candidates, batch_size, device=device)
     typer.echo(str(output))
 
 
@@ -151,6 +158,7 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse qrels that name documents the corpus lacks [default: warn, and count them as relevant and unretrievable, as BEIR does].")] = False,
     allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch", help="With --index and --model: search the index with a model other than the one that built it.")] = False,
+    device: Device = "auto",
 ) -> None:
     """nDCG@10, MRR@10, Recall@100 and MAP (pytrec_eval) of exact MaxSim, an index or BM25 on a BEIR split.
 
@@ -172,7 +180,7 @@ def evaluate(
     with _one_line_errors():
         metrics, run = evaluate_beir(model, data, split, k, drop_self_hits, batch_size, progress=True, index=index,
                                      strict=strict, trec_output=output is not None,
-                                     allow_model_mismatch=allow_model_mismatch)
+                                     allow_model_mismatch=allow_model_mismatch, device=device)
     result = {"model": model, "data": str(data), "split": split, **{k_: round(v, 4) for k_, v in metrics.items()}}
     if index is not None:
         result["index"] = str(index)
@@ -215,22 +223,25 @@ def build_index(
     no_split: Annotated[bool, typer.Option("--no-split", help="Truncate long documents instead of splitting them.")] = False,
     batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the index already in --output (a folder holding anything else is never replaced).")] = False,
+    device: Device = "auto",
 ) -> None:
     """Build a compressed (PLAID-style) index of a corpus; prints the index folder."""
     from maxsim.data.errors import DataError
     from maxsim.data.training_folder import read_corpus
     from maxsim.files import check_replaceable
     from maxsim.index import is_index
+    from maxsim.model import pick_device
     from maxsim.retriever import Retriever
 
     _quiet_libraries()
     path = corpus / "corpus.jsonl" if corpus.is_dir() else corpus
     with _one_line_errors():
         check_replaceable(output, is_index, "maxsim index", overwrite)  # before any work
+        pick_device(device)
         docs = read_corpus(path)
         if not len(docs):
             raise DataError(path, None, "no documents", "give a corpus.jsonl with one {\"_id\", \"text\"} per line")
-        retriever = Retriever.from_pretrained(None if model == "base" else model)
+        retriever = Retriever.from_pretrained(None if model == "base" else model, device=device)
         retriever.index(docs.texts, path=output, document_ids=docs.ids, nbits=nbits, overwrite=overwrite,
                         split_documents=not no_split, max_document_tokens=max_document_tokens, batch_size=batch_size)
     typer.echo(str(output))

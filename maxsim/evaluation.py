@@ -12,7 +12,7 @@ from maxsim.data.qrels import integer_gains
 from maxsim.errors import SettingsError
 from maxsim.exact_search import exact_search
 from maxsim.index import search
-from maxsim.model import ColBERT
+from maxsim.model import ColBERT, pick_device
 from maxsim.ranking import Ranking
 
 #: maxsim metric name -> (pytrec_eval measure, cutoff applied to the run before evaluation)
@@ -146,6 +146,7 @@ def evaluate_beir(
     strict: bool = False,
     trec_output: bool = False,
     allow_model_mismatch: bool = False,
+    device: str = "auto",
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Evaluate a checkpoint (exact MaxSim), ``"base"`` (the untrained bundled MiniLM with a fresh
     projection, seed 0) or ``"bm25"`` on a BEIR split; with ``index`` (a folder made by
@@ -154,7 +155,8 @@ def evaluate_beir(
 
     ``strict``: refuse qrels that name documents the corpus lacks (default: warn, and count them
     as relevant and unretrievable, as BEIR does). ``trec_output``: the run will be written as a
-    TREC file, so ids with whitespace are refused here, before any work.
+    TREC file, so ids with whitespace are refused here, before any work. ``device``: where the
+    model encodes (``auto``: a CUDA GPU where one is visible, in bf16 autocast, else the CPU).
 
     Returns (metrics: nDCG@10, MRR@10, Recall@100, MAP; the run).
     """
@@ -162,6 +164,8 @@ def evaluate_beir(
 
     if k < 1:
         raise SettingsError(f"--k must be 1 or more, got {k}")
+    if model != "bm25":
+        pick_device(device)  # a device that is not there fails now, not after reading the corpus
     queries, corpus, qrels = read_beir_split(data, split, strict=strict)
     if trec_output:
         check_trec_ids(queries.ids, f"{data}/queries.jsonl")
@@ -172,8 +176,10 @@ def evaluate_beir(
             raise SettingsError("--index searches with a ColBERT model, not bm25")
         from maxsim.retriever import Retriever
 
-        colbert = None if model is None else ColBERT.from_pretrained(None if model == "base" else model)
-        retriever = Retriever.from_index(index, model=colbert, allow_model_mismatch=allow_model_mismatch)
+        colbert = None if model is None else ColBERT.from_pretrained(None if model == "base" else model,
+                                                                     device=device)
+        retriever = Retriever.from_index(index, model=colbert, allow_model_mismatch=allow_model_mismatch,
+                                         device=device)
         known = set(corpus.ids)
         strangers = [d["id"] for d in retriever.index_data.documents if d["id"] not in known]
         if strangers:
@@ -191,7 +197,7 @@ def evaluate_beir(
 
         ranking = BM25Miner(corpus.texts).rank(queries.texts, depth)
     else:
-        colbert = ColBERT.from_pretrained(None if model in (None, "base") else model)
+        colbert = ColBERT.from_pretrained(None if model in (None, "base") else model, device=device)
         tokens = colbert.tokenize_documents(corpus.texts)
         ranking = exact_search(colbert, queries.texts, tokens, depth, batch_size, progress)
     run = run_from_ranking(queries.ids, corpus.ids, ranking, drop_self_hits, k)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import typer
 from typer.testing import CliRunner
 
@@ -68,3 +69,26 @@ def test_prepare_refuses_a_bad_setting_in_one_line(tmp_path):
     result = CliRunner().invoke(app, ["prepare", str(tmp_path / "x.jsonl"), "--output", str(tmp_path / "o"),
                                       "--export", "pylate"])
     assert result.exit_code == 2 and "export" in result.output
+
+
+def test_every_command_that_loads_a_model_has_the_same_device_option():
+    for command in ("prepare", "score", "eval", "index"):
+        option = options_of(command)["device"]
+        assert option.opts == ["--device"] and option.default == "auto", command
+        assert "cuda" in option.help and "auto" in option.help
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal where no CUDA GPU is visible")
+@pytest.mark.parametrize("command", [
+    ["score", "{tmp}/no-such-folder", "--teacher", "{tmp}/no-model", "--output", "{tmp}/out"],
+    ["eval", "--data", "{tmp}/no-such-folder", "--model", "base"],
+    ["prepare", "{tmp}/no-such.jsonl", "--output", "{tmp}/out", "--mine", "dense", "--miner-model", "{tmp}/m"],
+    ["index", "{tmp}/no-such.jsonl", "--model", "base", "--output", "{tmp}/out"],
+])
+def test_a_cuda_device_that_is_not_there_is_refused_before_any_work(tmp_path, command):
+    """The inputs do not exist either: the device is checked first, in one line, not after reading them."""
+    args = [a.format(tmp=tmp_path) for a in command] + ["--device", "cuda"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "--device cuda: no CUDA GPU is visible" in result.output and "--device cpu" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()

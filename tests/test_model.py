@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from maxsim.model import ColBERT, ModelLoadError
+from maxsim.model import ColBERT, ModelLoadError, pick_device
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +154,17 @@ def test_custom_code_in_a_model_folder_never_runs(tiny_model_dir, tmp_path):
     (folder / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w')\nfrom transformers import BertModel as EvilModel\n")
     ColBERT.from_pretrained(folder, dim=16)  # trust_remote_code=False: the built-in BERT class, no prompt
     assert not marker.exists()
+
+
+def test_pick_device_reads_auto_cpu_and_cuda(tiny_model_dir):
+    gpu = torch.cuda.is_available()
+    assert pick_device("auto").type == pick_device(None).type == ("cuda" if gpu else "cpu")
+    assert pick_device("cpu") == torch.device("cpu")
+    assert ColBERT.from_pretrained(tiny_model_dir, device="auto").device.type == ("cuda" if gpu else "cpu")
+    assert ColBERT.from_pretrained(tiny_model_dir).device.type == "cpu"  # None: where it was loaded
+    for bad in ("tpu", "gpu", "cuda:x"):
+        with pytest.raises(ModelLoadError, match="use auto, cpu, cuda or cuda:N"):
+            pick_device(bad)
+    if not gpu:
+        with pytest.raises(ModelLoadError, match="no CUDA GPU is visible"):
+            pick_device("cuda:0")

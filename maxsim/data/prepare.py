@@ -54,6 +54,7 @@ def prepare_training_data(
     corpus: Sequence[str | Path] = (),
     colbert_queries: str | Path | None = None,
     colbert_collection: str | Path | None = None,
+    device: str = "auto",
     **options,
 ) -> dict:
     """Build a training folder from pairs, labelled pairs, triplets and/or BEIR folders.
@@ -68,6 +69,8 @@ def prepare_training_data(
     corpus: extra document files, also only candidates for negatives.
     colbert_queries, colbert_collection: colbert-ai's queries.tsv and collection.tsv, which the ids
         of colbert-ai triples inputs (``[qid, pid, ...]`` or ``[qid, [pid, score], ...]``) point into.
+    device: where dense mining's model encodes (``auto``: a CUDA GPU where one is visible, in bf16
+        autocast, else the CPU in float32; the two can order near-ties differently).
     options: the fields of :class:`PrepareSettings` (``mine``, ``negatives``, ``min_rank``, ...).
 
     Returns
@@ -75,6 +78,10 @@ def prepare_training_data(
     The manifest (also written to ``output/manifest.json``).
     """
     settings = PrepareSettings.checked(**options)
+    if settings.mine == "dense":
+        from maxsim.model import pick_device
+
+        pick_device(device)  # a device that is not there fails now, not after reading the inputs
     inputs = _as_inputs(inputs)
     output = Path(output)
     check_output(output, [Path(i) for i in inputs if isinstance(i, (str, Path))] + [Path(c) for c in corpus]
@@ -87,7 +94,7 @@ def prepare_training_data(
     train_ids, dev_ids = split_dev(_queries_with_positives(collection, described, dropped), settings)
     doc_ids = list(collection.documents)
     mined = mine_negatives(collection, train_ids, doc_ids, settings if not collection.scores else
-                           settings.model_copy(update={"negatives": 0}))
+                           settings.model_copy(update={"negatives": 0}), device)
     if collection.scores:
         mined.notes.append("scored inputs: the negatives are the scored documents, none mined (a teacher would "
                            "have to score them: maxsim score --candidates N)")
@@ -173,8 +180,9 @@ class Mined:
 
 
 def mine_negatives(collection: Collection, train_ids: list[str], doc_ids: list[str],
-                   settings: PrepareSettings) -> Mined:
-    """``settings.negatives`` negatives per training query from the miner's rank window."""
+                   settings: PrepareSettings, device: str = "auto") -> Mined:
+    """``settings.negatives`` negatives per training query from the miner's rank window (a dense
+    miner's model on ``device``)."""
     doc_index = {d: i for i, d in enumerate(doc_ids)}
     doc_texts = [document_text(*collection.documents[d]) for d in doc_ids]
     positives_of = {q: {doc_index[d] for d in collection.positives[q]} for q in train_ids}
@@ -189,7 +197,7 @@ def mine_negatives(collection: Collection, train_ids: list[str], doc_ids: list[s
             for q in train_ids:
                 mined[q] = random_negatives(len(doc_ids), positives_of[q], settings.negatives, _rng(settings.seed, q))
         else:
-            miner = _miner(doc_texts, settings, notes)
+            miner = _miner(doc_texts, settings, notes, device)
             with_floor = settings.false_negative_margin is not None
             ranking = miner.rank([collection.queries[q] for q in train_ids], high,
                                  [sorted(positives_of[q]) for q in train_ids] if with_floor else None)
@@ -207,13 +215,14 @@ def mine_negatives(collection: Collection, train_ids: list[str], doc_ids: list[s
     return Mined(mined, (low, high), margin_dropped, notes)
 
 
-def _miner(doc_texts: list[str], settings: PrepareSettings, notes: list[str]):
-    """The miner ``settings.mine`` asks for (bm25 or dense, exact or through an index)."""
+def _miner(doc_texts: list[str], settings: PrepareSettings, notes: list[str], device: str):
+    """The miner ``settings.mine`` asks for (bm25 or dense, exact or through an index; dense on ``device``)."""
     if settings.mine == "bm25":
         return BM25Miner(doc_texts, settings.bm25_language)
     from maxsim.model import ColBERT
 
-    miner_model = ColBERT.from_pretrained(settings.miner_model)
+    miner_model = ColBERT.from_pretrained(settings.miner_model, device=device)
+    logger.info("dense mining encodes on %s", miner_model.device)
     use_index = settings.dense_search == "index" or (
         settings.dense_search == "auto" and len(doc_texts) > EXACT_SEARCH_LIMIT)
     if use_index:

