@@ -51,7 +51,9 @@ def contrastive_loss(
     """
     batch = scores.shape[0]
     rows = torch.arange(batch, device=scores.device)
-    if not bool(candidate_mask[rows, positive_column].all()):
+    # (checked on the host only: on a GPU the check would make every step wait for the forward
+    # pass before queueing the backward; candidate_mask_for_batch always sets those columns)
+    if not scores.is_cuda and not bool(candidate_mask[rows, positive_column].all()):
         raise ValueError("candidate_mask must be True at each query's positive column")
     logits = scores.float() / temperature
     masked = logits.masked_fill(~candidate_mask, float("-inf"))
@@ -109,9 +111,13 @@ def candidate_mask_for_batch(
     else:
         own = torch.arange(n_docs, device=device)[None, :] // nway
         mask = own == (torch.arange(n_local, device=device)[:, None] + query_offset)
-    for i, positives in enumerate(positive_ids):
-        known = torch.tensor(sorted(positives), dtype=document_ids.dtype, device=device)
-        mask[i] &= ~torch.isin(document_ids, known)
+    width = max((len(p) for p in positive_ids), default=0)
+    if width:  # (B, P) known positives padded with -1 (no corpus index), one copy to the device
+        known = torch.tensor([sorted(p) + [-1] * (width - len(p)) for p in positive_ids], dtype=document_ids.dtype)
+        if device.type == "cuda":  # pinned, so the copy does not wait for the GPU to drain
+            known = known.pin_memory()
+        known = known.to(device, non_blocking=True)
+        mask &= ~(document_ids[None, None, :] == known[:, :, None]).any(dim=1)
     mask[torch.arange(n_local, device=device), positive_column] = True
     return positive_column, mask
 

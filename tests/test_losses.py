@@ -49,3 +49,21 @@ def test_normaliser_scales_the_sum():
     one = contrastive_loss(scores, pc, mask).loss
     half = contrastive_loss(scores, pc, mask, normaliser=2).loss
     assert abs(one.item() - 2 * half.item()) < 1e-7
+
+
+def test_candidate_mask_equals_the_per_query_definition_on_a_random_batch():
+    """Each query's known positives masked out of every column but its own positive's, as
+    `torch.isin` per query computes it, for uneven numbers of positives and repeated documents."""
+    g = torch.Generator().manual_seed(0)
+    for use_ib in (True, False):
+        for _ in range(20):
+            n_local, nway, offset = 5, 3, 2
+            doc_ids = torch.randint(0, 12, ((n_local + offset + 1) * nway,), generator=g)
+            positives = [set(torch.randint(0, 12, (int(k),), generator=g).tolist()) | {int(doc_ids[(offset + i) * nway])}
+                         for i, k in enumerate(torch.randint(0, 4, (n_local,), generator=g))]
+            column, mask = candidate_mask_for_batch(doc_ids, positives, offset, nway, use_ib)
+            for i, known in enumerate(positives):
+                own = torch.arange(len(doc_ids)) // nway == offset + i
+                expected = (torch.ones_like(own) if use_ib else own) & ~torch.isin(doc_ids, torch.tensor(sorted(known)))
+                expected[column[i]] = True
+                assert mask[i].tolist() == expected.tolist()
