@@ -6,8 +6,9 @@
 #   round 2  round 1's best trained on, with negatives re-mined by it (--mine dense) and scored by
 #            the same teacher
 # Every round picks its checkpoint on the same dev slice (10% of the training queries, seed 42);
-# test is evaluated once per round, at the end. Prints one JSON line per round, then the wall
-# time of each step. Needs `pip install -e .`; a GPU makes it minutes instead of hours.
+# test is evaluated once per round, as soon as the round ends (so a run cut short keeps the rounds
+# it finished); models run on the GPU where one is visible (--device auto). Prints one JSON line
+# per round, then the wall time of each step. Needs `pip install -e .`; a GPU makes it minutes instead of hours.
 #
 #   bash bench/distill.sh [BEIR_DIR] [WORK_DIR]
 #   MAX_STEPS=4 NWAY=4 CANDIDATES=8 bash bench/distill.sh tiny_beir /tmp/d   # a smoke run
@@ -44,24 +45,27 @@ step() {  # step NAME COMMAND...: run it, keep its last line of stdout, time it
     times+=("$name $(( $(date +%s) - started )) s")
 }
 
+report() {  # report ROUND: its best checkpoint's dev figures, and test once, as soon as the round ends
+    local best="$WORK/r$1/best" dev
+    dev=$(python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))))" "$best/best.json")
+    step "test$1" mx eval --model "$best" --data "$BEIR" --split test --output "$WORK/test$1"
+    echo "{\"round\": $1, \"checkpoint\": \"$best\", \"dev\": $dev, \"test\": $last}"
+}
+
 step prepare mx prepare "$BEIR" --split train --output "$WORK/data" --dev-fraction 0.1 --negatives 10 \
     --min-rank 10 --max-rank 100
 step round0 mx train --data "$WORK/data" --output "$WORK/r0" --learning-rate "$LR" "${base[@]}" "${common[@]}"
 r0=$last
+report 0
 step score0 mx score "$WORK/data" --teacher "$r0" --candidates "$CANDIDATES" --output "$WORK/scored1"
 step round1 mx train --data "$WORK/scored1" --output "$WORK/r1" --loss distillation --nway "$NWAY" \
     --learning-rate "$LR_DISTILL" "${base[@]}" "${common[@]}"
 r1=$last
+report 1
 step remine mx prepare "$BEIR" --split train --output "$WORK/data2" --dev-fraction 0.1 --mine dense \
     --miner-model "$r1" --dense-search exact --negatives $(( CANDIDATES - 1 )) --min-rank 1 --max-rank 100
 step score1 mx score "$WORK/data2" --teacher "$r0" --output "$WORK/scored2"
 step round2 mx train --data "$WORK/scored2" --output "$WORK/r2" --loss distillation --nway "$NWAY" \
     --learning-rate "$LR_DISTILL" --base-model "$r1" "${common[@]}"
-r2=$last
-for round in 0 1 2; do
-    best="$WORK/r$round/best"
-    dev=$(python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))))" "$best/best.json")
-    step "test$round" mx eval --model "$best" --data "$BEIR" --split test --output "$WORK/test$round"
-    echo "{\"round\": $round, \"checkpoint\": \"$best\", \"dev\": $dev, \"test\": $last}"
-done
+report 2
 printf '%s\n' "${times[@]}" >&2

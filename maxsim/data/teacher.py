@@ -40,6 +40,11 @@ class Teacher:
     def score(self, query: str, documents: Sequence[str]) -> list[float]:
         raise NotImplementedError
 
+    def score_lines(self, queries: Sequence[str], documents: Sequence[Sequence[int]],
+                    corpus: Sequence[str]) -> list[list[float]]:
+        """The scores of each query with its documents (positions in ``corpus``), line by line."""
+        return [self.score(q, [corpus[d] for d in docs]) for q, docs in zip(queries, documents)]
+
     def top(self, queries: Sequence[str], k: int) -> np.ndarray:
         """(Q, k) corpus positions, best first (-1 pads)."""
         raise NotImplementedError
@@ -77,6 +82,22 @@ class ColBERTTeacher(Teacher):
         q, q_mask = self.model.encode_queries([query], padded=True, batch_size=self.batch_size)
         d, d_mask = self.model.encode_documents(list(documents), padded=True, batch_size=self.batch_size)
         return maxsim(q, q_mask, d, d_mask)[0].tolist()
+
+    def score_lines(self, queries, documents, corpus):
+        """Each distinct document of the lines encoded once (a document recurs across lines), in
+        batches of ``batch_size``; then each line's MaxSim."""
+        from maxsim.scoring import maxsim
+
+        distinct = sorted({d for docs in documents for d in docs})
+        vectors = dict(zip(distinct, self.model.encode_documents([corpus[d] for d in distinct], self.batch_size)))
+        q, q_mask = self.model.encode_queries(list(queries), padded=True, batch_size=self.batch_size)
+        out = []
+        for i, docs in enumerate(documents):
+            d = torch.nn.utils.rnn.pad_sequence([vectors[p] for p in docs], batch_first=True)
+            lengths = torch.tensor([len(vectors[p]) for p in docs])
+            d_mask = torch.arange(d.shape[1])[None, :] < lengths[:, None]
+            out.append(maxsim(q[i : i + 1], q_mask[i : i + 1], d, d_mask)[0].tolist())
+        return out
 
     def top(self, queries, k):
         from maxsim.data.mining import DenseMiner
@@ -198,16 +219,19 @@ def _score_lines(data: TrainingData, teacher: Teacher, lines: range, tops: np.nd
     each line's own documents."""
     examples = [data.examples[i] for i in lines]
     positives_of = data.positives_of()
-    rows = []
+    candidates = []
     for row, ex in enumerate(examples):
         known = positives_of[ex.query]
         if tops is None:
             negatives = list(ex.negatives)
         else:
             negatives = [int(p) for p in tops[row] if p >= 0 and int(p) not in known]
-        positives = list(ex.positives)
+        candidates.append((list(ex.positives), negatives))
+    all_scores = teacher.score_lines([data.queries.texts[ex.query] for ex in examples],
+                                     [p + n for p, n in candidates], data.corpus.texts)
+    rows = []
+    for ex, (positives, negatives), scores in zip(examples, candidates, all_scores):
         docs = positives + negatives
-        scores = teacher.score(data.queries.texts[ex.query], [data.corpus.texts[d] for d in docs])
         if len(scores) != len(docs) or not all(np.isfinite(scores)):
             raise DataError(data.folder / "triples.jsonl", None, f"the teacher gave no finite score for a document "
                             f"of query {data.queries.ids[ex.query]!r}", "check the teacher model")
