@@ -246,8 +246,9 @@ class ColBERT(nn.Module):
         per_text: list[torch.Tensor] = [torch.zeros(0, self.settings.dim)] * len(token_ids)
         for positions, vectors, mask in self.encode_batches(token_ids, is_query, batch_size, forward):
             vectors, mask = vectors.cpu(), mask.cpu()  # one copy a batch, not one a text
-            for row, i in enumerate(positions):
-                per_text[i] = vectors[row][mask[row]]
+            # one selection a batch, then views of it per text (not one selection a text)
+            for i, text_vectors in zip(positions, torch.split(vectors[mask], mask.sum(dim=1).tolist())):
+                per_text[i] = text_vectors
         return per_text
 
     def _encode(self, texts, is_query, batch_size, padded, forward=None):
