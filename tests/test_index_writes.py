@@ -266,3 +266,25 @@ def test_index_command_checks_the_corpus_before_loading_a_model(tmp_path):
     result = CliRunner().invoke(app, ["index", str(tmp_path / "empty.jsonl"), "--model", str(tmp_path / "nope"),
                                       "--output", str(tmp_path / "ix")])
     assert result.exit_code == 2 and f"{tmp_path / 'empty.jsonl'}: no documents" in result.output
+
+
+def test_an_add_compresses_only_the_texts_that_changed(retriever, tmp_path, monkeypatch):
+    """The documents file is bzip2 streams of TEXT_BLOCK documents: after an add, the blocks
+    before the last are the last save's streams, not compressed again; the file reads back whole."""
+    import bz2
+
+    from maxsim.index import store
+
+    monkeypatch.setattr(store, "TEXT_BLOCK", 4)
+    path = tmp_path / "ix"
+    retriever.index(DOCS[:10], path=path, document_ids=IDS[:10])  # blocks of 4, 4, 2
+    calls = []
+    compress = bz2.compress
+    monkeypatch.setattr(store.bz2, "compress", lambda data, level=9: calls.append(data) or compress(data, level))
+    retriever.add(DOCS[10:13], document_ids=IDS[10:13])  # blocks of 4, 4, 4, 1: the last two are new
+    assert len(calls) == 2 and calls[0].decode().count("\n") == 4 and calls[1].decode().count("\n") == 1
+    loaded = IndexData.load(path)
+    assert [d["id"] for d in loaded.documents] == IDS[:13]
+    assert [d["content"] for d in loaded.documents] == DOCS[:13]
+    retriever.delete(["doc1"])  # every block from the first on shifts: compressed again, still whole
+    assert [d["id"] for d in IndexData.load(path).documents] == IDS[:1] + IDS[2:13]

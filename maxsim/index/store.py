@@ -11,7 +11,8 @@ on load, never wrong results)::
     doclens.npy       (N,) int32 tokens per chunk
     chunk_docs.npy    (N,) int32 document position of each chunk
     spans.npy         (N, 2) int32 character span (start, end) of each chunk in its document
-    documents.jsonl.bz2  {"id", "content", "metadata"} per document, bzip2-compressed
+    documents.jsonl.bz2  {"id", "content", "metadata"} per document, bzip2-compressed in
+                         streams of 512 documents back to back (one text to ``bz2.decompress``)
 
 Writes go through :func:`index_lock` and an atomic folder swap; a load reads one version.
 """
@@ -108,6 +109,26 @@ def index_lock(path: str | Path, timeout: float = 60.0) -> Iterator[None]:
 #: index.json keys every index has
 REQUIRED_KEYS = ("format", "files", "nbits", "dim", "split_documents", "max_document_tokens")
 DOCUMENTS_FILE = "documents.jsonl.bz2"
+#: documents per bzip2 stream of DOCUMENTS_FILE (bzip2 itself works in blocks of 900 kB, so a
+#: block of about that much text costs little in size: +1.2% on SciFact's abstracts)
+TEXT_BLOCK = 512
+
+
+class CompressedTexts:
+    """The compressed streams of the last save, looked up by their text: a save that follows an
+    add compresses only the blocks that changed (the last one or two) instead of every text
+    (0.8 s for SciFact's 5,183 abstracts). Shared by the versions a process derives from one
+    another (safe: a block is found by its content); holds the last save's text and bytes."""
+
+    def __init__(self) -> None:
+        self._streams: dict[str, bytes] = {}
+
+    def compress(self, lines: list[str]) -> bytes:
+        """The JSON ``lines`` as bzip2 streams of :data:`TEXT_BLOCK` lines, back to back."""
+        blocks = ["".join(lines[i : i + TEXT_BLOCK]) for i in range(0, len(lines), TEXT_BLOCK)] or [""]
+        streams = {b: self._streams.get(b) or bz2.compress(b.encode("utf-8"), 9) for b in blocks}
+        self._streams = streams
+        return b"".join(streams[b] for b in blocks)
 LOAD_ATTEMPTS = 50  # a load that meets a write in progress starts again, up to this many times
 
 
@@ -136,6 +157,7 @@ class IndexData:
     documents: list[dict] = field(default_factory=list)  # {"id", "content", "metadata"}
     spans: list[tuple[int, int]] = field(default_factory=list)
     version: str = ""
+    texts: CompressedTexts = field(default_factory=CompressedTexts, repr=False, compare=False)
 
     @property
     def dim(self) -> int:
@@ -165,8 +187,8 @@ class IndexData:
             for name, array in self.arrays().items():
                 np.save(tmp / f"{name}.npy", array, allow_pickle=False)
                 files[f"{name}.npy"] = None
-            text = "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in self.documents)
-            (tmp / DOCUMENTS_FILE).write_bytes(bz2.compress(text.encode("utf-8"), 9))
+            lines = [json.dumps(doc, ensure_ascii=False) + "\n" for doc in self.documents]
+            (tmp / DOCUMENTS_FILE).write_bytes(self.texts.compress(lines))
             files[DOCUMENTS_FILE] = None
             meta = self.settings.model_dump()
             meta.update(format=FORMAT, version=version, n_documents=len(self.documents), n_chunks=len(self.doclens),
