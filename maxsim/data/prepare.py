@@ -223,6 +223,9 @@ def _miner(doc_texts: list[str], settings: PrepareSettings, notes: list[str], de
 
     miner_model = ColBERT.from_pretrained(settings.miner_model, device=device)
     logger.info("dense mining encodes on %s", miner_model.device)
+    if miner_model.device.type == "cuda":
+        notes.append("dense mining encoded on the GPU in bf16 autocast (a CPU encodes in float32: near-ties can "
+                     "rank differently, so the negatives can differ)")
     use_index = settings.dense_search == "index" or (
         settings.dense_search == "auto" and len(doc_texts) > EXACT_SEARCH_LIMIT)
     if use_index:
