@@ -168,3 +168,23 @@ def test_pick_device_reads_auto_cpu_and_cuda(tiny_model_dir):
     if not gpu:
         with pytest.raises(ModelLoadError, match="no CUDA GPU is visible"):
             pick_device("cuda:0")
+
+
+def test_tokenising_ahead_in_windows_keeps_each_texts_vectors(tiny_model_dir, monkeypatch):
+    """The GPU path (texts tokenised a window ahead by a thread, batches sorted within a window),
+    forced here on the CPU: every text gets the vectors the one-pass path gives it, in order."""
+    import maxsim.model.colbert as colbert
+
+    model = ColBERT.from_pretrained(tiny_model_dir, dim=16, doc_maxlen=24, seed=3)
+    texts = [f"document {i} " + "word " * (i % 17) for i in range(150)]
+    want = model.encode_documents(texts, batch_size=16)
+    monkeypatch.setattr(colbert, "TOKENIZE_WINDOW", 40)
+    monkeypatch.setattr(ColBERT, "_tokenizes_ahead", lambda self, n: n > 40)
+    got = model.encode_documents(texts, batch_size=16)
+    queries = model.encode_queries(texts[:90], padded=True)
+    assert len(got) == len(want)
+    for a, b in zip(want, got):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+    monkeypatch.setattr(ColBERT, "_tokenizes_ahead", lambda self, n: False)
+    plain = model.encode_queries(texts[:90], padded=True)
+    assert torch.allclose(queries[0], plain[0], atol=1e-5) and torch.equal(queries[1], plain[1])

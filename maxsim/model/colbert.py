@@ -30,6 +30,9 @@ from maxsim.model.tokenization import Chunk, ColBERTTokenizer, ModelLoadError, T
 
 logger = logging.getLogger(__name__)
 
+#: texts tokenised at a time, ahead of the encoding, when encoding on a GPU (:meth:`ColBERT._encode`)
+TOKENIZE_WINDOW = 1024
+
 
 class ColBERT(nn.Module):
     """Encoder + bias-free linear projection to ``dim`` + L2 normalisation, per token.
@@ -253,8 +256,16 @@ class ColBERT(nn.Module):
 
     def _encode(self, texts, is_query, batch_size, padded, forward=None):
         texts = [texts] if isinstance(texts, str) else list(texts)
-        tokens = self.tokenize_queries(texts) if is_query else self.tokenize_documents(texts)
-        per_text = self.encode_token_ids(tokens, is_query, batch_size, forward)
+        tokenize = self.tokenize_queries if is_query else self.tokenize_documents
+        if self._tokenizes_ahead(len(texts)):
+            # texts in windows, the next one tokenised by a background thread (the tokenizer lets
+            # go of the GIL) while this one encodes; batches are length-sorted within a window
+            per_text = []
+            windows = (texts[start : start + TOKENIZE_WINDOW] for start in range(0, len(texts), TOKENIZE_WINDOW))
+            for tokens in prefetched(tokenize(window) for window in windows):
+                per_text += self.encode_token_ids(tokens, is_query, batch_size, forward)
+        else:
+            per_text = self.encode_token_ids(tokenize(texts), is_query, batch_size, forward)
         if not padded:
             return per_text
         length = max((t.shape[0] for t in per_text), default=1)
@@ -264,6 +275,11 @@ class ColBERT(nn.Module):
             out[i, : t.shape[0]] = t
             mask[i, : t.shape[0]] = True
         return out, mask
+
+    def _tokenizes_ahead(self, n_texts: int) -> bool:
+        """Whether :meth:`_encode` tokenises in windows ahead of the encoding: on a GPU, where the
+        host's tokenising would otherwise leave it idle, for more texts than one window."""
+        return self.device.type == "cuda" and n_texts > TOKENIZE_WINDOW
 
     def encode_queries(self, texts: str | Sequence[str], batch_size: int = 64, padded: bool = False,
                        forward: InferenceForward | None = None):
