@@ -29,7 +29,7 @@ python3 bench/train_throughput.py "${common[@]}" --workloads encode --batch-size
 lap grad-cache
 timeout 120 python3 bench/grad_cache_memory.py --device cuda 2>&1 | tail -n 8 | tee "$OUT/grad_cache.log"
 lap profile
-timeout 90 python3 bench/gpu_profile.py --batch-size 128 --steps 8 > "$OUT/profile.log" 2>&1
-head -c 6000 "$OUT/profile.log"
+timeout 150 python3 bench/gpu_profile.py --batch-size 128 --steps 8 > "$OUT/profile.log" 2>&1
+grep -E "^\{" "$OUT/profile.log"
 lap done
 grep -iE "error|Traceback" "$OUT"/*.stderr | tail -n 10
