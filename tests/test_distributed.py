@@ -54,14 +54,16 @@ def _worker(rank, world, port, model_dir, data_dir, batch, out, grad_cache_chunk
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     ctx = setup("cpu")
+    completed = False
     try:
         stats, grads = _step(model_dir, data_dir, ctx, batch, grad_cache_chunk)
         from maxsim.training.distributed import all_sum
         stats = all_sum(ctx, stats)
         if rank == 0:
             torch.save({"stats": stats, "grads": grads}, out)
+        completed = True
     finally:
-        teardown(ctx)
+        teardown(ctx, completed)
 
 
 @pytest.fixture(scope="module")

@@ -54,8 +54,14 @@ def setup(device: str = "auto") -> Context:
     return Context(rank=rank, world_size=world_size, device=torch_device)
 
 
-def teardown(context: Context) -> None:
+def teardown(context: Context, completed: bool = True) -> None:
+    """Leave the process group. After a ``completed`` run every rank first waits for the others
+    (a rank that destroys its group while another still talks to it, e.g. while rank 0 saves, can
+    make gloo abort the process at exit); after an error it leaves at once, as the others may be
+    gone."""
     if context.distributed and dist.is_initialized():
+        if completed:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -59,11 +59,14 @@ class Trainer:
         Returns ``OUTPUT/best`` when there is a dev set, else the last checkpoint.
         """
         context = distributed.setup(self.config.device)
+        completed = False
         try:
             with contextlib.ExitStack() as held:
-                return self._train(context, resume, held)
+                result = self._train(context, resume, held)
+            completed = True
+            return result
         finally:
-            distributed.teardown(context)
+            distributed.teardown(context, completed)
 
     def _train(self, ctx: distributed.Context, resume: bool, held: contextlib.ExitStack) -> Path:
         cfg = self.config
