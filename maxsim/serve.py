@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from maxsim.errors import LockedError, MaxsimError
 from maxsim.files import atomic_write_text, exclusive_lock
-from maxsim.index import search
+from maxsim.index import search, search_pool
 from maxsim.retriever import Retriever
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ MAX_K = 1000
 MAX_QUERIES = 256
 MAX_DOCUMENTS = 1000
 MAX_BODY_BYTES = 16 * 1024 * 1024
+#: how long a batch waits for the clients of the last one (seconds): see :class:`IndexWorker`
+GATHER_S = 0.015
 
 
 class SearchRequest(BaseModel):
@@ -175,20 +177,27 @@ class IndexWorker:
 
     Searches waiting together (up to ``max_queries`` queries) are answered as one batch: their
     queries encoded in one forward (one forward of 16 queries costs far less than 16 forwards of
-    one), searched per (k, ncells, ndocs), on one index version (after picking up other
-    processes' writes). A batch starts as soon as one request waits: waiting for more would
-    only idle the worker while the clients it just answered come back.
+    one), searched per (k, ncells, ndocs) on the threads of a :func:`~maxsim.index.search_pool`,
+    on one index version (after picking up other processes' writes). A batch gathers the
+    requests that wait, and when fewer wait than the last batch answered, waits up to
+    ``gather_s`` for them: under load the clients just answered come back within milliseconds,
+    and a batch that left without them would leave them to a next, small batch that costs
+    nearly as much (with 16 clients on 2 cores, most batches were of one request). One client
+    never waits: its last batch answered one request.
 
-    One thread for all of it also keeps torch's CPU threads fast: OpenMP keeps a pool of worker
-    threads for every thread that has run parallel work, and once they outnumber the cores its
-    workers stop spinning between parallel regions, so that each region waits for them to wake
-    (a search 10 to 15% slower on 2 cores). :func:`load_retriever` loads without leaving a pool.
+    One thread for all of the model's work also keeps torch's CPU threads fast: OpenMP keeps a
+    pool of worker threads for every thread that has run parallel work, and once they outnumber
+    the cores its workers stop spinning between parallel regions, so that each region waits for
+    them to wake (a search 10 to 15% slower on 2 cores). The search pool's threads run torch on
+    one thread each, so they start no OpenMP pool; :func:`load_retriever` loads without leaving
+    one.
     """
 
     def __init__(self, retriever: Retriever, max_queries: int = MAX_QUERIES,
-                 on_batch: Callable[[int], None] | None = None) -> None:
-        self.retriever, self.max_queries, self.on_batch = retriever, max_queries, on_batch
+                 on_batch: Callable[[int], None] | None = None, gather_s: float = GATHER_S) -> None:
+        self.retriever, self.max_queries, self.on_batch, self.gather_s = retriever, max_queries, on_batch, gather_s
         self._waiting: queue.SimpleQueue[_Search | _Job] = queue.SimpleQueue()
+        self._pool = search_pool()  # the queries of a batch are searched on its threads
         self._thread = threading.Thread(target=self._serve, name="maxsim-index", daemon=True)
         self._thread.start()
 
@@ -206,19 +215,26 @@ class IndexWorker:
 
     def _serve(self) -> None:
         held: _Search | _Job | None = None  # a job taken while gathering a batch: it runs next
+        expected = 1  # requests the last batch answered: under load, their clients come back together
         while True:
             first, held = held or self._waiting.get(), None
             if isinstance(first, _Job):
                 _settle(first.future, first.run)
                 continue
             batch, count = [first], len(first.queries)
-            while count < self.max_queries and not self._waiting.empty():
-                request = self._waiting.get()
+            deadline = time.monotonic() + self.gather_s
+            while count < self.max_queries:
+                wait = deadline - time.monotonic() if len(batch) < expected else 0.0
+                try:
+                    request = self._waiting.get(timeout=wait) if wait > 0 else self._waiting.get_nowait()
+                except queue.Empty:
+                    break
                 if isinstance(request, _Job):
                     held = request
                     break
                 batch.append(request)
                 count += len(request.queries)
+            expected = len(batch)
             if self.on_batch is not None:
                 self.on_batch(count)
             try:
@@ -239,7 +255,7 @@ class IndexWorker:
         for (k, ncells, ndocs), members in groups.items():  # (one group's error is its own)
             try:
                 take = torch.cat([torch.arange(rows[i], rows[i + 1]) for i in members])
-                ranking = search(data, q_vectors[take], q_mask[take], k, ncells, None, ndocs)
+                ranking = search(data, q_vectors[take], q_mask[take], k, ncells, None, ndocs, self._pool)
                 hits = [[hit.to_dict() for hit in row] for row in self.retriever.hits(ranking, data)]
             except Exception as err:  # noqa: BLE001 - handed to the requests, which answer it as JSON
                 for i in members:

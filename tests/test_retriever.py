@@ -138,6 +138,31 @@ def test_exact_scores_equal_maxsim_over_the_decompressed_vectors(built):
     assert torch.allclose(chunk_scores(data, q, qm, chunk_ids), want, rtol=1e-5, atol=1e-5)
 
 
+def test_queries_searched_on_a_pool_rank_as_one_by_one(built, monkeypatch):
+    import importlib
+
+    from maxsim.index import search, search_pool
+
+    search_module = importlib.import_module("maxsim.index.search")  # (the package's `search` is the function)
+
+    retriever, path = built
+    data = Retriever.from_index(path, model=retriever.model).index_data
+    queries = ["antibiotic resistance", "vitamin D and bones", "stem cells", "cancer immunotherapy", "sleep",
+               "obesity in children", "malaria vaccine", "gene expression in yeast", "heart failure"]
+    q, qm = retriever.query_vectors(queries)
+    alone = [search(data, q[i : i + 1], qm[i : i + 1], 5) for i in range(len(queries))]
+    made: list[int] = []
+    real_pool = search_module.search_pool
+    monkeypatch.setattr(search_module, "search_pool", lambda *a: made.append(1) or real_pool(*a))
+    with search_pool(2) as pool:
+        given = search(data, q, qm, 5, pool=pool)  # the caller's pool
+    own = search(data, q, qm, 5)  # 9 queries >= POOL_MIN_QUERIES: a pool of its own, where torch has 2+ threads
+    assert made == ([1] if torch.get_num_threads() > 1 else [])
+    for ranking in (given, own):
+        assert ranking.positions.tolist() == [a.positions[0].tolist() for a in alone]
+        np.testing.assert_allclose(ranking.scores, np.concatenate([a.scores for a in alone]), rtol=1e-5, atol=1e-5)
+
+
 def test_damaged_file_and_wrong_dim_are_errors(built, tmp_path):
     retriever, path = built
     import shutil

@@ -43,6 +43,45 @@ def test_requests_waiting_together_are_one_batch_with_the_same_answers(index_pat
             assert [h["rank"] for h in row] == list(range(1, len(row) + 1))
 
 
+def test_a_batch_waits_for_as_many_requests_as_the_last_one_answered(index_path, monkeypatch):  # noqa: F811
+    retriever = Retriever.from_index(index_path)
+    first_started, release = threading.Event(), threading.Event()
+    refresh = retriever.refresh
+    calls = [0]
+
+    def held_first_refresh():
+        calls[0] += 1
+        if calls[0] == 1:
+            first_started.set()
+            release.wait(30)
+        return refresh()
+
+    monkeypatch.setattr(retriever, "refresh", held_first_refresh)
+    sizes: list[int] = []
+    worker = serve.IndexWorker(retriever, on_batch=sizes.append, gather_s=30)
+    worker.search(["warm-up"], 2)
+    assert first_started.wait(30)
+    three = [worker.search([q], 2) for q in QUERIES[:3]]
+    release.set()
+    for future in three:
+        future.result(30)
+    assert sizes == [1, 3]
+    # the three clients come back one by one, 0.2 s apart: still one batch, not 1 + 2
+    back = [worker.search([QUERIES[3]], 2)]
+    threading.Event().wait(0.2)
+    back += [worker.search([q], 2) for q in QUERIES[4:6]]
+    for future in back:
+        future.result(30)
+    assert sizes == [1, 3, 3]
+
+
+def test_one_client_never_waits_to_gather(index_path):  # noqa: F811
+    retriever = Retriever.from_index(index_path)
+    worker = serve.IndexWorker(retriever, gather_s=30)
+    for query in QUERIES:  # each one alone: had it waited to gather, this would take minutes
+        assert len(worker.search([query], 2).result(20)[0]) == 2
+
+
 def test_one_groups_error_is_its_own(index_path, monkeypatch):  # noqa: F811
     retriever = Retriever.from_index(index_path)
     real_search = serve.search

@@ -8,6 +8,8 @@ Search finds each query token's ``ncells`` nearest centroids, takes the chunks h
 
 from __future__ import annotations
 
+from concurrent.futures import Executor, ThreadPoolExecutor
+
 import numpy as np
 import torch
 
@@ -15,6 +17,9 @@ from maxsim.index.ivf import ranges
 from maxsim.index.store import IndexData
 from maxsim.ranking import Ranking
 from maxsim.scoring import scatter_max, segment_maxsim
+
+#: the fewest queries for which :func:`search` makes a pool of its own
+POOL_MIN_QUERIES = 8
 
 
 def search_defaults(n_chunks: int, k: int) -> tuple[int, float, int]:
@@ -29,7 +34,8 @@ def search_defaults(n_chunks: int, k: int) -> tuple[int, float, int]:
 
 
 def search(data: IndexData, q_vectors: torch.Tensor, q_mask: torch.Tensor, k: int = 10, ncells: int | None = None,
-           centroid_score_threshold: float | None = None, ndocs: int | None = None) -> Ranking:
+           centroid_score_threshold: float | None = None, ndocs: int | None = None,
+           pool: Executor | None = None) -> Ranking:
     """The ``k`` best documents of each query, as the chunk id of each one's best chunk.
 
     q_vectors: (Q, Lq, dim) float32 CPU; q_mask: (Q, Lq) bool. ``ncells`` centroids are probed
@@ -38,32 +44,58 @@ def search(data: IndexData, q_vectors: torch.Tensor, q_mask: torch.Tensor, k: in
     scores, or as many as it takes to cover ``k`` documents, are decompressed and scored
     exactly. Defaults: :func:`search_defaults`.
 
+    Several queries are searched at once, each on one thread of ``pool`` (:func:`search_pool`):
+    a query's search is many small operations, which spread over cores better query by query
+    than each one over all of them (16 queries about 20% faster on 2 cores). Without a pool, one
+    is made for the call when there are at least ``POOL_MIN_QUERIES`` queries (making one costs
+    about a millisecond) and torch has more than one intra-op thread.
+
     Returns a :class:`~maxsim.ranking.Ranking` of chunk ids (Q, k), exact MaxSim scores, best
     first; a row is short only when the index holds fewer than ``k`` documents.
     """
     d_ncells, d_threshold, d_ndocs = search_defaults(len(data.doclens), k)
-    ncells = ncells or d_ncells
-    threshold = d_threshold if centroid_score_threshold is None else centroid_score_threshold
-    ndocs = ndocs or d_ndocs
+    settings = (k, ncells or d_ncells, d_threshold if centroid_score_threshold is None else centroid_score_threshold,
+                ndocs or d_ndocs)
+
+    def one(i: int) -> tuple[np.ndarray, np.ndarray]:
+        return search_one(data, q_vectors[i : i + 1], q_mask[i : i + 1], *settings)
+
+    if pool is not None and len(q_vectors) > 1:
+        return Ranking.from_rows(list(pool.map(one, range(len(q_vectors)))), k)
+    if len(q_vectors) >= POOL_MIN_QUERIES and torch.get_num_threads() > 1:
+        with search_pool() as own:
+            return Ranking.from_rows(list(own.map(one, range(len(q_vectors)))), k)
+    return Ranking.from_rows([one(i) for i in range(len(q_vectors))], k)
+
+
+def search_pool(threads: int | None = None) -> ThreadPoolExecutor:
+    """Threads for :func:`search` to search queries on, one at a time each: ``threads`` of them
+    (default: torch's intra-op threads), each running torch with one intra-op thread. The caller
+    shuts it down (``with search_pool() as pool: ...``)."""
+    return ThreadPoolExecutor(threads or torch.get_num_threads(), thread_name_prefix="maxsim-search",
+                              initializer=torch.set_num_threads, initargs=(1,))
+
+
+def search_one(data: IndexData, q_vectors: torch.Tensor, q_mask: torch.Tensor, k: int, ncells: int,
+               threshold: float, ndocs: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`search` for one query ((1, Lq, dim), (1, Lq)), every setting given: its best chunk
+    ids (k',) int64 and their exact scores (k',) float32, best first."""
     want = min(k, len(data.documents))
-    rows = []
     with torch.inference_mode():
-        for i in range(len(q_vectors)):
-            # (C, Lq): centroids on the left is about 3x faster here than (Lq, C) = q @ centroids.T
-            cs = data.centroid_vectors @ q_vectors[i][q_mask[i]].T
-            cells = ncells
+        # (C, Lq): centroids on the left is about 3x faster here than (Lq, C) = q @ centroids.T
+        cs = data.centroid_vectors @ q_vectors[0][q_mask[0]].T
+        cells = ncells
+        found = candidates(data, cs, cells)
+        while cells < len(data.centroids) and n_documents(data, found) < want:
+            cells *= 2
             found = candidates(data, cs, cells)
-            while cells < len(data.centroids) and n_documents(data, found) < want:
-                cells *= 2
-                found = candidates(data, cs, cells)
-            if len(found) > ndocs:
-                approx = approximate_scores(data, cs, found, threshold)
-                best = approx.topk(ndocs).indices.numpy()
-                if n_documents(data, found[best]) < want:
-                    best = covering(data, found, approx.argsort(descending=True).numpy(), ndocs, want)
-                found = found[best]
-            rows.append(best_chunks(data, q_vectors[i : i + 1], q_mask[i : i + 1], found, k, cs))
-    return Ranking.from_rows(rows, k)
+        if len(found) > ndocs:
+            approx = approximate_scores(data, cs, found, threshold)
+            best = approx.topk(ndocs).indices.numpy()
+            if n_documents(data, found[best]) < want:
+                best = covering(data, found, approx.argsort(descending=True).numpy(), ndocs, want)
+            found = found[best]
+        return best_chunks(data, q_vectors, q_mask, found, k, cs)
 
 
 def best_chunks(data: IndexData, q_vectors: torch.Tensor, q_mask: torch.Tensor, chunk_ids: np.ndarray,
