@@ -2,8 +2,11 @@
 
 Builds an index of the first --docs SciFact abstracts with the bundled MiniLM (untrained
 projection: speed, not quality, is measured here), starts `maxsim serve` on it, then for each
-client count runs that many threads, each sending one test query at a time to POST /search
+client count runs that many clients, each sending one test query at a time to POST /search
 (k=10) for --seconds; then the same while one more client adds a document every second.
+Each client is a process of its own, as separate applications are (clients that were threads
+of one process took turns at its GIL: the last of 16 answered together sent its next query some
+50 ms after the first, which measured the harness rather than the server).
 Prints and writes (bench/results/serve.json) requests/s, p50/p95/p99 latency and errors.
 The clients run on the same machine as the server, so they share its cores. ``--repeat R`` runs
 the whole sequence R times and prints, for each round, the throughput of the most clients over
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import signal
@@ -25,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -40,44 +43,64 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _client(url: str, queries: list[str], offset: int, step: int, seconds: float, ready, start, results) -> None:
+    """One client (a process): one query at a time to POST /search for ``seconds``."""
+    latencies, errors = [], 0
+    with httpx.Client(timeout=60) as http:
+        http.get(url + "/health")  # (connected before the clock starts)
+        ready.release()
+        start.wait()
+        stop, i = time.monotonic() + seconds, offset
+        while time.monotonic() < stop:
+            started = time.perf_counter()
+            try:
+                ok = http.post(url + "/search", json={"queries": [queries[i % len(queries)]], "k": 10}).is_success
+            except httpx.HTTPError:
+                ok = False
+            latencies.append(time.perf_counter() - started)
+            errors += not ok
+            i += step
+    results.put((latencies, errors))
+
+
+def _writer(url: str, seconds: float, ready, start, results) -> None:
+    """One more client (a process): adds a document every second."""
+    errors = 0
+    with httpx.Client(timeout=60) as http:
+        ready.release()
+        start.wait()
+        stop, n = time.monotonic() + seconds, 0
+        while time.monotonic() < stop:
+            response = http.post(url + "/documents", json={"documents": [
+                {"id": f"load-{time.time_ns()}", "text": f"a document added under load, number {n}"}]})
+            errors += not response.is_success
+            n += 1
+            time.sleep(1)
+    results.put(([], errors))
+
+
 def load(url: str, queries: list[str], clients: int, seconds: float, writer: bool) -> dict:
-    stop = time.monotonic() + seconds
-    latencies: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-
-    def client(offset: int) -> None:
-        with httpx.Client(timeout=60) as http:
-            i = offset
-            while time.monotonic() < stop:
-                started = time.perf_counter()
-                try:
-                    ok = http.post(url + "/search", json={"queries": [queries[i % len(queries)]], "k": 10}).is_success
-                except httpx.HTTPError:
-                    ok = False
-                with lock:
-                    latencies.append(time.perf_counter() - started)
-                    errors[0] += not ok
-                i += clients
-
-    def add_documents() -> None:
-        with httpx.Client(timeout=60) as http:
-            n = 0
-            while time.monotonic() < stop:
-                response = http.post(url + "/documents", json={"documents": [
-                    {"id": f"load-{time.time_ns()}", "text": f"a document added under load, number {n}"}]})
-                with lock:
-                    errors[0] += not response.is_success
-                n += 1
-                time.sleep(1)
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    """``clients`` processes searching for ``seconds`` (and one adding documents, with ``writer``),
+    started together once all are connected."""
+    ctx = multiprocessing.get_context("spawn")
+    ready, start, results = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_client, args=(url, queries, i, clients, seconds, ready, start, results))
+             for i in range(clients)]
     if writer:
-        threads.append(threading.Thread(target=add_documents))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+        procs.append(ctx.Process(target=_writer, args=(url, seconds, ready, start, results)))
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.acquire()
+    start.set()
+    latencies: list[float] = []
+    errors = 0
+    for _ in procs:
+        these, errs = results.get()
+        latencies += these
+        errors += errs
+    for p in procs:
+        p.join()
     ordered = sorted(latencies)
 
     def pct(p):
@@ -85,7 +108,7 @@ def load(url: str, queries: list[str], clients: int, seconds: float, writer: boo
 
     return {"clients": clients, "writer": writer, "requests": len(ordered),
             "requests_per_s": round(len(ordered) / seconds, 1), "p50_ms": pct(0.5), "p95_ms": pct(0.95),
-            "p99_ms": pct(0.99), "mean_ms": round(1000 * statistics.mean(ordered), 1), "errors": errors[0]}
+            "p99_ms": pct(0.99), "mean_ms": round(1000 * statistics.mean(ordered), 1), "errors": errors}
 
 
 def main() -> None:

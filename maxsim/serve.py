@@ -213,7 +213,17 @@ class IndexWorker:
         self._waiting.put(request)
         return request.future
 
+    def _warm_up(self) -> None:
+        """Make the query encoder's traces (one query, several) before the first requests, which
+        wait behind this rather than one of them paying about a second for each."""
+        try:
+            for n in (1, 2):
+                self.retriever.query_vectors(["warm-up"] * n)
+        except Exception:  # noqa: BLE001 - a request that meets the same error answers it
+            logger.warning("warming up the query encoder failed", exc_info=True)
+
     def _serve(self) -> None:
+        self._warm_up()
         held: _Search | _Job | None = None  # a job taken while gathering a batch: it runs next
         expected = 1  # requests the last batch answered: under load, their clients come back together
         while True:

@@ -141,6 +141,20 @@ def test_inference_forward_matches_the_model(model, dtype):
         assert a.shape == b.shape and (a * b).sum(-1).min() > 0.99
 
 
+def test_batches_of_many_queries_share_one_trace_whatever_their_number(model):
+    from maxsim.model import InferenceForward
+
+    fast = InferenceForward(model, dtype=torch.float32)
+    texts = [f"question {i} about {'bees ' * (i % 5)}honey" for i in range(12)]
+    for n in (2, 5, 12):
+        got, _ = model.encode_queries(texts[:n], padded=True, forward=fast)
+        want, _ = model.encode_queries(texts[:n], padded=True)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    key = ("rows", model.settings.query_maxlen)
+    assert list(fast._traces) == [key]  # one trace for the three sizes
+    assert isinstance(fast._traces[key], torch.jit.ScriptModule)  # a trace, not the untraced module
+
+
 def test_custom_code_in_a_model_folder_never_runs(tiny_model_dir, tmp_path):
     import json
     import shutil
