@@ -8,7 +8,9 @@ Each client is a process of its own, as separate applications are (clients that 
 of one process took turns at its GIL: the last of 16 answered together sent its next query some
 50 ms after the first, which measured the harness rather than the server).
 Prints and writes (bench/results/serve.json) requests/s, p50/p95/p99 latency and errors.
-The clients run on the same machine as the server, so they share its cores. ``--repeat R`` runs
+The clients run on the same machine as the server, so they share its cores. Each round first
+times the library's own search of one query in a process of its own (``library_search_ms`` in
+its rows): on a machine whose speed drifts, it says how fast the machine was. ``--repeat R`` runs
 the whole sequence R times and prints, for each round, the throughput of the most clients over
 that of one client (rows of one round run minutes apart at most, which matters on a machine
 whose speed drifts).
@@ -77,6 +79,27 @@ def _writer(url: str, seconds: float, ready, start, results) -> None:
             n += 1
             time.sleep(1)
     results.put(([], errors))
+
+
+def _library_ms(index: str, queries: list[str]) -> float:
+    """Median milliseconds of ``Retriever.search`` for one query (k=10) in a process of its own:
+    what the machine gives the library itself at this moment, beside the server's latency."""
+    from maxsim.serve import keep_freed_memory, load_retriever
+
+    keep_freed_memory()  # as the server does
+    retriever = load_retriever(index)
+    times = []
+    for query in queries[:40]:
+        started = time.perf_counter()
+        retriever.search(query, k=10)
+        times.append(1000 * (time.perf_counter() - started))
+    return round(statistics.median(times[5:]), 1)
+
+
+def library_ms(index: str, queries: list[str]) -> float:
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(_library_ms, (index, queries))
 
 
 def load(url: str, queries: list[str], clients: int, seconds: float, writer: bool) -> dict:
@@ -150,10 +173,13 @@ def main() -> None:
             load(url, queries.texts, 1, 3, False)  # warm-up: the first queries trace the query encoder
             rows = []
             for round_ in range(1, args.repeat + 1):
+                library = library_ms(str(Path(tmp) / "ix"), queries.texts)
+                print(f"round {round_}: Retriever.search of one query in process takes {library} ms", flush=True)
                 for writer in (w == "yes" for w in args.writer.split(",")):
                     these = []
                     for clients in (int(c) for c in args.clients.split(",")):
-                        row = {"round": round_, **load(url, queries.texts, clients, args.seconds, writer)}
+                        measured = load(url, queries.texts, clients, args.seconds, writer)
+                        row = {"round": round_, "library_search_ms": library, **measured}
                         print(json.dumps(row), flush=True)
                         these.append(row)
                     rows += these
