@@ -25,6 +25,7 @@ import json
 import multiprocessing
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -160,7 +161,16 @@ def main() -> None:
             print(f"index of {args.docs} documents built in {time.perf_counter() - started:.0f} s", flush=True)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen([sys.executable, "-m", "maxsim", "serve", "--index", str(Path(tmp) / "ix"), "--port",
+        # the server gets a fresh copy: the writer rows add documents, which must not pile up in the
+        # kept index from one run to the next
+        served = Path(tmp) / "served"
+        if served.exists():
+            if not (served / "ix" / "index.json").is_file():
+                raise SystemExit(f"{served} is not a copy this benchmark made: move it away or pick another --workdir")
+            shutil.rmtree(served)
+        served.mkdir()
+        shutil.copytree(Path(tmp) / "ix", served / "ix")
+        server = subprocess.Popen([sys.executable, "-m", "maxsim", "serve", "--index", str(served / "ix"), "--port",
                                    str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                   start_new_session=True)
         try:
@@ -173,7 +183,7 @@ def main() -> None:
             load(url, queries.texts, 1, 3, False)  # warm-up: the first queries trace the query encoder
             rows = []
             for round_ in range(1, args.repeat + 1):
-                library = library_ms(str(Path(tmp) / "ix"), queries.texts)
+                library = library_ms(str(served / "ix"), queries.texts)
                 print(f"round {round_}: Retriever.search of one query in process takes {library} ms", flush=True)
                 for writer in (w == "yes" for w in args.writer.split(",")):
                     these = []
