@@ -60,12 +60,11 @@ def search(data: IndexData, q_vectors: torch.Tensor, q_mask: torch.Tensor, k: in
     def one(i: int) -> tuple[np.ndarray, np.ndarray]:
         return search_one(data, q_vectors[i : i + 1], q_mask[i : i + 1], *settings)
 
-    if pool is not None and len(q_vectors) > 1:
-        return Ranking.from_rows(list(pool.map(one, range(len(q_vectors)))), k)
-    if len(q_vectors) >= POOL_MIN_QUERIES and torch.get_num_threads() > 1:
+    if pool is None and len(q_vectors) >= POOL_MIN_QUERIES and torch.get_num_threads() > 1:
         with search_pool() as own:
-            return Ranking.from_rows(list(own.map(one, range(len(q_vectors)))), k)
-    return Ranking.from_rows([one(i) for i in range(len(q_vectors))], k)
+            return search(data, q_vectors, q_mask, k, ncells, centroid_score_threshold, ndocs, own)
+    runner = pool.map if pool is not None and len(q_vectors) > 1 else map
+    return Ranking.from_rows(list(runner(one, range(len(q_vectors)))), k)
 
 
 def search_pool(threads: int | None = None) -> ThreadPoolExecutor:
