@@ -8,12 +8,14 @@ Each client is a process of its own, as separate applications are (clients that 
 of one process took turns at its GIL: the last of 16 answered together sent its next query some
 50 ms after the first, which measured the harness rather than the server).
 Prints and writes (bench/results/serve.json) requests/s, p50/p95/p99 latency and errors.
-The clients run on the same machine as the server, so they share its cores. Each round first
-times the library's own search of one query in a process of its own (``library_search_ms`` in
-its rows): on a machine whose speed drifts, it says how fast the machine was. ``--repeat R`` runs
-the whole sequence R times and prints, for each round, the throughput of the most clients over
-that of one client (rows of one round run minutes apart at most, which matters on a machine
-whose speed drifts).
+The clients run on the same machine as the server, so they share its cores. Before and after
+every row, the library's own search of one query is timed in a process of its own
+(``library_ms_before`` and ``library_ms_after``): on a machine whose speed drifts (this 2-core VM
+swings by 1.5x within minutes), it says how fast the machine was while the row ran. One client
+runs first, then the most clients, then the others, so that the two rows whose throughputs are
+compared run next to each other; for each sequence the ratio is printed with the library's
+times around its two rows, and called steady when they stay within 15% of each other.
+``--repeat R`` runs the whole sequence R times.
 
     python bench/serve.py --docs 1000 --seconds 30 --repeat 3
 """
@@ -135,6 +137,17 @@ def load(url: str, queries: list[str], clients: int, seconds: float, writer: boo
             "p99_ms": pct(0.99), "mean_ms": round(1000 * statistics.mean(ordered), 1), "errors": errors}
 
 
+def ratio_line(round_: int, writer: bool, few: dict, many: dict) -> str:
+    """The throughput of ``many`` clients over that of ``few`` (two rows run one after the other),
+    with the library's one-query times measured before, between and after them."""
+    ratio = many["requests_per_s"] / max(few["requests_per_s"], 1e-9)
+    around = [few["library_ms_before"], few["library_ms_after"], many["library_ms_after"]]
+    steady = max(around) <= 1.15 * min(around)
+    return (f"round {round_}, writer {writer}: {many['clients']} clients at {ratio:.2f}x the throughput of "
+            f"{few['clients']} (library {' / '.join(map(str, around))} ms around them: "
+            f"{'steady' if steady else 'the machine drifted, not comparable'})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "scifact"))
@@ -182,20 +195,21 @@ def main() -> None:
                     time.sleep(0.2)
             load(url, queries.texts, 1, 3, False)  # warm-up: the first queries trace the query encoder
             rows = []
+            counts = sorted({int(c) for c in args.clients.split(",")})
+            order = counts[:1] + counts[1:][-1:] + counts[1:-1]  # fewest, most, then the rest
             for round_ in range(1, args.repeat + 1):
-                library = library_ms(str(served / "ix"), queries.texts)
-                print(f"round {round_}: Retriever.search of one query in process takes {library} ms", flush=True)
                 for writer in (w == "yes" for w in args.writer.split(",")):
-                    these = []
-                    for clients in (int(c) for c in args.clients.split(",")):
+                    speed = [library_ms(str(served / "ix"), queries.texts)]
+                    these = {}
+                    for clients in order:
                         measured = load(url, queries.texts, clients, args.seconds, writer)
-                        row = {"round": round_, "library_search_ms": library, **measured}
-                        print(json.dumps(row), flush=True)
-                        these.append(row)
-                    rows += these
-                    ratio = these[-1]["requests_per_s"] / max(these[0]["requests_per_s"], 1e-9)
-                    print(f"round {round_}, writer {writer}: {these[-1]['clients']} clients at {ratio:.2f}x the "
-                          f"throughput of {these[0]['clients']}", flush=True)
+                        speed.append(library_ms(str(served / "ix"), queries.texts))
+                        these[clients] = {"round": round_, **measured, "library_ms_before": speed[-2],
+                                          "library_ms_after": speed[-1]}
+                        print(json.dumps(these[clients]), flush=True)
+                    rows += [these[c] for c in counts]
+                    if len(counts) > 1:
+                        print(ratio_line(round_, writer, these[counts[0]], these[counts[-1]]), flush=True)
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait()

@@ -269,22 +269,38 @@ def test_index_command_checks_the_corpus_before_loading_a_model(tmp_path):
 
 
 def test_an_add_compresses_only_the_texts_that_changed(retriever, tmp_path, monkeypatch):
-    """The documents file is bzip2 streams of TEXT_BLOCK documents: after an add, the blocks
-    before the last are the last save's streams, not compressed again; the file reads back whole."""
+    """The documents file is bzip2 streams of TEXT_BLOCK documents, then of TAIL_BLOCK: after an
+    add, the streams before the last tail block are the last save's, not compressed again, only
+    the new documents are written to JSON, and the file reads back whole."""
     import bz2
+    import json
 
     from maxsim.index import store
 
     monkeypatch.setattr(store, "TEXT_BLOCK", 4)
+    monkeypatch.setattr(store, "TAIL_BLOCK", 2)
     path = tmp_path / "ix"
-    retriever.index(DOCS[:10], path=path, document_ids=IDS[:10])  # blocks of 4, 4, 2
-    calls = []
-    compress = bz2.compress
-    monkeypatch.setattr(store.bz2, "compress", lambda data, level=9: calls.append(data) or compress(data, level))
-    retriever.add(DOCS[10:13], document_ids=IDS[10:13])  # blocks of 4, 4, 4, 1: the last two are new
-    assert len(calls) == 2 and calls[0].decode().count("\n") == 4 and calls[1].decode().count("\n") == 1
+    retriever.index(DOCS[:9], path=path, document_ids=IDS[:9])  # blocks of 4, 4, then 1
+    compressed, dumped = [], []
+    compress, dumps = bz2.compress, json.dumps
+    monkeypatch.setattr(store.bz2, "compress", lambda data, level=9: compressed.append(data) or compress(data, level))
+    monkeypatch.setattr(store.json, "dumps", lambda obj, **kw: (dumped.append(obj["id"]) if isinstance(obj, dict) and "content" in obj
+                                                                else None) or dumps(obj, **kw))
+
+    def lines_compressed() -> list[int]:
+        counts = [data.decode().count("\n") for data in compressed]
+        compressed.clear()
+        return counts
+
+    retriever.add(DOCS[9:10], document_ids=IDS[9:10])  # 4, 4, 2: the tail block again
+    assert lines_compressed() == [2] and dumped == IDS[9:10]
+    retriever.add(DOCS[10:11], document_ids=IDS[10:11])  # 4, 4, 2, 1: only the new tail block
+    assert lines_compressed() == [1] and dumped == IDS[9:11]
+    retriever.add(DOCS[11:13], document_ids=IDS[11:13])  # 4, 4, 4, 1: the tail became a full block
+    assert lines_compressed() == [4, 1] and dumped == IDS[9:13]
     loaded = IndexData.load(path)
     assert [d["id"] for d in loaded.documents] == IDS[:13]
     assert [d["content"] for d in loaded.documents] == DOCS[:13]
     retriever.delete(["doc1"])  # every block from the first on shifts: compressed again, still whole
+    assert lines_compressed() == [4, 4, 4] and dumped == IDS[9:13]
     assert [d["id"] for d in IndexData.load(path).documents] == IDS[:1] + IDS[2:13]
