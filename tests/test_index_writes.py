@@ -284,8 +284,13 @@ def test_an_add_compresses_only_the_texts_that_changed(retriever, tmp_path, monk
     compressed, dumped = [], []
     compress, dumps = bz2.compress, json.dumps
     monkeypatch.setattr(store.bz2, "compress", lambda data, level=9: compressed.append(data) or compress(data, level))
-    monkeypatch.setattr(store.json, "dumps", lambda obj, **kw: (dumped.append(obj["id"]) if isinstance(obj, dict) and "content" in obj
-                                                                else None) or dumps(obj, **kw))
+
+    def noting_documents(obj, **kw):
+        if isinstance(obj, dict) and "content" in obj:  # a document's line (not index.json)
+            dumped.append(obj["id"])
+        return dumps(obj, **kw)
+
+    monkeypatch.setattr(store.json, "dumps", noting_documents)
 
     def lines_compressed() -> list[int]:
         counts = [data.decode().count("\n") for data in compressed]
