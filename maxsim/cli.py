@@ -261,12 +261,15 @@ def search(
     """Search an index; prints the hits (document_id, score, rank, content, metadata)."""
     import json
 
+    from maxsim.limits import check_text
     from maxsim.retriever import Retriever
 
     if k < 1:
         _fail(f"-k must be 1 or more, got {k}")
     _quiet_libraries()
     with _one_line_errors():
+        for i, query in enumerate(queries, start=1):
+            check_text(query, f"query {i}")  # (bytes that are not UTF-8 come as lone surrogates)
         retriever = Retriever.from_index(index, allow_model_mismatch=allow_model_mismatch)
         results = retriever.search(list(queries), k=k, ncells=ncells, centroid_score_threshold=centroid_score_threshold,
                                    ndocs=ndocs)
@@ -286,11 +289,11 @@ def serve(
     index: Annotated[Path, typer.Option(help="Index folder made by maxsim index.")],
     host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    api_key_file: Annotated[Path | None, typer.Option(help="File holding the API key: every route but /health then needs Authorization: Bearer <key>.")] = None,
+    api_key_file: Annotated[Path | None, typer.Option(help="File holding the API key (readable by its owner only: chmod 600): every route but /health and /ready then needs Authorization: Bearer <key>.")] = None,
     read_only: Annotated[bool, typer.Option("--read-only", help="Refuse writes (POST and DELETE /documents), so that several servers can share the index.")] = False,
     workers: Annotated[int, typer.Option(help="Worker processes (each holds the model and the index; writes take the index's writer lock).")] = 1,
 ) -> None:
-    """Serve an index over HTTP: /search, /documents, /health, /metrics, docs at /docs."""
+    """Serve an index over HTTP: /search, /documents, /health, /ready, /metrics, docs at /docs."""
     import uvicorn
 
     from maxsim.retriever import Retriever
@@ -303,6 +306,8 @@ def serve(
             key = api_key_file.read_text().strip() if api_key_file is not None else None
             if api_key_file is not None and not key:
                 _fail(f"--api-key-file {api_key_file} is empty")
+            if api_key_file is not None:
+                _warn_if_others_can_read(api_key_file)
             if workers < 1:
                 _fail(f"--workers must be 1 or more, got {workers}")
             if not read_only:
@@ -320,6 +325,16 @@ def serve(
                         log_level="info")
         else:
             uvicorn.run(application, host=host, port=port, log_level="info")
+
+
+def _warn_if_others_can_read(path: Path) -> None:
+    """Warn, as ssh does of a private key, when users other than the owner may read a secret."""
+    import stat
+
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        typer.echo(f"warning: --api-key-file {path} can be read by other users (mode {mode:04o}): anyone on this "
+                   f"machine can use the key. Fix: chmod 600 {path}", err=True)
 
 
 def _quiet_libraries() -> None:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ from typing import BinaryIO
 
 from filelock import FileLock, Timeout
 
-from maxsim.errors import LockedError, OutputExistsError
+from maxsim.errors import LockedError, OutputExistsError, SettingsError
 
 __all__ = ["LockedError"]  # re-exported: it is raised here
 
@@ -58,6 +60,21 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
+def real_path(path: str | Path) -> Path:
+    """``path``, or, when it is a symbolic link, the folder it leads to: a folder reached through
+    a link is written (swapped, locked, recovered) where it really is, and the link stays a link
+    (swapping the link itself would split the folder in two: a new folder where the link was, the
+    old content left in the target). A link that leads round in a loop is an error."""
+    path = Path(path)
+    if not path.is_symlink():
+        return path
+    try:
+        return path.resolve(strict=False)
+    except (RuntimeError, OSError) as err:  # (a loop: RuntimeError before Python 3.13, OSError since)
+        raise SettingsError(f"{path} is a symbolic link that leads round in a loop ({err}): point it at a "
+                            "folder, or give the folder itself") from None
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` whole.
@@ -67,9 +84,10 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     absent) and only a hidden ``.tmp-*`` folder is left behind, which :func:`remove_stale_temps`
     clears. Replacing an existing folder takes two renames; if the process dies between them,
     ``path`` is missing and ``<path>.old`` holds the previous content, which
-    :func:`recover_directory` puts back.
+    :func:`recover_directory` puts back. A ``path`` that is a symbolic link is written in its
+    target (:func:`real_path`).
     """
-    path = Path(path)
+    path = real_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".tmp-{path.name}-"))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
@@ -88,7 +106,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
 
 def old_path(path: str | Path) -> Path:
     """Where :func:`atomic_directory` keeps the previous content while it swaps: ``<path>.old``."""
-    path = Path(path)
+    path = real_path(path)
     return path.with_name(path.name + ".old")
 
 
@@ -98,7 +116,7 @@ def recover_directory(path: str | Path) -> bool:
     Returns whether anything was put back. Call it only while no writer is swapping ``path``
     (under its :func:`exclusive_lock`, or where nothing else writes).
     """
-    path = Path(path)
+    path = real_path(path)
     old = old_path(path)
     if old.exists():
         if path.exists():
@@ -126,6 +144,19 @@ def remove_stale_temps(folder: str | Path) -> None:
             shutil.rmtree(child, ignore_errors=True)
 
 
+def remove_stale_temps_of(path: str | Path) -> list[Path]:
+    """Delete the temporary folders that :func:`atomic_directory` made for ``path`` (beside it)
+    and that a writer killed mid-write left behind; others' are not touched. Call it only under
+    ``path``'s writer lock, where no writer of ``path`` is at work. Returns what was deleted."""
+    path = real_path(path)
+    pattern = re.compile(rf"\.tmp-{re.escape(path.name)}-[a-z0-9_]{{8}}")
+    stale = [child for child in path.parent.glob(f".tmp-{glob.escape(path.name)}-*")
+             if child.is_dir() and not child.is_symlink() and pattern.fullmatch(child.name)]
+    for child in stale:
+        shutil.rmtree(child, ignore_errors=True)
+    return stale
+
+
 def check_replaceable(path: str | Path, is_ours, what: str, overwrite: bool | None = None,
                       flag: str = "--overwrite") -> None:
     """Refuse to write ``what`` at ``path`` where that would delete something we did not write.
@@ -150,8 +181,9 @@ def check_replaceable(path: str | Path, is_ours, what: str, overwrite: bool | No
 
 
 def lock_path(path: str | Path) -> Path:
-    """The lock file of a folder that is replaced whole when written: ``<path>.lock`` beside it."""
-    path = Path(path)
+    """The lock file of a folder that is replaced whole when written: ``<path>.lock`` beside it
+    (beside the folder a symbolic link leads to, so that every way to the folder takes one lock)."""
+    path = real_path(path)
     return path.with_name(path.name + ".lock")
 
 

@@ -33,6 +33,7 @@ from maxsim.data.prepare import prepare_training_data
 from maxsim.data.training_folder import TrainingData, document_text
 from maxsim.errors import SettingsError
 from maxsim.files import atomic_write_text
+from maxsim.ids import normalise
 from maxsim.index import IndexData, best_chunks, index_lock, is_index, search
 from maxsim.model import ColBERT
 from maxsim.model.checkpoint import resolve_model_path
@@ -131,7 +132,9 @@ class RAGTrainer:
             min_rank=hard_negative_minimum_rank, positive_labels=(str(positive_label),),
             negative_labels=(str(negative_label),), **mining)
         self.data_dir = out
-        self.queries, self.collection, self.training_triplets = _write_ragatouille_files(out)
+        # every query of raw_data, as RAGatouille keeps them, also one whose pairs are all negative
+        asked = list(dict.fromkeys(str(row[0]).strip() for row in raw_data))
+        self.queries, self.collection, self.training_triplets = _write_ragatouille_files(out, asked)
         return data_out_path
 
     def train(
@@ -270,12 +273,17 @@ def _rows(raw_data, kind: str) -> list[dict]:
     return [{"query": q, "passage": text, "label": str(label)} for q, p, label in raw_data for text in _passages(p)]
 
 
-def _write_ragatouille_files(out: Path) -> tuple[set[str], list[str], list[list[int]]]:
+def _write_ragatouille_files(out: Path, asked: list[str] = ()) -> tuple[set[str], list[str], list[list[int]]]:
     """RAGatouille's queries.train.colbert.tsv, corpus.train.colbert.tsv and
     triples.train.colbert.jsonl (``[query, positive, negative]`` line numbers) from the maxsim
-    folder; returns (queries, collection, training_triplets) as RAGatouille's trainer holds them."""
+    folder; returns (queries, collection, training_triplets) as RAGatouille's trainer holds them.
+    ``asked``: the query texts of the raw data; those without a positive (no triple) are kept
+    too, after the others, as RAGatouille keeps every query."""
     folder = out / MAXSIM_DATA
     queries = {str(o["_id"]): o["text"] for _, o in read_jsonl(folder / "queries.jsonl")}
+    known = {normalise(q) for q in queries.values()}
+    unpaired = dict.fromkeys(q for q in asked if normalise(q) not in known)
+    queries.update({f"unpaired-{i}": text for i, text in enumerate(unpaired)})
     documents = {str(o["_id"]): document_text(o.get("title"), o["text"])
                  for _, o in read_jsonl(folder / "corpus.jsonl")}
     query_index = {q: i for i, q in enumerate(queries)}

@@ -11,11 +11,10 @@ Scores are always :func:`maxsim.scoring.maxsim`, the same MaxSim as in training.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from maxsim.errors import SettingsError, UnknownIdError
 from maxsim.files import check_replaceable
 from maxsim.ids import stable_id
 from maxsim.index import IndexData, IndexLoadError, IndexSettings, build, chunk_scores, index_lock, is_index, search
+from maxsim.limits import MAX_METADATA_DEPTH, check_metadata, check_text, within_bounds
 from maxsim.model import ColBERT, InferenceForward
 from maxsim.ranking import Ranking
 from maxsim.scoring import maxsim
@@ -45,7 +45,20 @@ class Hit:
     metadata: dict | None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The hit as a dict (its metadata the same object, not a copy)."""
+        return {"document_id": self.document_id, "score": self.score, "rank": self.rank, "content": self.content,
+                "metadata": self.metadata}
+
+
+def _returnable(record: dict) -> dict | None:
+    """A stored document's metadata, or None (logged) for metadata nested deeper than the bound
+    that an index written before it may hold: every search still answers."""
+    metadata = record["metadata"]
+    if within_bounds(metadata):
+        return metadata
+    logger.warning("document %r: its metadata nests deeper than %d levels and is not returned (delete and add "
+                   "the document again with flatter metadata)", record["id"], MAX_METADATA_DEPTH)
+    return None
 
 
 def index_folder(name: str | None) -> Path:
@@ -220,6 +233,8 @@ class Retriever:
         documents = list(documents)
         if not documents or any(not isinstance(d, str) or not d.strip() for d in documents):
             raise SettingsError("documents must be a non-empty list of non-empty strings")
+        for i, d in enumerate(documents):
+            check_text(d, f"document at position {i}")
         ids = [str(i) for i in document_ids] if document_ids is not None else [stable_id(d, "d") for d in documents]
         if len(ids) != len(documents) or (metadata is not None and len(metadata) != len(documents)):
             raise SettingsError("document_ids and metadata need one entry per document")
@@ -229,13 +244,8 @@ class Retriever:
             raise SettingsError("document ids must be non-empty")
         metadata = list(metadata) if metadata is not None else [None] * len(documents)
         for i, m in zip(ids, metadata):
-            if m is not None and not isinstance(m, dict):
-                raise SettingsError(f"metadata of document {i!r} is a {type(m).__name__}: give a dict (or None)")
-            try:
-                json.dumps(m)
-            except (TypeError, ValueError) as err:
-                raise SettingsError(f"metadata of document {i!r} cannot be saved as JSON ({err}): use strings, "
-                                 "numbers, booleans, lists and dicts") from None
+            check_text(i, "document id")
+            check_metadata(m, f"document {i!r}")
         return [{"id": i, "content": d, "metadata": m} for i, d, m in zip(ids, documents, metadata)]
 
     def index(self, documents: Sequence[str], path: str | Path | None = None,
@@ -325,17 +335,18 @@ class Retriever:
         if clash:
             raise SettingsError(f"already in the index: {clash[:5]}; delete them first to replace them")
 
-    def delete(self, document_ids: str | Sequence[str]) -> None:
-        """Remove documents (and their chunks) from the index; a str is one id.
+    def delete(self, document_ids: str | Sequence[str]) -> int:
+        """Remove documents (and their chunks) from the index; a str is one id. Returns how many
+        documents were removed (an id given twice is removed once).
 
         Like :meth:`add`, under the writer lock, on the newest version, saved before it is seen.
         """
         self._require_index()
         if isinstance(document_ids, (str, int)):
             document_ids = [document_ids]
-        wanted = [str(i) for i in document_ids]
+        wanted = list(dict.fromkeys(str(i) for i in document_ids))
         if not wanted:
-            return
+            return 0
         with self._writing() as data:
             position = {d["id"]: i for i, d in enumerate(data.documents)}
             missing = [i for i in wanted if i not in position]
@@ -344,6 +355,7 @@ class Retriever:
             changed = data.without_documents({position[i] for i in wanted})
             changed.save(self.index_path)
             self.index_data = changed
+        return len(wanted)
 
     def _require_index(self) -> IndexData:
         if self.index_data is None or self.index_path is None:
@@ -370,6 +382,8 @@ class Retriever:
         texts = [queries] if single else list(queries or [])
         if not texts or any(not isinstance(t, str) for t in texts):
             raise SettingsError("give a query (a string) or a non-empty list of query strings")
+        for text in texts:
+            check_text(text, "query")
         q_vectors, q_mask = self.query_vectors(texts)
         results = self.search_vectors(q_vectors, q_mask, k, ncells, centroid_score_threshold, ndocs)
         return results[0] if single else results
@@ -395,7 +409,7 @@ class Retriever:
             for rank, (chunk, score) in enumerate(zip(chunk_ids.tolist(), scores.tolist()), start=1):
                 record = data.documents[int(data.chunk_docs[chunk])]
                 start, end = data.spans[chunk]
-                row.append(Hit(record["id"], score, rank, record["content"][start:end], record["metadata"]))
+                row.append(Hit(record["id"], score, rank, record["content"][start:end], _returnable(record)))
             results.append(row)
         return results
 

@@ -3,7 +3,8 @@
 ``create_app(retriever)`` builds the app, so it can also be mounted in another one. One thread,
 :class:`IndexWorker`, runs the model. Searches read one index version (concurrent searches are
 batched, one snapshot a batch); writes go through the index's atomic swap and writer lock, one at
-a time. With an API key, every route but ``/health`` needs ``Authorization: Bearer <key>``.
+a time. With an API key, every route but ``/health`` and ``/ready`` needs ``Authorization: Bearer
+<key>``.
 Errors are JSON, never tracebacks.
 
 FastAPI and uvicorn because they are the well-kept ASGI pair that PyLate's server and most RAG
@@ -32,11 +33,12 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from maxsim.errors import LockedError, MaxsimError
 from maxsim.files import atomic_write_text, exclusive_lock
 from maxsim.index import search, search_pool
+from maxsim.limits import check_metadata, check_text
 from maxsim.retriever import Retriever
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ MAX_K = 1000
 MAX_QUERIES = 256
 MAX_DOCUMENTS = 1000
 MAX_BODY_BYTES = 16 * 1024 * 1024
+#: the routes that need no API key: a load balancer's probes
+OPEN_ROUTES = ("/health", "/ready")
 #: how long a batch waits for the clients of the last one (seconds): see :class:`IndexWorker`
 GATHER_S = 0.015
 
@@ -57,13 +61,33 @@ class SearchRequest(BaseModel):
     ncells: int | None = Field(None, ge=1, le=1 << 16)
     ndocs: int | None = Field(None, ge=1, le=1 << 20)
 
+    @field_validator("queries", mode="before")
+    @classmethod
+    def _text(cls, value):
+        if isinstance(value, list):
+            for i, query in enumerate(value):
+                if isinstance(query, str):
+                    check_text(query, f"query {i}")
+        return value
+
 
 class Document(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1)
     text: str = Field(min_length=1)
-    metadata: dict[str, Any] | None = None
+    # (bounded before pydantic walks it: a nesting deep enough would overflow its stack)
+    metadata: Any = None
+
+    @field_validator("id", "text", mode="before")
+    @classmethod
+    def _text(cls, value, info):
+        return check_text(value, f"document {info.field_name}") if isinstance(value, str) else value
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _metadata(cls, value):
+        return check_metadata(value, "the document")
 
 
 class AddRequest(BaseModel):
@@ -119,14 +143,24 @@ class Guard:
         length = headers.get(b"content-length", b"").decode("latin-1")
         if length.isdigit() and int(length) > MAX_BODY_BYTES:
             refusal = JSONResponse({"error": f"the request body is over {MAX_BODY_BYTES} bytes"}, status_code=413)
-        elif route != "/health" and self.api_key is not None and \
+        elif route not in OPEN_ROUTES and self.api_key is not None and \
                 not _authorised(headers.get(b"authorization", b"").decode("latin-1"), self.api_key):
             refusal = JSONResponse({"error": "missing or wrong API key: send Authorization: Bearer <key>"},
                                    status_code=401)
         else:
             refusal = None
+        received = [0]
+
+        async def counted_receive() -> dict:  # the body counted as it streams in (chunked has no length)
+            message = await receive()
+            if message["type"] == "http.request":
+                received[0] += len(message.get("body", b""))
+                if received[0] > MAX_BODY_BYTES:
+                    raise HTTPException(413, f"the request body is over {MAX_BODY_BYTES} bytes")
+            return message
+
         try:
-            await (refusal or self.app)(scope, receive, send_and_note)
+            await (refusal or self.app)(scope, counted_receive, send_and_note)
         except Exception:  # noqa: BLE001 - a bug: logged with its traceback here, JSON to the client
             logger.exception("error serving %s", route)
             if status[0]:  # the answer had begun: nothing more can be said over HTTP
@@ -144,7 +178,8 @@ def _install_guards(app: FastAPI, api_key: str | None, metrics: Metrics) -> None
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {str(e['msg']).removeprefix('Value error, ')}"
+                             for e in exc.errors())
         return JSONResponse({"error": problems}, status_code=422)
 
     @app.exception_handler(HTTPException)
@@ -198,6 +233,8 @@ class IndexWorker:
         self.retriever, self.max_queries, self.on_batch, self.gather_s = retriever, max_queries, on_batch, gather_s
         self._waiting: queue.SimpleQueue[_Search | _Job] = queue.SimpleQueue()
         self._pool = search_pool()  # the queries of a batch are searched on its threads
+        #: set once the query encoder's traces are made: from then on a search is answered at speed
+        self.ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="maxsim-index", daemon=True)
         self._thread.start()
 
@@ -224,6 +261,7 @@ class IndexWorker:
 
     def _serve(self) -> None:
         self._warm_up()
+        self.ready.set()
         held: _Search | _Job | None = None  # a job taken while gathering a batch: it runs next
         expected = 1  # requests the last batch answered: under load, their clients come back together
         while True:
@@ -247,12 +285,24 @@ class IndexWorker:
             expected = len(batch)
             if self.on_batch is not None:
                 self.on_batch(count)
-            try:
-                self._search(batch)
-            except Exception as err:  # noqa: BLE001 - handed to the requests, which answer it as JSON
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(err)
+            self._answer(batch)
+
+    def _answer(self, batch: list[_Search]) -> None:
+        """Search a batch; if it fails, each request it has not answered is searched again on its
+        own, so that one request's bad input (or a document that breaks its hits) fails that
+        request alone, never the others batched with it."""
+        try:
+            self._search(batch)
+        except Exception as err:  # noqa: BLE001 - handed to the requests, which answer it as JSON
+            pending = [r for r in batch if not r.future.done()]
+            if len(batch) == 1:
+                for request in pending:
+                    request.future.set_exception(err)
+                return
+            logger.warning("a batch of %d requests failed (%s: %s): searching each again alone", len(batch),
+                           type(err).__name__, err)
+            for request in pending:
+                self._answer([request])
 
     def _search(self, batch: list[_Search]) -> None:
         self.retriever.refresh()  # other processes' writes
@@ -262,15 +312,10 @@ class IndexWorker:
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(batch):
             groups.setdefault((r.k, r.ncells, r.ndocs), []).append(i)
-        for (k, ncells, ndocs), members in groups.items():  # (one group's error is its own)
-            try:
-                take = torch.cat([torch.arange(rows[i], rows[i + 1]) for i in members])
-                ranking = search(data, q_vectors[take], q_mask[take], k, ncells, None, ndocs, self._pool)
-                hits = [[hit.to_dict() for hit in row] for row in self.retriever.hits(ranking, data)]
-            except Exception as err:  # noqa: BLE001 - handed to the requests, which answer it as JSON
-                for i in members:
-                    batch[i].future.set_exception(err)
-                continue
+        for (k, ncells, ndocs), members in groups.items():  # (a group that fails is searched again, request by request)
+            take = torch.cat([torch.arange(rows[i], rows[i + 1]) for i in members])
+            ranking = search(data, q_vectors[take], q_mask[take], k, ncells, None, ndocs, self._pool)
+            hits = [[hit.to_dict() for hit in row] for row in self.retriever.hits(ranking, data)]
             for i, start in zip(members, np.cumsum([0] + [len(batch[i].queries) for i in members])):
                 batch[i].future.set_result(hits[start : start + len(batch[i].queries)])
 
@@ -313,6 +358,10 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
         """One query, from a browser: ``/search?q=...&k=10``."""
         if not q.strip():
             raise HTTPException(422, "q must be a non-empty query")
+        try:
+            check_text(q, "query")
+        except MaxsimError as err:
+            raise HTTPException(422, str(err)) from None
         if not 1 <= k <= MAX_K:
             raise HTTPException(422, f"k must be between 1 and {MAX_K}")
         return JSONResponse({"results": await run_search([q], k)})
@@ -340,8 +389,8 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
         writable()
 
         def run():
-            retriever.delete(body.ids)
-            return {"deleted": len(body.ids), "documents": len(retriever.index_data.documents)}
+            removed = retriever.delete(body.ids)
+            return {"deleted": removed, "documents": len(retriever.index_data.documents)}
 
         try:
             return await asyncio.wrap_future(writer.submit(run))
@@ -350,10 +399,18 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
 
     @app.get("/health")
     def health():
+        """Liveness: the process answers (``ready`` says whether searches are answered at speed yet)."""
         data = retriever.index_data
-        return {"status": "ok", "model": retriever.model_path, "index": str(retriever.index_path),
-                "documents": len(data.documents), "chunks": int(len(data.doclens)), "version": data.version,
-                "read_only": read_only}
+        return {"status": "ok", "ready": worker.ready.is_set(), "model": retriever.model_path,
+                "index": str(retriever.index_path), "documents": len(data.documents), "chunks": int(len(data.doclens)),
+                "version": data.version, "read_only": read_only}
+
+    @app.get("/ready")
+    def ready():
+        """Readiness, for a load balancer: 200 once searches are answered at speed, 503 before."""
+        if worker.ready.is_set():
+            return {"ready": True}
+        return JSONResponse({"ready": False, "error": "warming up: not ready for searches yet"}, status_code=503)
 
     @app.get("/metrics")
     def prometheus():

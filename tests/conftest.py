@@ -53,6 +53,16 @@ def make_training_folder(folder: Path, n_topics: int = len(TOPICS), extra_negati
     return folder
 
 
+@pytest.fixture(params=[False, True], ids=["cpu-float32", "cpu-bf16"])
+def cpu_bf16(request, monkeypatch) -> bool:
+    """Runs a test twice, the CPU taken as computing bf16 natively and as not (whatever it does):
+    both paths are tested on every machine."""
+    from maxsim.model.inference import CPU_BF16_ENV
+
+    monkeypatch.setenv(CPU_BF16_ENV, "1" if request.param else "0")
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer, 32-wide random BERT with the real MiniLM (uncased WordPiece) tokenizer."""

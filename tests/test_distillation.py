@@ -297,3 +297,35 @@ def test_colbert_ai_score_triples_round_trip_through_prepare(tmp_path):
                               colbert_collection=tmp_path / "collection.tsv")
     with pytest.raises(DataError, match="pass --queries"):
         prepare_training_data(tmp_path / "triples.jsonl", tmp_path / "out3")
+
+
+def test_a_scoring_run_resumed_with_another_teacher_in_its_folder_is_refused(training_folder, tmp_path,
+                                                                            tiny_model_dir, monkeypatch):
+    import shutil
+
+    from maxsim.data import teacher as teacher_module
+    from maxsim.errors import SettingsError
+    from maxsim.model import ColBERT
+
+    folder = ColBERT.from_pretrained(tiny_model_dir, dim=16, doc_maxlen=24, seed=0).save(tmp_path / "teacher")
+    real, calls = teacher_module._score_lines, []
+
+    def die_on_the_second_chunk(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(teacher_module, "_score_lines", die_on_the_second_chunk)
+    out = tmp_path / "scored"
+    with pytest.raises(KeyboardInterrupt):
+        teacher_module.score_training_folder(training_folder, str(folder), out, show_progress=False, chunk_lines=4)
+    monkeypatch.setattr(teacher_module, "_score_lines", real)
+    shutil.rmtree(folder)  # teacher B where teacher A was
+    ColBERT.from_pretrained(tiny_model_dir, dim=16, doc_maxlen=24, seed=1).save(folder)
+    with pytest.raises(SettingsError, match="the teacher's files changed since the run started"):
+        teacher_module.score_training_folder(training_folder, str(folder), out, show_progress=False, chunk_lines=4)
+    (training_folder / "triples.jsonl").write_text((training_folder / "triples.jsonl").read_text().replace(
+        '"n0"', '"n1"'))
+    with pytest.raises(SettingsError, match="the training folder's files changed"):
+        teacher_module.score_training_folder(training_folder, str(folder), out, show_progress=False, chunk_lines=4)

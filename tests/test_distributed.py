@@ -185,5 +185,5 @@ def test_torchrun_two_cpu_processes_train_and_resume(tiny_model_dir, training_fo
     assert "resumed from" in second.stderr or not killed
     assert (out / "checkpoints" / "step-8").is_dir()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, 9))  # each step once, written by rank 0 only
+    assert [r["step"] for r in rows] == list(range(0, 9))  # the start (step 0), each step once, by rank 0 only
     assert rows[-1]["epoch"] == pytest.approx(2 + 2 / 3)

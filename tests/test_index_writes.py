@@ -250,7 +250,7 @@ def test_k_is_checked_and_a_large_k_returns_every_document(retriever, built):
 @pytest.mark.parametrize("edit, message", [
     (lambda meta: meta.pop("files"), "no files"),
     (lambda meta: meta.pop("nbits"), "no nbits"),
-    (lambda meta: meta.update(nbits=4), "residual rows are not"),
+    (lambda meta: meta.update(nbits=4), "residuals.npy rows are not 8 bytes"),
     (lambda meta: meta["files"].pop("residuals.npy"), "file list"),
 ])
 def test_an_edited_index_json_is_a_clear_error(built, edit, message):

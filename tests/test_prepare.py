@@ -110,20 +110,27 @@ def test_given_ids_are_kept_and_merged(tmp_path):
         prepare_training_data([path], tmp_path / "out2", all_documents=DOCS, mine="none")
 
 
+def ranks_without(positions, positives) -> dict[int, int]:
+    """1-based rank of each document in a ranking, counted without the query's positives."""
+    others = [int(p) for p in positions if p >= 0 and int(p) not in positives]
+    return {p: r for r, p in enumerate(others, start=1)}
+
+
 def test_beir_folder_and_the_rank_window(tmp_path):
     manifest = prepare_training_data([SCIFACT], tmp_path / "out", negatives=5, min_rank=10, max_rank=30)
     assert manifest["counts"]["queries"] == 807  # 809 train queries; 2 repeat another's text
     assert manifest["merged"] == {"queries with the same text under two ids": 2}
     data = TrainingData.load(tmp_path / "out")
     assert len(data.corpus) == 5183
-    # every negative sits at ranks 10..30 of BM25's own ranking, never a positive of its query
+    # every negative sits at ranks 10..30 of BM25's own ranking counted without the query's
+    # positives, never a positive of its query
     queries = sorted({ex.query for ex in data.examples})
     miner = BM25Miner(data.corpus.texts)
     ranking = miner.rank([data.queries.texts[q] for q in queries], 100)
     row_of = {q: i for i, q in enumerate(queries)}
     positives = data.positives_of()
     for ex in data.examples:
-        ranks = {int(p): r + 1 for r, p in enumerate(ranking.positions[row_of[ex.query]])}
+        ranks = ranks_without(ranking.positions[row_of[ex.query]], positives[ex.query])
         assert len(ex.negatives) == 5
         assert all(10 <= ranks[n] <= 30 for n in ex.negatives)
         assert not set(ex.negatives) & positives[ex.query]
@@ -148,9 +155,53 @@ def test_no_query_gets_its_own_positive_as_negative_even_when_given(tmp_path):
 def test_small_corpus_shrinks_the_window_and_says_so(tmp_path):
     manifest = prepare_training_data([list(PAIRS)], tmp_path / "out", all_documents=DOCS, negatives=2)
     assert manifest["mining"]["window_requested"] == [10, 100]
-    low, high = manifest["mining"]["window_used"]
-    assert high == 7 and low <= 7 - 2
-    assert "too few" in manifest["mining"]["notes"][0]
+    # 7 documents: the bees query has 6 others (ranks [5, 6] for two negatives), the cats query,
+    # with two positives, 5 (ranks [4, 5])
+    shrunk = manifest["mining"]["smaller_windows"]
+    assert shrunk["queries"] == manifest["counts"]["queries"] == 2 and shrunk["smallest"] == [4, 5]
+    assert shrunk["min_rank_lowered_by"] == {"mean": 5.5, "max": 6}
+    assert shrunk["max_rank_lowered_by"] == {"mean": 94.5, "max": 95}
+    assert "too few documents besides their positives" in manifest["mining"]["notes"][0]
+
+
+def test_one_query_with_many_positives_keeps_every_other_querys_window(tmp_path):
+    # one query with 250 positives among 320 documents; ten with one each
+    heavy = [("which passages discuss the heavy subject", f"heavy subject passage {i} on topic{i % 20}")
+             for i in range(250)]
+    light = [(f"question about topic{j} and its kind", f"answer on topic{j} of its kind") for j in range(10)]
+    filler = [f"filler on topic{i % 20} of some kind number {i}" for i in range(60)]
+    manifest = prepare_training_data([heavy + light], tmp_path / "out", all_documents=filler, negatives=10)
+    assert manifest["counts"]["documents"] == 320
+    # only the heavy query is short of documents besides its positives (70): ranks [10, 70]
+    assert manifest["mining"]["smaller_windows"] == {
+        "queries": 1, "smallest": [10, 70], "min_rank_lowered_by": {"mean": 0.0, "max": 0},
+        "max_rank_lowered_by": {"mean": 30.0, "max": 30}}
+    data = TrainingData.load(tmp_path / "out")
+    positives = data.positives_of()
+    queries = sorted(positives)
+    ranking = BM25Miner(data.corpus.texts).rank([data.queries.texts[q] for q in queries], 320)
+    for i, q in enumerate(queries):
+        ranks = ranks_without(ranking.positions[i], positives[q])
+        negatives = {n for ex in data.examples if ex.query == q for n in ex.negatives}
+        assert len(negatives) == 10
+        assert all(10 <= ranks[n] <= (70 if len(positives[q]) == 250 else 100) for n in negatives)
+
+
+def test_a_query_with_many_positives_is_noted_and_can_be_capped(tmp_path):
+    heavy = [("which passages discuss the heavy subject", f"heavy subject passage {i}") for i in range(30)]
+    light = [(f"question about topic{j}", f"answer on topic{j}") for j in range(10)]
+    manifest = prepare_training_data([heavy + light], tmp_path / "all", mine="none", negatives=2)
+    assert manifest["counts"]["triples"] == 40
+    assert any("makes 30 of the 40 training examples (75.0%), the median query 1" in n
+               for n in manifest["mining"]["notes"])
+    manifest = prepare_training_data([heavy + light], tmp_path / "capped", mine="none", negatives=2,
+                                     max_lines_per_query=3, export=("colbert",))
+    assert manifest["counts"]["triples"] == 13 and not any("training examples" in n for n in manifest["mining"]["notes"])
+    data = TrainingData.load(tmp_path / "capped")
+    lines = [ex for ex in data.examples if len(data.positives_of()[ex.query]) == 30]
+    assert [len(ex.positives) for ex in lines] == [10, 10, 10]  # every positive kept, spread over 3 lines
+    # colbert-ai's lines hold one positive each: all 40 pairs again
+    assert len((tmp_path / "capped" / "colbert" / "triples.jsonl").read_text().splitlines()) == 40
 
 
 def test_same_seed_same_bytes_other_seed_other_negatives(tmp_path):
@@ -225,7 +276,7 @@ def test_dense_mining_with_a_colbert_model(tmp_path, tiny_model_dir):
     queries = sorted({ex.query for ex in data.examples})
     ranking = miner.rank([data.queries.texts[q] for q in queries], 42)
     for i, q in enumerate(queries):
-        ranks = {int(p): r + 1 for r, p in enumerate(ranking.positions[i])}
+        ranks = ranks_without(ranking.positions[i], data.positives_of()[q])
         ex = next(e for e in data.examples if e.query == q)
         assert len(ex.negatives) == 3 and all(3 <= ranks[n] <= 15 for n in ex.negatives)
 
@@ -238,6 +289,12 @@ def test_dense_mining_with_a_colbert_model(tmp_path, tiny_model_dir):
         ("bad.tsv", "query\tpositive\nwhat\tthat\n \tother\n", 3, "the query is empty"),
         ("bad.csv", "query,passage,label\na,b,1\nc,d,maybe\n", 3, "label 'maybe' is neither"),
         ("bad.jsonl", '{"query": "a", "positive": ""}\n', 1, "the passage is empty"),
+        ("bad.jsonl", '{"query": "a", "positive": "b"}\n{"query": "a", "query": "b", "positive": "c"}\n', 2,
+         'the key "query" appears twice'),
+        ("bad.jsonl", '{"query": "a", "positive": "b", "meta": {"x": 1, "x": 2}}\n', 1, 'the key "x" appears twice'),
+        ("bad.csv", 'query,positive\na,b\n"c,d\ne,f\ng,h\n', 3, "a quoted field opens on this line and is never"),
+        ("bad.csv", 'query,positive\na,"b\nc,d\ne,f\n', 2, "a quoted field opens on this line and is never"),
+        ("bad.csv", 'query,positive\na,"two\nlines",x\nc,d\n', 2, "3 columns where the header has 2"),
     ],
 )
 def test_bad_input_names_the_file_and_line(tmp_path, name, content, line, message):
@@ -401,6 +458,17 @@ def test_fractional_and_graded_qrels_are_positives_when_above_zero(tmp_path):
                  [("q1", "d1", "0.5"), ("q2", "d2", "2"), ("q3", "d3", "0"), ("q3", "d4", "-1")])
     manifest = prepare_training_data([beir], tmp_path / "out", mine="none", negatives=1)
     assert manifest["counts"]["positives"] == 2 and manifest["counts"]["queries"] == 2
+
+
+def test_the_dev_slice_keeps_the_grades_of_graded_qrels(tmp_path):
+    queries = [(f"q{i}", f"question {i}") for i in range(10)]
+    corpus = {f"d{i}": f"passage {i}" for i in range(20)}
+    qrels = [(f"q{i}", f"d{i}", 2) for i in range(10)] + [(f"q{i}", f"d{i + 10}", "0.5") for i in range(10)]
+    beir = _beir(tmp_path / "beir", queries, qrels, corpus)
+    prepare_training_data([beir], tmp_path / "out", mine="none", negatives=1, dev_fraction=0.5)
+    lines = (tmp_path / "out" / "dev" / "qrels" / "dev.tsv").read_text().splitlines()[1:]
+    grades = {(q, d): g for q, d, g in (line.split("\t") for line in lines)}
+    assert len(grades) == 10 and all(g == ("2" if int(d[1:]) < 10 else "0.5") for (_, d), g in grades.items())
 
 
 def test_ids_with_tabs_or_line_breaks_are_refused(tmp_path):

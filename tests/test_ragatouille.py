@@ -66,7 +66,8 @@ def test_prepare_returns_the_path_and_writes_ragatouille_files(trained):
     assert isinstance(trainer.queries, set) and isinstance(trainer.collection, list)
     # the minimum rank is honoured: the manifest records the window the negatives came from
     manifest = json.loads((folder / "maxsim" / "manifest.json").read_text())
-    assert manifest["mining"]["window_used"][0] == 5 and manifest["settings"]["mine"] == "bm25"
+    assert manifest["mining"]["window_requested"][0] == 5 and manifest["settings"]["mine"] == "bm25"
+    assert manifest["mining"]["smaller_windows"] == {"queries": 0}
 
 
 def test_train_returns_the_best_checkpoint(trained):
@@ -87,6 +88,20 @@ def test_ragatouille_value_errors(tmp_path):
         trainer.prepare_training_data([("q", "p", 7)], pairs_with_labels=True, data_out_path=tmp_path)
     with pytest.raises(ValueError, match="must correspond to either positive_label or negative_label"):
         trainer.prepare_training_data([("q", "p", 1), ("q", "p2", 5)], pairs_with_labels=True, data_out_path=tmp_path)
+
+
+def test_a_query_whose_pairs_are_all_negative_is_kept_as_ragatouille_keeps_it(tmp_path):
+    trainer = RAGTrainer("m", str(default_model()))
+    raw = [("what do cats eat", "Cats eat fish.", 1), ("what do cats eat", "Rain falls from clouds.", 0),
+           ("why does iron rust", "Iron rusts in water.", 0), ("why does iron rust", "Stars shine by fusion.", 0)]
+    trainer.prepare_training_data(raw, pairs_with_labels=True, data_out_path=tmp_path, mine_hard_negatives=False,
+                                  num_new_negatives=1)
+    assert trainer.queries == {"what do cats eat", "why does iron rust"}
+    assert set(trainer.collection) == {"Cats eat fish.", "Rain falls from clouds.", "Iron rusts in water.",
+                                       "Stars shine by fusion."}
+    lines = (tmp_path / "queries.train.colbert.tsv").read_text().splitlines()
+    assert lines == ["0\twhat do cats eat", "1\twhy does iron rust"]
+    assert all(q == 0 for q, _, _ in trainer.training_triplets)
 
 
 @pytest.fixture(scope="module")

@@ -102,6 +102,51 @@ def test_add_then_find_delete_then_never(server):
     assert missing.status_code == 404 and "error" in missing.json()
 
 
+def test_one_client_never_breaks_another(server):
+    deep: dict = {"leaf": 1}
+    for _ in range(599):
+        deep = {"x": deep}
+    refused = httpx.post(server.url + "/documents", json={"documents": [{"id": "deep", "text": "t", "metadata": deep}]})
+    assert refused.status_code == 422 and "nests 600 levels deep" in refused.json()["error"]
+    bad_body = b'{"queries": ["cats \\ud800"], "k": 3}'  # a lone surrogate, as JSON can carry one
+    bad_document = b'{"documents": [{"id": "s", "text": "text \\udcff"}]}'
+    results: dict[str, list[int]] = {"good": [], "bad": []}
+
+    def client(i: int) -> None:
+        with httpx.Client(timeout=60) as http:
+            if i % 10 == 3:
+                answer = http.post(server.url + "/search", content=bad_body, headers={"content-type": "application/json"})
+                results["bad"].append(answer.status_code)
+                assert "lone surrogate" in answer.json()["error"]
+            else:
+                results["good"].append(http.post(server.url + "/search", json={"queries": [DOCS[i % len(DOCS)]],
+                                                                                "k": 3}).status_code)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(60)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results["bad"] == [422] * 6 and results["good"] == [200] * 54
+    answer = httpx.post(server.url + "/documents", content=bad_document, headers={"content-type": "application/json"})
+    assert answer.status_code == 422 and "lone surrogate" in answer.json()["error"]
+    answer = httpx.get(server.url + "/search", params={"q": "fine"}, timeout=30)
+    assert answer.status_code == 200
+
+
+def test_a_delete_that_repeats_an_id_reports_what_was_removed(server):
+    assert httpx.post(server.url + "/documents", json={"documents": [{"id": "twice", "text": "said twice"}]},
+                      timeout=60).status_code == 200
+    deleted = httpx.request("DELETE", server.url + "/documents", json={"ids": ["twice", "twice"]}, timeout=60)
+    assert deleted.status_code == 200 and deleted.json()["deleted"] == 1
+
+
+def test_health_and_readiness(server):
+    health = httpx.get(server.url + "/health").json()
+    assert health["status"] == "ok" and health["ready"] is True
+    assert httpx.get(server.url + "/ready").json() == {"ready": True}
+
+
 def test_searches_during_writes_all_succeed_and_see_one_version(server):
     stop = threading.Event()
     failures, seen = [], []
@@ -139,6 +184,7 @@ def test_searches_during_writes_all_succeed_and_see_one_version(server):
 def test_api_key_and_limits(index_path, tmp_path):
     key_file = tmp_path / "key"
     key_file.write_text("s3cret\n")
+    key_file.chmod(0o644)
     running = Server(index_path, "--api-key-file", str(key_file), "--read-only")
     try:
         assert httpx.get(running.url + "/health").status_code == 200  # open
@@ -155,11 +201,22 @@ def test_api_key_and_limits(index_path, tmp_path):
         assert malformed.status_code == 422 and "Traceback" not in malformed.text
         big = httpx.post(running.url + "/search", content=b"x" * (17 * 1024 * 1024), headers=auth)
         assert big.status_code == 413
+
+        def chunks():  # no Content-Length: Transfer-Encoding: chunked, 20 MB in 1 MB pieces
+            for _ in range(20):
+                yield b" " * (1024 * 1024)
+
+        chunked = httpx.post(running.url + "/search", content=chunks(), headers={**auth, "content-type":
+                                                                                  "application/json"})
+        assert chunked.status_code == 413 and "over 16777216 bytes" in chunked.json()["error"]
+        assert httpx.get(running.url + "/ready").status_code == 200  # open, as /health
         read_only = httpx.post(running.url + "/documents", json={"documents": [{"id": "a", "text": "b"}]},
                                headers=auth)
         assert read_only.status_code == 403
     finally:
         running.stop()
+    # a key file that others can read: a warning, as ssh gives
+    assert "can be read by other users (mode 0644)" in running.process.stdout.read()
 
 
 def test_a_second_writer_is_refused_and_read_only_servers_share(server, index_path):

@@ -154,3 +154,62 @@ def test_no_reload_from_disk_while_this_retriever_writes(index_path, monkeypatch
     assert seen == [(False, True)]  # a search meanwhile would not read the write's version back
     assert retriever.index_data.documents[-1]["id"] == "otter"
     assert retriever.refresh() is False  # and after it, the retriever holds the newest version
+
+
+def test_a_batch_that_fails_is_answered_request_by_request(index_path, monkeypatch):  # noqa: F811
+    retriever = Retriever.from_index(index_path)
+    encode = retriever.query_vectors
+
+    def fails_on_poison(queries, *args, **kwargs):  # as a tokenizer fails for a whole batch on one bad text
+        if any("poison" in q for q in queries):
+            raise ValueError("this text cannot be encoded")
+        return encode(queries, *args, **kwargs)
+
+    first_started, release = threading.Event(), threading.Event()
+    refresh = retriever.refresh
+    calls = [0]
+
+    def held_first_refresh():
+        calls[0] += 1
+        if calls[0] == 1:
+            first_started.set()
+            release.wait(30)
+        return refresh()
+
+    sizes: list[int] = []
+    worker = serve.IndexWorker(retriever, on_batch=sizes.append)
+    assert worker.ready.wait(60)
+    monkeypatch.setattr(retriever, "query_vectors", fails_on_poison)
+    monkeypatch.setattr(retriever, "refresh", held_first_refresh)
+    worker.search(["warm-up"], 2)
+    assert first_started.wait(30)
+    futures = [worker.search([q], 2) for q in QUERIES[:3]] + [worker.search(["poison"], 2)] + \
+        [worker.search([q], 2) for q in QUERIES[3:]]
+    release.set()
+    with pytest.raises(ValueError, match="cannot be encoded"):
+        futures[3].result(30)
+    good = [f.result(30) for i, f in enumerate(futures) if i != 3]
+    assert sizes[:2] == [1, 7] and all(len(hits[0]) == 2 for hits in good)
+
+
+def test_not_ready_until_the_query_encoder_is_warm(index_path, monkeypatch):  # noqa: F811
+    from fastapi.testclient import TestClient
+
+    retriever = Retriever.from_index(index_path)
+    warm, encode = threading.Event(), retriever.query_vectors
+
+    def slow_first_encodes(queries, *args, **kwargs):
+        warm.wait(30)
+        return encode(queries, *args, **kwargs)
+
+    monkeypatch.setattr(retriever, "query_vectors", slow_first_encodes)
+    with TestClient(serve.create_app(retriever)) as client:
+        not_yet = client.get("/ready")
+        assert not_yet.status_code == 503 and not_yet.json()["ready"] is False
+        assert client.get("/health").json()["ready"] is False  # alive, not ready
+        warm.set()
+        for _ in range(100):
+            if client.get("/ready").status_code == 200:
+                break
+            threading.Event().wait(0.1)
+        assert client.get("/ready").json() == {"ready": True}

@@ -100,7 +100,7 @@ def test_kill_after_checkpoint_then_resume_matches_uninterrupted(
 
 def test_best_checkpoint_is_the_step_with_the_best_dev_metric(
         tiny_model_dir, training_folder, tmp_path, monkeypatch):
-    scripted = iter([0.30, 0.55, 0.41, 0.50, 0.2, 0.1])
+    scripted = iter([0.25, 0.30, 0.55, 0.41, 0.50, 0.2, 0.1])  # step 0 (the starting model), then 2, 4, ...
 
     def fake_eval(qrels, run, metrics):
         value = next(scripted)
@@ -114,10 +114,28 @@ def test_best_checkpoint_is_the_step_with_the_best_dev_metric(
     assert path == tmp_path / "run" / "best"
     info = json.loads((path / "best.json").read_text())
     assert info["step"] == 4 and info["value"] == 0.55
+    assert info["start_value"] == 0.25 and info["worse_than_start"] is False
     # only the newest 2 checkpoints are kept; best/ holds step 4's weights
     assert [p.name for _, p in checkpoints.list_checkpoints(tmp_path / "run")] == ["step-10", "step-12"]
     rows = {r["step"]: r for r in _rows(tmp_path / "run")}
-    assert rows[4]["dev_ndcg@10"] == 0.55 and "dev_ndcg@10" not in rows[3]
+    assert rows[4]["dev_ndcg@10"] == 0.55 and "dev_ndcg@10" not in rows[3] and rows[0]["dev_ndcg@10"] == 0.25
+
+
+def test_a_run_whose_best_is_worse_than_its_start_says_so(tiny_model_dir, training_folder, tmp_path, monkeypatch,
+                                                          caplog):
+    scripted = iter([0.42, 0.11, 0.09])  # the starting model, then steps 3 and 6: training made it worse
+
+    def fake_eval(qrels, run, metrics):
+        value = next(scripted)
+        return {"ndcg@10": value, "mrr@10": value}
+
+    monkeypatch.setattr(validation, "evaluate_run", fake_eval)
+    cfg = _config(tiny_model_dir, training_folder, tmp_path / "run", epochs=2, dev_fraction=0.25, eval_every=3)
+    path = Trainer(cfg).train()
+    info = json.loads((path / "best.json").read_text())
+    assert info["step"] == 3 and info["worse_than_start"] is True
+    assert "worse than the model the run started from (0.4200)" in info["warning"]
+    assert "worse than the model the run started from" in caplog.text
 
 
 def test_real_dev_evaluation_and_best_weights(tiny_model_dir, training_folder, tmp_path):
@@ -126,8 +144,8 @@ def test_real_dev_evaluation_and_best_weights(tiny_model_dir, training_folder, t
     path = Trainer(cfg).train()
     info = json.loads((path / "best.json").read_text())
     evals = {r["step"]: r["dev_ndcg@10"] for r in _rows(tmp_path / "run") if "dev_ndcg@10" in r}
-    assert sorted(evals) == [3, 6]
-    best_step = max(evals, key=lambda s: (evals[s], -s))
+    assert sorted(evals) == [0, 3, 6]  # the starting model, then two validations
+    best_step = max((s for s in evals if s), key=lambda s: (evals[s], -s))
     assert info["step"] == best_step and 0.0 < info["value"] <= 1.0
     assert _max_diff(_weights(path), _weights(tmp_path / "run" / "checkpoints" / f"step-{best_step}")) == 0
 

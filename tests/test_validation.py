@@ -1,11 +1,15 @@
 """Validation during training: the smaller dev corpus and the precision the dev evaluation runs in."""
 
+import json
 import logging
+import re
 
 import pytest
 import torch
 from test_training import _config, _rows
 
+from maxsim.data.errors import DataError
+from maxsim.errors import SettingsError
 from maxsim.evaluation import evaluation_corpus
 from maxsim.model import ColBERT
 from maxsim.training import Trainer, validation
@@ -24,15 +28,32 @@ def test_evaluation_corpus_keeps_judged_documents_then_each_querys_bm25_best():
     assert evaluation_corpus(queries, [], ids, texts, 100) == list(range(8))
 
 
-def test_dev_max_documents_cuts_the_dev_corpus(tiny_model_dir, training_folder, tmp_path, caplog):
+def test_dev_max_documents_cuts_the_dev_corpus(tiny_model_dir, training_folder, tmp_path, caplog, cpu_bf16):
     caplog.set_level(logging.INFO)
     cfg = _config(tiny_model_dir, training_folder, tmp_path / "run", max_steps=2, dev_fraction=0.25,
                   dev_max_documents=8)
     Trainer(cfg).train()
     # 16 queries, 4 held out; 20 documents in all, cut to 8: the 4 judged ones and 4 BM25 ones
     assert "dev corpus: 8 of 20 documents" in caplog.text
-    assert "dev evaluation: 4 queries, 8 documents, float32" in caplog.text
+    said = re.search(r"dev evaluation: 4 queries, 8 documents, (.*)", caplog.text).group(1)
+    if cpu_bf16:  # bf16 where its vectors agree with float32's, else float32 with a warning why
+        assert re.fullmatch(r"bf16 \(token vectors at mean cosine (0\.99\d\d|1\.0000) to float32.s\)", said) or (
+            said == "float32" and "bf16 token vectors have mean cosine" in caplog.text)
+    else:
+        assert said == "float32 (this CPU has no native bf16)"
     assert "dev_ndcg@10" in _rows(tmp_path / "run")[-1]
+
+
+def test_the_bf16_detection_can_be_forced_both_ways(monkeypatch):
+    from maxsim.model.inference import CPU_BF16_ENV, cpu_computes_bf16
+
+    monkeypatch.setenv(CPU_BF16_ENV, "1")
+    assert cpu_computes_bf16() is True
+    monkeypatch.setenv(CPU_BF16_ENV, "0")
+    assert cpu_computes_bf16() is False
+    monkeypatch.setenv(CPU_BF16_ENV, "yes")
+    with pytest.raises(SettingsError, match="MAXSIM_CPU_BF16='yes': set it to 1"):
+        cpu_computes_bf16()
 
 
 def test_dev_forward_is_float32_without_native_bf16_and_checks_bf16_where_used(tiny_model_dir, monkeypatch, caplog):
@@ -61,3 +82,33 @@ def test_dev_max_documents_is_refused_when_changed_on_resume(tiny_model_dir, tra
     Trainer(cfg).train()
     with pytest.raises(Exception, match="dev_max_documents: None -> 8"):
         Trainer(cfg.model_copy(update={"dev_max_documents": 8, "max_steps": 2})).train(resume=True)
+
+
+def _with_dev_folder(training_folder):
+    """The tiny training folder with a dev/ BEIR folder beside it, as maxsim prepare writes one."""
+    dev = training_folder / "dev"
+    (dev / "qrels").mkdir(parents=True)
+    (dev / "queries.jsonl").write_text("".join(json.dumps({"_id": f"v{i}", "text": t}) + "\n" for i, t in
+                                               enumerate(["what do cats eat", "why does it rain", "how is glass made"])))
+    (dev / "corpus.jsonl").write_text((training_folder / "corpus.jsonl").read_text())
+    (dev / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nv0\td0\t1\nv1\td2\t1\nv2\td11\t1\n")
+    return dev
+
+
+def test_resume_refuses_a_changed_dev_set(tiny_model_dir, training_folder, tmp_path):
+    dev = _with_dev_folder(training_folder)
+    cfg = _config(tiny_model_dir, training_folder, tmp_path / "run", max_steps=2, save_every=1)
+    Trainer(cfg).train()
+    (dev / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nv0\td0\t1\n")  # cut to one query
+    with pytest.raises(SettingsError, match="the dev set is not the one .* validated on"):
+        Trainer(cfg).train(resume=True)
+
+
+def test_a_dev_set_whose_positives_are_not_in_its_corpus_is_refused_before_training(
+        tiny_model_dir, training_folder, tmp_path):
+    dev = _with_dev_folder(training_folder)
+    (dev / "corpus.jsonl").write_text(json.dumps({"_id": "other", "text": "a document no qrels line names"}) + "\n")
+    cfg = _config(tiny_model_dir, training_folder, tmp_path / "run", max_steps=2)
+    with pytest.raises(DataError, match="none of the 3 relevant documents of the dev set is in"):
+        Trainer(cfg).train()
+    assert not (tmp_path / "run").exists()  # nothing started

@@ -46,6 +46,9 @@ class Collection:
     negatives: dict[str, dict[str, None]] = field(default_factory=dict)
     #: teacher scores of (query id, document id) pairs, from scored rows
     scores: dict[tuple[str, str], float] = field(default_factory=dict)
+    #: relevance grades of (query id, positive id) pairs from qrels (graded or fractional); a
+    #: positive without one has grade 1
+    grades: dict[tuple[str, str], float] = field(default_factory=dict)
     _query_by_text: dict[str, str] = field(default_factory=dict)
     _document_by_text: dict[str, str] = field(default_factory=dict)
     merged: Counter = field(default_factory=Counter)
@@ -271,6 +274,9 @@ def _read_beir(collection: Collection, folder: Path, split: str, skip, stats: di
                 query_ids[qid] = collection.add_query(query_texts[qid][1], qid)
         if qid in query_ids:
             collection.relate(query_ids[qid], doc_ids[row.doc_id], True)
+            if row.score != 1:
+                key = (query_ids[qid], doc_ids[row.doc_id])
+                collection.grades[key] = max(row.score, collection.grades.get(key, row.score))
             stats["rows"] += 1
 
 

@@ -9,12 +9,33 @@ from pathlib import Path
 from maxsim.data.errors import DataError, encoding_error
 
 
+class DuplicateKey(ValueError):
+    """A JSON object that names a key twice."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """``json.loads``'s object hook: a dict, refusing a key given twice (which plain ``json``
+    resolves silently by keeping the last value)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
 def read_jsonl(path: str | Path, arrays: bool = False) -> Iterator[tuple[int, dict]]:
     """Yield (1-based line number, object) for each non-blank line of a JSONL file (with
     ``arrays``, lines that are JSON arrays instead, as colbert-ai's triples).
 
-    A UTF-8 byte-order mark at the start is skipped; bytes that are not UTF-8 are a DataError
-    naming the line.
+    A UTF-8 byte-order mark at the start is skipped; bytes that are not UTF-8, and an object
+    naming one key twice (at any depth), are a DataError naming the line.
     """
     path = Path(path)
     if not path.is_file():
@@ -31,12 +52,15 @@ def read_jsonl(path: str | Path, arrays: bool = False) -> Iterator[tuple[int, di
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line, object_pairs_hook=_unique_keys)
             except json.JSONDecodeError as err:
                 raise DataError(
                     path, number, f"malformed JSON ({err.msg} at column {err.colno})",
                     "write one JSON object per line",
                 ) from None
+            except DuplicateKey as err:
+                raise DataError(path, number, f'the key "{err.key}" appears twice in one object (JSON would keep '
+                                "only the last value)", "give each key once") from None
             if arrays and not isinstance(obj, list):
                 raise DataError(path, number, "expected a JSON array", "write one [...] per line")
             if not arrays and not isinstance(obj, dict):

@@ -1,10 +1,13 @@
 """Hard-negative mining: rank the corpus for each query, then sample from a rank window.
 
-A miner ranks every query's candidates (BM25 with ``bm25s``, exact MaxSim with a ColBERT
-checkpoint, or MaxSim through a compressed index for large corpora). :func:`sample_negatives`
-then draws a query's negatives from ranks ``[min_rank, max_rank]`` (1-based, in the miner's
-ranking), never one of its known positives, and, with a false-negative margin, never a
-candidate scoring above ``margin`` times the query's lowest-scoring positive.
+A miner ranks every query's candidates (BM25, :mod:`maxsim.data.bm25`; exact MaxSim with a
+ColBERT checkpoint; or MaxSim through a compressed index for large corpora), each query as deep
+as its window needs. :func:`sample_negatives` then draws a query's negatives from ranks
+``[min_rank, max_rank]`` (1-based) of the miner's ranking counted without the query's own
+positives, so that a query with many positives keeps the same window as one with a single
+positive; with a false-negative margin, never a candidate scoring above ``margin`` times the
+query's lowest-scoring positive. Only a query whose corpus is too small for its window gets a
+smaller one (:func:`query_window`).
 """
 
 from __future__ import annotations
@@ -14,8 +17,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from maxsim.data.bm25 import BM25_LANGUAGES, BM25Miner
 from maxsim.errors import SettingsError
 from maxsim.ranking import Ranking
+
+__all__ = ["BM25_LANGUAGES", "BM25Miner", "DenseMiner", "IndexMiner", "query_window", "random_negatives",
+           "sample_negatives"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,61 +33,6 @@ def _floors(score_of, positives: Sequence[Sequence[int]] | None) -> np.ndarray |
         return None
     return np.array([float(np.min(score_of(i, sorted(p)))) if len(p) else np.nan for i, p in enumerate(positives)],
                     dtype=np.float32)
-
-
-#: ISO 639-1 code -> (PyStemmer's stemmer, bm25s's stop-word list or None where it has none)
-BM25_LANGUAGES = {
-    "en": ("english", "en"), "fr": ("french", "fr"), "de": ("german", "de"), "es": ("spanish", "es"),
-    "it": ("italian", "it"), "nl": ("dutch", "nl"), "pt": ("portuguese", "pt"), "ru": ("russian", "ru"),
-    "sv": ("swedish", "sv"), "da": ("danish", "da"), "no": ("norwegian", "no"), "tr": ("turkish", "tr"),
-    "fi": ("finnish", None), "hu": ("hungarian", None), "ro": ("romanian", None), "ar": ("arabic", None),
-    "el": ("greek", None), "ca": ("catalan", None), "cs": ("czech", None), "pl": ("polish", None),
-    "id": ("indonesian", None), "ga": ("irish", None), "lt": ("lithuanian", None), "et": ("estonian", None),
-    "eu": ("basque", None), "hi": ("hindi", None), "ne": ("nepali", None), "fa": ("persian", None),
-    "sr": ("serbian", None), "ta": ("tamil", None), "hy": ("armenian", None),
-}
-
-
-class BM25Miner:
-    """BM25 (bm25s) over a list of document texts, with the stop words and Snowball stemmer of
-    ``language`` (an ISO 639-1 code from :data:`BM25_LANGUAGES`; English by default)."""
-
-    def __init__(self, documents: Sequence[str], language: str = "en") -> None:
-        import bm25s
-        import Stemmer
-
-        if language not in BM25_LANGUAGES:
-            raise SettingsError(f"BM25 has no stemmer for language {language!r}: use one of "
-                                f"{', '.join(sorted(BM25_LANGUAGES))}, or mine with a dense model")
-        stemmer, self._stopwords = BM25_LANGUAGES[language]
-        self._bm25s = bm25s
-        self._stemmer = Stemmer.Stemmer(stemmer)
-        tokens = bm25s.tokenize(list(documents), stopwords=self._stopwords, stemmer=self._stemmer,
-                                show_progress=False)
-        self.retriever = bm25s.BM25()
-        self.retriever.index(tokens, show_progress=False)
-        self.n_documents = len(documents)
-
-    def rank(self, queries: Sequence[str], k: int, positives: Sequence[Sequence[int]] | None = None) -> Ranking:
-        """Each query's ``k`` best documents; with ``positives`` (corpus positions per query), also
-        the lowest score among them."""
-        tokens = self._bm25s.tokenize(list(queries), stopwords=self._stopwords, stemmer=self._stemmer,
-                                      show_progress=False)
-        self._queries = list(queries)
-        k = min(k, self.n_documents)
-        positions, scores = self.retriever.retrieve(tokens, k=k, show_progress=False)
-        return Ranking(np.asarray(positions, dtype=np.int64), np.asarray(scores, dtype=np.float32),
-                       _floors(self.score_of, positives))
-
-    def score_of(self, query_index: int, positions: Sequence[int]) -> np.ndarray:
-        """BM25 scores of some documents for one query of the last :meth:`rank` call."""
-        return self.scores(self._queries[query_index], positions)
-
-    def scores(self, query: str, positions: Sequence[int]) -> np.ndarray:
-        """BM25 scores of some documents (corpus positions) for any query."""
-        words = self._bm25s.tokenize([query], stopwords=self._stopwords, stemmer=self._stemmer,
-                                     show_progress=False, return_ids=False)[0]
-        return self.retriever.get_scores(words)[np.asarray(positions, dtype=np.int64)]
 
 
 class DenseMiner:
@@ -99,6 +51,9 @@ class DenseMiner:
         self.document_tokens = model.tokenize_documents(list(documents))
         self._cache: list | None = None
         self._queries: list[str] | None = None
+        #: keep the encoded documents (float16) between :meth:`rank` calls, for a caller that
+        #: ranks its queries block by block
+        self.keep_documents = False
 
     def _document_batches(self, keep: bool):
         from maxsim.progress import progress
@@ -116,20 +71,21 @@ class DenseMiner:
         bar.close()
         self._cache = cache
 
-    def rank(self, queries: Sequence[str], k: int, positives: Sequence[Sequence[int]] | None = None) -> Ranking:
-        """Each query's ``k`` best documents; with ``positives`` (corpus positions per query), also
-        the lowest score among them."""
+    def rank(self, queries: Sequence[str], k: int | Sequence[int],
+             positives: Sequence[Sequence[int]] | None = None) -> Ranking:
+        """Each query's ``k`` best documents (one ``k`` per query: each ranked as deep as the
+        deepest); with ``positives`` (corpus positions per query), also the lowest score among them."""
         import torch
 
         from maxsim.exact_search import encode_all, top_k_maxsim
 
         queries = list(queries)
         self._queries = queries
-        k = min(k, len(self.document_tokens))
+        k = min(_deepest(k), len(self.document_tokens))
         positions = np.zeros((len(queries), k), dtype=np.int64)
         scores = np.zeros((len(queries), k), dtype=np.float32)
         floor = np.full(len(queries), np.nan, dtype=np.float32) if positives is not None else None
-        several = len(queries) > self.query_block
+        several = len(queries) > self.query_block or self.keep_documents
         for start in range(0, len(queries), self.query_block):
             block = range(start, min(start + self.query_block, len(queries)))
             q_vectors, q_mask = encode_all(self.model, self.model.tokenize_queries(queries[block.start:block.stop]),
@@ -146,7 +102,8 @@ class DenseMiner:
                 lowest = torch.full((len(block),), float("inf")).scatter_reduce(
                     0, pairs[0], pair_scores, "amin")
                 floor[block.start:block.stop] = torch.where(lowest.isinf(), float("nan"), lowest).numpy()
-        self._cache = None
+        if not self.keep_documents:
+            self._cache = None
         return Ranking(positions, scores, floor)
 
     def score_of(self, query_index: int, positions: Sequence[int]) -> np.ndarray:
@@ -184,13 +141,15 @@ class IndexMiner:
         self.batch_size = batch_size
         self._queries = None
 
-    def rank(self, queries: Sequence[str], k: int, positives: Sequence[Sequence[int]] | None = None) -> Ranking:
-        """Each query's ``k`` best documents (a row with fewer hits is padded with position -1);
-        with ``positives`` (corpus positions per query), also the lowest score among them."""
+    def rank(self, queries: Sequence[str], k: int | Sequence[int],
+             positives: Sequence[Sequence[int]] | None = None) -> Ranking:
+        """Each query's ``k`` best documents (one ``k`` per query: each searched as deep as the
+        deepest; a row with fewer hits is padded with position -1); with ``positives`` (corpus
+        positions per query), also the lowest score among them."""
         from maxsim.index import search
 
         self._queries = self.retriever.query_vectors(queries, batch_size=self.batch_size)
-        ranking = search(self.retriever.index_data, *self._queries, k=k)  # chunk id = corpus position
+        ranking = search(self.retriever.index_data, *self._queries, k=_deepest(k))  # chunk id = corpus position
         ranking.positive_floor = _floors(self.score_of, positives)
         return ranking
 
@@ -201,28 +160,31 @@ class IndexMiner:
         return self.retriever.exact_scores_of(vectors[q], mask[q], positions).numpy()
 
 
-def window_for(n_documents: int, min_rank: int, max_rank: int, negatives: int,
-               max_positives: int) -> tuple[int, int, str | None]:
-    """The rank window to use: the requested one, shrunk to fit a small corpus.
+def _deepest(k: int | Sequence[int]) -> int:
+    return int(k) if isinstance(k, (int, np.integer)) else int(max(k, default=1))
 
-    Returns (min_rank, max_rank, a note saying what changed, or None).
 
-    >>> window_for(5183, 10, 100, 10, 3)
-    (10, 100, None)
-    >>> window_for(30, 10, 100, 10, 3)[:2]
-    (10, 30)
-    >>> window_for(12, 10, 100, 10, 1)[:2]
-    (2, 12)
+def query_window(n_documents: int, n_positives: int, min_rank: int, max_rank: int,
+                 negatives: int) -> tuple[int, int]:
+    """The rank window one query samples its negatives from: ranks counted without its own
+    positives, so ``[min_rank, max_rank]`` unless the corpus holds fewer than ``max_rank``
+    documents that are not its positives; then the window ends at the last of them and starts
+    early enough to hold ``negatives`` of them (never before rank 1).
+
+    >>> query_window(5183, 3, 10, 100, 10)
+    (10, 100)
+    >>> query_window(5183, 1363, 10, 100, 10)  # many positives: the window is the same
+    (10, 100)
+    >>> query_window(30, 3, 10, 100, 10)
+    (10, 27)
+    >>> query_window(12, 1, 10, 100, 10)
+    (2, 11)
     """
     if min_rank < 1 or max_rank < min_rank:
         raise SettingsError(f"rank window [{min_rank}, {max_rank}] is empty: need 1 <= min-rank <= max-rank")
-    used_max = min(max_rank, n_documents)
-    used_min = min(min_rank, max(1, used_max - negatives - max_positives + 1))
-    if (used_min, used_max) == (min_rank, max_rank):
-        return min_rank, max_rank, None
-    note = (f"the corpus has {n_documents} documents, too few for ranks [{min_rank}, {max_rank}] "
-            f"with {negatives} negatives: used [{used_min}, {used_max}]")
-    return used_min, used_max, note
+    high = min(max_rank, max(1, n_documents - n_positives))
+    low = min(min_rank, max(1, high - negatives + 1))
+    return low, high
 
 
 def sample_negatives(
@@ -238,25 +200,21 @@ def sample_negatives(
 ) -> tuple[list[int], int]:
     """Draw up to ``n`` negatives for one query from its ranking.
 
-    positions, scores: the query's ranking, best first (1-D). Candidates are the ranks
-    ``min_rank..max_rank`` (1-based) that are not known positives and, with ``margin``, score
-    at most ``margin * positive_score``. Returns (chosen corpus positions in rank order, the
-    number of candidates dropped by the margin).
+    positions, scores: the query's ranking, best first (1-D; -1 pads a short one). Ranks are
+    counted without the query's known ``positives``; candidates are ranks ``min_rank..max_rank``
+    (1-based) of what is left that, with ``margin``, score at most ``margin * positive_score``.
+    Returns (chosen corpus positions in rank order, the number of candidates dropped by the margin).
     """
-    window = range(min_rank - 1, min(max_rank, len(positions)))
-    candidates = []
-    dropped = 0
-    for r in window:
-        p = int(positions[r])
-        if p < 0 or p in positives:  # -1 pads a ranking shorter than the window
-            continue
-        if margin is not None and positive_score is not None and scores[r] > margin * positive_score:
-            dropped += 1
-            continue
-        candidates.append(r)
-    if len(candidates) > n:
-        candidates = sorted(rng.choice(candidates, size=n, replace=False).tolist())
-    return [int(positions[r]) for r in candidates], dropped
+    others = [(int(p), float(s)) for p, s in zip(positions.tolist(), scores.tolist()) if p >= 0 and p not in positives]
+    window = others[min_rank - 1 : max_rank]
+    if margin is not None and positive_score is not None:
+        kept = [(p, s) for p, s in window if s <= margin * positive_score]
+    else:
+        kept = window
+    dropped = len(window) - len(kept)
+    if len(kept) > n:
+        kept = [kept[i] for i in sorted(rng.choice(len(kept), size=n, replace=False).tolist())]
+    return [p for p, _ in kept], dropped
 
 
 def random_negatives(n_documents: int, positives: set[int], n: int, rng: np.random.Generator) -> list[int]:

@@ -29,9 +29,9 @@ from maxsim.data.mining import (
     BM25Miner,
     DenseMiner,
     IndexMiner,
+    query_window,
     random_negatives,
     sample_negatives,
-    window_for,
 )
 from maxsim.data.settings import PrepareSettings
 from maxsim.data.training_folder import INCOMPLETE_MARKER, document_text
@@ -98,7 +98,10 @@ def prepare_training_data(
     if collection.scores:
         mined.notes.append("scored inputs: the negatives are the scored documents, none mined (a teacher would "
                            "have to score them: maxsim score --candidates N)")
-    triples = make_triples(collection, train_ids, doc_ids, mined.negatives, dropped)
+    triples = make_triples(collection, train_ids, doc_ids, mined.negatives, dropped, settings.max_lines_per_query)
+    skew = skew_note(triples, settings.max_lines_per_query)
+    if skew:
+        mined.notes.append(skew)
     manifest = {
         "format": "maxsim training folder v1",
         "inputs": described,
@@ -118,7 +121,8 @@ def prepare_training_data(
         "mining": {
             "method": settings.mine,
             "window_requested": [settings.min_rank, settings.max_rank],
-            "window_used": list(mined.window),
+            "window_counts": "ranks counted without the query's own positives",
+            "smaller_windows": mined.windows,
             "dropped_by_false_negative_margin": mined.margin_dropped,
             "notes": mined.notes,
         },
@@ -170,11 +174,12 @@ def split_dev(query_ids: list[str], settings: PrepareSettings) -> tuple[list[str
 
 @dataclass
 class Mined:
-    """What mining gave: corpus positions of each query's negatives, the rank window used, the
-    candidates the false-negative margin dropped, and notes for the manifest."""
+    """What mining gave: corpus positions of each query's negatives, how many queries got a
+    smaller window than asked for (and by how much), the candidates the false-negative margin
+    dropped, and notes for the manifest."""
 
     negatives: dict[str, list[int]]
-    window: tuple[int, int]
+    windows: dict
     margin_dropped: int
     notes: list[str]
 
@@ -182,13 +187,14 @@ class Mined:
 def mine_negatives(collection: Collection, train_ids: list[str], doc_ids: list[str],
                    settings: PrepareSettings, device: str = "auto") -> Mined:
     """``settings.negatives`` negatives per training query from the miner's rank window (a dense
-    miner's model on ``device``)."""
+    miner's model on ``device``): each query ranked as deep as its window needs (``max_rank``
+    plus its own positives, which are not counted), a block of queries at a time, so that memory
+    holds one block's rankings."""
     doc_index = {d: i for i, d in enumerate(doc_ids)}
-    doc_texts = [document_text(*collection.documents[d]) for d in doc_ids]
     positives_of = {q: {doc_index[d] for d in collection.positives[q]} for q in train_ids}
-    max_positives = max((len(p) for p in positives_of.values()), default=0)
-    low, high, note = window_for(len(doc_ids), settings.min_rank, settings.max_rank, settings.negatives, max_positives)
-    notes = [note] if note else []
+    windows = {q: query_window(len(doc_ids), len(positives_of[q]), settings.min_rank, settings.max_rank,
+                               settings.negatives) for q in train_ids}
+    notes: list[str] = []
     started = time.perf_counter()
     mined: dict[str, list[int]] = {}
     margin_dropped = 0
@@ -197,22 +203,49 @@ def mine_negatives(collection: Collection, train_ids: list[str], doc_ids: list[s
             for q in train_ids:
                 mined[q] = random_negatives(len(doc_ids), positives_of[q], settings.negatives, _rng(settings.seed, q))
         else:
+            doc_texts = [document_text(*collection.documents[d]) for d in doc_ids]
             miner = _miner(doc_texts, settings, notes, device)
+            del doc_texts
             with_floor = settings.false_negative_margin is not None
-            ranking = miner.rank([collection.queries[q] for q in train_ids], high,
-                                 [sorted(positives_of[q]) for q in train_ids] if with_floor else None)
-            for i, q in enumerate(train_ids):
-                positive_score = float(ranking.positive_floor[i]) if with_floor else None
-                mined[q], n_drop = sample_negatives(
-                    ranking.positions[i], ranking.scores[i], positives_of[q], settings.negatives, low, high,
-                    _rng(settings.seed, q), settings.false_negative_margin, positive_score)
-                margin_dropped += n_drop
+            block = getattr(miner, "query_block", len(train_ids))
+            if isinstance(miner, DenseMiner):
+                miner.keep_documents = len(train_ids) > block  # encoded once for every block
+            for start in range(0, len(train_ids), block):
+                ids = train_ids[start : start + block]
+                depths = [min(len(doc_ids), settings.max_rank + len(positives_of[q])) for q in ids]
+                ranking = miner.rank([collection.queries[q] for q in ids], depths,
+                                     [sorted(positives_of[q]) for q in ids] if with_floor else None)
+                for i, q in enumerate(ids):
+                    positive_score = float(ranking.positive_floor[i]) if with_floor else None
+                    mined[q], n_drop = sample_negatives(
+                        ranking.positions[i], ranking.scores[i], positives_of[q], settings.negatives, *windows[q],
+                        _rng(settings.seed, q), settings.false_negative_margin, positive_score)
+                    margin_dropped += n_drop
         logger.info("mined negatives (%s) for %d queries in %.2f s", settings.mine, len(train_ids),
                     time.perf_counter() - started)
+    shrunk = window_report(windows, settings)
+    if shrunk["queries"]:
+        notes.insert(0, f"{shrunk['queries']} of {len(train_ids)} queries have too few documents besides their "
+                     f"positives for ranks [{settings.min_rank}, {settings.max_rank}]: their windows are smaller "
+                     f"(down to {shrunk['smallest']})")
     short = sum(1 for q in train_ids if len(mined.get(q, [])) < settings.negatives)
     if short and settings.negatives:
         notes.append(f"{short} queries got fewer than {settings.negatives} mined negatives")
-    return Mined(mined, (low, high), margin_dropped, notes)
+    return Mined(mined, shrunk, margin_dropped, notes)
+
+
+def window_report(windows: dict[str, tuple[int, int]], settings: PrepareSettings) -> dict:
+    """How many queries got a smaller window than ``[min_rank, max_rank]``, the smallest, and by how
+    many ranks each end moved, on average and at most (over those queries)."""
+    moved = [(settings.min_rank - low, settings.max_rank - high) for low, high in windows.values()
+             if (low, high) != (settings.min_rank, settings.max_rank)]
+    if not moved:
+        return {"queries": 0}
+    starts, ends = np.array(moved).T
+    smallest = min(windows.values(), key=lambda w: (w[1] - w[0], w[1]))
+    return {"queries": len(moved), "smallest": list(smallest),
+            "min_rank_lowered_by": {"mean": round(float(starts.mean()), 2), "max": int(starts.max())},
+            "max_rank_lowered_by": {"mean": round(float(ends.mean()), 2), "max": int(ends.max())}}
 
 
 def _miner(doc_texts: list[str], settings: PrepareSettings, notes: list[str], device: str):
@@ -235,8 +268,9 @@ def _miner(doc_texts: list[str], settings: PrepareSettings, notes: list[str], de
 
 
 def make_triples(collection: Collection, train_ids: list[str], doc_ids: list[str], mined: dict[str, list[int]],
-                 dropped: Counter) -> list[dict]:
-    """One triples line per (query, positive): given negatives first, then mined ones."""
+                 dropped: Counter, max_lines: int | None = None) -> list[dict]:
+    """One triples line per (query, positive), or with ``max_lines`` at most that many per query,
+    its positives spread over them; given negatives first, then mined ones."""
     triples = []
     for q in train_ids:
         negatives = list(collection.negatives.get(q, {})) + [doc_ids[p] for p in mined.get(q, [])]
@@ -244,17 +278,34 @@ def make_triples(collection: Collection, train_ids: list[str], doc_ids: list[str
         if not negatives:
             dropped["query with no negative available"] += 1
             continue
-        for positive in collection.positives[q]:
-            line = {"query_id": q, "positive_ids": [positive], "negative_ids": negatives}
+        positives = list(collection.positives[q])
+        lines = len(positives) if max_lines is None else min(max_lines, len(positives))
+        for share in (positives[j::lines] for j in range(lines)):
+            line = {"query_id": q, "positive_ids": share, "negative_ids": negatives}
             if collection.scores:
-                missing = [d for d in [positive] + negatives if (q, d) not in collection.scores]
+                missing = [d for d in share + negatives if (q, d) not in collection.scores]
                 if missing:
                     raise DataError("<inputs>", None, f'query "{q}" has documents without a teacher score (e.g. '
                                     f'"{missing[0]}"): some inputs carry scores and others do not',
                                     "give scores for every input, or none")
-                line["scores"] = [collection.scores[(q, d)] for d in [positive] + negatives]
+                line["scores"] = [collection.scores[(q, d)] for d in share + negatives]
             triples.append(line)
     return triples
+
+
+def skew_note(triples: list[dict], max_lines: int | None) -> str | None:
+    """A note when one query makes up much of the training examples: at least 5% of the lines and
+    20 times the median query's, with one line per positive (see ``--max-lines-per-query``)."""
+    lines = Counter(t["query_id"] for t in triples)
+    if not lines:
+        return None
+    query, most = lines.most_common(1)[0]
+    median = float(np.median(list(lines.values())))
+    if most < 0.05 * len(triples) or most < 20 * median:
+        return None
+    fix = "" if max_lines is not None else "; --max-lines-per-query N caps a query's weight at N lines"
+    return (f'query "{query}" makes {most} of the {len(triples)} training examples ({100 * most / len(triples):.1f}%), '
+            f"the median query {median:g}: it weighs that many times more in training{fix}")
 
 
 def write_training_folder(folder: Path, collection: Collection, train_ids: list[str], dev_ids: list[str],
@@ -272,7 +323,7 @@ def write_training_folder(folder: Path, collection: Collection, train_ids: list[
             handle.write("query-id\tcorpus-id\tscore\n")
             for q in dev_ids:
                 for d in collection.positives[q]:
-                    handle.write(f"{q}\t{d}\t1\n")
+                    handle.write(f"{q}\t{d}\t{_grade(collection.grades.get((q, d), 1))}\n")
     if "colbert" in export:
         export_colbert(folder, collection, train_ids, doc_ids, triples)
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -323,6 +374,15 @@ def write_output(output: Path, write) -> None:
     shutil.rmtree(staged, ignore_errors=True)
 
 
+def _grade(value: float) -> str:
+    """A relevance grade as qrels write it: ``2``, ``0.5``.
+
+    >>> _grade(2.0), _grade(0.5)
+    ('2', '0.5')
+    """
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
 def _rng(seed: int, query_id: str) -> np.random.Generator:
     """A generator for one query that depends only on the seed and the query id."""
     return np.random.default_rng([seed, int(hashlib.sha256(query_id.encode()).hexdigest()[:15], 16)])
@@ -360,10 +420,14 @@ def export_colbert(folder: Path, collection: Collection, query_ids: list[str], d
         for d in doc_ids:
             handle.write(f"{pid_of[d]}\t{_tsv(document_text(*collection.documents[d]))}\n")
     with (out / "triples.jsonl").open("w", encoding="utf-8", newline="\n") as handle:
-        for t in triples:
-            pids = [pid_of[t["positive_ids"][0]]] + [pid_of[n] for n in t["negative_ids"]]
-            row = [qid_of[t["query_id"]]] + ([[p, s] for p, s in zip(pids, t["scores"])] if "scores" in t else pids)
-            handle.write(json.dumps(row) + "\n")
+        for t in triples:  # colbert-ai's lines hold one positive: a line of several becomes several
+            negatives = [pid_of[n] for n in t["negative_ids"]]
+            n_positives = len(t["positive_ids"])
+            for i, positive in enumerate(t["positive_ids"]):
+                pids = [pid_of[positive]] + negatives
+                scores = [t["scores"][i]] + t["scores"][n_positives:] if "scores" in t else None
+                row = [qid_of[t["query_id"]]] + ([[p, s] for p, s in zip(pids, scores)] if scores else pids)
+                handle.write(json.dumps(row) + "\n")
     (out / "ids.json").write_text(json.dumps({"queries": query_ids, "documents": doc_ids}) + "\n", encoding="utf-8")
 
 

@@ -51,20 +51,24 @@ def columns_of(path: Path) -> list[str]:
 
 
 def _read_delimited(path: Path, delimiter: str) -> Iterator[tuple[int, dict]]:
-    """Rows of a CSV/TSV file with a header row; a UTF-8 byte-order mark (Excel's "CSV UTF-8")
-    is skipped, and a field may be as long as the file."""
+    """Rows of a CSV/TSV file with a header row, each with the line it starts on; a UTF-8
+    byte-order mark (Excel's "CSV UTF-8") is skipped, a field may be as long as the file and
+    span lines inside quotes. Quoting is read strictly: a quote that is never closed is an
+    error naming the line it opens on (not the end of the file, where the reader notices)."""
     limit = csv.field_size_limit()
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # the default 128 KB refuses long passages
     try:
         with path.open(encoding="utf-8-sig", newline="") as handle:
-            reader = csv.reader(handle, delimiter=delimiter)
+            reader = csv.reader(handle, delimiter=delimiter, strict=True)
+            start = 1  # the line the record being read starts on
             try:
                 header = next(reader, None)
                 if not header:
                     raise DataError(path, 1, "no header row", "start the file with the column names")
                 header = [h.strip() for h in header]
+                start = reader.line_num + 1
                 for row in reader:
-                    line = reader.line_num
+                    line, start = start, reader.line_num + 1
                     if not any(cell.strip() for cell in row):
                         continue
                     if len(row) != len(header):
@@ -74,10 +78,30 @@ def _read_delimited(path: Path, delimiter: str) -> Iterator[tuple[int, dict]]:
             except UnicodeDecodeError:
                 raise encoding_error(path) from None
             except csv.Error as err:
-                raise DataError(path, reader.line_num + 1, f"unreadable {path.suffix[1:].upper()} ({err})",
+                opened = _unclosed_quote(path, start) if "end of data" in str(err) else None
+                if opened is not None:
+                    raise DataError(path, opened, "a quoted field opens on this line and is never closed",
+                                    'close the quote, or write a quote inside a quoted field as ""') from None
+                raise DataError(path, reader.line_num, f"unreadable {path.suffix[1:].upper()} ({err})",
                                 "check the quoting of this line") from None
     finally:
         csv.field_size_limit(limit)
+
+
+def _unclosed_quote(path: Path, start: int) -> int | None:
+    """The line on which the quote left open at the end of ``path`` opens, reading from line
+    ``start`` (where a record starts); None if no quote is left open."""
+    opened, inside = None, False
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        for number, text in enumerate(handle, start=1):
+            if number < start:
+                continue
+            for char in text:
+                if char == '"':
+                    inside = not inside  # (a doubled quote "" closes and reopens)
+                    if inside:
+                        opened = number
+    return opened if inside else None
 
 
 def _parquet(path: Path, what: str = "read_table"):

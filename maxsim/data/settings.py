@@ -37,6 +37,11 @@ class PrepareSettings(BaseModel):
     max_rank: int = Field(100, ge=1, description="Worst rank a mined negative may have.")
     false_negative_margin: float | None = Field(
         None, gt=0, description="Drop candidates scoring above this times the query's lowest positive score.")
+    max_lines_per_query: int | None = Field(
+        None, gt=0, description="Write at most this many triples lines (training examples) per query: a query with "
+        "more positives spreads them over that many lines, each line training on one of its share every epoch, so "
+        "that a query with 1,000 judged positives weighs as much as N queries rather than 1,000 [default: one line "
+        "per positive, as colbert-ai].")
     dev_fraction: float | None = Field(
         None, ge=0, lt=1, description="Hold out this share of queries as dev/ (BEIR style), used by maxsim train "
         "for validation.")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from maxsim.data.errors import DataError
-from maxsim.data.training_folder import TrainingData
+from maxsim.data.training_folder import TrainingData, data_digest
 from maxsim.errors import OutputExistsError, SettingsError
 from maxsim.files import atomic_directory, atomic_write_text, check_replaceable
 from maxsim.progress import progress
@@ -177,13 +177,13 @@ def score_training_folder(data_dir: str | Path, teacher: str, output: str | Path
 
         pick_device(device)  # a device that is not there fails now, not after reading the folder
     data = TrainingData.load(data_dir, 1)
-    settings = {"data": str(data_dir.resolve()), "teacher": teacher, "candidates": candidates}
+    settings = {"data": str(data_dir.resolve()), "teacher": teacher, "candidates": candidates,
+                "data_sha256": data_digest(data_dir), "teacher_sha256": teacher_digest(teacher)}
     partial = output / PARTIAL
     partial.mkdir(parents=True, exist_ok=True)
     started = partial / "settings.json"
-    if started.is_file() and json.loads(started.read_text()) != settings:
-        raise SettingsError(f"{output} holds a scoring run with other settings ({started.read_text().strip()}): "
-                            "use another --output, or the same arguments to finish it")
+    if started.is_file():
+        check_same_run(json.loads(started.read_text()), settings, output)
     atomic_write_text(started, json.dumps(settings))
     model = load_teacher(teacher, data.corpus.texts, batch_size, device)
     n_chunks = (len(data.examples) + chunk_lines - 1) // chunk_lines
@@ -212,6 +212,32 @@ def score_training_folder(data_dir: str | Path, teacher: str, output: str | Path
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     logger.info("scored %d lines with %s (%s) into %s", len(data.examples), teacher, model.kind, output)
     return manifest
+
+
+def teacher_digest(teacher: str) -> str:
+    """What identifies a teacher's scores: ``bm25``, or the sha256 of every file in the model's
+    folder (a folder replaced by another model, or retrained in place, has another)."""
+    if teacher == "bm25":
+        return "bm25"
+    from maxsim.data.readers import file_hash
+    from maxsim.model.checkpoint import resolve_model_path
+
+    return file_hash(resolve_model_path(teacher))
+
+
+def check_same_run(saved: dict, settings: dict, output: Path) -> None:
+    """Refuse to go on with a partial scoring run that other settings, data or another teacher
+    started: its chunks and the new ones would mix two runs' scores in one folder."""
+    changed = [key for key in settings if saved.get(key) != settings[key]]
+    if not changed:
+        return
+    said = {"teacher_sha256": "the teacher's files changed since the run started (another model in the same "
+                              "folder, or one retrained in place)",
+            "data_sha256": "the training folder's files changed since the run started"}
+    reasons = [said.get(key, f"{key}: {saved.get(key)!r} -> {settings[key]!r}") for key in changed]
+    raise SettingsError(f"{output} holds a partial scoring run that another run started ({'; '.join(reasons)}): "
+                        "going on would mix the scores of two runs. Fix: use another --output (or delete "
+                        f"{output / PARTIAL} to start again), or finish it with its own teacher and data")
 
 
 def _score_lines(data: TrainingData, teacher: Teacher, lines: range, tops: np.ndarray | None) -> list[dict]:

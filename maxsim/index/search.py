@@ -13,6 +13,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 import numpy as np
 import torch
 
+from maxsim.errors import SettingsError
 from maxsim.index.ivf import ranges
 from maxsim.index.store import IndexData
 from maxsim.ranking import Ranking
@@ -53,6 +54,9 @@ def search(data: IndexData, q_vectors: torch.Tensor, q_mask: torch.Tensor, k: in
     Returns a :class:`~maxsim.ranking.Ranking` of chunk ids (Q, k), exact MaxSim scores, best
     first; a row is short only when the index holds fewer than ``k`` documents.
     """
+    k = checked_search_settings(data, k, ncells, centroid_score_threshold, ndocs)
+    if k == 0:  # an index without documents
+        return Ranking.from_rows([([], [])] * len(q_vectors), 0)
     d_ncells, d_threshold, d_ndocs = search_defaults(len(data.doclens), k)
     settings = (k, ncells or d_ncells, d_threshold if centroid_score_threshold is None else centroid_score_threshold,
                 ndocs or d_ndocs)
@@ -65,6 +69,22 @@ def search(data: IndexData, q_vectors: torch.Tensor, q_mask: torch.Tensor, k: in
             return search(data, q_vectors, q_mask, k, ncells, centroid_score_threshold, ndocs, own)
     runner = pool.map if pool is not None and len(q_vectors) > 1 else map
     return Ranking.from_rows(list(runner(one, range(len(q_vectors)))), k)
+
+
+def checked_search_settings(data: IndexData, k: int, ncells: int | None, threshold: float | None,
+                            ndocs: int | None) -> int:
+    """``k`` clamped to the documents the index holds (before anything is sized by it: a k of
+    a billion would allocate for a billion), after refusing settings that mean nothing: a k,
+    ncells or ndocs under 1, a threshold that is not a number."""
+    for name, value, default in (("k", k, False), ("ncells", ncells, True), ("ndocs", ndocs, True)):
+        if value is None and default:
+            continue
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise SettingsError(f"{name} must be a whole number of 1 or more"
+                                f"{' (or left out for the size-aware default)' if default else ''}, got {value!r}")
+    if threshold is not None and not np.isfinite(threshold):
+        raise SettingsError(f"centroid_score_threshold must be a finite number, got {threshold!r}")
+    return min(int(k), len(data.documents))
 
 
 def search_pool(threads: int | None = None) -> ThreadPoolExecutor:

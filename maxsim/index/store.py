@@ -44,6 +44,7 @@ from maxsim.files import (
     lock_path,
     old_path,
     recover_directory,
+    remove_stale_temps_of,
     sha256_of,
 )
 from maxsim.index.codec import Codec, nearest_centroids
@@ -99,11 +100,14 @@ def index_lock(path: str | Path, timeout: float = 60.0) -> Iterator[None]:
     """The writer lock of an index: ``<path>.lock`` beside the folder, held while a process reads,
     changes and saves the index, so that two writers take turns and none loses the other's work.
 
-    Whoever takes it first puts back an index that a crash between a swap's two renames left
-    as ``<path>.old`` (no writer can be swapping while it is held).
+    Whoever takes it puts back an index that a crash between a swap's two renames left as
+    ``<path>.old``, and removes the temporary folders a writer killed mid-write left beside it (no
+    writer can be at work while it is held).
     """
     with exclusive_lock(lock_path(path), f"the index {path}", timeout):
         recover_directory(path)
+        for stale in remove_stale_temps_of(path):
+            logger.info("removed %s, left by a write of %s that did not finish", stale, path)
         yield
 
 
@@ -292,9 +296,14 @@ class IndexData:
     @classmethod
     def _from_files(cls, meta: dict, loaded: dict, path: Path) -> IndexData:
         arrays = {name: loaded[f"{name}.npy"] for name in ARRAYS}
-        documents = [json.loads(x) for x in loaded[DOCUMENTS_FILE].splitlines()]
+        try:
+            documents = [json.loads(x) for x in loaded[DOCUMENTS_FILE].splitlines()]
+        except (ValueError, RecursionError) as err:
+            raise IndexLoadError(f"{path / DOCUMENTS_FILE} is damaged ({type(err).__name__}): rebuild the "
+                                 "index") from None
+        _check_documents(documents, path)
+        _check_arrays(meta, arrays, documents, path)
         codes = arrays["codes"].astype(np.int64)
-        _check_shapes(meta, arrays, len(documents), path)
         ivf, ivf_offsets = build_ivf(codes, arrays["doclens"], len(arrays["centroids"]))
         settings = _settings(meta, path)
         return cls(settings=settings, centroids=arrays["centroids"].astype(np.float32),
@@ -429,27 +438,68 @@ def _parse_meta(raw: bytes, meta_path: Path, path: Path) -> dict:
     return meta
 
 
-def _check_shapes(meta: dict, arrays: dict[str, np.ndarray], n_documents: int, path: Path) -> None:
-    """Refuse arrays that do not fit together (an edited index.json, files from two indexes)."""
-    nbits, dim = meta["nbits"], meta["dim"]
-    n_tokens, n_chunks = int(arrays["doclens"].sum()), len(arrays["doclens"])
+#: the kind of number each array must hold ("i": signed or unsigned integers, "u": unsigned,
+#: "f": floating point), and how many dimensions
+ARRAY_KINDS = {"centroids": ("f", 2), "codec": ("f", 1), "codes": ("iu", 1), "residuals": ("u", 2),
+               "doclens": ("iu", 1), "chunk_docs": ("iu", 1), "spans": ("iu", 2)}
+
+
+def _check_arrays(meta: dict, arrays: dict[str, np.ndarray], documents: list, path: Path) -> None:
+    """Refuse arrays that cannot be an index, each problem naming its file: the wrong kind of
+    number or shape, values out of range (a negative code, a centroid that is not a number),
+    or arrays that do not fit together (an edited index.json, files from two indexes). The
+    checksums cannot catch these: they say only that the files are the ones index.json names."""
     problems = []
-    if arrays["centroids"].ndim != 2 or arrays["centroids"].shape[1] != dim:
-        problems.append(f"centroids are not {dim}-dim")
-    if len(arrays["codec"]) != 2 * 2**nbits - 1:
-        problems.append(f"the codec does not have {2 * 2**nbits - 1} values for nbits {nbits}")
-    if len(arrays["codes"]) != n_tokens or len(arrays["residuals"]) != n_tokens:
-        problems.append("codes and residuals do not hold one row per token")
-    if arrays["residuals"].ndim != 2 or arrays["residuals"].shape[1] != dim * nbits // 8:
-        problems.append(f"residual rows are not {dim * nbits // 8} bytes")
-    if len(arrays["chunk_docs"]) != n_chunks or len(arrays["spans"]) != n_chunks:
-        problems.append("chunk_docs and spans do not hold one row per chunk")
-    if n_chunks and (arrays["chunk_docs"].min() < 0 or arrays["chunk_docs"].max() >= n_documents):
-        problems.append("a chunk names a document that is not stored")
-    if n_tokens and arrays["codes"].astype(np.int64).max() >= len(arrays["centroids"]):
-        problems.append("a token names a centroid that is not stored")
+    for name, (kinds, ndim) in ARRAY_KINDS.items():
+        array = arrays[name]
+        if array.dtype.kind not in kinds or array.ndim != ndim:
+            problems.append(f"{name}.npy holds {array.ndim}-d {array.dtype} values, not {ndim}-d "
+                            f"{'floats' if kinds == 'f' else 'integers'}")
+    if problems:  # (the checks below need the right kinds of number)
+        raise IndexLoadError(f"{path} is damaged ({'; '.join(problems)}): rebuild the index")
+    nbits, dim = meta["nbits"], meta["dim"]
+    centroids, codec, codes, doclens = arrays["centroids"], arrays["codec"], arrays["codes"], arrays["doclens"]
+    chunk_docs, spans, residuals = arrays["chunk_docs"], arrays["spans"], arrays["residuals"]
+    n_chunks = len(doclens)
+    if centroids.shape[1] != dim:
+        problems.append(f"centroids.npy holds {centroids.shape[1]}-dim centroids, not {dim}-dim")
+    if not np.isfinite(centroids).all():
+        problems.append("centroids.npy holds values that are not numbers (NaN or infinite)")
+    if len(codec) != 2 * 2**nbits - 1:
+        problems.append(f"codec.npy does not hold {2 * 2**nbits - 1} values for nbits {nbits}")
+    elif not np.isfinite(codec).all() or (np.diff(codec[: 2**nbits - 1]) < 0).any():
+        problems.append("codec.npy holds values that are not numbers, or bucket cutoffs out of order")
+    if n_chunks and doclens.min() < 0:
+        problems.append("doclens.npy holds a negative length")
+    n_tokens = int(doclens.astype(np.int64).sum())
+    if len(codes) != n_tokens or len(residuals) != n_tokens:
+        problems.append(f"codes.npy and residuals.npy do not hold one row per token ({n_tokens} by doclens.npy)")
+    if residuals.shape[1] != dim * nbits // 8:
+        problems.append(f"residuals.npy rows are not {dim * nbits // 8} bytes")
+    if len(codes) and (codes.min() < 0 or codes.max() >= len(centroids)):
+        problems.append(f"codes.npy names a centroid outside 0..{len(centroids) - 1}")
+    if len(chunk_docs) != n_chunks or len(spans) != n_chunks:
+        problems.append("chunk_docs.npy and spans.npy do not hold one row per chunk")
+    elif n_chunks and (chunk_docs.min() < 0 or chunk_docs.max() >= len(documents)):
+        problems.append("chunk_docs.npy names a document that is not stored")
+    if spans.shape[1] != 2:
+        problems.append(f"spans.npy holds {spans.shape[1]} columns, not 2 (start, end)")
+    elif len(spans) == n_chunks and n_chunks and not problems:
+        lengths = np.array([len(d["content"]) for d in documents], dtype=np.int64)[chunk_docs]
+        if (spans[:, 0] < 0).any() or (spans[:, 1] < spans[:, 0]).any() or (spans[:, 1] > lengths).any():
+            problems.append("spans.npy holds a span outside its document's text")
     if problems:
         raise IndexLoadError(f"{path} is damaged ({'; '.join(problems)}): rebuild the index")
+
+
+def _check_documents(documents: list, path: Path) -> None:
+    """Every stored document is ``{"id": str, "content": str, "metadata": dict or None}``."""
+    for number, record in enumerate(documents, start=1):
+        if not (isinstance(record, dict) and isinstance(record.get("id"), str)
+                and isinstance(record.get("content"), str)
+                and (record.get("metadata") is None or isinstance(record["metadata"], dict))):
+            raise IndexLoadError(f"{path / DOCUMENTS_FILE} is damaged (document {number} is not an object with a "
+                                 'text "id", a text "content" and a "metadata" object or null): rebuild the index')
 
 
 def _recover_if_idle(path: Path) -> None:

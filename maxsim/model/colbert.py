@@ -15,6 +15,7 @@ from torch import nn
 from maxsim.background import prefetched
 from maxsim.files import atomic_directory, check_replaceable
 from maxsim.model.checkpoint import (
+    check_fits,
     default_base_model,
     load_encoder,
     pick_device,
@@ -100,6 +101,13 @@ class ColBERT(nn.Module):
         found = detect_format(path)
         if found is None:
             encoder, tokenizer = load_encoder(path)
+            longest = getattr(encoder.config, "max_position_embeddings", None)
+            for name in ("query_maxlen", "doc_maxlen"):  # a default past the encoder's positions: its positions
+                default = ColBERTSettings.model_fields[name].default
+                if name not in overrides and isinstance(longest, int) and default > longest:
+                    logger.info("%s: %s %d (the encoder's positions) instead of the default %d", path, name,
+                                longest, default)
+                    overrides[name] = longest
             settings = ColBERTSettings(dim=dim or 128, base_model=source, **overrides)
             settings = choose_markers(tokenizer, encoder, settings)
             projection = new_projection(encoder.config.hidden_size, settings.dim, seed)
@@ -128,6 +136,7 @@ class ColBERT(nn.Module):
                 logger.info("%s: read a %s checkpoint (dim %d, query_maxlen %d, doc_maxlen %d, markers %r/%r)", path,
                             found, settings.dim, settings.query_maxlen, settings.doc_maxlen, settings.query_marker,
                             settings.document_marker)
+        check_fits(path, settings, projection, encoder)
         model = cls(encoder, tokenizer, settings, projection)
         model.source = source
         if device is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import warnings
 from collections.abc import Callable
 
@@ -16,11 +17,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maxsim.errors import SettingsError
+
 logger = logging.getLogger(__name__)
 
 
+#: ``1`` or ``0`` in this environment variable says whether to treat the CPU as computing bf16
+#: natively, instead of asking it: ``0`` keeps a bf16 CPU in float32 (exact vectors), ``1`` takes
+#: the bf16 paths anywhere (slow where emulated: for tests and comparisons)
+CPU_BF16_ENV = "MAXSIM_CPU_BF16"
+
+
 def cpu_computes_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (AMX or AVX512-BF16)."""
+    """Whether this CPU multiplies bf16 matrices natively (AMX or AVX512-BF16), or what
+    :data:`CPU_BF16_ENV` says."""
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced:
+        raise SettingsError(f"{CPU_BF16_ENV}={forced!r}: set it to 1 (use bf16), 0 (float32) or leave it unset "
+                            "(ask the CPU)")
     try:
         return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
     except (AttributeError, RuntimeError):

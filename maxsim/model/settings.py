@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 SETTINGS_FILE = "maxsim_config.json"
 
@@ -19,9 +19,10 @@ class ColBERTSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dim: int = 128
-    query_maxlen: int = 32
-    doc_maxlen: int = 256
+    dim: int = Field(128, ge=1, le=1 << 16)
+    #: (3 at least: the start token, the marker and the end token)
+    query_maxlen: int = Field(32, ge=3, le=1 << 20)
+    doc_maxlen: int = Field(256, ge=3, le=1 << 20)
     attend_to_expansion_tokens: bool = False
     mask_punctuation: bool = True
     #: marker token strings inserted before the text; "" for none (PyLate allows it)

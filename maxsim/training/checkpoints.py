@@ -45,6 +45,19 @@ class Position:
     best_step: int | None = None
     #: sha256 of the training data the run reads (queries, corpus, triples)
     data_digest: str | None = None
+    #: sha256 of the dev set's files (None: held out of the training data, or none)
+    dev_digest: str | None = None
+    #: the dev metric of the model before training (step 0), which best/ is compared with
+    start_value: float | None = None
+
+
+@dataclass(frozen=True)
+class Digests:
+    """sha256 of what a run reads: its training data, and its dev set (None: held out of the
+    training data, or none)."""
+
+    data: str
+    dev: str | None
 
 
 def checkpoint_dir(output: Path, step: int) -> Path:

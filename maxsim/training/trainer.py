@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import math
 import time
@@ -40,7 +41,7 @@ from maxsim.training import checkpoints, distributed, grad_cache
 from maxsim.training.config import TrainConfig
 from maxsim.training.report import MetricsLog, plot_training
 from maxsim.training.stats import StepStats
-from maxsim.training.validation import dev_set, validate
+from maxsim.training.validation import dev_digest, dev_set, evaluate_start, validate, warn_if_worse_than_start
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +78,8 @@ class Trainer:
         objective = choose_objective(cfg, data)
         data, dev = dev_set(cfg, data)
         check_world_size(cfg, data, ctx)
-        digest = data_digest(cfg.data)
-        resume_from = open_output(ctx, cfg, resume, digest, held)
+        digests = checkpoints.Digests(data_digest(cfg.data), dev_digest(cfg))
+        resume_from = open_output(ctx, cfg, resume, digests, held)
 
         # ---- model, tokenised data -------------------------------------------------------------
         torch.manual_seed(cfg.seed)
@@ -94,9 +95,11 @@ class Trainer:
         optimizer = make_optimizer(parameters, cfg)
         scheduler = get_linear_schedule_with_warmup(optimizer, plan.warmup, total_steps)
         metrics_log = MetricsLog(out / "metrics.jsonl")
-        position = start_position(ctx, resume_from, optimizer, scheduler, digest, metrics_log)
+        position = start_position(ctx, resume_from, optimizer, scheduler, digests, metrics_log)
         logger.info("%d examples, %d steps per epoch, %d steps, %d warmup, world size %d",
                     len(data.examples), plan.steps_per_epoch, total_steps, plan.warmup, ctx.world_size)
+        if dev is not None and position.step == 0:  # the model before training: what best/ must beat
+            position.start_value = evaluate_start(ctx, cfg, model, dev, dev_tokens, metrics_log)
 
         def save(pos: checkpoints.Position) -> None:
             if ctx.is_main:
@@ -197,14 +200,14 @@ def check_world_size(cfg: TrainConfig, data: TrainingData, ctx: distributed.Cont
                          f"({ctx.world_size}) x accumulation_steps ({cfg.accumulation_steps})")
 
 
-def start_position(ctx: distributed.Context, resume_from: Path | None, optimizer, scheduler, digest: str,
-                   metrics_log: MetricsLog) -> checkpoints.Position:
+def start_position(ctx: distributed.Context, resume_from: Path | None, optimizer, scheduler,
+                   digests: checkpoints.Digests, metrics_log: MetricsLog) -> checkpoints.Position:
     """Where the run starts: step 0, or the checkpoint's position with optimizer, schedule and RNG
     states restored. Metrics rows after it belong to an attempt being redone and are dropped."""
-    position = checkpoints.Position(data_digest=digest)
+    position = checkpoints.Position(data_digest=digests.data, dev_digest=digests.dev)
     if resume_from is not None:
         position = checkpoints.load_checkpoint(resume_from, optimizer, scheduler)
-        position.data_digest = digest
+        position.data_digest, position.dev_digest = digests.data, digests.dev
         logger.info("resumed from %s (step %d)", resume_from, position.step)
     if ctx.is_main:
         metrics_log.truncate(position.step)
@@ -216,6 +219,7 @@ def chosen_checkpoint(cfg: TrainConfig, has_dev: bool, position: checkpoints.Pos
     out = Path(cfg.output)
     if has_dev and position.best_step is not None:
         logger.info("best checkpoint: step %d, dev %s %.4f", position.best_step, cfg.metric, position.best_value)
+        warn_if_worse_than_start(cfg, position)
         return out / "best"
     if not has_dev:
         logger.info("no dev set: returning the last checkpoint (pass --dev-fraction or "
@@ -255,7 +259,7 @@ def make_optimizer(parameters: list[torch.nn.Parameter], cfg: TrainConfig) -> to
     )
 
 
-def open_output(ctx: distributed.Context, cfg: TrainConfig, resume: bool, digest: str,
+def open_output(ctx: distributed.Context, cfg: TrainConfig, resume: bool, digests: checkpoints.Digests,
                 held: contextlib.ExitStack) -> Path | None:
     """Make the output folder ready and lock it for this run; returns the checkpoint to resume from.
 
@@ -276,7 +280,7 @@ def open_output(ctx: distributed.Context, cfg: TrainConfig, resume: bool, digest
     if resume and resume_from is None:
         logger.info("no checkpoint in %s: starting from the beginning", out)
     if resume_from is not None:
-        check_resume(cfg, resume_from, digest)
+        check_resume(cfg, resume_from, digests)
     if ctx.is_main:
         checkpoints.clean_interrupted_writes(out)
         atomic_write_text(out / "config.yaml", cfg.to_yaml())
@@ -301,7 +305,7 @@ def run_lock(ctx: distributed.Context, out: Path):
         yield
 
 
-def check_resume(cfg: TrainConfig, checkpoint: Path, digest: str) -> None:
+def check_resume(cfg: TrainConfig, checkpoint: Path, digests: checkpoints.Digests) -> None:
     """Refuse a resume that would not continue the same run: other settings (except those that
     do not change what is trained, which are logged) or other training data."""
     saved_file = checkpoint / checkpoints.CONFIG_FILE
@@ -322,10 +326,19 @@ def check_resume(cfg: TrainConfig, checkpoint: Path, digest: str) -> None:
         if allowed:
             logger.info("resuming with changed %s (these do not change what is trained)", "; ".join(allowed))
     position = checkpoints.read_position(checkpoint)
-    if position.data_digest is not None and position.data_digest != digest:
+    if position.data_digest is not None and position.data_digest != digests.data:
         raise SettingsError(f"the training data in {cfg.data} is not the data {checkpoint} was trained on (its files "
                          "changed), so resuming would mix two runs. Fix: resume with the original data, or start a "
                          f"new run from the checkpoint: --base-model {checkpoint} --output NEW_FOLDER")
+    recorded = json.loads((checkpoint / checkpoints.POSITION_FILE).read_text())
+    if "dev_digest" not in recorded and digests.dev is not None:
+        logger.warning("%s was saved by a maxsim that did not record its dev set: it cannot be checked that the dev "
+                       "set is the one the run validated on", checkpoint)
+    elif position.dev_digest != digests.dev:
+        raise SettingsError(f"the dev set is not the one {checkpoint}'s run validated on (its files changed), so "
+                            "best/ would be chosen by comparing scores on two dev sets. Fix: resume with the "
+                            "original dev set, or start a new run from the checkpoint: --base-model "
+                            f"{checkpoint} --output NEW_FOLDER")
 
 
 @dataclass(frozen=True)

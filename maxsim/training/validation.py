@@ -7,6 +7,7 @@ float32's (:func:`dev_forward`), so that an evaluation costs as little as it can
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -14,9 +15,11 @@ from pathlib import Path
 
 import torch
 
+from maxsim.data.errors import DataError
 from maxsim.data.training_folder import Corpus, TrainingData, read_beir_split
 from maxsim.evaluation import evaluate_run, evaluation_corpus, run_from_ranking
 from maxsim.exact_search import exact_search
+from maxsim.files import atomic_write_text, sha256_of
 from maxsim.model import ColBERT
 from maxsim.model.inference import InferenceForward, cpu_computes_bf16
 from maxsim.training import checkpoints, distributed
@@ -51,17 +54,49 @@ def dev_set(cfg: TrainConfig, data: TrainingData) -> tuple[TrainingData, DevSet 
         ids = list(qrels)
         dev = DevSet(ids, [data.queries.texts[data.queries.index[q]] for q in ids], data.corpus, qrels)
     else:
-        folder, split = cfg.dev_data, cfg.dev_split
-        if folder is None and (Path(cfg.data) / "dev" / "qrels" / "dev.tsv").is_file():
-            folder, split = Path(cfg.data) / "dev", "dev"
-        if folder is None:
+        found = dev_folder(cfg)
+        if found is None:
             return data, None
+        folder, split = found
         queries, corpus, qrels = read_beir_split(folder, split)
         logger.info("validating on %s (%d queries)", folder, len(qrels))
         dev = DevSet(queries.ids, queries.texts, corpus, qrels)
+        if not any(d in corpus.index for docs in qrels.values() for d in docs):
+            raise DataError(folder / "qrels" / f"{split}.tsv", None, f"none of the {sum(map(len, qrels.values()))} "
+                            f"relevant documents of the dev set is in {folder / 'corpus.jsonl'}, so every dev score "
+                            "would be 0 and best/ would be chosen on nothing",
+                            "give the dev set the corpus its qrels point into (or the qrels of this corpus)")
     if cfg.dev_max_documents is not None and len(dev.corpus) > cfg.dev_max_documents:
         dev = smaller_corpus(dev, cfg.dev_max_documents, bm25_language(Path(cfg.data)))
     return data, dev
+
+
+def dev_folder(cfg: TrainConfig) -> tuple[Path, str] | None:
+    """The BEIR folder and split the run validates on (``dev_data``, or ``DATA/dev`` written by
+    maxsim prepare); None without one, or with ``dev_fraction`` (held out of the data itself)."""
+    if cfg.dev_fraction is not None:
+        return None
+    if cfg.dev_data is not None:
+        return Path(cfg.dev_data), cfg.dev_split
+    if (Path(cfg.data) / "dev" / "qrels" / "dev.tsv").is_file():
+        return Path(cfg.data) / "dev", "dev"
+    return None
+
+
+def dev_digest(cfg: TrainConfig) -> str | None:
+    """sha256 of the dev set's files (queries, corpus, the split's qrels), so that a resume can
+    tell the dev set best/ was chosen on from another; None where the dev set is held out of the
+    training data (whose own digest covers it) or there is none."""
+    found = dev_folder(cfg)
+    if found is None:
+        return None
+    folder, split = found
+    digest = hashlib.sha256()
+    for name in ("queries.jsonl", "corpus.jsonl", f"qrels/{split}.tsv"):
+        digest.update(name.encode() + b"\0")
+        with (folder / name).open("rb") as handle:
+            sha256_of(handle, digest)
+    return digest.hexdigest()
 
 
 def smaller_corpus(dev: DevSet, size: int, language: str) -> DevSet:
@@ -115,6 +150,37 @@ def evaluate_dev(model: ColBERT, dev: DevSet, dev_tokens: list[list[int]], cfg: 
     return evaluate_run(dev.qrels, run, DEV_METRICS)
 
 
+def evaluate_start(ctx: distributed.Context, cfg: TrainConfig, model: ColBERT, dev: DevSet,
+                   dev_tokens: list[list[int]] | None, metrics_log) -> float | None:
+    """The dev metrics of the model before any training step (rank 0), logged and written as the
+    step-0 row of ``metrics.jsonl``; returns ``cfg.metric``'s value on every rank. It is what
+    best/ is compared with at the end (:func:`warn_if_worse_than_start`), not a best/ candidate."""
+    value = None
+    if ctx.is_main:
+        scores = evaluate_dev(model, dev, dev_tokens, cfg)
+        logger.info("step 0 (before training): dev %s", ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
+        metrics_log.append({"step": 0, **{f"dev_{k}": v for k, v in scores.items()}})
+        value = scores[cfg.metric]
+    model.train()
+    return distributed.broadcast_object(ctx, value)
+
+
+def warn_if_worse_than_start(cfg: TrainConfig, position: checkpoints.Position) -> None:
+    """Say so, in the log and in ``best/best.json``, when best/ scores under the model the run
+    started from (a run that collapsed: a learning rate far too high, say)."""
+    if position.start_value is None or position.best_value is None or position.best_value >= position.start_value:
+        return
+    warning = (f"best/ (step {position.best_step}) scores dev {cfg.metric} {position.best_value:.4f}, worse than the "
+               f"model the run started from ({position.start_value:.4f}): training made the model worse (check the "
+               "learning rate and the data); the starting model is the better one")
+    logger.warning(warning)
+    best_file = Path(cfg.output) / "best" / checkpoints.BEST_FILE
+    if best_file.is_file():
+        info = json.loads(best_file.read_text())
+        info.update(worse_than_start=True, warning=warning)
+        atomic_write_text(best_file, json.dumps(info, indent=2) + "\n")
+
+
 def validate(ctx: distributed.Context, cfg: TrainConfig, model: ColBERT, dev: DevSet,
              dev_tokens: list[list[int]] | None, position: checkpoints.Position) -> dict[str, float]:
     """Evaluate on the dev set (rank 0) and replace ``best/`` when ``cfg.metric`` improves.
@@ -129,7 +195,9 @@ def validate(ctx: distributed.Context, cfg: TrainConfig, model: ColBERT, dev: De
         if position.best_value is None or value > position.best_value:
             position.best_value, position.best_step = value, position.step
             checkpoints.save_best(Path(cfg.output), model, {
-                "step": position.step, "metric": cfg.metric, "value": value, "metrics": scores})
+                "step": position.step, "metric": cfg.metric, "value": value, "metrics": scores,
+                "start_value": position.start_value, "worse_than_start": (
+                    position.start_value is not None and value < position.start_value)})
     position.best_value, position.best_step = distributed.broadcast_object(
         ctx, (position.best_value, position.best_step))
     model.train()
