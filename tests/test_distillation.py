@@ -14,6 +14,21 @@ from maxsim.data.training_folder import TrainingData
 from maxsim.losses import distillation_loss
 
 
+def _interrupt_scoring_at_chunk(monkeypatch, teacher_module, n: int):
+    """Make scoring stop with KeyboardInterrupt as it starts its ``n``-th chunk of lines; returns
+    the real chunk scorer, to put back."""
+    real, calls = teacher_module._score_lines, []
+
+    def die_on_chunk_n(*args):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(teacher_module, "_score_lines", die_on_chunk_n)
+    return real
+
+
 def test_kl_by_hand_with_a_padding_candidate():
     student = torch.tensor([[1.0, 0.0, 5.0]])
     teacher = torch.tensor([[0.0, 0.0, -3.0]])
@@ -226,21 +241,11 @@ def test_a_killed_scoring_run_goes_on_and_gives_the_same_folder(training_folder,
     whole = tmp_path / "whole"
     teacher_module.score_training_folder(training_folder, "bm25", whole, show_progress=False, chunk_lines=4)
     out = tmp_path / "killed"
-    real = teacher_module._score_lines
-    calls = []
-
-    def die_on_the_third_chunk(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(teacher_module, "_score_lines", die_on_the_third_chunk)
+    real = _interrupt_scoring_at_chunk(monkeypatch, teacher_module, 3)
     with pytest.raises(KeyboardInterrupt):
         teacher_module.score_training_folder(training_folder, "bm25", out, show_progress=False, chunk_lines=4)
     assert len(list((out / teacher_module.PARTIAL).glob("chunk-*.jsonl"))) == 2
     monkeypatch.setattr(teacher_module, "_score_lines", real)
-    calls.clear()
     teacher_module.score_training_folder(training_folder, "bm25", out, show_progress=False, chunk_lines=4)
     assert (out / "triples.jsonl").read_bytes() == (whole / "triples.jsonl").read_bytes()
     assert not (out / teacher_module.PARTIAL).exists()
@@ -308,15 +313,7 @@ def test_a_scoring_run_resumed_with_another_teacher_in_its_folder_is_refused(tra
     from maxsim.model import ColBERT
 
     folder = ColBERT.from_pretrained(tiny_model_dir, dim=16, doc_maxlen=24, seed=0).save(tmp_path / "teacher")
-    real, calls = teacher_module._score_lines, []
-
-    def die_on_the_second_chunk(*args):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(teacher_module, "_score_lines", die_on_the_second_chunk)
+    real = _interrupt_scoring_at_chunk(monkeypatch, teacher_module, 2)
     out = tmp_path / "scored"
     with pytest.raises(KeyboardInterrupt):
         teacher_module.score_training_folder(training_folder, str(folder), out, show_progress=False, chunk_lines=4)

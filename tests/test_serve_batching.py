@@ -43,8 +43,8 @@ def test_requests_waiting_together_are_one_batch_with_the_same_answers(index_pat
             assert [h["rank"] for h in row] == list(range(1, len(row) + 1))
 
 
-def test_a_batch_waits_for_as_many_requests_as_the_last_one_answered(index_path, monkeypatch):  # noqa: F811
-    retriever = Retriever.from_index(index_path)
+def _held_first_refresh(retriever):
+    """(started, release, refresh): a refresh whose first call waits for ``release`` (set ``started`` first)."""
     first_started, release = threading.Event(), threading.Event()
     refresh = retriever.refresh
     calls = [0]
@@ -55,6 +55,13 @@ def test_a_batch_waits_for_as_many_requests_as_the_last_one_answered(index_path,
             first_started.set()
             release.wait(30)
         return refresh()
+
+    return first_started, release, held_first_refresh
+
+
+def test_a_batch_waits_for_as_many_requests_as_the_last_one_answered(index_path, monkeypatch):  # noqa: F811
+    retriever = Retriever.from_index(index_path)
+    first_started, release, held_first_refresh = _held_first_refresh(retriever)
 
     monkeypatch.setattr(retriever, "refresh", held_first_refresh)
     sizes: list[int] = []
@@ -165,16 +172,7 @@ def test_a_batch_that_fails_is_answered_request_by_request(index_path, monkeypat
             raise ValueError("this text cannot be encoded")
         return encode(queries, *args, **kwargs)
 
-    first_started, release = threading.Event(), threading.Event()
-    refresh = retriever.refresh
-    calls = [0]
-
-    def held_first_refresh():
-        calls[0] += 1
-        if calls[0] == 1:
-            first_started.set()
-            release.wait(30)
-        return refresh()
+    first_started, release, held_first_refresh = _held_first_refresh(retriever)
 
     sizes: list[int] = []
     worker = serve.IndexWorker(retriever, on_batch=sizes.append)

@@ -3,8 +3,7 @@
 bm25s computes each (term, document) BM25 score once, at indexing time, into a sparse matrix
 (one posting list per term, document positions ascending). Ranking a query through bm25s's own
 ``retrieve`` builds a dense array of every document's score and selects its top k, which costs
-time in proportion to the corpus for every query: preparing pairs (one new document per query)
-became quadratic, 10,000 pairs 13 s and 20,000 pairs 50 s on 2 cores.
+time in proportion to the corpus for every query.
 
 :meth:`BM25Miner.rank` ranks from the posting lists instead, with the MaxScore rule of dynamic
 pruning (Turtle and Flood, 1995): a query's terms are taken in order of their best possible
@@ -13,17 +12,30 @@ once the k-th of those scores beats the most that the other terms together could
 document, no other document can enter the top k, and the rest of the corpus is never touched.
 The ranking is exact: every document ordered by (score descending, corpus position
 ascending), those that match no query term (score 0) filling the tail by position.
+
+Queries are independent, so :class:`BM25Miner` ranks them in ``workers`` processes forked from
+this one (the posting lists shared, copy-on-write, never pickled), each a slice of the queries.
 """
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
+import os
+import sys
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
 from maxsim.errors import SettingsError
 from maxsim.ranking import Ranking
+
+logger = logging.getLogger(__name__)
+
+#: the fewest queries a worker process is given: below, forking costs more than it saves
+QUERIES_PER_WORKER = 256
 
 #: ISO 639-1 code -> (PyStemmer's stemmer, bm25s's stop-word list or None where it has none)
 BM25_LANGUAGES = {
@@ -36,11 +48,6 @@ BM25_LANGUAGES = {
     "eu": ("basque", None), "hi": ("hindi", None), "ne": ("nepali", None), "fa": ("persian", None),
     "sr": ("serbian", None), "ta": ("tamil", None), "hy": ("armenian", None),
 }
-
-
-#: a posting list this many times longer than the documents looked up in it is searched
-#: (binary search) rather than scanned
-SEARCH_RATIO = 16
 
 
 def _margin(value: float) -> float:
@@ -101,79 +108,52 @@ class PostingLists:
             into[docs] += w * impacts
         return np.concatenate(fresh) if fresh else np.zeros(0, dtype=np.int64)
 
-    def _lookup(self, terms: np.ndarray, weights: np.ndarray, positions: np.ndarray,
-                marks: np.ndarray) -> np.ndarray:
-        """(n,) float64 the weighted impacts of ``terms`` in the documents at ``positions``
-        (ascending, n of them): a posting list much longer than the documents are many is
-        searched for them (binary search), a shorter one scanned against ``marks`` ((N,) bool,
-        True at ``positions``)."""
-        out = np.zeros(len(positions))
+    def _add_to(self, terms: np.ndarray, weights: np.ndarray, scored: np.ndarray, into: np.ndarray) -> None:
+        """Add the weighted impacts of ``terms`` into ``into``, for the documents where ``scored``
+        is not zero only (each posting list scanned: searching the lists for the documents, and
+        first dropping the documents that could not reach the top k, were both slower, measured on
+        200,000 passages: BENCHMARKS.md)."""
         for t, w in zip(terms.tolist(), weights.tolist()):
             docs, impacts = self.term(t)
-            if not len(docs):
-                continue
-            if len(positions) * SEARCH_RATIO < len(docs):
-                where = np.minimum(np.searchsorted(docs, positions), len(docs) - 1)
-                hit = docs[where] == positions
-                out[hit] += w * impacts[where[hit]]
-            else:
-                hit = marks[docs]
-                out[np.searchsorted(positions, docs[hit])] += w * impacts[hit]
-        return out
+            hit = scored[docs] != 0
+            into[docs[hit]] += w * impacts[hit]
 
     def top(self, terms: np.ndarray, weights: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best documents of one query, exactly: (positions (k',) int64, scores (k',)
         float32), k' = min(k, corpus), ordered by score, then position.
 
         MaxScore (Turtle and Flood, 1995): the terms in order of their largest possible
-        contribution. The documents in the posting lists of the first ``m`` terms are the
-        candidates, and their scores from those terms are partial scores. No candidate whose
-        partial score plus the most the other terms could add (``rest``) is under the k-th
-        partial score can reach the top k: the others (few) get their whole score, the other
-        terms' lists searched for them. When the k-th whole score is above ``rest``, no document
-        outside the candidates can enter (or tie into) the top k; else ``m`` grows. Two (N,)
-        work arrays are kept between calls (one pair per thread) and left zeroed.
+        contribution; every document in the posting lists of the first ``m`` (the candidates)
+        gets its whole score, the other terms' impacts added for those documents only; when the
+        k-th candidate score is above what the other terms together could give a document
+        (``rest``), no other document can enter (or tie into) the top k; else ``m`` grows. Two
+        (N,) float64 work arrays are kept between calls (one pair per thread) and left zeroed.
         """
         k = min(k, self.n_documents)
         work = getattr(self._local, "work", None)
         if work is None:
-            work = self._local.work = (np.zeros(self.n_documents), np.zeros(self.n_documents, dtype=bool))
-        partial, marks = work
+            work = self._local.work = (np.zeros(self.n_documents), np.zeros(self.n_documents))
+        first, other = work
         bound = weights * self.best[terms]
         order = np.argsort(-bound, kind="stable")
         terms, weights, bound = terms[order], weights[order], bound[order]
         rest = np.concatenate([np.cumsum(bound[::-1])[::-1], [0.0]])  # rest[m]: the most terms m.. add
         lengths = self.indptr[terms + 1] - self.indptr[terms]
         m = min(len(terms), int(np.searchsorted(np.cumsum(lengths), k)) + 1)
-        candidates = self._add(terms[:m], weights[:m], partial)
+        positions = self._add(terms[:m], weights[:m], first)
+        kth = None
         while True:
-            scores = partial[candidates]
-            alive = candidates
-            if len(candidates) > k and m < len(terms):  # drop those that cannot reach the top k
-                floor = -np.partition(-scores, k - 1)[k - 1]
-                keep = scores + rest[m] >= floor - _margin(floor)
-                alive, scores = candidates[keep], scores[keep]
-            if m < len(terms):  # their whole scores
-                order = np.argsort(alive)
-                alive, scores = alive[order], scores[order]
-                marks[alive] = True
-                scores = scores + self._lookup(terms[m:], weights[m:], alive, marks)
-                marks[alive] = False
-            if m >= len(terms):
+            self._add_to(terms[m:], weights[m:], first, other)
+            scores = first[positions] + other[positions]
+            other[positions] = 0
+            kth = -np.partition(-scores, k - 1)[k - 1] if len(positions) >= k else None
+            if m >= len(terms) or (kth is not None and rest[m] < kth - _margin(kth)):
                 break
-            if len(alive) >= k:
-                kth = -np.partition(-scores, k - 1)[k - 1]
-                if rest[m] < kth - _margin(kth):
-                    break
-                grow = max(m + 1, int(np.argmax(rest < kth)))  # the first m whose rest is below kth
-            else:
-                grow = m + 1
-            candidates = np.concatenate([candidates, self._add(terms[m:grow], weights[m:grow], partial)])
+            grow = m + 1 if kth is None else max(m + 1, int(np.argmax(rest < kth)))  # first m whose rest < kth
+            positions = np.concatenate([positions, self._add(terms[m:grow], weights[m:grow], first)])
             m = grow
-        partial[candidates] = 0
-        positions = alive
-        if len(positions) > k:  # those at or above the k-th score, then in order
-            kth = -np.partition(-scores, k - 1)[k - 1]
+        first[positions] = 0
+        if kth is not None and len(positions) > k:  # those at or above the k-th score, then in order
             keep = np.flatnonzero(scores >= kth)
             positions, scores = positions[keep], scores[keep]
         best = np.lexsort((positions, -scores))[:k]
@@ -186,14 +166,38 @@ class PostingLists:
         return positions, values
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def can_fork() -> bool:
+    """Whether worker processes can be forked safely here (Linux; macOS's fork is unsafe with
+    system frameworks loaded, Windows has none)."""
+    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+
+
+_forked_postings: PostingLists | None = None  # a worker process's posting lists, set once as it starts
+
+
+def _start_worker(postings: PostingLists) -> None:
+    global _forked_postings
+    _forked_postings = postings
+
+
+def _rank_in_worker(queries: list[tuple[np.ndarray, np.ndarray, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [_forked_postings.top(terms, weights, depth) for terms, weights, depth in queries]
+
+
 class BM25Miner:
     """BM25 (bm25s) over a list of document texts, with the stop words and Snowball stemmer of
-    ``language`` (an ISO 639-1 code from :data:`BM25_LANGUAGES`; English by default)."""
+    ``language`` (an ISO 639-1 code from :data:`BM25_LANGUAGES`; English by default), ranking in
+    up to ``workers`` processes (default 1: in this one)."""
 
     #: queries ranked at a time by a caller that streams (prepare's mining): bounds memory
     query_block = 8192
 
-    def __init__(self, documents: Sequence[str], language: str = "en") -> None:
+    def __init__(self, documents: Sequence[str], language: str = "en", workers: int = 1) -> None:
         import bm25s
         import Stemmer
 
@@ -210,6 +214,11 @@ class BM25Miner:
         scores = self.retriever.scores
         self.postings = PostingLists(scores["indptr"], scores["indices"], scores["data"], len(documents))
         self.n_documents = len(documents)
+        if workers > 1 and not can_fork():
+            logger.warning("BM25 ranks in one process: worker processes are forked, which %s does not do safely",
+                           sys.platform)
+            workers = 1
+        self.workers = max(1, workers)
         self._queries: list[tuple[np.ndarray, np.ndarray]] = []
 
     def query_terms(self, queries: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -232,13 +241,25 @@ class BM25Miner:
         also the lowest score among them."""
         self._queries = self.query_terms(queries)
         depths = [k] * len(queries) if isinstance(k, (int, np.integer)) else list(k)
-        rows = [self.postings.top(terms, weights, int(depth)) for (terms, weights), depth in zip(self._queries, depths)]
+        rows = self._top_rows([(terms, weights, int(depth)) for (terms, weights), depth in zip(self._queries, depths)])
         ranking = Ranking.from_rows(rows, min(max(depths, default=0), self.n_documents))
         if positives is not None:
             ranking.positive_floor = np.array(
                 [float(self.score_of(i, sorted(p)).min()) if len(p) else np.nan for i, p in enumerate(positives)],
                 dtype=np.float32)
         return ranking
+
+    def _top_rows(self, queries: list[tuple[np.ndarray, np.ndarray, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`PostingLists.top` of each (terms, weights, depth), here or in worker processes
+        (each given one contiguous slice, so that the rows come back in order)."""
+        workers = min(self.workers, len(queries) // QUERIES_PER_WORKER)
+        if workers < 2:
+            return [self.postings.top(*query) for query in queries]
+        bounds = np.linspace(0, len(queries), workers + 1).astype(int)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                 initializer=_start_worker, initargs=(self.postings,)) as pool:
+            parts = pool.map(_rank_in_worker, [queries[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+            return [row for part in parts for row in part]
 
     def score_of(self, query_index: int, positions: Sequence[int]) -> np.ndarray:
         """BM25 scores (float32) of some documents for one query of the last :meth:`rank` call."""

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maxsim.data.bm25 import available_cpus
 from maxsim.data.collection import Collection, RowErrors, gather_inputs
 from maxsim.data.errors import DataError
 from maxsim.data.mining import (
@@ -167,7 +168,7 @@ def split_dev(query_ids: list[str], settings: PrepareSettings) -> tuple[list[str
             raise SettingsError(f"--dev-fraction {settings.dev_fraction} leaves {n_dev} of {len(query_ids)} "
                              "queries for dev")
         order = np.random.default_rng(settings.seed).permutation(len(query_ids))
-        dev_ids = sorted((query_ids[i] for i in order[:n_dev]), key=query_ids.index)
+        dev_ids = [query_ids[i] for i in np.sort(order[:n_dev]).tolist()]  # in input order
     dev_set = set(dev_ids)
     return [q for q in query_ids if q not in dev_set], dev_ids
 
@@ -251,7 +252,7 @@ def window_report(windows: dict[str, tuple[int, int]], settings: PrepareSettings
 def _miner(doc_texts: list[str], settings: PrepareSettings, notes: list[str], device: str):
     """The miner ``settings.mine`` asks for (bm25 or dense, exact or through an index; dense on ``device``)."""
     if settings.mine == "bm25":
-        return BM25Miner(doc_texts, settings.bm25_language)
+        return BM25Miner(doc_texts, settings.bm25_language, settings.workers or available_cpus())
     from maxsim.model import ColBERT
 
     miner_model = ColBERT.from_pretrained(settings.miner_model, device=device)

@@ -54,6 +54,9 @@ class PrepareSettings(BaseModel):
     export: tuple[Literal["colbert"], ...] = Field(
         (), description="Also write other formats: colbert (colbert-ai / RAGatouille files in colbert/).")
     batch_size: int = Field(64, gt=0, description="Encoding batch size of --mine dense.")
+    workers: int | None = Field(
+        None, gt=0, description="Processes that rank --mine bm25's queries (forked, Linux) [default: every CPU this "
+        "process may use].")
     bm25_language: str = Field("en", description="Language of --mine bm25's stop words and stemmer (ISO 639-1: en, "
                                "fr, de, es, ...).")
 
