@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -133,7 +134,9 @@ runpy.run_module('maxsim', run_name='__main__', alter_sys=True)
 def run_prepare(pairs: Path, output: Path, mine: str, code: Path | None = None) -> dict:
     """``maxsim prepare`` in a child process (the package from ``code`` when given): wall
     seconds, the peak resident memory of its main process (forked BM25 workers share its
-    posting lists and add their work arrays, 16 bytes a document each), its counts."""
+    posting lists and add their work arrays, 16 bytes a document each), its counts. An
+    ``output`` left by an earlier run of this bench is removed first."""
+    shutil.rmtree(output, ignore_errors=True)
     command = [sys.executable, "-c", LAUNCH, "prepare", str(pairs), "--output", str(output), "--mine", mine,
                "--dev-fraction", "0.01"]
     env = dict(os.environ, PYTHONPATH=str(code)) if code is not None else None
@@ -267,17 +270,9 @@ def main() -> None:
         pairs = synthetic_pairs(n, workdir / f"topical-pairs-{n}.jsonl", scifact)
         for mine in args.mines:
             output = workdir / f"out-{n}-{mine}"
-            if output.exists():
-                import shutil
-
-                shutil.rmtree(output)
             record({"row": f"{n} pairs, --mine {mine}", "pairs": n, "mine": mine, **run_prepare(pairs, output, mine)})
         if n <= args.anchor_max and args.before:
             output = workdir / f"out-{n}-before"
-            if output.exists():
-                import shutil
-
-                shutil.rmtree(output)
             record({"row": f"{n} pairs, --mine bm25, at {args.before}", "pairs": n, "mine": "bm25",
                     "revision": args.before, **run_prepare(pairs, output, "bm25", code_at(args.before, workdir))})
         if n <= args.anchor_max:

@@ -58,7 +58,6 @@ def test_miner_ranks_as_bm25s_scores_every_document():
         np.testing.assert_allclose(dense[got], dense[order], rtol=1e-5, atol=1e-6)
 
 
-
 def test_worker_processes_rank_as_one_process(monkeypatch):
     import maxsim.data.bm25 as bm25
 
