@@ -215,17 +215,26 @@ def export(
 
 @app.command("index")
 def build_index(
-    corpus: Annotated[Path, typer.Argument(help="A corpus.jsonl (_id, title, text) or a BEIR folder.", show_default=False)],
-    model: Annotated[str, typer.Option(help="maxsim checkpoint folder (or 'base' for the untrained bundled MiniLM).")],
-    output: Annotated[Path, typer.Option(help="Index folder to write.")],
+    corpus: Annotated[Path | None, typer.Argument(help="A corpus.jsonl (_id, title, text) or a BEIR folder.", show_default=False)] = None,
+    model: Annotated[str | None, typer.Option(help="maxsim checkpoint folder (or 'base' for the untrained bundled MiniLM).")] = None,
+    output: Annotated[Path | None, typer.Option(help="Index folder to write.")] = None,
     nbits: Annotated[int, typer.Option(help="Bits per dimension of each residual: 1, 2 or 4.")] = 2,
     max_document_tokens: Annotated[int | None, typer.Option(help="Split documents into chunks of at most this many tokens [default: the model's doc_maxlen].")] = None,
     no_split: Annotated[bool, typer.Option("--no-split", help="Truncate long documents instead of splitting them.")] = False,
     batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the index already in --output (a folder holding anything else is never replaced).")] = False,
     device: Device = "auto",
+    compact: Annotated[Path | None, typer.Option("--compact", help="Instead of building: merge every segment of this index into one, without its deleted documents (every file is checked first).", show_default=False)] = None,
+    verify: Annotated[Path | None, typer.Option("--verify", help="Instead of building: check every byte of this index (sha256 and values); exit 1 if anything is wrong.", show_default=False)] = None,
 ) -> None:
-    """Build a compressed (PLAID-style) index of a corpus; prints the index folder."""
+    """Build a compressed (PLAID-style) index of a corpus; prints the index folder.
+
+    With --compact IX or --verify IX, work on an index already built instead."""
+    if compact is not None or verify is not None:
+        _maintain_index(compact, verify, corpus, model, output)
+        return
+    if corpus is None or model is None or output is None:
+        _fail("give a CORPUS, --model and --output to build an index (or --compact IX, or --verify IX)")
     from maxsim.data.errors import DataError
     from maxsim.data.training_folder import read_corpus
     from maxsim.files import check_replaceable
@@ -245,6 +254,26 @@ def build_index(
         retriever.index(docs.texts, path=output, document_ids=docs.ids, nbits=nbits, overwrite=overwrite,
                         split_documents=not no_split, max_document_tokens=max_document_tokens, batch_size=batch_size)
     typer.echo(str(output))
+
+
+def _maintain_index(compact: Path | None, verify: Path | None, corpus, model, output) -> None:
+    """``maxsim index --compact IX`` / ``--verify IX``."""
+    from maxsim.index import IndexData, compact_index
+
+    if (compact is not None and verify is not None) or corpus is not None or model is not None or output is not None:
+        _fail("--compact and --verify take an index folder and nothing else: give one of them alone")
+    with _one_line_errors():
+        if compact is not None:
+            before, after = compact_index(compact)
+            typer.echo(f"{compact}: {before.n_documents} documents, {len(before.segments)} segments "
+                       f"({before.n_chunks} chunks stored) -> {len(after.segments)} segment ({after.n_chunks} chunks)")
+            return
+        problems = IndexData.load(verify).verify()
+    for problem in problems:
+        typer.echo(f"error: {problem}", err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"{verify}: every file checked, no problem found")
 
 
 @app.command()

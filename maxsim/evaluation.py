@@ -181,17 +181,18 @@ def evaluate_beir(
         retriever = Retriever.from_index(index, model=colbert, allow_model_mismatch=allow_model_mismatch,
                                          device=device)
         known = set(corpus.ids)
-        strangers = [d["id"] for d in retriever.index_data.documents if d["id"] not in known]
+        held = dict(retriever.index_data.iter_documents())
+        strangers = [d["id"] for d in held.values() if d["id"] not in known]
         if strangers:
             raise SettingsError(f"the index {index} holds documents that are not in {data}'s corpus "
                              f"(e.g. {strangers[0]!r}): build it from this corpus with `maxsim index {data}`")
         q_vectors, q_mask = retriever.query_vectors(queries.texts)
         chunks = search(retriever.index_data, q_vectors, q_mask, depth)
         position = {d: i for i, d in enumerate(corpus.ids)}
-        of_chunk = np.array([position[d["id"]] for d in retriever.index_data.documents], dtype=np.int64)
-        chunk_docs = retriever.index_data.chunk_docs
-        ranking = Ranking(np.where(chunks.positions >= 0, of_chunk[chunk_docs[chunks.positions.clip(0)]], -1),
-                          chunks.scores)
+        of_document = {number: position[d["id"]] for number, d in held.items()}
+        owners = retriever.index_data.chunk_documents(chunks.positions.clip(0).ravel()).reshape(chunks.positions.shape)
+        in_corpus = np.vectorize(of_document.__getitem__, otypes=[np.int64])(owners) if owners.size else owners
+        ranking = Ranking(np.where(chunks.positions >= 0, in_corpus, -1), chunks.scores)
     elif model == "bm25":
         from maxsim.data.mining import BM25Miner
 

@@ -24,8 +24,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from maxsim.data.batches import global_batches
 from maxsim.data.jsonl import read_jsonl
 from maxsim.data.mining import BM25_LANGUAGES
@@ -396,7 +394,7 @@ class RAGPretrainedModel:
         self._use_index(index_name)
         texts, ids, metadata = _documents(new_collection, new_document_ids, new_document_metadatas, preprocessing_fn,
                                           split_documents and document_splitter_fn is not None, document_splitter_fn)
-        present = {d["id"] for d in self.retriever.index_data.documents}
+        present = self.retriever.index_data.positions_of(ids)
         keep = [i for i, d in enumerate(ids) if d not in present]
         if len(keep) < len(ids):
             logger.warning("%d documents are already in the index and were skipped", len(ids) - len(keep))
@@ -409,7 +407,7 @@ class RAGPretrainedModel:
         """Delete documents by id (a str is one id); ids not in the index are ignored."""
         self._use_index(index_name)
         wanted = [document_ids] if isinstance(document_ids, str) else list(document_ids)
-        present = {d["id"] for d in self.retriever.index_data.documents}
+        present = self.retriever.index_data.positions_of([str(d) for d in wanted])
         known = [str(d) for d in wanted if str(d) in present]
         if known:
             self.retriever.delete(known)
@@ -430,9 +428,8 @@ class RAGPretrainedModel:
         data = self.retriever.index_data
         q_vectors, q_mask = self.retriever.query_vectors(texts)
         if doc_ids is not None:
-            wanted = {str(d) for d in doc_ids}
-            positions = [i for i, d in enumerate(data.documents) if d["id"] in wanted]
-            chunk_ids = np.nonzero(np.isin(data.chunk_docs, positions))[0].astype(np.int64)
+            positions = sorted(data.positions_of([str(d) for d in doc_ids]).values())
+            chunk_ids = data.chunks_of(positions)
             ranking = Ranking.from_rows([best_chunks(data, q_vectors[i : i + 1], q_mask[i : i + 1], chunk_ids, k)
                                          for i in range(len(texts))], k)
         else:
@@ -541,12 +538,15 @@ def _write_side_files(path: Path) -> None:
     document has metadata, ``docid_metadata_map.json``."""
     with index_lock(path):
         data = IndexData.load(path)
-        passages = [data.documents[int(d)]["content"][start:end] for d, (start, end) in zip(data.chunk_docs,
-                                                                                            data.spans)]
+        records = dict(data.iter_documents())
+        chunks = data.chunks_of(sorted(records))  # the passages of documents not deleted
+        owners = data.chunk_documents(chunks).tolist()
+        spans = data.chunk_spans(chunks).tolist()
+        passages = [records[d]["content"][start:end] for d, (start, end) in zip(owners, spans)]
         atomic_write_text(path / "collection.json", json.dumps(passages, ensure_ascii=False))
-        owners = {str(p): data.documents[int(d)]["id"] for p, d in enumerate(data.chunk_docs)}
-        atomic_write_text(path / "pid_docid_map.json", json.dumps(owners, ensure_ascii=False))
-        metadata = {d["id"]: d["metadata"] for d in data.documents if d["metadata"] is not None}
+        pid_docid = {str(p): records[d]["id"] for p, d in zip(chunks.tolist(), owners)}
+        atomic_write_text(path / "pid_docid_map.json", json.dumps(pid_docid, ensure_ascii=False))
+        metadata = {d["id"]: d["metadata"] for d in records.values() if d["metadata"] is not None}
         if metadata:
             atomic_write_text(path / "docid_metadata_map.json", json.dumps(metadata, ensure_ascii=False))
         elif (path / "docid_metadata_map.json").exists():

@@ -330,7 +330,7 @@ class Retriever:
 
     @staticmethod
     def _refuse_present(data: IndexData, records: list[dict]) -> None:
-        existing = {d["id"] for d in data.documents}
+        existing = data.positions_of([r["id"] for r in records])
         clash = [r["id"] for r in records if r["id"] in existing]
         if clash:
             raise SettingsError(f"already in the index: {clash[:5]}; delete them first to replace them")
@@ -348,7 +348,7 @@ class Retriever:
         if not wanted:
             return 0
         with self._writing() as data:
-            position = {d["id"]: i for i, d in enumerate(data.documents)}
+            position = data.positions_of(wanted)
             missing = [i for i in wanted if i not in position]
             if missing:
                 raise UnknownIdError(f"not in the index: {missing[:5]}")
@@ -402,14 +402,19 @@ class Retriever:
         """The hits of a ranking of chunk ids (from :func:`maxsim.index.search` over ``data``,
         default the index held now): each chunk's document, with the chunk's text as ``content``."""
         data = data if data is not None else self._require_index()
-        results = []
-        for i in range(len(ranking)):
-            chunk_ids, scores = ranking.row(i)
+        rows = [ranking.row(i) for i in range(len(ranking))]
+        chunks = np.concatenate([np.zeros(0, dtype=np.int64), *(np.asarray(c, dtype=np.int64) for c, _ in rows)])
+        owners = data.chunk_documents(chunks)
+        spans = data.chunk_spans(chunks).tolist()
+        wanted = np.unique(owners)
+        record_of = dict(zip(wanted.tolist(), data.documents_at(wanted.tolist())))  # one lookup per document
+        results, at = [], 0
+        for _, scores in rows:
             row = []
-            for rank, (chunk, score) in enumerate(zip(chunk_ids.tolist(), scores.tolist()), start=1):
-                record = data.documents[int(data.chunk_docs[chunk])]
-                start, end = data.spans[chunk]
+            for rank, score in enumerate(scores.tolist(), start=1):
+                record, (start, end) = record_of[int(owners[at])], spans[at]
                 row.append(Hit(record["id"], score, rank, record["content"][start:end], _returnable(record)))
+                at += 1
             results.append(row)
         return results
 

@@ -379,7 +379,7 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
 
         def save():
             retriever.add_encoded(encoded)
-            return {"added": len(body.documents), "documents": len(retriever.index_data.documents)}
+            return {"added": len(body.documents), "documents": retriever.index_data.n_documents}
 
         return await asyncio.wrap_future(writer.submit(save))
 
@@ -390,7 +390,7 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
 
         def run():
             removed = retriever.delete(body.ids)
-            return {"deleted": removed, "documents": len(retriever.index_data.documents)}
+            return {"deleted": removed, "documents": retriever.index_data.n_documents}
 
         try:
             return await asyncio.wrap_future(writer.submit(run))
@@ -402,7 +402,7 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
         """Liveness: the process answers (``ready`` says whether searches are answered at speed yet)."""
         data = retriever.index_data
         return {"status": "ok", "ready": worker.ready.is_set(), "model": retriever.model_path,
-                "index": str(retriever.index_path), "documents": len(data.documents), "chunks": int(len(data.doclens)),
+                "index": str(retriever.index_path), "documents": data.n_documents, "chunks": data.n_chunks,
                 "version": data.version, "read_only": read_only}
 
     @app.get("/ready")
@@ -414,7 +414,7 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
 
     @app.get("/metrics")
     def prometheus():
-        metrics.documents.set(len(retriever.index_data.documents))
+        metrics.documents.set(retriever.index_data.n_documents)
         return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type="text/plain; version=0.0.4")
 
     return app

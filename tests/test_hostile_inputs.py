@@ -4,6 +4,7 @@ a clear error before any work, or handled, never a traceback, a silent default o
 import hashlib
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 from maxsim.cli import app
 from maxsim.errors import SettingsError
 from maxsim.index import IndexData, IndexLoadError
+from maxsim.index.segment import Segment
 from maxsim.limits import MAX_METADATA_DEPTH
 from maxsim.retriever import Retriever
 
@@ -49,7 +51,11 @@ def test_an_index_that_already_holds_deep_metadata_still_answers(retriever, tmp_
     path = tmp_path / "old"
     retriever.index(DOCS[:12], path=path, document_ids=IDS[:12])
     data = IndexData.load(path)  # as an index written before the bound would hold it
-    data.documents[0] = {**data.documents[0], "metadata": _nested(600)}
+    old = data.segments[0]
+    records = list(old.documents)
+    records[0] = {**records[0], "metadata": _nested(600)}
+    data.segments[0] = Segment.from_arrays(old.codes, old.residuals, old.doclens, old.chunk_docs, old.spans, records,
+                                           len(data.centroids))
     data.save(path)
     hits = Retriever.from_index(path).search(DOCS[0], k=12)
     assert len(hits) == 12 and {h.document_id for h in hits} == set(IDS[:12])
@@ -120,28 +126,51 @@ def test_a_temp_folder_left_by_a_killed_write_is_removed_by_the_next(small, tmp_
 
 
 def _edit(path, name, change):
-    """Replace one array of an index, with index.json's checksum updated to match."""
-    array = change(np.load(path / f"{name}.npy"))
-    np.save(path / f"{name}.npy", array, allow_pickle=False)
+    """Replace one array of an index, with the manifest's record of it (size, header, sha256)
+    updated to match: a damaged index that lies consistently."""
     meta = json.loads((path / "index.json").read_text())
-    meta["files"][f"{name}.npy"] = hashlib.sha256((path / f"{name}.npy").read_bytes()).hexdigest()
+    shared = f"{name}.npy" in meta["files"]
+    file = path / f"{name}.npy" if shared else path / meta["segments"][0]["name"] / f"{name}.npy"
+    array = change(np.load(file))
+    np.save(file, array, allow_pickle=False)
+    digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    if shared:
+        meta["files"][file.name] = digest
+    else:
+        meta["segments"][0]["files"][file.name] = {"dtype": array.dtype.str, "shape": list(array.shape),
+                                                   "bytes": file.stat().st_size, "sha256": digest}
     (path / "index.json").write_text(json.dumps(meta))
 
 
 @pytest.mark.parametrize("name, change, message", [
-    ("codes", lambda a: np.where(np.arange(len(a)) == 3, -7, a.astype(np.int32)), "names a centroid outside"),
     ("doclens", lambda a: a.astype(np.float32), "doclens.npy holds 1-d float32 values, not 1-d integers"),
-    ("spans", lambda a: np.concatenate([a, a[:, :1]], axis=1), "spans.npy holds 3 columns, not 2"),
-    ("spans", lambda a: a + 10_000, "spans.npy holds a span outside its document's text"),
+    ("spans", lambda a: np.concatenate([a, a[:, :1]], axis=1), "spans.npy does not hold \\(start, end\\) pairs"),
+    ("residuals", lambda a: a[:, :1], "residuals.npy rows are not"),
     ("centroids", lambda a: np.where(np.arange(a.size).reshape(a.shape) == 5, np.nan, a).astype(a.dtype),
      "centroids.npy holds values that are not numbers"),
     ("codec", lambda a: np.full_like(a, np.nan), "codec.npy holds values that are not numbers"),
-    ("chunk_docs", lambda a: a + 100, "chunk_docs.npy names a document that is not stored"),
 ])
 def test_arrays_edited_with_valid_checksums_are_refused_on_load(small, name, change, message):
+    """What opening checks (headers, shapes, the small shared files whole)."""
     _edit(small, name, change)
     with pytest.raises(IndexLoadError, match=message):
         IndexData.load(small)
+
+
+@pytest.mark.parametrize("name, change, message", [
+    ("codes", lambda a: np.where(np.arange(len(a)) == 3, 60_000, a), "names a centroid outside"),
+    ("spans", lambda a: a + 10_000, "spans.npy holds a span outside its document's text"),
+    ("chunk_docs", lambda a: a + 100, "chunk_docs.npy names a document that is not stored"),
+    ("ivf_chunks", lambda a: a[::-1].copy(), "the inverted file does not match"),
+])
+def test_values_edited_with_valid_checksums_are_found_by_verify(small, name, change, message):
+    """What only reading every value finds: ``maxsim index --verify``, and a merge's check."""
+    assert IndexData.load(small).verify() == []
+    _edit(small, name, change)
+    problems = IndexData.load(small).verify()
+    assert len(problems) == 1 and re.search(message, problems[0]), problems
+    result = CliRunner().invoke(app, ["index", "--verify", str(small)])
+    assert result.exit_code == 1 and re.search(message, result.output), result.output
 
 
 def _copy(checkpoint, tmp_path, name="m"):  # noqa: F811

@@ -143,9 +143,10 @@ def test_a_reader_sees_one_version_while_a_process_writes(built, tmp_path):
         while writer.poll() is None:
             data = IndexData.load(built)  # must never mix two versions or fail
             n_docs = len(data.documents)
-            assert int(data.doclens.sum()) == len(data.codes) == len(data.residuals)
-            assert len(data.doclens) == len(data.chunk_docs) == len(data.spans)
-            assert set(np.unique(data.chunk_docs).tolist()) == set(range(n_docs))
+            for segment in data.segments:
+                assert int(segment.doclens.sum()) == len(segment.codes) == len(segment.residuals)
+                assert len(segment.doclens) == len(segment.chunk_docs) == len(segment.spans)
+                assert set(np.unique(segment.chunk_docs).tolist()) == set(range(segment.n_documents))
             assert json.loads((built / "index.json").read_text())["n_documents"] >= n_docs
             loads += 1
             sizes.add(n_docs)
@@ -250,8 +251,9 @@ def test_k_is_checked_and_a_large_k_returns_every_document(retriever, built):
 @pytest.mark.parametrize("edit, message", [
     (lambda meta: meta.pop("files"), "no files"),
     (lambda meta: meta.pop("nbits"), "no nbits"),
-    (lambda meta: meta.update(nbits=4), "residuals.npy rows are not 8 bytes"),
-    (lambda meta: meta["files"].pop("residuals.npy"), "file list"),
+    (lambda meta: meta.update(nbits=4), "codec.npy does not hold 31 values for nbits 4"),
+    (lambda meta: meta["segments"][0]["files"].pop("residuals.npy"), "segment list"),
+    (lambda meta: meta["files"].pop("codec.npy"), "file list"),
 ])
 def test_an_edited_index_json_is_a_clear_error(built, edit, message):
     meta = json.loads((built / "index.json").read_text())
@@ -268,44 +270,27 @@ def test_index_command_checks_the_corpus_before_loading_a_model(tmp_path):
     assert result.exit_code == 2 and f"{tmp_path / 'empty.jsonl'}: no documents" in result.output
 
 
-def test_an_add_compresses_only_the_texts_that_changed(retriever, tmp_path, monkeypatch):
-    """The documents file is bzip2 streams of TEXT_BLOCK documents, then of TAIL_BLOCK: after an
-    add, the streams before the last tail block are the last save's, not compressed again, only
-    the new documents are written to JSON, and the file reads back whole."""
-    import bz2
-    import json
+def test_an_add_writes_only_a_new_segment_and_a_delete_only_tombstones(retriever, tmp_path, monkeypatch):
+    """What a write costs grows with the change: an add writes one segment of the new documents
+    and leaves every file of the others as it was; a delete writes a tombstone file only."""
+    from maxsim.index import segment as segment_module
 
-    from maxsim.index import store
-
-    monkeypatch.setattr(store, "TEXT_BLOCK", 4)
-    monkeypatch.setattr(store, "TAIL_BLOCK", 2)
     path = tmp_path / "ix"
-    retriever.index(DOCS[:9], path=path, document_ids=IDS[:9])  # blocks of 4, 4, then 1
-    compressed, dumped = [], []
-    compress, dumps = bz2.compress, json.dumps
-    monkeypatch.setattr(store.bz2, "compress", lambda data, level=9: compressed.append(data) or compress(data, level))
-
-    def noting_documents(obj, **kw):
-        if isinstance(obj, dict) and "content" in obj:  # a document's line (not index.json)
-            dumped.append(obj["id"])
-        return dumps(obj, **kw)
-
-    monkeypatch.setattr(store.json, "dumps", noting_documents)
-
-    def lines_compressed() -> list[int]:
-        counts = [data.decode().count("\n") for data in compressed]
-        compressed.clear()
-        return counts
-
-    retriever.add(DOCS[9:10], document_ids=IDS[9:10])  # 4, 4, 2: the tail block again
-    assert lines_compressed() == [2] and dumped == IDS[9:10]
-    retriever.add(DOCS[10:11], document_ids=IDS[10:11])  # 4, 4, 2, 1: only the new tail block
-    assert lines_compressed() == [1] and dumped == IDS[9:11]
-    retriever.add(DOCS[11:13], document_ids=IDS[11:13])  # 4, 4, 4, 1: the tail became a full block
-    assert lines_compressed() == [4, 1] and dumped == IDS[9:13]
+    retriever.index(DOCS[:9], path=path, document_ids=IDS[:9])
+    (first,) = [p for p in path.iterdir() if p.name.startswith("seg-")]
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in first.iterdir()}
+    written = []
+    write = segment_module.Segment.write
+    monkeypatch.setattr(segment_module.Segment, "write", lambda self, root: written.append(self.n_documents)
+                        or write(self, root))
+    retriever.add(DOCS[9:10], document_ids=IDS[9:10])
+    retriever.add(DOCS[10:13], document_ids=IDS[10:13])
+    assert written == [1, 3]
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in first.iterdir()} == before
+    retriever.delete(["doc1"])
+    assert written == [1, 3]  # no segment rewritten
+    assert sorted(p.name for p in first.iterdir() if p.name not in before)[0].startswith("deleted-")
     loaded = IndexData.load(path)
-    assert [d["id"] for d in loaded.documents] == IDS[:13]
-    assert [d["content"] for d in loaded.documents] == DOCS[:13]
-    retriever.delete(["doc1"])  # every block from the first on shifts: compressed again, still whole
-    assert lines_compressed() == [4, 4, 4] and dumped == IDS[9:13]
-    assert [d["id"] for d in IndexData.load(path).documents] == IDS[:1] + IDS[2:13]
+    assert [d["id"] for d in loaded.documents] == IDS[:1] + IDS[2:13]
+    assert [d["content"] for d in loaded.documents] == DOCS[:1] + DOCS[2:13]
+    assert [s.n_documents for s in loaded.segments] == [9, 1, 3] and loaded.n_documents == 12

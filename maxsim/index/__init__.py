@@ -2,8 +2,11 @@
 
 - :mod:`~maxsim.index.codec`: k-means centroids and the residual quantiser;
 - :mod:`~maxsim.index.ivf`: the inverted file (centroid -> chunks);
-- :mod:`~maxsim.index.store`: :class:`IndexData` and :class:`IndexSettings`, the files on disk,
-  the writer lock and one-version loads;
+- :mod:`~maxsim.index.documents`: a segment's documents (SQLite), fetched by position or id;
+- :mod:`~maxsim.index.segment`: one immutable segment's files, written once, memory-mapped;
+- :mod:`~maxsim.index.store`: :class:`IndexData` and :class:`IndexSettings`, the manifest, the
+  writer lock, one-version loads, the merge policy;
+- :mod:`~maxsim.index.legacy`: reading indexes of the previous format;
 - :mod:`~maxsim.index.build`: :func:`build`, from token vectors to an index;
 - :mod:`~maxsim.index.search`: :func:`search`, from query vectors to chunk ids and scores.
 
@@ -15,7 +18,15 @@ from maxsim.index.build import build
 from maxsim.index.codec import Codec, n_centroids_for, nearest_centroids, train_centroids
 from maxsim.index.ivf import build_ivf
 from maxsim.index.search import approximate_scores, best_chunks, chunk_scores, search, search_defaults, search_pool
-from maxsim.index.store import IndexData, IndexLoadError, IndexSettings, index_lock, is_index, read_settings
+from maxsim.index.store import (
+    IndexData,
+    IndexLoadError,
+    IndexSettings,
+    compact_index,
+    index_lock,
+    is_index,
+    read_settings,
+)
 
 __all__ = [
     "Codec",
@@ -27,6 +38,7 @@ __all__ = [
     "build",
     "build_ivf",
     "chunk_scores",
+    "compact_index",
     "index_lock",
     "is_index",
     "n_centroids_for",

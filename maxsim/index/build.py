@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from maxsim.index.codec import Codec, n_centroids_for, nearest_centroids, train_centroids
-from maxsim.index.ivf import build_ivf
+from maxsim.index.segment import Segment
 from maxsim.index.store import IndexData, IndexSettings
 
 
 def build(vectors: np.ndarray, doclens: np.ndarray, chunk_docs: np.ndarray, spans: list[tuple[int, int]],
           documents: list[dict], settings: IndexSettings) -> IndexData:
-    """An index in memory (save it with :meth:`IndexData.save`, under :func:`index_lock`).
+    """An index in memory, of one segment (save it with :meth:`IndexData.save`, under :func:`index_lock`).
 
     vectors: (T, dim) float32 unit vectors, the chunks' tokens back to back; doclens: (N,) int32
     tokens per chunk; chunk_docs: (N,) int32 position of each chunk's document in
@@ -24,6 +24,5 @@ def build(vectors: np.ndarray, doclens: np.ndarray, chunk_docs: np.ndarray, span
     codes = nearest_centroids(vectors, centroids)
     residual = vectors - centroids[codes]
     codec = Codec.fit(residual, settings.nbits)
-    ivf, ivf_offsets = build_ivf(codes, doclens, k)
-    return IndexData(settings, centroids, codec, codes, codec.encode(residual), doclens, chunk_docs, ivf,
-                     ivf_offsets, documents, spans)
+    segment = Segment.from_arrays(codes, codec.encode(residual), doclens, chunk_docs, spans, documents, k)
+    return IndexData(settings, centroids, codec, [segment])

@@ -1,7 +1,8 @@
 """The inverted file: for each centroid, the chunks that have a token there.
 
-It is rebuilt from ``codes`` and ``doclens`` on load rather than stored (a few hundred ms for a
-million tokens), which saves about 4 bytes a token.
+Each segment stores its own (:mod:`maxsim.index.segment`), for the centroids its tokens use
+only (a segment of a few documents names a few hundred of the 65,536 centroids), so that
+opening an index reads nothing in proportion to the corpus.
 """
 
 from __future__ import annotations
@@ -29,6 +30,38 @@ def build_ivf(codes: np.ndarray, doclens: np.ndarray, n_centroids: int) -> tuple
     offsets = np.zeros(n_centroids + 1, dtype=np.int64)
     np.add.at(offsets, centroid + 1, 1)
     return chunks, np.cumsum(offsets)
+
+
+def sparse_ivf(codes: np.ndarray, doclens: np.ndarray, n_centroids: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`build_ivf` for the centroids that hold a token only: (cells (K,) int32 ascending,
+    offsets (K + 1,) int64 into chunks, chunks (E,) int32), cell ``cells[i]``'s chunks being
+    ``chunks[offsets[i]:offsets[i + 1]]``.
+
+    >>> cells, offsets, chunks = sparse_ivf(np.array([1, 0, 1, 1]), np.array([2, 2]), 3)
+    >>> cells.tolist(), offsets.tolist(), chunks.tolist()
+    ([0, 1], [0, 1, 3], [0, 0, 1])
+    """
+    chunks, dense = build_ivf(codes, doclens, n_centroids)
+    cells = np.flatnonzero(np.diff(dense)).astype(np.int32)
+    return cells, np.concatenate([dense[cells], dense[-1:]]).astype(np.int64), chunks
+
+
+def cell_entries(cells: np.ndarray, offsets: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where the chunks of each of ``wanted`` (centroid ids) lie in a sparse inverted file
+    (:func:`sparse_ivf`): (positions into its chunks, (E,) int64, cell after cell; the centroid
+    of each, (E,) int64). Centroids it does not hold contribute nothing.
+
+    >>> cell_entries(np.array([0, 4]), np.array([0, 1, 3]), np.array([1, 4])) [0].tolist()
+    [1, 2]
+    """
+    wanted = np.asarray(wanted, dtype=np.int64)
+    if not len(cells) or not len(wanted):
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    where = np.searchsorted(cells, wanted).clip(max=len(cells) - 1)
+    held = cells[where] == wanted
+    where, wanted = where[held], wanted[held]
+    lengths = offsets[where + 1] - offsets[where]
+    return ranges(offsets[where], lengths), np.repeat(wanted, lengths)
 
 
 def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Searching an index: probe centroids, score candidates from centroids, then exactly.
+"""Searching an index, every segment at once: probe centroids, score candidates from
+centroids, then exactly.
 
 Search finds each query token's ``ncells`` nearest centroids, takes the chunks holding them
 (inverted file), scores those from centroid scores alone (centroids scoring under
@@ -14,7 +15,6 @@ import numpy as np
 import torch
 
 from maxsim.errors import SettingsError
-from maxsim.index.ivf import ranges
 from maxsim.index.store import IndexData
 from maxsim.ranking import Ranking
 from maxsim.scoring import scatter_max, segment_maxsim
@@ -57,7 +57,7 @@ def search(data: IndexData, q_vectors: torch.Tensor, q_mask: torch.Tensor, k: in
     k = checked_search_settings(data, k, ncells, centroid_score_threshold, ndocs)
     if k == 0:  # an index without documents
         return Ranking.from_rows([([], [])] * len(q_vectors), 0)
-    d_ncells, d_threshold, d_ndocs = search_defaults(len(data.doclens), k)
+    d_ncells, d_threshold, d_ndocs = search_defaults(data.n_chunks, k)
     settings = (k, ncells or d_ncells, d_threshold if centroid_score_threshold is None else centroid_score_threshold,
                 ndocs or d_ndocs)
 
@@ -84,7 +84,7 @@ def checked_search_settings(data: IndexData, k: int, ncells: int | None, thresho
                                 f"{' (or left out for the size-aware default)' if default else ''}, got {value!r}")
     if threshold is not None and not np.isfinite(threshold):
         raise SettingsError(f"centroid_score_threshold must be a finite number, got {threshold!r}")
-    return min(int(k), len(data.documents))
+    return min(int(k), data.n_documents)
 
 
 def search_pool(threads: int | None = None) -> ThreadPoolExecutor:
@@ -98,8 +98,9 @@ def search_pool(threads: int | None = None) -> ThreadPoolExecutor:
 def search_one(data: IndexData, q_vectors: torch.Tensor, q_mask: torch.Tensor, k: int, ncells: int,
                threshold: float, ndocs: int) -> tuple[np.ndarray, np.ndarray]:
     """:func:`search` for one query ((1, Lq, dim), (1, Lq)), every setting given: its best chunk
-    ids (k',) int64 and their exact scores (k',) float32, best first."""
-    want = min(k, len(data.documents))
+    numbers (k',) int64 and their exact scores (k',) float32, best first. The centroid scores
+    are computed once, and every segment's candidates ranked together."""
+    want = min(k, data.n_documents)
     with torch.inference_mode():
         # (C, Lq): centroids on the left is about 3x faster here than (Lq, C) = q @ centroids.T
         cs = data.centroid_vectors @ q_vectors[0][q_mask[0]].T
@@ -119,14 +120,15 @@ def search_one(data: IndexData, q_vectors: torch.Tensor, q_mask: torch.Tensor, k
 
 def best_chunks(data: IndexData, q_vectors: torch.Tensor, q_mask: torch.Tensor, chunk_ids: np.ndarray,
                 k: int, centroid_scores: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Exact MaxSim of one query ((1, Lq, dim), (1, Lq)) with some chunks, decompressed: the
-    best chunk of each of the ``k`` best documents, (chunk ids (k',) int64, scores (k',) float32).
-    ``centroid_scores``: as :func:`chunk_scores` takes them."""
+    """Exact MaxSim of one query ((1, Lq, dim), (1, Lq)) with some chunks (by number),
+    decompressed: the best chunk of each of the ``k`` best documents, (chunk numbers (k',)
+    int64, scores (k',) float32). ``centroid_scores`` is accepted for callers that have them."""
     if len(chunk_ids) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-    scores = chunk_scores(data, q_vectors, q_mask, chunk_ids, centroid_scores).numpy()
+    chunk_ids = np.asarray(chunk_ids, dtype=np.int64)
+    scores = chunk_scores(data, q_vectors, q_mask, chunk_ids).numpy()
     order = np.argsort(-scores, kind="stable")
-    docs = data.chunk_docs[chunk_ids[order]]
+    docs = data.chunk_documents(chunk_ids[order])
     _, first = np.unique(docs, return_index=True)  # each document's best chunk
     best = order[np.sort(first)[:k]]
     return chunk_ids[best].astype(np.int64), scores[best]
@@ -134,28 +136,25 @@ def best_chunks(data: IndexData, q_vectors: torch.Tensor, q_mask: torch.Tensor, 
 
 def chunk_scores(data: IndexData, q_vectors: torch.Tensor, q_mask: torch.Tensor, chunk_ids: np.ndarray,
                  centroid_scores: torch.Tensor | None = None) -> torch.Tensor:
-    """Exact MaxSim of one encoded query ((1, Lq, dim), (1, Lq)) with some chunks, from their
-    decompressed vectors renormalised: (n,) float32.
-
-    A token's similarity is computed as q.centroid + q.residual, times the token's 1 / norm
-    (:attr:`IndexData.token_scales`), which equals q.(centroid + residual) / norm without
-    building the decompressed vectors. ``centroid_scores``: (C, Lq') of the query's valid
-    tokens with every centroid, as :func:`search` has them (computed here when not given).
-    """
+    """Exact MaxSim of one encoded query ((1, Lq, dim), (1, Lq)) with some chunks (by number),
+    from their decompressed vectors (centroid + residual) renormalised to unit length, as they
+    were encoded: (n,) float32. ``centroid_scores`` is accepted and not needed."""
     chunk_ids = np.asarray(chunk_ids, dtype=np.int64)
     query = q_vectors[0][q_mask[0]]  # (Lq', dim)
-    if centroid_scores is None:
-        centroid_scores = data.centroid_vectors @ query.T
-    index = torch.from_numpy(data.token_positions(chunk_ids))
-    sim = data.residual_vectors(index) @ query.T  # (T, Lq')
-    sim += centroid_scores.index_select(0, data.codes_of(index))
-    sim *= torch.from_numpy(data.token_scales).index_select(0, index)[:, None]
-    return segment_maxsim(sim, torch.from_numpy(data.doclens[chunk_ids].astype(np.int64)))
+    out = torch.zeros(len(chunk_ids), dtype=torch.float32)
+    for s, where, local in data.split(chunk_ids, data.chunk_base):
+        segment = data.segments[s]
+        vectors = data.vectors_of(segment, segment.token_positions(local))  # (T, dim)
+        sim = vectors @ query.T
+        sim /= torch.linalg.vector_norm(vectors, dim=1).clamp_min_(1e-12)[:, None]
+        lengths = torch.from_numpy(segment.doclens[local].astype(np.int64))
+        out[torch.from_numpy(where)] = segment_maxsim(sim, lengths)
+    return out
 
 
 def n_documents(data: IndexData, chunk_ids: np.ndarray) -> int:
     """How many distinct documents some chunks belong to."""
-    return len(distinct(data.chunk_docs[chunk_ids], len(data.documents)))
+    return len(np.unique(data.chunk_documents(chunk_ids)))
 
 
 def distinct(values: np.ndarray, n: int) -> np.ndarray:
@@ -173,7 +172,7 @@ def distinct(values: np.ndarray, n: int) -> np.ndarray:
 def covering(data: IndexData, chunk_ids: np.ndarray, order: np.ndarray, at_least: int, documents: int) -> np.ndarray:
     """The first entries of ``order`` (positions in ``chunk_ids``, best first): ``at_least`` of
     them, or as many as it takes for their chunks to cover ``documents`` distinct documents."""
-    owners = data.chunk_docs[chunk_ids[order]]
+    owners = data.chunk_documents(chunk_ids[order])
     _, first = np.unique(owners, return_index=True)
     first = np.sort(first)
     need = int(first[documents - 1]) + 1 if len(first) >= documents else len(order)
@@ -181,39 +180,44 @@ def covering(data: IndexData, chunk_ids: np.ndarray, order: np.ndarray, at_least
 
 
 def candidates(data: IndexData, centroid_scores: torch.Tensor, ncells: int) -> np.ndarray:
-    """Chunks that hold one of each query token's ``ncells`` nearest centroids.
+    """Chunks (by number, ascending) that hold one of each query token's ``ncells`` nearest
+    centroids, in every segment; chunks of deleted documents are left out.
 
-    centroid_scores: (C, Lq). Returns sorted unique chunk ids.
+    centroid_scores: (C, Lq).
     """
     cells = np.unique(centroid_scores.topk(min(ncells, centroid_scores.shape[0]), dim=0).indices.numpy())
-    return distinct(data.ivf[ivf_entries(data, cells)], len(data.doclens))
-
-
-def ivf_entries(data: IndexData, cells: np.ndarray) -> np.ndarray:
-    """Positions in ``data.ivf`` of the chunks listed under each of ``cells``, cell after cell."""
-    starts = data.ivf_offsets[cells]
-    return ranges(starts, data.ivf_offsets[cells + 1] - starts)
+    parts = [np.zeros(0, dtype=np.int64)]
+    for s, segment in enumerate(data.segments):
+        local = distinct(segment.chunks_in(cells)[0], segment.n_chunks)
+        if segment.dead_chunks is not None:
+            local = local[~segment.dead_chunks[local]]
+        parts.append(local + data.chunk_base[s])
+    return np.concatenate(parts)
 
 
 def approximate_scores(data: IndexData, centroid_scores: torch.Tensor, chunk_ids: np.ndarray,
                        threshold: float) -> torch.Tensor:
-    """MaxSim from centroids only: (n,) float32 for the given chunks.
+    """MaxSim from centroids only: (n,) float32 for the given chunks (by number).
 
     For each query token, a chunk's score is the best score of a centroid that one of its
     tokens belongs to; centroids whose best score over the query tokens is under
-    ``threshold`` are left out (a query token with none left scores 0). Computed from the
-    inverted file, cell by cell, so the cost grows with the (chunk, centroid) pairs of the
-    kept centroids rather than with every token of every candidate.
+    ``threshold`` are left out (a query token with none left scores 0). Computed from each
+    segment's inverted file, cell by cell, so the cost grows with the (chunk, centroid) pairs of
+    the kept centroids rather than with every token of every candidate.
 
-    centroid_scores: (C, Lq) float32; chunk_ids: (n,) distinct chunk ids, in any order.
+    centroid_scores: (C, Lq) float32; chunk_ids: (n,) distinct chunk numbers, in any order.
     """
     n = len(chunk_ids)
     kept = np.flatnonzero((centroid_scores.amax(dim=1) >= threshold).numpy())
-    chunks = data.ivf[ivf_entries(data, kept)]
-    cells = np.repeat(kept, data.ivf_offsets[kept + 1] - data.ivf_offsets[kept])
-    position = np.full(len(data.doclens), -1, dtype=np.int64)  # of each chunk in chunk_ids
-    position[chunk_ids] = np.arange(n)
-    where = position[chunks]
-    hit = where >= 0
-    values = centroid_scores.index_select(0, torch.from_numpy(cells[hit]))  # (E, Lq)
-    return scatter_max(values, torch.from_numpy(where[hit]), n).sum(dim=1)
+    rows, cells = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    for s, where, local in data.split(chunk_ids, data.chunk_base):
+        segment = data.segments[s]
+        chunks, cell_of = segment.chunks_in(kept)
+        position = np.full(segment.n_chunks, -1, dtype=np.int64)  # of each chunk in chunk_ids
+        position[local] = where
+        row = position[chunks]
+        hit = row >= 0
+        rows.append(row[hit])
+        cells.append(cell_of[hit])
+    values = centroid_scores.index_select(0, torch.from_numpy(np.concatenate(cells)))  # (E, Lq)
+    return scatter_max(values, torch.from_numpy(np.concatenate(rows)), n).sum(dim=1)

@@ -1,33 +1,42 @@
-"""An index on disk and in memory: its files, its settings, one consistent version at a time.
+"""An index on disk and in memory: a manifest, shared centroids and codec, and segments.
 
-Files (all listed with their sha256 in ``index.json``; a damaged or truncated file is an error
-on load, never wrong results)::
+Files (``index.json`` names every other file with its size and sha256)::
 
-    index.json        settings (:class:`IndexSettings`), counts, file checksums
+    index.json        the manifest: settings (:class:`IndexSettings`), counts, the shared files'
+                      sha256, and each segment's entry (its files' sizes, array headers and sha256;
+                      its current tombstone file)
     centroids.npy     (C, dim) float16
     codec.npy         (2 * 2**nbits - 1,) float32: bucket cutoffs then bucket values
-    codes.npy         (T,) uint16 (int32 past 65,536 centroids) centroid id of each token
-    residuals.npy     (T, dim * nbits / 8) uint8, packed bucket ids
-    doclens.npy       (N,) int32 tokens per chunk
-    chunk_docs.npy    (N,) int32 document position of each chunk
-    spans.npy         (N, 2) int32 character span (start, end) of each chunk in its document
-    documents.jsonl.bz2  {"id", "content", "metadata"} per document, bzip2-compressed in
-                         streams of 512 documents (then of 64 for the rest) back to back (one
-                         text to ``bz2.decompress``)
+    seg-<32 hex>/     one segment each (:mod:`maxsim.index.segment`), immutable once written
 
-Writes go through :func:`index_lock` and an atomic folder swap; a load reads one version.
+A write makes new files only (a segment, a tombstone file), then replaces ``index.json`` by one
+atomic rename: a crash at any moment leaves the last complete manifest in force, and what it
+does not name is deleted by a later write. Writers take turns under :func:`index_lock`.
+
+What each check protects: opening an index reads the manifest, checks the shared files whole
+(their sha256), and each segment's file sizes and array headers against the manifest (a
+truncated, replaced or missing file is an error, never a wrong result), in time that does not
+grow with the corpus. Every byte's sha256 and every value (codes, spans, the inverted file) is
+checked when a file is written (it is hashed from disk), by ``maxsim index --verify`` and before
+a merge or compaction reads a segment (damage never spreads into a new segment).
+
+Indexes of the previous format (``maxsim-plaid-2``) are read whole (:mod:`maxsim.index.legacy`)
+and converted to this one by their first write.
 """
 
 from __future__ import annotations
 
-import bz2
+import contextlib
+import hashlib
+import io
 import json
 import logging
+import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -40,22 +49,31 @@ from maxsim.errors import MaxsimError
 from maxsim.files import (
     LockedError,
     atomic_directory,
+    atomic_write_text,
     exclusive_lock,
     lock_path,
     old_path,
+    real_path,
     recover_directory,
     remove_stale_temps_of,
-    sha256_of,
 )
 from maxsim.index.codec import Codec, nearest_centroids
-from maxsim.index.ivf import build_ivf, ranges
+from maxsim.index.legacy import LEGACY_FORMAT, Changed, read_legacy
+from maxsim.index.segment import (
+    Segment,
+    SegmentError,
+    file_digest,
+    is_segment_name,
+    merged,
+    verify,
+    write_tombstones,
+)
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "maxsim-plaid-2"
-ARRAYS = ("centroids", "codec", "codes", "residuals", "doclens", "chunk_docs", "spans")
+FORMAT = "maxsim-plaid-3"
 #: what index.json holds besides the settings: written on save, not part of IndexSettings
-RECORDED = ("format", "version", "n_documents", "n_chunks", "n_tokens", "n_centroids", "files")
+RECORDED = ("format", "version", "n_documents", "n_chunks", "n_tokens", "n_centroids", "files", "segments")
 
 
 class IndexLoadError(MaxsimError, ValueError):
@@ -79,11 +97,6 @@ class IndexSettings(BaseModel):
     seed: int = 0
     #: the precision documents were encoded in (``bfloat16``, ``float32``, ``bfloat16 autocast``)
     encoded_in: str | None = None
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return sha256_of(handle).hexdigest()
 
 
 def is_index(path: str | Path) -> bool:
@@ -113,124 +126,272 @@ def index_lock(path: str | Path, timeout: float = 60.0) -> Iterator[None]:
 
 #: index.json keys every index has
 REQUIRED_KEYS = ("format", "files", "nbits", "dim", "split_documents", "max_document_tokens")
-DOCUMENTS_FILE = "documents.jsonl.bz2"
-#: documents per bzip2 stream of DOCUMENTS_FILE (bzip2 itself works in blocks of 900 kB, so a
-#: block of about that much text costs little in size: +1.2% on SciFact's abstracts)
-TEXT_BLOCK = 512
-#: documents per stream after the last full TEXT_BLOCK: an add recompresses only the last of
-#: these (about 13 ms for 64 SciFact abstracts, against 100 ms for 512); once they make up a
-#: full block, they become one (+20% in size on these few documents only)
-TAIL_BLOCK = 64
-
-
-class CompressedTexts:
-    """The JSON lines and compressed streams of the last save, reused by the next: a save that
-    follows an add encodes only the new documents to JSON (a line is found by its document,
-    which versions share and never change) and compresses only the blocks that changed (the
-    last tail block or two) instead of every text (0.8 s for SciFact's 5,183 abstracts). Shared
-    by the versions a process derives from one another (safe: a stream is found by its text)."""
-
-    def __init__(self) -> None:
-        self._streams: dict[str, bytes] = {}
-        self._lines: dict[int, tuple[dict, str]] = {}  # id(document) -> (document, its line)
-
-    def compress(self, documents: list[dict]) -> bytes:
-        """The documents as JSON lines in bzip2 streams (:func:`text_blocks`), back to back."""
-        lines = []
-        for document in documents:
-            known = self._lines.get(id(document))
-            lines.append(known[1] if known is not None and known[0] is document
-                         else json.dumps(document, ensure_ascii=False) + "\n")
-        self._lines = {id(d): (d, line) for d, line in zip(documents, lines)}
-        blocks = ["".join(lines[start:end]) for start, end in text_blocks(len(lines))] or [""]
-        streams = {b: self._streams.get(b) or bz2.compress(b.encode("utf-8"), 9) for b in blocks}
-        self._streams = streams
-        return b"".join(streams[b] for b in blocks)
-
-
-def text_blocks(n: int) -> list[tuple[int, int]]:
-    """(start, end) of each stream's documents among ``n``: blocks of :data:`TEXT_BLOCK`, then
-    the rest in blocks of :data:`TAIL_BLOCK`.
-
-    >>> text_blocks(1100)
-    [(0, 512), (512, 1024), (1024, 1088), (1088, 1100)]
-    """
-    full = n - n % TEXT_BLOCK
-    starts = [*range(0, full, TEXT_BLOCK), *range(full, n, TAIL_BLOCK)]
-    return [(start, min(start + (TEXT_BLOCK if start < full else TAIL_BLOCK), n)) for start in starts]
-
-
+#: files shared by every segment, read whole and checked against their sha256 on open (small)
+SHARED_ARRAYS = ("centroids", "codec")
 LOAD_ATTEMPTS = 50  # a load that meets a write in progress starts again, up to this many times
 
+#: the automatic merge policy (logarithmic, as Lucene's LogMergePolicy): a segment's level is
+#: floor(log10(its tokens)); after a write, MERGE_FACTOR adjacent segments of one level are
+#: merged into one (a level up), as long as they hold at most AUTO_MERGE_MAX_TOKENS together,
+#: and a segment of at most that many tokens with more than half its documents deleted is
+#: rewritten without them. Larger merges are left to ``maxsim index --compact``.
+MERGE_FACTOR = 10
+AUTO_MERGE_MAX_TOKENS = 2_000_000
 
-class _Changed(Exception):
-    """The index was being replaced while we read it: read it again."""
+
+def _level(segment: Segment) -> int:
+    return int(np.log10(max(segment.n_tokens, 1)) // 1)
+
+
+def plan_merges(segments: list[Segment]) -> list[tuple[int, int]]:
+    """The first run of segments the policy merges now, as [(start, end)], or []: the index
+    keeps about MERGE_FACTOR segments a level, so a search visits O(log N) of them and each
+    token is rewritten about log10(N) times over the index's life."""
+    for start in range(len(segments)):
+        run = segments[start : start + MERGE_FACTOR]
+        if (len(run) == MERGE_FACTOR and len({_level(s) for s in run}) == 1
+                and sum(s.n_tokens for s in run) <= AUTO_MERGE_MAX_TOKENS):
+            return [(start, start + MERGE_FACTOR)]
+    for i, segment in enumerate(segments):
+        if segment.n_tokens <= AUTO_MERGE_MAX_TOKENS and 2 * len(segment.deleted) > segment.n_documents:
+            return [(i, i + 1)]
+    return []
 
 
 @dataclass
 class IndexData:
-    """An index in memory. Chunks are the units stored and searched; documents own chunks.
+    """An index: shared centroids and codec, and its segments in order.
 
-    ``version`` changes with every save; a writer that finds another version on disk than the
-    one it holds reloads before changing anything. Changes (:meth:`with_documents`,
-    :meth:`without_documents`) return a new object and leave this one as it was.
+    Documents and chunks are numbered across segments (segment after segment, deleted ones
+    included): ``doc_base[s] + local`` and ``chunk_base[s] + local``. ``version`` changes with
+    every save; a writer that finds another version on disk than the one it holds reloads
+    before changing anything. Changes (:meth:`with_documents`, :meth:`without_documents`,
+    :meth:`compacted`) return a new object (its new parts pending) and leave this one as it was;
+    :meth:`save` writes what is pending.
     """
 
     settings: IndexSettings
     centroids: np.ndarray
     codec: Codec
-    codes: np.ndarray
-    residuals: np.ndarray
-    doclens: np.ndarray
-    chunk_docs: np.ndarray
-    ivf: np.ndarray
-    ivf_offsets: np.ndarray
-    documents: list[dict] = field(default_factory=list)  # {"id", "content", "metadata"}
-    spans: list[tuple[int, int]] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
     version: str = ""
-    texts: CompressedTexts = field(default_factory=CompressedTexts, repr=False, compare=False)
+    #: the folder this version was read from or saved to (None: not on disk)
+    path: Path | None = None
+    #: read from an index of the previous format (written whole on its first save)
+    legacy: bool = False
+    #: the manifest's entry of each written segment (by name), as last read or written
+    manifest_entries: list[dict] = field(default_factory=list, repr=False)
 
     @property
     def dim(self) -> int:
         return int(self.centroids.shape[1])
 
+    @property
+    def n_documents(self) -> int:
+        """Documents in the index (deleted ones not counted)."""
+        return sum(s.n_live for s in self.segments)
+
+    @property
+    def n_chunks(self) -> int:
+        """Chunks stored (those of deleted documents included until a merge drops them)."""
+        return sum(s.n_chunks for s in self.segments)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(s.n_tokens for s in self.segments)
+
     @cached_property
-    def offsets(self) -> np.ndarray:
-        """(N + 1,) int64 start of each chunk's tokens."""
-        return np.concatenate([[0], np.cumsum(self.doclens, dtype=np.int64)])
+    def doc_base(self) -> np.ndarray:
+        """(S + 1,) int64 number of each segment's first document."""
+        return np.concatenate([[0], np.cumsum([s.n_documents for s in self.segments], dtype=np.int64)])
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        code_type = np.uint16 if len(self.centroids) <= 1 << 16 else np.int32
-        return {"centroids": self.centroids.astype(np.float16), "codec": self.codec.to_array(),
-                "codes": self.codes.astype(code_type), "residuals": self.residuals, "doclens": self.doclens,
-                "chunk_docs": self.chunk_docs, "spans": np.asarray(self.spans, dtype=np.int32).reshape(-1, 2)}
+    @cached_property
+    def chunk_base(self) -> np.ndarray:
+        """(S + 1,) int64 number of each segment's first chunk."""
+        return np.concatenate([[0], np.cumsum([s.n_chunks for s in self.segments], dtype=np.int64)])
 
-    def save(self, path: str | Path) -> str:
-        """Write every file to a new folder, then swap it in: a crash leaves the old index.
+    # ------------------------------------------------------------------ documents and chunks
+    def split(self, numbers: np.ndarray, base: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """For each segment holding some of ``numbers`` (document or chunk numbers, by ``base``):
+        (segment index, where those numbers are in ``numbers``, their local numbers)."""
+        numbers = np.asarray(numbers, dtype=np.int64)
+        owner = np.searchsorted(base, numbers, side="right") - 1
+        for s in np.unique(owner).tolist():
+            where = np.flatnonzero(owner == s)
+            yield s, where, numbers[where] - base[s]
 
-        The caller holds :func:`index_lock` (``Retriever`` does) and has checked that ``path`` may
-        be replaced. Returns the new version, which this object takes.
+    def documents_at(self, positions: Sequence[int]) -> list[dict]:
+        """The records ({"id", "content", "metadata"}) of some documents, by number."""
+        out: list[dict | None] = [None] * len(positions)
+        for s, where, local in self.split(np.asarray(positions, dtype=np.int64), self.doc_base):
+            for i, record in zip(where.tolist(), self.segments[s].documents.get(local.tolist())):
+                out[i] = record
+        return out
+
+    def positions_of(self, ids: Sequence[str]) -> dict[str, int]:
+        """The number of each of ``ids`` the index holds (deleted documents are not held)."""
+        found: dict[str, int] = {}
+        for s, segment in enumerate(self.segments):
+            for identifier, local in segment.documents.positions_of(ids).items():
+                if not (len(segment.deleted) and _contains(segment.deleted, local)):
+                    found[identifier] = int(self.doc_base[s] + local)
+        return found
+
+    def iter_documents(self) -> Iterator[tuple[int, dict]]:
+        """(number, record) of every document, in order (reads them all: for exports)."""
+        for s, segment in enumerate(self.segments):
+            dead = set(segment.deleted.tolist())
+            for local, record in enumerate(segment.documents):
+                if local not in dead:
+                    yield int(self.doc_base[s] + local), record
+
+    @property
+    def documents(self) -> list[dict]:
+        """Every document's record, in order (reads them all: for small indexes and tests)."""
+        return [record for _, record in self.iter_documents()]
+
+    def chunk_documents(self, chunk_ids: np.ndarray) -> np.ndarray:
+        """(n,) int64 number of the document of each chunk."""
+        out = np.zeros(len(chunk_ids), dtype=np.int64)
+        for s, where, local in self.split(chunk_ids, self.chunk_base):
+            out[where] = self.segments[s].chunk_docs[local] + self.doc_base[s]
+        return out
+
+    def chunk_spans(self, chunk_ids: np.ndarray) -> np.ndarray:
+        """(n, 2) int64 character span (start, end) of each chunk in its document."""
+        out = np.zeros((len(chunk_ids), 2), dtype=np.int64)
+        for s, where, local in self.split(chunk_ids, self.chunk_base):
+            out[where] = self.segments[s].spans[local]
+        return out
+
+    def chunks_of(self, positions: Sequence[int]) -> np.ndarray:
+        """(n,) int64 numbers of every chunk of some documents, ascending."""
+        parts = [np.zeros(0, dtype=np.int64)]
+        for s, _, local in self.split(np.asarray(positions, dtype=np.int64), self.doc_base):
+            segment = self.segments[s]
+            parts.append(np.flatnonzero(np.isin(segment.chunk_docs, local)) + self.chunk_base[s])
+        return np.sort(np.concatenate(parts))
+
+    # ------------------------------------------------------------------ changes
+    def compress(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Token vectors ((T, dim) float32) as this index stores them, with its centroids and
+        codec: (centroid ids (T,) int64, packed residuals (T, dim * nbits / 8) uint8)."""
+        codes = nearest_centroids(vectors, self.centroids).astype(np.int64)
+        return codes, self.codec.encode(vectors - self.centroids[codes])
+
+    def with_documents(self, codes: np.ndarray, residuals: np.ndarray, doclens: np.ndarray, records: list[dict],
+                       chunk_docs: np.ndarray, spans: Sequence[tuple[int, int]]) -> IndexData:
+        """A new index with documents added as one new segment (existing centroids and codec).
+
+        codes, residuals: the chunks' tokens back to back, from :meth:`compress`; doclens: (n,)
+        tokens per chunk; chunk_docs: (n,) position of each chunk's document among ``records``.
         """
-        path = Path(path)
-        version = uuid.uuid4().hex
-        with atomic_directory(path) as tmp:
-            files = {}
-            for name, array in self.arrays().items():
-                np.save(tmp / f"{name}.npy", array, allow_pickle=False)
-                files[f"{name}.npy"] = None
-            (tmp / DOCUMENTS_FILE).write_bytes(self.texts.compress(self.documents))
-            files[DOCUMENTS_FILE] = None
-            meta = self.settings.model_dump()
-            meta.update(format=FORMAT, version=version, n_documents=len(self.documents), n_chunks=len(self.doclens),
-                        n_tokens=int(self.doclens.sum()), n_centroids=int(len(self.centroids)),
-                        files={name: _sha256(tmp / name) for name in sorted(files)})
-            (tmp / "index.json").write_text(json.dumps(meta, indent=2) + "\n")
-        self.version = version
-        return version
+        segment = Segment.from_arrays(codes, residuals, doclens, chunk_docs, spans, records, len(self.centroids))
+        return self._with_segments([*self.segments, segment])
 
+    def without_documents(self, positions: set[int] | Sequence[int]) -> IndexData:
+        """A new index with some documents (by number) deleted: tombstones, nothing rewritten."""
+        segments = list(self.segments)
+        for s, _, local in self.split(np.fromiter(positions, dtype=np.int64), self.doc_base):
+            segments[s] = segments[s].with_deleted(local)
+        return self._with_segments(segments)
+
+    def compacted(self) -> IndexData:
+        """A new index of one segment holding every live document (deleted ones dropped)."""
+        problems = self.verify()
+        if problems:
+            raise IndexLoadError(f"{self.path} is damaged, so it was not compacted ({'; '.join(problems)}): restore "
+                                 "the folder from a copy, or rebuild the index")
+        return self._with_segments([merged(self.segments, len(self.centroids))] if self.segments else [])
+
+    def _with_segments(self, segments: list[Segment]) -> IndexData:
+        return IndexData(self.settings, self.centroids, self.codec, segments, self.version, self.path, self.legacy,
+                         self.manifest_entries)
+
+    # ------------------------------------------------------------------ writing
+    def save(self, path: str | Path) -> str:
+        """Write what is pending and swap in a new manifest; returns the new version, which this
+        object takes (its segments then read from disk).
+
+        Where ``path`` holds the very version this object came from, only the new segments and
+        tombstones are written, then ``index.json`` is replaced (one atomic rename: a crash at any
+        moment leaves the last complete manifest), then the merge policy runs (:func:`plan_merges`)
+        and what no manifest names any longer is deleted. Anywhere else (a new folder, an index
+        being replaced, an index of the previous format) every file is written into a new folder
+        that is swapped in whole. The caller holds :func:`index_lock` and has checked that ``path``
+        may be replaced.
+        """
+        path = real_path(Path(path))
+        in_place = (not self.legacy and self.path is not None and Path(self.path).resolve() == path.resolve()
+                    and self.version and IndexData.current_version(path) == self.version)
+        if in_place:
+            self._save_in_place(path)
+        else:
+            with atomic_directory(path) as tmp:
+                self._write_shared(tmp)
+                self._write_manifest(tmp, [segment.write(tmp) for segment in self.segments])
+            self._reopen(path)
+        return self.version
+
+    def _save_in_place(self, path: Path) -> None:
+        entries = self._write_pending(path)
+        self._write_manifest(path, entries)
+        self._reopen(path)
+        while merges := plan_merges(self.segments):
+            (start, end), = merges
+            for segment in self.segments[start:end]:
+                _verify_or_raise(path, self._entry(segment), self)
+            combined = merged(self.segments[start:end], len(self.centroids))
+            segments = [*self.segments[:start], *([combined] if combined.n_documents else []), *self.segments[end:]]
+            self.segments = segments
+            self._write_manifest(path, self._write_pending(path))
+            self._reopen(path)
+        collect_garbage(path, self.manifest_entries)
+
+    def _write_pending(self, path: Path) -> list[dict]:
+        entries = []
+        for segment in self.segments:
+            if segment.name is None:
+                entries.append(segment.write(path))
+                continue
+            entry = dict(self._entry(segment))
+            if segment.tombstones_pending:
+                entry["deleted"] = write_tombstones(path / segment.name, segment.deleted)
+            entries.append(entry)
+        return entries
+
+    def _entry(self, segment: Segment) -> dict:
+        return next(e for e in self.manifest_entries if e["name"] == segment.name)
+
+    def _write_shared(self, folder: Path) -> None:
+        np.save(folder / "centroids.npy", self.centroids.astype(np.float16), allow_pickle=False)
+        np.save(folder / "codec.npy", self.codec.to_array(), allow_pickle=False)
+
+    def _write_manifest(self, folder: Path, entries: list[dict]) -> None:
+        version = uuid.uuid4().hex
+        meta = self.settings.model_dump()
+        live = sum(e["n_documents"] - (e["deleted"] or {}).get("count", 0) for e in entries)
+        meta.update(format=FORMAT, version=version, n_documents=live, n_chunks=sum(e["n_chunks"] for e in entries),
+                    n_tokens=sum(e["n_tokens"] for e in entries), n_centroids=int(len(self.centroids)),
+                    files={f"{name}.npy": file_digest(folder / f"{name}.npy") for name in SHARED_ARRAYS},
+                    segments=entries)
+        atomic_write_text(folder / "index.json", json.dumps(meta, indent=1) + "\n")
+        self.version, self.manifest_entries = version, entries
+
+    def _reopen(self, path: Path) -> None:
+        """Take the segments as written (memory-mapped) in place of those in memory."""
+        fresh = IndexData.load(path)
+        self.segments, self.version, self.path, self.legacy = fresh.segments, fresh.version, path, False
+        self.manifest_entries = fresh.manifest_entries
+        self.__dict__.pop("doc_base", None)
+        self.__dict__.pop("chunk_base", None)
+
+    # ------------------------------------------------------------------ reading
     @classmethod
     def load(cls, path: str | Path) -> IndexData:
-        """Read an index; every file is checked against the checksum index.json records.
+        """Open an index: the manifest, the shared files (checked whole), and each segment
+        memory-mapped with the cheap checks (sizes, array headers, counts); nothing is read in
+        proportion to the corpus. :meth:`verify` checks every byte.
 
         A load that meets a writer's swap reads again, so what comes back is always one version;
         an index left without its folder by a crash between the swap's two renames is put back
@@ -242,7 +403,7 @@ class IndexData:
                 _recover_if_idle(path)
             try:
                 return cls._load_once(path)
-            except _Changed:
+            except Changed:
                 time.sleep(min(0.01 * (attempt + 1), 0.2))
         raise IndexLoadError(f"{path} kept changing while it was read ({LOAD_ATTEMPTS} tries): "
                              "another process is writing it without pause; try again")
@@ -262,7 +423,7 @@ class IndexData:
             raw = meta_path.read_bytes()
         except FileNotFoundError:
             if old_path(path).is_dir():
-                raise _Changed from None  # a writer is between its two renames
+                raise Changed from None  # a writer is between its two renames
             raise IndexLoadError(f"{path} is not a maxsim index (no index.json)") from None
         meta = _parse_meta(raw, meta_path, path)
 
@@ -272,148 +433,150 @@ class IndexData:
             except FileNotFoundError:
                 return False
 
-        loaded = {}
-        for name, digest in meta["files"].items():
-            try:
-                with (path / name).open("rb") as handle:
-                    # hash and parse the same open file: a swap in between cannot mix versions
-                    matches = sha256_of(handle).hexdigest() == digest
-                    handle.seek(0)
-                    if matches:
-                        loaded[name] = (np.load(handle, allow_pickle=False) if name.endswith(".npy")
-                                        else bz2.decompress(handle.read()).decode("utf-8"))
-            except FileNotFoundError:
-                matches = False
-            if not matches:
-                if not unchanged():
-                    raise _Changed
-                raise IndexLoadError(f"{path / name} is missing, truncated or damaged (checksum mismatch): "
-                                     "rebuild the index, or restore the folder from a copy")
-        if not unchanged():
-            raise _Changed
-        return cls._from_files(meta, loaded, path)
+        settings = _settings(meta, path)
+        if meta["format"] == LEGACY_FORMAT:
+            return cls._from_legacy(path, meta, settings, unchanged)
+        try:
+            shared = {}
+            for name in SHARED_ARRAYS:
+                data = (path / f"{name}.npy").read_bytes()
+                if hashlib.sha256(data).hexdigest() != meta["files"][f"{name}.npy"]:
+                    raise SegmentError(f"{path / name}.npy is truncated or damaged (checksum mismatch)")
+                shared[name] = np.load(io.BytesIO(data), allow_pickle=False)
+            segments = [Segment.open(path, entry) for entry in meta["segments"]]
+        except FileNotFoundError as err:
+            if not unchanged():
+                raise Changed from None
+            raise IndexLoadError(f"{err.filename or err}: a file of the index is missing: restore the folder from "
+                                 "a copy, or rebuild the index") from None
+        except (SegmentError, KeyError, TypeError) as err:
+            if not unchanged():
+                raise Changed from None
+            raise IndexLoadError(f"{path} is damaged ({err}): restore the folder from a copy, or rebuild the "
+                                 "index") from None
+        _check_shared(meta, shared, path)
+        width = meta["dim"] * meta["nbits"] // 8
+        for segment, entry in zip(segments, meta["segments"]):
+            if segment.residuals.shape[1] != width:
+                raise IndexLoadError(f"{path / entry['name']} is damaged (residuals.npy rows are not {width} bytes): "
+                                     "rebuild the index")
+        data = cls(settings, shared["centroids"].astype(np.float32),
+                   Codec.from_array(shared["codec"], settings.nbits), segments, meta["version"], path)
+        data.manifest_entries = meta["segments"]
+        return data
 
     @classmethod
-    def _from_files(cls, meta: dict, loaded: dict, path: Path) -> IndexData:
-        arrays = {name: loaded[f"{name}.npy"] for name in ARRAYS}
-        try:
-            documents = [json.loads(x) for x in loaded[DOCUMENTS_FILE].splitlines()]
-        except (ValueError, RecursionError) as err:
-            raise IndexLoadError(f"{path / DOCUMENTS_FILE} is damaged ({type(err).__name__}): rebuild the "
-                                 "index") from None
-        _check_documents(documents, path)
-        _check_arrays(meta, arrays, documents, path)
-        codes = arrays["codes"].astype(np.int64)
-        ivf, ivf_offsets = build_ivf(codes, arrays["doclens"], len(arrays["centroids"]))
-        settings = _settings(meta, path)
-        return cls(settings=settings, centroids=arrays["centroids"].astype(np.float32),
-                   codec=Codec.from_array(arrays["codec"], settings.nbits), codes=codes,
-                   residuals=arrays["residuals"], doclens=arrays["doclens"], chunk_docs=arrays["chunk_docs"],
-                   ivf=ivf, ivf_offsets=ivf_offsets, documents=documents,
-                   spans=[tuple(span) for span in arrays["spans"].tolist()], version=meta.get("version", ""))
+    def _from_legacy(cls, path: Path, meta: dict, settings: IndexSettings, unchanged) -> IndexData:
+        arrays, documents = read_legacy(path, meta, unchanged, IndexLoadError)
+        n_centroids = len(arrays["centroids"])
+        segment = Segment.from_arrays(arrays["codes"], arrays["residuals"], arrays["doclens"], arrays["chunk_docs"],
+                                      arrays["spans"], documents, n_centroids)
+        return cls(settings, arrays["centroids"].astype(np.float32), Codec.from_array(arrays["codec"], settings.nbits),
+                   [segment], meta.get("version", ""), path, legacy=True)
 
-    # ------------------------------------------------------------------ changes
-    def compress(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Token vectors ((T, dim) float32) as this index stores them, with its centroids and
-        codec: (centroid ids (T,) int64, packed residuals (T, dim * nbits / 8) uint8)."""
-        codes = nearest_centroids(vectors, self.centroids).astype(np.int64)
-        return codes, self.codec.encode(vectors - self.centroids[codes])
+    def verify(self) -> list[str]:
+        """Every check there is, on every file of the index on disk: the sha256 of each file and
+        the values of each array (:func:`maxsim.index.segment.verify`). Returns the problems."""
+        if self.path is None or self.legacy:
+            return []
+        return [problem for entry in self.manifest_entries
+                for problem in verify(self.path, entry, len(self.centroids), self.dim, self.settings.nbits)]
 
-    def with_documents(self, codes: np.ndarray, residuals: np.ndarray, doclens: np.ndarray, records: list[dict],
-                       chunk_docs: np.ndarray, spans: list[tuple[int, int]]) -> IndexData:
-        """A new index with documents added (existing centroids and codec).
-
-        codes, residuals: the chunks' tokens back to back, from :meth:`compress`; doclens: (n,)
-        tokens per chunk; chunk_docs: (n,) position of each chunk's document among ``records``.
-        """
-        all_codes = np.concatenate([self.codes, codes])
-        all_doclens = np.concatenate([self.doclens, doclens.astype(np.int32)])
-        ivf, ivf_offsets = build_ivf(all_codes, all_doclens, len(self.centroids))
-        chunk_docs = np.concatenate([self.chunk_docs, (chunk_docs + len(self.documents)).astype(np.int32)])
-        changed = replace(self, codes=all_codes, residuals=np.concatenate([self.residuals, residuals]),
-                          doclens=all_doclens, chunk_docs=chunk_docs, ivf=ivf, ivf_offsets=ivf_offsets,
-                          documents=self.documents + list(records), spans=self.spans + list(spans))
-        if "token_scales" in self.__dict__:  # made already: only the new tokens' are new
-            added = changed.scales_of(torch.arange(len(self.codes), len(all_codes)))
-            changed.__dict__["token_scales"] = np.concatenate([self.token_scales, added])
-        return changed
-
-    def without_documents(self, positions: set[int]) -> IndexData:
-        """A new index without some documents (by position) and their chunks; later ones move up."""
-        keep_chunk = ~np.isin(self.chunk_docs, np.fromiter(positions, dtype=np.int64))
-        keep_token = np.repeat(keep_chunk, self.doclens)
-        new_position = np.cumsum([i not in positions for i in range(len(self.documents))]) - 1
-        codes, doclens = self.codes[keep_token], self.doclens[keep_chunk]
-        ivf, ivf_offsets = build_ivf(codes, doclens, len(self.centroids))
-        changed = replace(self, codes=codes, residuals=self.residuals[keep_token], doclens=doclens,
-                          chunk_docs=new_position[self.chunk_docs[keep_chunk]].astype(np.int32), ivf=ivf,
-                          ivf_offsets=ivf_offsets,
-                          documents=[d for i, d in enumerate(self.documents) if i not in positions],
-                          spans=[s for s, keep in zip(self.spans, keep_chunk) if keep])
-        if "token_scales" in self.__dict__:
-            changed.__dict__["token_scales"] = self.token_scales[keep_token]
-        return changed
-
-    # ------------------------------------------------------------------ reading vectors
-    def token_positions(self, chunk_ids: np.ndarray) -> np.ndarray:
-        """Positions (in codes/residuals) of every token of the given chunks, chunk after chunk."""
-        return ranges(self.offsets[chunk_ids], self.doclens[chunk_ids])
-
-    def decompress(self, chunk_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token vectors of some chunks back to back, as stored (centroid + decoded residual,
-        not renormalised): ((T, dim) float32, (n,) int64 tokens per chunk)."""
-        lengths = torch.from_numpy(self.doclens[chunk_ids].astype(np.int64))
-        return self.vectors_at(torch.from_numpy(self.token_positions(chunk_ids))), lengths
-
-    def vectors_at(self, index: torch.Tensor) -> torch.Tensor:
-        """Stored vectors (centroid + decoded residual) of the tokens at ``index`` ((T,) int64
-        positions): (T, dim) float32."""
-        vectors = self.centroid_vectors.index_select(0, self.codes_of(index))
-        vectors += self.residual_vectors(index)
-        return vectors
-
-    def codes_of(self, index: torch.Tensor) -> torch.Tensor:
-        """Centroid id of the tokens at ``index`` ((T,) int64 positions): (T,) int64."""
-        return self._codes_t.index_select(0, index)
-
-    def residual_vectors(self, index: torch.Tensor) -> torch.Tensor:
-        """Decoded residuals of the tokens at ``index`` ((T,) int64 positions): (T, dim) float32."""
-        packed = self._residuals_t.index_select(0, index).long()
-        return torch.nn.functional.embedding(packed, self._table_t).reshape(len(index), -1)[:, : self.dim]
-
-    @cached_property
-    def token_scales(self) -> np.ndarray:
-        """(T,) float32: 1 / norm of every stored token vector (centroid + decoded residual), by
-        which exact scores treat them as the unit vectors they were encoded as. Made on first
-        use (a pass over every token: about 0.1 s a million tokens on 2 cores, 4 bytes a token
-        in memory) and carried through :meth:`with_documents` and :meth:`without_documents`."""
-        return self.scales_of(torch.arange(len(self.codes)))
-
-    def scales_of(self, positions: torch.Tensor, block: int = 1 << 16) -> np.ndarray:
-        """1 / norm of the stored vectors of the tokens at ``positions`` ((T,) int64): (T,)
-        float32, computed ``block`` tokens at a time."""
-        scales = np.empty(len(positions), dtype=np.float32)
-        for start in range(0, len(positions), block):
-            norms = torch.linalg.vector_norm(self.vectors_at(positions[start : start + block]), dim=1).clamp_min_(1e-12)
-            scales[start : start + block] = norms.reciprocal_().numpy()
-        return scales
-
+    # ------------------------------------------------------------------ vectors
     @cached_property
     def centroid_vectors(self) -> torch.Tensor:
         """The centroids as a (C, dim) float32 tensor (made once per loaded version)."""
         return torch.from_numpy(np.ascontiguousarray(self.centroids, dtype=np.float32))
 
     @cached_property
-    def _codes_t(self) -> torch.Tensor:
-        return torch.from_numpy(self.codes.astype(np.int64))
-
-    @cached_property
-    def _residuals_t(self) -> torch.Tensor:
-        return torch.from_numpy(self.residuals)
-
-    @cached_property
-    def _table_t(self) -> torch.Tensor:
+    def residual_table(self) -> torch.Tensor:
+        """The codec's byte -> residual values table, as a tensor."""
         return torch.from_numpy(self.codec.table)
+
+    def vectors_of(self, segment: Segment, index: np.ndarray) -> torch.Tensor:
+        """(T, dim) float32 stored vectors (centroid + decoded residual, not renormalised) of
+        the tokens at ``index`` in ``segment``."""
+        vectors = self.centroid_vectors.index_select(0, segment.codes_at(index))
+        vectors += segment.residuals_at(index, self.residual_table, self.dim)
+        return vectors
+
+    def decompress(self, chunk_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token vectors of some chunks (by number) back to back, as stored: ((T, dim) float32,
+        (n,) int64 tokens per chunk)."""
+        chunk_ids = np.asarray(chunk_ids, dtype=np.int64)
+        vectors, lengths = [None] * len(chunk_ids), [None] * len(chunk_ids)
+        for s, where, local in self.split(chunk_ids, self.chunk_base):
+            segment = self.segments[s]
+            tokens = self.vectors_of(segment, segment.token_positions(local))
+            for i, part in zip(where.tolist(), torch.split(tokens, segment.doclens[local].tolist())):
+                vectors[i], lengths[i] = part, len(part)
+        if not vectors:
+            return torch.zeros(0, self.dim), torch.zeros(0, dtype=torch.int64)
+        return torch.cat(vectors), torch.tensor(lengths, dtype=torch.int64)
+
+
+def compact_index(path: str | Path) -> tuple[IndexData, IndexData]:
+    """Merge every segment of the index at ``path`` into one, without its deleted documents,
+    under its writer lock, after checking every file; returns (the index before, after)."""
+    with index_lock(path):
+        before = IndexData.load(path)
+        after = before.compacted()
+        after.save(path)
+    return before, after
+
+
+def _contains(sorted_values: np.ndarray, value: int) -> bool:
+    i = int(np.searchsorted(sorted_values, value))
+    return i < len(sorted_values) and int(sorted_values[i]) == value
+
+
+def _verify_or_raise(path: Path, entry: dict, data: IndexData) -> None:
+    problems = verify(path, entry, len(data.centroids), data.dim, data.settings.nbits)
+    if problems:
+        raise IndexLoadError(f"{path} is damaged, so it was not merged ({'; '.join(problems)}): restore the "
+                             "folder from a copy, or rebuild the index")
+
+
+def collect_garbage(path: Path, entries: list[dict]) -> None:
+    """Delete what no manifest names any more: segment folders replaced by a merge, tombstone
+    files replaced by newer ones, and temporary folders of writes that did not finish. Only
+    names maxsim makes are touched. Readers that still have an old segment open keep reading it
+    (an open or mapped file outlives its name on POSIX systems); where the system refuses to
+    delete a file in use, it is left for the next write."""
+    named = {e["name"]: (e.get("deleted") or {}).get("file") for e in entries}
+    for child in path.iterdir():
+        if child.is_symlink() or not child.is_dir():
+            continue
+        if child.name.startswith(".tmp-") and is_segment_name(child.name.removeprefix(".tmp-")):
+            shutil.rmtree(child, ignore_errors=True)
+        elif is_segment_name(child.name) and child.name not in named:
+            shutil.rmtree(child, ignore_errors=True)
+        elif child.name in named:
+            for tomb in child.glob("deleted-*.npy"):
+                if tomb.name != named[child.name]:
+                    with contextlib.suppress(OSError):
+                        tomb.unlink()
+            for tmp in child.glob(".tmp-deleted-*.npy"):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+
+
+def _check_shared(meta: dict, shared: dict[str, np.ndarray], path: Path) -> None:
+    """The centroids and codec are what the settings say (read whole: they are small)."""
+    centroids, codec, nbits = shared["centroids"], shared["codec"], meta["nbits"]
+    problems = []
+    if centroids.dtype.kind != "f" or centroids.ndim != 2 or centroids.shape[1] != meta["dim"]:
+        problems.append(f"centroids.npy does not hold {meta['dim']}-dim centroids")
+    elif not np.isfinite(centroids).all():
+        problems.append("centroids.npy holds values that are not numbers (NaN or infinite)")
+    if codec.dtype.kind != "f" or codec.ndim != 1 or len(codec) != 2 * 2**nbits - 1:
+        problems.append(f"codec.npy does not hold {2 * 2**nbits - 1} values for nbits {nbits}")
+    elif not np.isfinite(codec).all() or (np.diff(codec[: 2**nbits - 1]) < 0).any():
+        problems.append("codec.npy holds values that are not numbers, or bucket cutoffs out of order")
+    if meta.get("n_centroids") not in (None, len(centroids)):
+        problems.append(f"index.json says {meta['n_centroids']} centroids, centroids.npy holds {len(centroids)}")
+    if problems:
+        raise IndexLoadError(f"{path} is damaged ({'; '.join(problems)}): rebuild the index")
 
 
 def _parse_meta(raw: bytes, meta_path: Path, path: Path) -> dict:
@@ -424,82 +587,34 @@ def _parse_meta(raw: bytes, meta_path: Path, path: Path) -> dict:
         raise IndexLoadError(f"{meta_path} is damaged ({err}): rebuild the index") from None
     if not isinstance(meta, dict):
         raise IndexLoadError(f"{meta_path} is damaged (not a JSON object): rebuild the index")
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in (FORMAT, LEGACY_FORMAT):
         raise IndexLoadError(f"{path}: index format {meta.get('format')!r} is not {FORMAT!r}, the one this "
                              "maxsim reads: rebuild the index with `maxsim index`")
-    missing = [key for key in REQUIRED_KEYS if key not in meta]
+    missing = [key for key in REQUIRED_KEYS + (("segments", "version") if meta["format"] == FORMAT else ())
+               if key not in meta]
     if missing:
         raise IndexLoadError(f"{meta_path} is damaged (no {', '.join(missing)}): rebuild the index")
-    expected = {f"{name}.npy" for name in ARRAYS} | {DOCUMENTS_FILE}
-    if not isinstance(meta["files"], dict) or set(meta["files"]) != expected:
-        raise IndexLoadError(f"{meta_path} is damaged (its file list is not {sorted(expected)}): rebuild the index")
     if meta["nbits"] not in (1, 2, 4):
         raise IndexLoadError(f"{meta_path} is damaged (nbits {meta['nbits']!r} is not 1, 2 or 4): rebuild the index")
+    if meta["format"] == FORMAT:
+        expected = {f"{name}.npy" for name in SHARED_ARRAYS}
+        if not isinstance(meta["files"], dict) or set(meta["files"]) != expected:
+            raise IndexLoadError(f"{meta_path} is damaged (its file list is not {sorted(expected)}): rebuild the index")
+        if not isinstance(meta["segments"], list) or not all(_entry_ok(e) for e in meta["segments"]):
+            raise IndexLoadError(f"{meta_path} is damaged (its segment list is not one the index writes): rebuild "
+                                 "the index")
     return meta
 
 
-#: the kind of number each array must hold ("i": signed or unsigned integers, "u": unsigned,
-#: "f": floating point), and how many dimensions
-ARRAY_KINDS = {"centroids": ("f", 2), "codec": ("f", 1), "codes": ("iu", 1), "residuals": ("u", 2),
-               "doclens": ("iu", 1), "chunk_docs": ("iu", 1), "spans": ("iu", 2)}
+def _entry_ok(entry) -> bool:
+    from maxsim.index.documents import DOCUMENTS_FILE
+    from maxsim.index.segment import SEGMENT_ARRAYS
 
-
-def _check_arrays(meta: dict, arrays: dict[str, np.ndarray], documents: list, path: Path) -> None:
-    """Refuse arrays that cannot be an index, each problem naming its file: the wrong kind of
-    number or shape, values out of range (a negative code, a centroid that is not a number),
-    or arrays that do not fit together (an edited index.json, files from two indexes). The
-    checksums cannot catch these: they say only that the files are the ones index.json names."""
-    problems = []
-    for name, (kinds, ndim) in ARRAY_KINDS.items():
-        array = arrays[name]
-        if array.dtype.kind not in kinds or array.ndim != ndim:
-            problems.append(f"{name}.npy holds {array.ndim}-d {array.dtype} values, not {ndim}-d "
-                            f"{'floats' if kinds == 'f' else 'integers'}")
-    if problems:  # (the checks below need the right kinds of number)
-        raise IndexLoadError(f"{path} is damaged ({'; '.join(problems)}): rebuild the index")
-    nbits, dim = meta["nbits"], meta["dim"]
-    centroids, codec, codes, doclens = arrays["centroids"], arrays["codec"], arrays["codes"], arrays["doclens"]
-    chunk_docs, spans, residuals = arrays["chunk_docs"], arrays["spans"], arrays["residuals"]
-    n_chunks = len(doclens)
-    if centroids.shape[1] != dim:
-        problems.append(f"centroids.npy holds {centroids.shape[1]}-dim centroids, not {dim}-dim")
-    if not np.isfinite(centroids).all():
-        problems.append("centroids.npy holds values that are not numbers (NaN or infinite)")
-    if len(codec) != 2 * 2**nbits - 1:
-        problems.append(f"codec.npy does not hold {2 * 2**nbits - 1} values for nbits {nbits}")
-    elif not np.isfinite(codec).all() or (np.diff(codec[: 2**nbits - 1]) < 0).any():
-        problems.append("codec.npy holds values that are not numbers, or bucket cutoffs out of order")
-    if n_chunks and doclens.min() < 0:
-        problems.append("doclens.npy holds a negative length")
-    n_tokens = int(doclens.astype(np.int64).sum())
-    if len(codes) != n_tokens or len(residuals) != n_tokens:
-        problems.append(f"codes.npy and residuals.npy do not hold one row per token ({n_tokens} by doclens.npy)")
-    if residuals.shape[1] != dim * nbits // 8:
-        problems.append(f"residuals.npy rows are not {dim * nbits // 8} bytes")
-    if len(codes) and (codes.min() < 0 or codes.max() >= len(centroids)):
-        problems.append(f"codes.npy names a centroid outside 0..{len(centroids) - 1}")
-    if len(chunk_docs) != n_chunks or len(spans) != n_chunks:
-        problems.append("chunk_docs.npy and spans.npy do not hold one row per chunk")
-    elif n_chunks and (chunk_docs.min() < 0 or chunk_docs.max() >= len(documents)):
-        problems.append("chunk_docs.npy names a document that is not stored")
-    if spans.shape[1] != 2:
-        problems.append(f"spans.npy holds {spans.shape[1]} columns, not 2 (start, end)")
-    elif len(spans) == n_chunks and n_chunks and not problems:
-        lengths = np.array([len(d["content"]) for d in documents], dtype=np.int64)[chunk_docs]
-        if (spans[:, 0] < 0).any() or (spans[:, 1] < spans[:, 0]).any() or (spans[:, 1] > lengths).any():
-            problems.append("spans.npy holds a span outside its document's text")
-    if problems:
-        raise IndexLoadError(f"{path} is damaged ({'; '.join(problems)}): rebuild the index")
-
-
-def _check_documents(documents: list, path: Path) -> None:
-    """Every stored document is ``{"id": str, "content": str, "metadata": dict or None}``."""
-    for number, record in enumerate(documents, start=1):
-        if not (isinstance(record, dict) and isinstance(record.get("id"), str)
-                and isinstance(record.get("content"), str)
-                and (record.get("metadata") is None or isinstance(record["metadata"], dict))):
-            raise IndexLoadError(f"{path / DOCUMENTS_FILE} is damaged (document {number} is not an object with a "
-                                 'text "id", a text "content" and a "metadata" object or null): rebuild the index')
+    return (isinstance(entry, dict) and is_segment_name(str(entry.get("name", "")))
+            and isinstance(entry.get("files"), dict)
+            and set(entry["files"]) == {f"{n}.npy" for n in SEGMENT_ARRAYS} | {DOCUMENTS_FILE}
+            and all(isinstance(entry.get(k), int) for k in ("n_documents", "n_chunks", "n_tokens"))
+            and (entry.get("deleted") is None or isinstance(entry["deleted"], dict)))
 
 
 def _recover_if_idle(path: Path) -> None:

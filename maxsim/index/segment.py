@@ -1,0 +1,374 @@
+"""One segment of an index: an immutable set of documents, their compressed tokens and their
+inverted file, written once into a folder of its own and then only read (memory-mapped).
+
+Files of a segment folder ``seg-<32 hex>/`` (their sizes, array headers and sha256 are in the
+index's manifest)::
+
+    codes.npy        (T,) uint16 (int32 past 65,536 centroids) centroid id of each token
+    residuals.npy    (T, dim * nbits / 8) uint8, packed residual bucket ids
+    doclens.npy      (N,) int32 tokens per chunk
+    chunk_docs.npy   (N,) int32 position of each chunk's document in this segment
+    spans.npy        (N, 2) int32 character span (start, end) of each chunk in its document
+    ivf_cells.npy    (K,) int32 the centroids this segment's tokens use, ascending
+    ivf_offsets.npy  (K + 1,) int64 where each one's chunks start in ivf_chunks
+    ivf_chunks.npy   (E,) uint16 (int32 past 65,536 chunks) chunks holding a token there
+    documents.sqlite id, text and metadata of each document (:mod:`maxsim.index.documents`)
+    deleted-<version>.npy  (D,) int32 positions of its deleted documents, ascending (tombstones:
+                     a delete writes a new file and the manifest names the current one)
+
+Chunk and document numbers here are local to the segment; the index adds each segment's base.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from maxsim.errors import MaxsimError
+from maxsim.files import sha256_of
+from maxsim.index.documents import DOCUMENTS_FILE, ListDocuments, SqliteDocuments, write_documents
+from maxsim.index.ivf import cell_entries, ranges, sparse_ivf
+
+#: the arrays of a segment, in the order they are written
+SEGMENT_ARRAYS = ("codes", "residuals", "doclens", "chunk_docs", "spans", "ivf_cells", "ivf_offsets", "ivf_chunks")
+SEGMENT_PREFIX = "seg-"
+#: the kind of number each array must hold ("iu": integers, "u": unsigned) and its dimensions
+SEGMENT_KINDS = {"codes": ("iu", 1), "residuals": ("u", 2), "doclens": ("iu", 1), "chunk_docs": ("iu", 1),
+                 "spans": ("iu", 2), "ivf_cells": ("iu", 1), "ivf_offsets": ("iu", 1), "ivf_chunks": ("iu", 1)}
+
+
+class SegmentError(MaxsimError, ValueError):
+    """A segment's files do not match what the manifest says of them."""
+
+
+def new_segment_name() -> str:
+    return SEGMENT_PREFIX + uuid.uuid4().hex
+
+
+def is_segment_name(name: str) -> bool:
+    """Whether ``name`` is a segment folder name that maxsim makes (only those are ever deleted)."""
+    rest = name.removeprefix(SEGMENT_PREFIX)
+    return name.startswith(SEGMENT_PREFIX) and len(rest) == 32 and all(c in "0123456789abcdef" for c in rest)
+
+
+def file_digest(path: Path) -> str:
+    with path.open("rb") as handle:
+        return sha256_of(handle).hexdigest()
+
+
+def _fsynced(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(eq=False)
+class Segment:
+    """One segment's arrays (memory-mapped once written; see the module docstring for shapes),
+    its documents, and the positions of its deleted documents.
+
+    ``name`` is None until the segment is written; ``deleted_file`` is None when nothing is
+    deleted or when the tombstones changed since the last write (``tombstones_pending``).
+    """
+
+    codes: np.ndarray
+    residuals: np.ndarray
+    doclens: np.ndarray
+    chunk_docs: np.ndarray
+    spans: np.ndarray
+    ivf_cells: np.ndarray
+    ivf_offsets: np.ndarray
+    ivf_chunks: np.ndarray
+    documents: SqliteDocuments | ListDocuments
+    deleted: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    name: str | None = None
+    deleted_file: str | None = None
+    tombstones_pending: bool = False
+
+    @classmethod
+    def from_arrays(cls, codes: np.ndarray, residuals: np.ndarray, doclens: np.ndarray, chunk_docs: np.ndarray,
+                    spans: np.ndarray, documents: SqliteDocuments | ListDocuments | Sequence[dict],
+                    n_centroids: int) -> Segment:
+        """A segment in memory (not yet written) from its tokens' codes and residuals, its chunks'
+        lengths, documents and spans; its inverted file is made here."""
+        code_type = np.uint16 if n_centroids <= 1 << 16 else np.int32
+        codes = np.asarray(codes).astype(code_type, copy=False)
+        doclens = np.asarray(doclens, dtype=np.int32)
+        cells, offsets, chunks = sparse_ivf(codes, doclens, n_centroids)
+        chunk_type = np.uint16 if len(doclens) <= 1 << 16 else np.int32
+        if not isinstance(documents, (SqliteDocuments, ListDocuments)):
+            documents = ListDocuments(documents)
+        return cls(codes, np.asarray(residuals, dtype=np.uint8), doclens, np.asarray(chunk_docs, dtype=np.int32),
+                   np.asarray(spans, dtype=np.int32).reshape(-1, 2), cells, offsets, chunks.astype(chunk_type),
+                   documents)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def n_chunks(self) -> int:
+        return len(self.doclens)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.codes)
+
+    @property
+    def n_documents(self) -> int:
+        """Documents stored, deleted ones included."""
+        return len(self.documents)
+
+    @property
+    def n_live(self) -> int:
+        return self.n_documents - len(self.deleted)
+
+    @cached_property
+    def offsets(self) -> np.ndarray:
+        """(N + 1,) int64 start of each chunk's tokens (made on first use)."""
+        return np.concatenate([[0], np.cumsum(self.doclens, dtype=np.int64)])
+
+    @cached_property
+    def dead_chunks(self) -> np.ndarray | None:
+        """(N,) bool, True for the chunks of deleted documents; None when none is deleted."""
+        if not len(self.deleted):
+            return None
+        return np.isin(self.chunk_docs, self.deleted)
+
+    def live_documents(self) -> np.ndarray:
+        """Positions of the documents not deleted, ascending."""
+        return np.setdiff1d(np.arange(self.n_documents), self.deleted)
+
+    # ------------------------------------------------------------------ reading
+    def chunks_in(self, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(chunk of each inverted-file entry of ``cells``, (E,) int64; its centroid, (E,) int64)."""
+        where, cell_of = cell_entries(self.ivf_cells, self.ivf_offsets, cells)
+        return self.ivf_chunks[where].astype(np.int64), cell_of
+
+    def token_positions(self, chunk_ids: np.ndarray) -> np.ndarray:
+        """Positions (in codes/residuals) of every token of some chunks, chunk after chunk."""
+        return ranges(self.offsets[chunk_ids], self.doclens[chunk_ids])
+
+    def codes_at(self, index: np.ndarray) -> torch.Tensor:
+        """(T,) int64 centroid ids of the tokens at ``index``."""
+        return torch.from_numpy(self.codes[index].astype(np.int64))
+
+    def residuals_at(self, index: np.ndarray, table: torch.Tensor, dim: int) -> torch.Tensor:
+        """(T, dim) float32 decoded residuals of the tokens at ``index`` (``table``: the
+        codec's byte -> values table)."""
+        packed = torch.from_numpy(self.residuals[index].astype(np.int64))
+        return torch.nn.functional.embedding(packed, table).reshape(len(index), -1)[:, :dim]
+
+    def with_deleted(self, positions: np.ndarray) -> Segment:
+        """This segment with more of its documents deleted (a new object; tombstones pending)."""
+        deleted = np.union1d(self.deleted, np.asarray(positions, dtype=np.int32)).astype(np.int32)
+        return Segment(self.codes, self.residuals, self.doclens, self.chunk_docs, self.spans, self.ivf_cells,
+                       self.ivf_offsets, self.ivf_chunks, self.documents, deleted, self.name, None, True)
+
+    # ------------------------------------------------------------------ writing
+    def write(self, root: Path) -> dict:
+        """Write this segment as a new folder under ``root`` (all of it, then one rename) and
+        return its manifest entry; its tombstones too, if it has any."""
+        name = new_segment_name()
+        tmp = root / f".tmp-{name}"
+        tmp.mkdir()
+        try:
+            files = {}
+            for array_name in SEGMENT_ARRAYS:
+                array = np.ascontiguousarray(getattr(self, array_name))
+                np.save(tmp / f"{array_name}.npy", array, allow_pickle=False)
+                files[f"{array_name}.npy"] = {"dtype": array.dtype.str, "shape": list(array.shape)}
+            count = write_documents(tmp / DOCUMENTS_FILE, self.documents)
+            files[DOCUMENTS_FILE] = {"documents": count}
+            for file_name, entry in files.items():
+                _fsynced(tmp / file_name)
+                entry.update(bytes=(tmp / file_name).stat().st_size, sha256=file_digest(tmp / file_name))
+            os.replace(tmp, root / name)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        entry = {"name": name, "n_documents": count, "n_chunks": self.n_chunks, "n_tokens": self.n_tokens,
+                 "files": files, "deleted": None}
+        if len(self.deleted):
+            entry["deleted"] = write_tombstones(root / name, self.deleted)
+        return entry
+
+    @classmethod
+    def open(cls, root: Path, entry: dict) -> Segment:
+        """A written segment, its arrays memory-mapped: the cheap checks only (each file's size,
+        each array's dtype and shape as the manifest records them, and their counts agreeing);
+        :func:`verify` reads everything. Raises :class:`FileNotFoundError` for a missing file
+        (a writer may have just replaced the segment) and :class:`SegmentError` otherwise."""
+        folder = root / entry["name"]
+        arrays = {}
+        for array_name in SEGMENT_ARRAYS:
+            path = folder / f"{array_name}.npy"
+            recorded = entry["files"][f"{array_name}.npy"]
+            if path.stat().st_size != recorded["bytes"]:
+                raise SegmentError(f"{path} holds {path.stat().st_size} bytes, not the {recorded['bytes']} the "
+                                   "manifest records: truncated or replaced")
+            try:
+                array = np.load(path, mmap_mode="r", allow_pickle=False)
+            except ValueError as err:
+                raise SegmentError(f"{path} is not a readable array ({err})") from None
+            if array.dtype.str != recorded["dtype"] or list(array.shape) != recorded["shape"]:
+                raise SegmentError(f"{path} holds {array.dtype.str} {list(array.shape)}, not the "
+                                   f"{recorded['dtype']} {recorded['shape']} the manifest records")
+            kinds, ndim = SEGMENT_KINDS[array_name]
+            if array.dtype.kind not in kinds or array.ndim != ndim:
+                raise SegmentError(f"{array_name}.npy holds {array.ndim}-d {array.dtype} values, not {ndim}-d "
+                                   f"{'unsigned ' if kinds == 'u' else ''}integers")
+            arrays[array_name] = array
+        _check_counts(arrays, entry, folder)
+        documents_path = folder / DOCUMENTS_FILE
+        if documents_path.stat().st_size != entry["files"][DOCUMENTS_FILE]["bytes"]:
+            raise SegmentError(f"{documents_path} is not the size the manifest records: truncated or replaced")
+        deleted, deleted_file = np.zeros(0, dtype=np.int32), None
+        if entry.get("deleted"):
+            deleted_file = entry["deleted"]["file"]
+            deleted = read_tombstones(folder, entry["deleted"])
+        documents = SqliteDocuments(documents_path, entry["n_documents"])
+        return cls(**arrays, documents=documents, deleted=deleted, name=entry["name"],
+                   deleted_file=deleted_file)
+
+
+def _check_counts(arrays: dict[str, np.ndarray], entry: dict, folder: Path) -> None:
+    """The arrays' lengths agree with one another and with the manifest's counts."""
+    n_tokens, n_chunks = entry["n_tokens"], entry["n_chunks"]
+    problems = []
+    if len(arrays["codes"]) != n_tokens or len(arrays["residuals"]) != n_tokens:
+        problems.append(f"codes.npy and residuals.npy do not hold {n_tokens} tokens")
+    for name in ("doclens", "chunk_docs", "spans"):
+        if len(arrays[name]) != n_chunks:
+            problems.append(f"{name}.npy does not hold {n_chunks} chunks")
+    if arrays["spans"].ndim != 2 or arrays["spans"].shape[1] != 2:
+        problems.append("spans.npy does not hold (start, end) pairs")
+    if len(arrays["ivf_offsets"]) != len(arrays["ivf_cells"]) + 1:
+        problems.append("ivf_offsets.npy does not hold one more entry than ivf_cells.npy")
+    if problems:
+        raise SegmentError(f"{folder} is damaged ({'; '.join(problems)}): rebuild the index")
+
+
+def write_tombstones(folder: Path, deleted: np.ndarray) -> dict:
+    """Write a segment's deleted positions as a new file in its folder; returns the manifest's
+    record of it."""
+    name = f"deleted-{uuid.uuid4().hex}.npy"
+    tmp = folder / f".tmp-{name}"
+    np.save(tmp, np.asarray(deleted, dtype=np.int32), allow_pickle=False)
+    _fsynced(tmp)
+    os.replace(tmp, folder / name)
+    return {"file": name, "count": int(len(deleted)), "bytes": (folder / name).stat().st_size,
+            "sha256": file_digest(folder / name)}
+
+
+def read_tombstones(folder: Path, record: dict) -> np.ndarray:
+    """A segment's deleted positions, checked whole (the file grows with the deletions only)."""
+    path = folder / record["file"]
+    raw = path.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != record["sha256"]:
+        raise SegmentError(f"{path} is damaged (checksum mismatch): restore the index from a copy")
+    path_array = np.load(path, allow_pickle=False)
+    if path_array.dtype.kind not in "iu" or path_array.ndim != 1 or len(path_array) != record["count"]:
+        raise SegmentError(f"{path} does not hold {record['count']} document positions")
+    return path_array.astype(np.int32)
+
+
+def verify(root: Path, entry: dict, n_centroids: int, dim: int, nbits: int) -> list[str]:
+    """Everything :meth:`Segment.open` does not check: each file's sha256, and the values (codes
+    name centroids that exist, chunks name documents that exist, spans fall inside their
+    document's text, the inverted file lists every token). Returns the problems found."""
+    folder = root / entry["name"]
+    problems = []
+    for file_name, recorded in entry["files"].items():
+        path = folder / file_name
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+        elif file_digest(path) != recorded["sha256"]:
+            problems.append(f"{path} is damaged (checksum mismatch)")
+    if entry.get("deleted"):
+        path = folder / entry["deleted"]["file"]
+        if not path.is_file() or file_digest(path) != entry["deleted"]["sha256"]:
+            problems.append(f"{path} is missing or damaged (checksum mismatch)")
+    if problems:
+        return problems
+    segment = Segment.open(root, entry)
+    try:
+        problems += _value_problems(segment, n_centroids, dim, nbits, folder)
+    finally:
+        segment.documents.close()
+    return problems
+
+
+def _value_problems(segment: Segment, n_centroids: int, dim: int, nbits: int, folder: Path) -> list[str]:
+    problems = []
+    n_docs = segment.n_documents
+    if segment.residuals.shape[1] != dim * nbits // 8:
+        problems.append(f"{folder}/residuals.npy rows are not {dim * nbits // 8} bytes")
+    if segment.n_tokens and int(segment.codes.max()) >= n_centroids:
+        problems.append(f"{folder}/codes.npy names a centroid outside 0..{n_centroids - 1}")
+    if segment.n_chunks and (segment.doclens.min() < 0 or int(segment.doclens.sum(dtype=np.int64)) != segment.n_tokens):
+        problems.append(f"{folder}/doclens.npy does not add up to the segment's tokens")
+    if segment.n_chunks and (segment.chunk_docs.min() < 0 or segment.chunk_docs.max() >= n_docs):
+        problems.append(f"{folder}/chunk_docs.npy names a document that is not stored")
+    elif segment.n_chunks:
+        lengths = np.array(segment.documents.content_lengths(), dtype=np.int64)[segment.chunk_docs]
+        spans = segment.spans
+        if (spans[:, 0] < 0).any() or (spans[:, 1] < spans[:, 0]).any() or (spans[:, 1] > lengths).any():
+            problems.append(f"{folder}/spans.npy holds a span outside its document's text")
+    if len(segment.deleted) and (segment.deleted.min() < 0 or segment.deleted.max() >= n_docs):
+        problems.append(f"{folder}: a tombstone names a document that is not stored")
+    if not problems and segment.n_chunks:
+        cells, offsets, chunks = sparse_ivf(segment.codes, segment.doclens, n_centroids)
+        if not (np.array_equal(cells, segment.ivf_cells) and np.array_equal(offsets, segment.ivf_offsets)
+                and np.array_equal(chunks, segment.ivf_chunks)):
+            problems.append(f"{folder}: the inverted file does not match the tokens' codes")
+    return problems
+
+
+class MergedDocuments:
+    """The live documents of several segments, in order, as :func:`write_documents` takes them."""
+
+    def __init__(self, segments: Sequence[Segment]) -> None:
+        self.segments = list(segments)
+
+    def __len__(self) -> int:
+        return sum(s.n_live for s in self.segments)
+
+    def __iter__(self) -> Iterator[dict]:
+        for segment in self.segments:
+            dead = set(segment.deleted.tolist())
+            for position, record in enumerate(segment.documents):
+                if position not in dead:
+                    yield record
+
+
+def merged(segments: Sequence[Segment], n_centroids: int) -> Segment:
+    """One segment (in memory, unwritten) holding the live documents of ``segments``, in order,
+    with their chunks and tokens; deleted documents are dropped. Token data is copied as stored:
+    no vector is decompressed or compressed again."""
+    codes, residuals, doclens, chunk_docs, spans = [], [], [], [], []
+    base = 0
+    for segment in segments:
+        live = segment.live_documents()
+        renumber = np.full(segment.n_documents, -1, dtype=np.int64)
+        renumber[live] = np.arange(len(live))
+        keep = np.flatnonzero(renumber[segment.chunk_docs] >= 0) if segment.n_chunks else np.zeros(0, np.int64)
+        tokens = segment.token_positions(keep)
+        codes.append(np.asarray(segment.codes[tokens]))
+        residuals.append(np.asarray(segment.residuals[tokens]))
+        doclens.append(np.asarray(segment.doclens[keep]))
+        chunk_docs.append(renumber[segment.chunk_docs[keep]] + base)
+        spans.append(np.asarray(segment.spans[keep]))
+        base += len(live)
+    width = segments[0].residuals.shape[1]
+    return Segment.from_arrays(np.concatenate(codes), np.concatenate(residuals).reshape(-1, width),
+                               np.concatenate(doclens), np.concatenate(chunk_docs), np.concatenate(spans),
+                               MergedDocuments(segments), n_centroids)
