@@ -13,7 +13,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 from test_index_writes import DOCS, IDS, checkpoint, retriever  # noqa: F401 - fixtures
 from typer.testing import CliRunner
 
