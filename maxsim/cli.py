@@ -252,7 +252,8 @@ def build_index(
             raise DataError(path, None, "no documents", "give a corpus.jsonl with one {\"_id\", \"text\"} per line")
         retriever = Retriever.from_pretrained(None if model == "base" else model, device=device)
         retriever.index(docs.texts, path=output, document_ids=docs.ids, nbits=nbits, overwrite=overwrite,
-                        split_documents=not no_split, max_document_tokens=max_document_tokens, batch_size=batch_size)
+                        split_documents=not no_split, max_document_tokens=max_document_tokens, batch_size=batch_size,
+                        show_progress=True)
     typer.echo(str(output))
 
 

@@ -96,11 +96,19 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    publish_directory(tmp, path)
+
+
+def publish_directory(folder: str | Path, path: str | Path) -> None:
+    """Move the finished ``folder`` (on the same file system) to ``path``, replacing what is
+    there whole, as :func:`atomic_directory` does at its end (two renames; a crash between them
+    leaves ``<path>.old``, which :func:`recover_directory` puts back)."""
+    path = real_path(path)
     old = old_path(path)
     if path.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
-    os.replace(tmp, path)
+    os.replace(folder, path)
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -23,7 +23,8 @@ import torch
 from maxsim.errors import SettingsError, UnknownIdError
 from maxsim.files import check_replaceable
 from maxsim.ids import stable_id
-from maxsim.index import IndexData, IndexLoadError, IndexSettings, build, chunk_scores, index_lock, is_index, search
+from maxsim.index import IndexData, IndexLoadError, IndexSettings, chunk_scores, index_lock, is_index, search
+from maxsim.index.build import Shard, StreamingBuild
 from maxsim.limits import MAX_METADATA_DEPTH, check_metadata, check_text, within_bounds
 from maxsim.model import ColBERT, InferenceForward
 from maxsim.ranking import Ranking
@@ -251,7 +252,8 @@ class Retriever:
     def index(self, documents: Sequence[str], path: str | Path | None = None,
               document_ids: Sequence[str] | None = None, metadata: Sequence[dict] | None = None,
               split_documents: bool = True, max_document_tokens: int | None = None, nbits: int = 2,
-              seed: int = 0, batch_size: int = 64, name: str | None = None, overwrite: bool = False) -> Path:
+              seed: int = 0, batch_size: int = 64, name: str | None = None, overwrite: bool = False,
+              show_progress: bool = False) -> Path:
         """Encode, compress and write an index of ``documents``; returns its folder.
 
         The folder is ``path``, or ``INDEX_ROOT/name`` (``.maxsim/indexes/NAME`` under the current
@@ -260,27 +262,34 @@ class Retriever:
         ``overwrite=True``, and a folder holding anything else is never touched. Documents longer
         than ``max_document_tokens`` (default: the model's doc_maxlen) are split into chunks
         unless ``split_documents=False``.
+
+        Documents are encoded and compressed in shards (:class:`maxsim.index.build.StreamingBuild`),
+        so memory does not grow with the corpus; a build that was killed resumes from the shards it
+        had done when it is run again with the same documents and settings. ``show_progress``
+        shows each stage's rate and time left.
         """
         if nbits not in (1, 2, 4):
             raise SettingsError("nbits must be 1, 2 or 4")
         path = Path(path) if path is not None else index_folder(name)
         check_replaceable(path, is_index, "maxsim index", overwrite, "--overwrite (overwrite=True)")
         records = self._records(documents, document_ids, metadata)
-        documents = [r["content"] for r in records]
-        vectors, doclens, chunk_docs, spans = self._encode_chunks(documents, split_documents, max_document_tokens,
-                                                                  batch_size)
         settings = IndexSettings(
             nbits=nbits, dim=self.model.settings.dim, model_path=self.model_path, model_digest=self.model.digest(),
             model_settings=self.model.settings.model_dump(), split_documents=split_documents,
             max_document_tokens=max_document_tokens or self.model.settings.doc_maxlen, seed=seed,
             encoded_in=self._encoding_precision())
-        data = build(vectors, doclens, chunk_docs, spans, records, settings)
+
+        def encode(shard: Sequence[dict]) -> Shard:
+            vectors, doclens, chunk_docs, spans = self._encode_chunks([r["content"] for r in shard], split_documents,
+                                                                      max_document_tokens, batch_size)
+            return Shard(vectors, doclens, chunk_docs, np.asarray(spans, dtype=np.int32).reshape(-1, 2))
+
         with index_lock(path):
             check_replaceable(path, is_index, "maxsim index", overwrite, "--overwrite (overwrite=True)")
-            data.save(path)
+            data = StreamingBuild(path, records, settings, encode, show_progress=show_progress).run()
         self.index_data, self.index_path = data, path
-        logger.info("indexed %d documents (%d chunks, %d tokens, %d centroids) in %s", len(documents),
-                    len(doclens), len(vectors), len(data.centroids), path)
+        logger.info("indexed %d documents (%d chunks, %d tokens, %d centroids, %d segments) in %s", data.n_documents,
+                    data.n_chunks, data.n_tokens, len(data.centroids), len(data.segments), path)
         return path
 
     def _encoding_precision(self) -> str:

@@ -1,0 +1,123 @@
+"""Building an index shard by shard: several shards and segments rank as one, a build killed
+at any stage resumes and keeps what it had done, other settings start over, progress is logged."""
+
+import importlib
+import logging
+
+import numpy as np
+import pytest
+from test_index_writes import DOCS, IDS, checkpoint, retriever  # noqa: F401 - fixtures
+from test_segments import QUERIES, rankings
+
+from maxsim.index import IndexData
+from maxsim.index.build import StreamingBuild, work_folder
+from maxsim.retriever import Retriever
+
+
+build_module = importlib.import_module("maxsim.index.build")  # (the package's `build` is a function)
+
+
+class Killed(Exception):
+    pass
+
+
+def small_shards(monkeypatch, documents=5, tokens=120):
+    monkeypatch.setattr(build_module, "SHARD_DOCUMENTS", documents)
+    monkeypatch.setattr(build_module, "SEGMENT_TOKENS", tokens)
+
+
+def test_shards_and_segments_rank_like_one_search(retriever, tmp_path, monkeypatch):  # noqa: F811
+    small_shards(monkeypatch)
+    encoded = []
+    real = StreamingBuild.__init__
+
+    def counting(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        encode = self.encode
+        self.encode = lambda shard: encoded.append(len(shard)) or encode(shard)
+
+    monkeypatch.setattr(StreamingBuild, "__init__", counting)
+    path = tmp_path / "ix"
+    retriever.index(DOCS, path=path, document_ids=IDS)
+    assert encoded == [5] * (len(DOCS) // 5) + ([len(DOCS) % 5] if len(DOCS) % 5 else [])
+    data = IndexData.load(path)
+    assert len(data.segments) > 2 and data.n_documents == len(DOCS)
+    assert [d["id"] for d in data.documents] == IDS and data.verify() == []
+    assert not work_folder(path).exists()
+    r = Retriever.from_index(path)
+    for query, hits in zip(QUERIES, r.search(QUERIES, k=len(DOCS))):
+        assert sorted(h.document_id for h in hits) == sorted(IDS)  # every document, once
+        q, m = r.query_vectors([query])
+        scores = r.exact_scores_of(q, m, np.arange(data.n_chunks))
+        best = {}
+        for chunk, score in zip(data.chunk_documents(np.arange(data.n_chunks)).tolist(), scores.tolist()):
+            best[chunk] = max(best.get(chunk, -1e9), score)
+        assert [h.score for h in hits] == pytest.approx(sorted(best.values(), reverse=True), rel=1e-5)
+
+
+@pytest.mark.parametrize("stage", ["encode", "centroids", "segment"])
+def test_a_killed_build_resumes_and_keeps_what_it_had_done(retriever, tmp_path, monkeypatch, stage):  # noqa: F811
+    small_shards(monkeypatch)
+    whole = tmp_path / "whole"
+    retriever.index(DOCS, path=whole, document_ids=IDS)
+    want = rankings(Retriever.from_index(whole))
+    path = tmp_path / "ix"
+    calls = {"encode": 0, "segment": 0, "centroids": 0}
+    spill, segment, centroids = StreamingBuild._spill, StreamingBuild._segment, StreamingBuild._centroids
+    kill_at = {"encode": 4, "segment": 2, "centroids": 1}  # the call of `stage` that is killed
+    killing = [True]
+
+    def counted(name, real):
+        def run(self, *args):
+            calls[name] += 1
+            if killing[0] and name == stage and calls[name] == kill_at[stage]:
+                raise Killed
+            return real(self, *args)
+        return run
+
+    def spill_counting(self):
+        encode = self.encode
+        self.encode = lambda shard: counted("encode", lambda _, s: encode(s))(self, shard)
+        spill(self)
+
+    monkeypatch.setattr(StreamingBuild, "_spill", spill_counting)
+    monkeypatch.setattr(StreamingBuild, "_segment", counted("segment", segment))
+    monkeypatch.setattr(StreamingBuild, "_centroids", counted("centroids", centroids))
+    with pytest.raises(Killed):
+        retriever.index(DOCS, path=path, document_ids=IDS)
+    assert not path.exists() and work_folder(path).is_dir()
+    before = dict(calls)
+    killing[0] = False
+    retriever.index(DOCS, path=path, document_ids=IDS)  # the same command again
+    n_shards = -(-len(DOCS) // 5)
+    again = {name: calls[name] - before[name] for name in calls}
+    assert before["encode"] + again["encode"] == n_shards + (stage == "encode")  # no shard encoded twice
+    if stage == "segment":
+        assert again["segment"] == len(IndexData.load(path).segments) - 1  # the first segment was kept
+        assert again["centroids"] == 1  # (read back, not trained again)
+    assert not work_folder(path).exists() and IndexData.load(path).verify() == []
+    got = rankings(Retriever.from_index(path))
+    assert [[d for d, _ in row] for row in got] == [[d for d, _ in row] for row in want]
+
+
+def test_a_build_of_other_settings_starts_over_and_says_why(retriever, tmp_path, monkeypatch, caplog):  # noqa: F811
+    small_shards(monkeypatch)
+    path = tmp_path / "ix"
+    monkeypatch.setattr(StreamingBuild, "_segment", lambda self, *a: (_ for _ in ()).throw(Killed()))
+    with pytest.raises(Killed):
+        retriever.index(DOCS, path=path, document_ids=IDS)
+    monkeypatch.undo()
+    small_shards(monkeypatch)
+    with caplog.at_level(logging.WARNING):
+        retriever.index(DOCS, path=path, document_ids=IDS, nbits=4)
+    assert "holds a build of other settings: starting over" in caplog.text
+    assert IndexData.load(path).settings.nbits == 4
+
+
+def test_progress_is_logged_with_a_rate(retriever, tmp_path, monkeypatch, caplog):  # noqa: F811
+    small_shards(monkeypatch)
+    monkeypatch.setattr("maxsim.progress.LOG_INTERVAL_S", 0.0)
+    with caplog.at_level(logging.INFO, logger="maxsim.progress"):
+        retriever.index(DOCS, path=tmp_path / "ix", document_ids=IDS, show_progress=True)
+    assert f"encoding: {len(DOCS)}/{len(DOCS)} documents" in caplog.text and "documents/s" in caplog.text
+    assert "compressing:" in caplog.text and "shards/s" in caplog.text
