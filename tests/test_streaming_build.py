@@ -13,7 +13,6 @@ from maxsim.index import IndexData
 from maxsim.index.build import StreamingBuild, work_folder
 from maxsim.retriever import Retriever
 
-
 build_module = importlib.import_module("maxsim.index.build")  # (the package's `build` is a function)
 
 
