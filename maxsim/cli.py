@@ -287,10 +287,12 @@ def search(
     centroid_score_threshold: Annotated[float | None, typer.Option(help="Centroids scoring under this are ignored in the first ranking.")] = None,
     ndocs: Annotated[int | None, typer.Option(help="Chunks decompressed and scored exactly [default: size-aware].")] = None,
     allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch", help="Search even if the index's model folder now holds another model (its weights changed since indexing).")] = False,
+    where: Annotated[list[str] | None, typer.Option("--where", help="Return only documents where this holds: FIELD=VALUE, FIELD!=VALUE, FIELD>=VALUE (also >, <=, <), 'FIELD in A,B' or a JSON filter object; FIELD is a metadata field (dotted for nested ones) or id. Repeat to require several.", show_default=False)] = None,
 ) -> None:
     """Search an index; prints the hits (document_id, score, rank, content, metadata)."""
     import json
 
+    from maxsim.index.filters import parse_where
     from maxsim.limits import check_text
     from maxsim.retriever import Retriever
 
@@ -300,9 +302,10 @@ def search(
     with _one_line_errors():
         for i, query in enumerate(queries, start=1):
             check_text(query, f"query {i}")  # (bytes that are not UTF-8 come as lone surrogates)
+        condition = parse_where(where) if where else None
         retriever = Retriever.from_index(index, allow_model_mismatch=allow_model_mismatch)
         results = retriever.search(list(queries), k=k, ncells=ncells, centroid_score_threshold=centroid_score_threshold,
-                                   ndocs=ndocs)
+                                   ndocs=ndocs, filter=condition)
     if as_json:
         payload = [[h.to_dict() for h in hits] for hits in results]
         typer.echo(json.dumps(payload[0] if len(payload) == 1 else payload, ensure_ascii=False))

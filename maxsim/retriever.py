@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -381,11 +381,16 @@ class Retriever:
         return self.model.encode_documents(list(documents), padded=True, forward=self.inference_forward)
 
     def search(self, queries: str | Sequence[str], k: int = 10, ncells: int | None = None,
-               centroid_score_threshold: float | None = None, ndocs: int | None = None):
+               centroid_score_threshold: float | None = None, ndocs: int | None = None,
+               filter: Mapping | None = None):
         """The ``k`` best documents for each query: a list of :class:`Hit` (a list of lists for
         several queries). Several queries are encoded in batches, which is where a batch of
         queries saves time over one call per query. Fewer than ``k`` hits come back only when the
-        index holds fewer than ``k`` documents."""
+        index holds fewer than ``k`` documents (or ``filter`` passes fewer).
+
+        ``filter`` limits the documents returned, by metadata or id, e.g.
+        ``{"year": {"gte": 2019}, "source": "pubmed"}`` (the grammar: :mod:`maxsim.index.filters`);
+        documents outside it are never scored."""
         self._require_index()
         single = isinstance(queries, str)
         texts = [queries] if single else list(queries or [])
@@ -393,18 +398,21 @@ class Retriever:
             raise SettingsError("give a query (a string) or a non-empty list of query strings")
         for text in texts:
             check_text(text, "query")
+        if filter is not None:
+            self._require_index().allowed(filter)  # a bad filter fails before any encoding
         q_vectors, q_mask = self.query_vectors(texts)
-        results = self.search_vectors(q_vectors, q_mask, k, ncells, centroid_score_threshold, ndocs)
+        results = self.search_vectors(q_vectors, q_mask, k, ncells, centroid_score_threshold, ndocs, filter)
         return results[0] if single else results
 
     def search_vectors(self, q_vectors: torch.Tensor, q_mask: torch.Tensor, k: int = 10, ncells: int | None = None,
-                       centroid_score_threshold: float | None = None, ndocs: int | None = None) -> list[list[Hit]]:
+                       centroid_score_threshold: float | None = None, ndocs: int | None = None,
+                       filter: Mapping | None = None) -> list[list[Hit]]:
         """Search with queries already encoded: ``q_vectors`` (Q, Lq, dim) float32 CPU, ``q_mask``
         (Q, Lq). The search itself is :func:`maxsim.index.search` (which says what ``ncells``,
         ``centroid_score_threshold`` and ``ndocs`` do)."""
         check_k(k)
         data = self._require_index()
-        ranking = search(data, q_vectors, q_mask, k, ncells, centroid_score_threshold, ndocs)
+        ranking = search(data, q_vectors, q_mask, k, ncells, centroid_score_threshold, ndocs, filter=filter)
         return self.hits(ranking)
 
     def hits(self, ranking: Ranking, data: IndexData | None = None) -> list[list[Hit]]:

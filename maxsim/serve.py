@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import os
 import queue
@@ -38,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from maxsim.errors import LockedError, MaxsimError
 from maxsim.files import atomic_write_text, exclusive_lock
 from maxsim.index import search, search_pool
+from maxsim.index.filters import Filter
 from maxsim.limits import check_metadata, check_text
 from maxsim.retriever import Retriever
 
@@ -60,6 +62,15 @@ class SearchRequest(BaseModel):
     k: int = Field(10, ge=1, le=MAX_K)
     ncells: int | None = Field(None, ge=1, le=1 << 16)
     ndocs: int | None = Field(None, ge=1, le=1 << 20)
+    #: which documents may be returned (the grammar of maxsim.index.filters)
+    filter: Any = None
+
+    @field_validator("filter", mode="before")
+    @classmethod
+    def _filter(cls, value):
+        if value is not None:
+            Filter(value)  # the grammar (walking two levels at most); fields are checked against the index
+        return value
 
     @field_validator("queries", mode="before")
     @classmethod
@@ -197,6 +208,7 @@ class _Search:
     k: int
     ncells: int | None
     ndocs: int | None
+    filter: dict | None = None
     future: Future = field(default_factory=Future)
 
 
@@ -238,9 +250,10 @@ class IndexWorker:
         self._thread = threading.Thread(target=self._serve, name="maxsim-index", daemon=True)
         self._thread.start()
 
-    def search(self, queries: list[str], k: int, ncells: int | None = None, ndocs: int | None = None) -> Future:
+    def search(self, queries: list[str], k: int, ncells: int | None = None, ndocs: int | None = None,
+               filter: dict | None = None) -> Future:
         """A future of the hits of each query (lists of ``Hit.to_dict()``)."""
-        request = _Search(list(queries), k, ncells, ndocs)
+        request = _Search(list(queries), k, ncells, ndocs, filter)
         self._waiting.put(request)
         return request.future
 
@@ -311,10 +324,13 @@ class IndexWorker:
         rows = np.cumsum([0] + [len(r.queries) for r in batch])
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(batch):
-            groups.setdefault((r.k, r.ncells, r.ndocs), []).append(i)
-        for (k, ncells, ndocs), members in groups.items():  # (a group that fails is searched again, request by request)
+            key = None if r.filter is None else json.dumps(r.filter, sort_keys=True)
+            groups.setdefault((r.k, r.ncells, r.ndocs, key), []).append(i)
+        # (a group that fails is searched again, request by request)
+        for (k, ncells, ndocs, _), members in groups.items():
             take = torch.cat([torch.arange(rows[i], rows[i + 1]) for i in members])
-            ranking = search(data, q_vectors[take], q_mask[take], k, ncells, None, ndocs, self._pool)
+            ranking = search(data, q_vectors[take], q_mask[take], k, ncells, None, ndocs, self._pool,
+                             batch[members[0]].filter)
             hits = [[hit.to_dict() for hit in row] for row in self.retriever.hits(ranking, data)]
             for i, start in zip(members, np.cumsum([0] + [len(batch[i].queries) for i in members])):
                 batch[i].future.set_result(hits[start : start + len(batch[i].queries)])
@@ -345,13 +361,14 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
     # here while searches go on (each search batch reads one version: before or after it)
     writer = ThreadPoolExecutor(1, thread_name_prefix="maxsim-writer")
 
-    async def run_search(queries: list[str], k: int, ncells: int | None = None, ndocs: int | None = None):
-        return await asyncio.wrap_future(worker.search(queries, k, ncells, ndocs))
+    async def run_search(queries: list[str], k: int, ncells: int | None = None, ndocs: int | None = None,
+                         filter: dict | None = None):
+        return await asyncio.wrap_future(worker.search(queries, k, ncells, ndocs, filter))
 
     @app.post("/search")
     async def search_post(body: SearchRequest):
         """The ``k`` best documents for each query, each hit as ``maxsim search --json`` prints it."""
-        return JSONResponse({"results": await run_search(body.queries, body.k, body.ncells, body.ndocs)})
+        return JSONResponse({"results": await run_search(body.queries, body.k, body.ncells, body.ndocs, body.filter)})
 
     @app.get("/search")
     async def search_get(q: str, k: int = 10):

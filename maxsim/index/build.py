@@ -107,8 +107,8 @@ class StreamingBuild:
         centroids, codec = self._centroids()
         entries = self._segments(centroids, codec)
         data = IndexData(self.settings, centroids, codec, [], "", None)
-        data._write_shared(self.work)
-        data._write_manifest(self.work, entries)
+        data.write_shared(self.work)
+        data.write_manifest(self.work, entries)
         for child in self.work.iterdir():
             if child.name.startswith(("shard-", ".tmp-shard-")):
                 shutil.rmtree(child)

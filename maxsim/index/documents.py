@@ -24,30 +24,40 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
+
 DOCUMENTS_FILE = "documents.sqlite"
 #: ids looked up per statement (SQLite's default bound on ``?`` parameters is 32,766)
 LOOKUP_BATCH = 900
 
 
-def write_documents(path: Path, records: Iterable[dict]) -> int:
+def write_documents(path: Path, records: Iterable[dict]) -> tuple[int, list[str]]:
     """Write ``records`` ({"id", "content", "metadata"}) to a new SQLite file at ``path``, in
-    order (the first is position 0); returns how many. The caller renames the folder that holds
-    it into place, so the file needs no journal."""
+    order (the first is position 0); returns how many, and the top-level metadata fields any of
+    them has (sorted). The caller renames the folder that holds it into place, so the file needs
+    no journal."""
+    fields: set[str] = set()
+
+    def rows():
+        for i, r in enumerate(records):
+            metadata = r.get("metadata")
+            if metadata:
+                fields.update(metadata)
+            yield (i, r["id"], zlib.compress(r["content"].encode("utf-8"), 6),
+                   None if metadata is None else json.dumps(metadata, ensure_ascii=False))
+
     connection = sqlite3.connect(path)
     try:
         connection.execute("PRAGMA journal_mode=OFF")
         connection.execute("PRAGMA synchronous=OFF")
         connection.execute("CREATE TABLE documents (position INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, "
                            "content BLOB NOT NULL, metadata TEXT)")
-        rows = ((i, r["id"], zlib.compress(r["content"].encode("utf-8"), 6),
-                 None if r.get("metadata") is None else json.dumps(r["metadata"], ensure_ascii=False))
-                for i, r in enumerate(records))
-        connection.executemany("INSERT INTO documents VALUES (?, ?, ?, ?)", rows)
+        connection.executemany("INSERT INTO documents VALUES (?, ?, ?, ?)", rows())
         connection.commit()
         (count,) = connection.execute("SELECT count(*) FROM documents").fetchone()
     finally:
         connection.close()
-    return int(count)
+    return int(count), sorted(fields)
 
 
 def _record(row: tuple) -> dict:
@@ -115,6 +125,12 @@ class SqliteDocuments:
         """Characters of each document's text, in position order (for verification)."""
         return [len(record["content"]) for record in self]
 
+    def positions_where(self, sql: str, parameters: Sequence) -> np.ndarray:
+        """(n,) int64 positions, ascending, of the documents for which the SQL condition holds
+        (:class:`maxsim.index.filters.Filter`)."""
+        rows = self._rows(f"SELECT position FROM documents WHERE {sql} ORDER BY position", list(parameters))
+        return np.array([row[0] for row in rows], dtype=np.int64)
+
     def close(self) -> None:
         with self._lock:
             self._connection.close()
@@ -127,6 +143,7 @@ class ListDocuments:
     def __init__(self, records: Sequence[dict]) -> None:
         self.records = list(records)
         self._position: dict[str, int] | None = None
+        self._sqlite: sqlite3.Connection | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -144,6 +161,21 @@ class ListDocuments:
 
     def content_lengths(self) -> list[int]:
         return [len(r["content"]) for r in self.records]
+
+    def positions_where(self, sql: str, parameters: Sequence) -> np.ndarray:
+        """As :meth:`SqliteDocuments.positions_where`, through a copy in an in-memory database
+        (made on first use), so that a filter means the same here."""
+        if self._sqlite is None:
+            connection = sqlite3.connect(":memory:", check_same_thread=False)
+            connection.execute("CREATE TABLE documents (position INTEGER PRIMARY KEY, id TEXT, metadata TEXT)")
+            connection.executemany("INSERT INTO documents VALUES (?, ?, ?)", (
+                (i, r["id"], None if r.get("metadata") is None else json.dumps(r["metadata"], ensure_ascii=False))
+                for i, r in enumerate(self.records)))
+            self._sqlite, self._sqlite_lock = connection, threading.Lock()
+        with self._sqlite_lock:
+            rows = self._sqlite.execute(f"SELECT position FROM documents WHERE {sql} ORDER BY position",
+                                        list(parameters)).fetchall()
+        return np.array([row[0] for row in rows], dtype=np.int64)
 
     def close(self) -> None:
         pass

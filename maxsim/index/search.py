@@ -9,13 +9,14 @@ Search finds each query token's ``ncells`` nearest centroids, takes the chunks h
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from maxsim.errors import SettingsError
-from maxsim.index.store import IndexData
+from maxsim.index.store import Allowed, IndexData
 from maxsim.ranking import Ranking
 from maxsim.scoring import scatter_max, segment_maxsim
 
@@ -36,7 +37,7 @@ def search_defaults(n_chunks: int, k: int) -> tuple[int, float, int]:
 
 def search(data: IndexData, q_vectors: torch.Tensor, q_mask: torch.Tensor, k: int = 10, ncells: int | None = None,
            centroid_score_threshold: float | None = None, ndocs: int | None = None,
-           pool: Executor | None = None) -> Ranking:
+           pool: Executor | None = None, filter: Mapping | None = None) -> Ranking:
     """The ``k`` best documents of each query, as the chunk id of each one's best chunk.
 
     q_vectors: (Q, Lq, dim) float32 CPU; q_mask: (Q, Lq) bool. ``ncells`` centroids are probed
@@ -51,8 +52,13 @@ def search(data: IndexData, q_vectors: torch.Tensor, q_mask: torch.Tensor, k: in
     is made for the call when there are at least ``POOL_MIN_QUERIES`` queries (making one costs
     about a millisecond) and torch has more than one intra-op thread.
 
+    ``filter`` (:mod:`maxsim.index.filters`) limits the documents returned: only chunks of
+    documents that pass are candidates, so no other is decompressed or scored; where they are
+    no more than ``ndocs`` chunks, they are all scored exactly, without the inverted file.
+
     Returns a :class:`~maxsim.ranking.Ranking` of chunk ids (Q, k), exact MaxSim scores, best
-    first; a row is short only when the index holds fewer than ``k`` documents.
+    first; a row is short only when the index holds (or the filter passes) fewer than ``k``
+    documents.
     """
     k = checked_search_settings(data, k, ncells, centroid_score_threshold, ndocs)
     if k == 0:  # an index without documents
@@ -60,13 +66,14 @@ def search(data: IndexData, q_vectors: torch.Tensor, q_mask: torch.Tensor, k: in
     d_ncells, d_threshold, d_ndocs = search_defaults(data.n_chunks, k)
     settings = (k, ncells or d_ncells, d_threshold if centroid_score_threshold is None else centroid_score_threshold,
                 ndocs or d_ndocs)
+    allowed = data.allowed(filter) if filter is not None else None
 
     def one(i: int) -> tuple[np.ndarray, np.ndarray]:
-        return search_one(data, q_vectors[i : i + 1], q_mask[i : i + 1], *settings)
+        return search_one(data, q_vectors[i : i + 1], q_mask[i : i + 1], *settings, allowed)
 
     if pool is None and len(q_vectors) >= POOL_MIN_QUERIES and torch.get_num_threads() > 1:
         with search_pool() as own:
-            return search(data, q_vectors, q_mask, k, ncells, centroid_score_threshold, ndocs, own)
+            return search(data, q_vectors, q_mask, k, ncells, centroid_score_threshold, ndocs, own, filter)
     runner = pool.map if pool is not None and len(q_vectors) > 1 else map
     return Ranking.from_rows(list(runner(one, range(len(q_vectors)))), k)
 
@@ -96,19 +103,25 @@ def search_pool(threads: int | None = None) -> ThreadPoolExecutor:
 
 
 def search_one(data: IndexData, q_vectors: torch.Tensor, q_mask: torch.Tensor, k: int, ncells: int,
-               threshold: float, ndocs: int) -> tuple[np.ndarray, np.ndarray]:
+               threshold: float, ndocs: int, allowed: Allowed | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`search` for one query ((1, Lq, dim), (1, Lq)), every setting given: its best chunk
     numbers (k',) int64 and their exact scores (k',) float32, best first. The centroid scores
-    are computed once, and every segment's candidates ranked together."""
-    want = min(k, data.n_documents)
+    are computed once, and every segment's candidates ranked together; with ``allowed`` (a
+    filter's), only the chunks it lets through."""
+    want = min(k, data.n_documents if allowed is None else allowed.documents)
+    if want == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     with torch.inference_mode():
         # (C, Lq): centroids on the left is about 3x faster here than (Lq, C) = q @ centroids.T
         cs = data.centroid_vectors @ q_vectors[0][q_mask[0]].T
+        if allowed is not None and allowed.chunks <= ndocs:  # few enough to score them all
+            return best_chunks(data, q_vectors, q_mask, allowed.chunk_numbers(data.chunk_base), k, cs)
+        masks = None if allowed is None else allowed.masks
         cells = ncells
-        found = candidates(data, cs, cells)
+        found = candidates(data, cs, cells, masks)
         while cells < len(data.centroids) and n_documents(data, found) < want:
             cells *= 2
-            found = candidates(data, cs, cells)
+            found = candidates(data, cs, cells, masks)
         if len(found) > ndocs:
             approx = approximate_scores(data, cs, found, threshold)
             best = approx.topk(ndocs).indices.numpy()
@@ -179,9 +192,11 @@ def covering(data: IndexData, chunk_ids: np.ndarray, order: np.ndarray, at_least
     return order[: max(at_least, need)]
 
 
-def candidates(data: IndexData, centroid_scores: torch.Tensor, ncells: int) -> np.ndarray:
+def candidates(data: IndexData, centroid_scores: torch.Tensor, ncells: int,
+               masks: list[np.ndarray] | None = None) -> np.ndarray:
     """Chunks (by number, ascending) that hold one of each query token's ``ncells`` nearest
-    centroids, in every segment; chunks of deleted documents are left out.
+    centroids, in every segment; chunks of deleted documents are left out, and with ``masks``
+    (per segment, (N_s,) bool: a filter's) those it does not let through.
 
     centroid_scores: (C, Lq).
     """
@@ -189,7 +204,9 @@ def candidates(data: IndexData, centroid_scores: torch.Tensor, ncells: int) -> n
     parts = [np.zeros(0, dtype=np.int64)]
     for s, segment in enumerate(data.segments):
         local = distinct(segment.chunks_in(cells)[0], segment.n_chunks)
-        if segment.dead_chunks is not None:
+        if masks is not None:
+            local = local[masks[s][local]]
+        elif segment.dead_chunks is not None:
             local = local[~segment.dead_chunks[local]]
         parts.append(local + data.chunk_base[s])
     return np.concatenate(parts)

@@ -95,6 +95,8 @@ class Segment:
     name: str | None = None
     deleted_file: str | None = None
     tombstones_pending: bool = False
+    #: the top-level metadata fields its documents have (None: not known)
+    fields: list[str] | None = None
 
     @classmethod
     def from_arrays(cls, codes: np.ndarray, residuals: np.ndarray, doclens: np.ndarray, chunk_docs: np.ndarray,
@@ -171,7 +173,21 @@ class Segment:
         """This segment with more of its documents deleted (a new object; tombstones pending)."""
         deleted = np.union1d(self.deleted, np.asarray(positions, dtype=np.int32)).astype(np.int32)
         return Segment(self.codes, self.residuals, self.doclens, self.chunk_docs, self.spans, self.ivf_cells,
-                       self.ivf_offsets, self.ivf_chunks, self.documents, deleted, self.name, None, True)
+                       self.ivf_offsets, self.ivf_chunks, self.documents, deleted, self.name, None, True, self.fields)
+
+    def metadata_fields(self) -> set[str]:
+        """The top-level metadata fields of this segment's documents."""
+        if self.fields is None:
+            self.fields = sorted({key for record in self.documents for key in (record.get("metadata") or {})})
+        return set(self.fields)
+
+    def allowed_chunks(self, sql: str, parameters: Sequence) -> tuple[np.ndarray, int]:
+        """(N,) bool, the chunks of live documents that satisfy a filter's SQL condition, and
+        how many such documents there are."""
+        positions = self.documents.positions_where(sql, parameters)
+        if len(self.deleted):
+            positions = np.setdiff1d(positions, self.deleted)
+        return np.isin(self.chunk_docs, positions), len(positions)
 
     # ------------------------------------------------------------------ writing
     def write(self, root: Path) -> dict:
@@ -186,7 +202,7 @@ class Segment:
                 array = np.ascontiguousarray(getattr(self, array_name))
                 np.save(tmp / f"{array_name}.npy", array, allow_pickle=False)
                 files[f"{array_name}.npy"] = {"dtype": array.dtype.str, "shape": list(array.shape)}
-            count = write_documents(tmp / DOCUMENTS_FILE, self.documents)
+            count, fields = write_documents(tmp / DOCUMENTS_FILE, self.documents)
             files[DOCUMENTS_FILE] = {"documents": count}
             for file_name, entry in files.items():
                 _fsynced(tmp / file_name)
@@ -196,7 +212,7 @@ class Segment:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         entry = {"name": name, "n_documents": count, "n_chunks": self.n_chunks, "n_tokens": self.n_tokens,
-                 "files": files, "deleted": None}
+                 "fields": fields, "files": files, "deleted": None}
         if len(self.deleted):
             entry["deleted"] = write_tombstones(root / name, self.deleted)
         return entry
@@ -237,7 +253,7 @@ class Segment:
             deleted = read_tombstones(folder, entry["deleted"])
         documents = SqliteDocuments(documents_path, entry["n_documents"])
         return cls(**arrays, documents=documents, deleted=deleted, name=entry["name"],
-                   deleted_file=deleted_file)
+                   deleted_file=deleted_file, fields=entry.get("fields"))
 
 
 def _check_counts(arrays: dict[str, np.ndarray], entry: dict, folder: Path) -> None:

@@ -34,7 +34,7 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from maxsim.errors import MaxsimError
+from maxsim.errors import MaxsimError, SettingsError
 from maxsim.files import (
     LockedError,
     atomic_directory,
@@ -58,6 +58,7 @@ from maxsim.files import (
     remove_stale_temps_of,
 )
 from maxsim.index.codec import Codec, nearest_centroids
+from maxsim.index.filters import Filter
 from maxsim.index.legacy import LEGACY_FORMAT, Changed, read_legacy
 from maxsim.index.segment import (
     Segment,
@@ -158,6 +159,25 @@ def plan_merges(segments: list[Segment]) -> list[tuple[int, int]]:
     return []
 
 
+#: filters whose results an index keeps (per loaded version)
+FILTERS_KEPT = 16
+
+
+@dataclass
+class Allowed:
+    """What a filter lets a search return: ``masks`` per segment, (N_s,) bool over its chunks
+    (those of deleted documents False); how many ``documents`` and ``chunks`` pass."""
+
+    masks: list[np.ndarray]
+    documents: int
+    chunks: int
+
+    def chunk_numbers(self, chunk_base: np.ndarray) -> np.ndarray:
+        """(chunks,) int64 the numbers of the chunks that pass, ascending."""
+        return np.concatenate([np.zeros(0, dtype=np.int64),
+                               *(np.flatnonzero(m) + chunk_base[s] for s, m in enumerate(self.masks))])
+
+
 @dataclass
 class IndexData:
     """An index: shared centroids and codec, and its segments in order.
@@ -181,6 +201,7 @@ class IndexData:
     legacy: bool = False
     #: the manifest's entry of each written segment (by name), as last read or written
     manifest_entries: list[dict] = field(default_factory=list, repr=False)
+    _filters: dict = field(default_factory=dict, repr=False, compare=False)  # the last filters' Allowed
 
     @property
     def dim(self) -> int:
@@ -272,6 +293,30 @@ class IndexData:
             parts.append(np.flatnonzero(np.isin(segment.chunk_docs, local)) + self.chunk_base[s])
         return np.sort(np.concatenate(parts))
 
+    def allowed(self, spec: Mapping) -> Allowed:
+        """What a search with the filter ``spec`` (:mod:`maxsim.index.filters`) may return: one
+        SQLite query per segment, kept for the next searches with the same filter (up to
+        ``FILTERS_KEPT`` filters per loaded version). A field no document has is an error."""
+        condition = Filter(spec)
+        key = condition.key()
+        if key in self._filters:
+            return self._filters[key]
+        known = set().union(*(segment.metadata_fields() for segment in self.segments))
+        unknown = condition.fields - known
+        if unknown:
+            raise SettingsError(f"no document of this index has the metadata field {', '.join(sorted(unknown))}: "
+                                f"its documents have {', '.join(sorted(known)) or 'no metadata'}")
+        masks, documents = [], 0
+        for segment in self.segments:
+            mask, count = segment.allowed_chunks(condition.sql, condition.params)
+            masks.append(mask)
+            documents += count
+        allowed = Allowed(masks, documents, int(sum(int(m.sum()) for m in masks)))
+        while len(self._filters) >= FILTERS_KEPT:
+            self._filters.pop(next(iter(self._filters)))
+        self._filters[key] = allowed
+        return allowed
+
     # ------------------------------------------------------------------ changes
     def compress(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Token vectors ((T, dim) float32) as this index stores them, with its centroids and
@@ -328,14 +373,14 @@ class IndexData:
             self._save_in_place(path)
         else:
             with atomic_directory(path) as tmp:
-                self._write_shared(tmp)
-                self._write_manifest(tmp, [segment.write(tmp) for segment in self.segments])
+                self.write_shared(tmp)
+                self.write_manifest(tmp, [segment.write(tmp) for segment in self.segments])
             self._reopen(path)
         return self.version
 
     def _save_in_place(self, path: Path) -> None:
         entries = self._write_pending(path)
-        self._write_manifest(path, entries)
+        self.write_manifest(path, entries)
         self._reopen(path)
         while merges := plan_merges(self.segments):
             (start, end), = merges
@@ -344,7 +389,7 @@ class IndexData:
             combined = merged(self.segments[start:end], len(self.centroids))
             segments = [*self.segments[:start], *([combined] if combined.n_documents else []), *self.segments[end:]]
             self.segments = segments
-            self._write_manifest(path, self._write_pending(path))
+            self.write_manifest(path, self._write_pending(path))
             self._reopen(path)
         collect_garbage(path, self.manifest_entries)
 
@@ -363,11 +408,14 @@ class IndexData:
     def _entry(self, segment: Segment) -> dict:
         return next(e for e in self.manifest_entries if e["name"] == segment.name)
 
-    def _write_shared(self, folder: Path) -> None:
+    def write_shared(self, folder: Path) -> None:
+        """Write the centroids (float16) and the codec into ``folder``."""
         np.save(folder / "centroids.npy", self.centroids.astype(np.float16), allow_pickle=False)
         np.save(folder / "codec.npy", self.codec.to_array(), allow_pickle=False)
 
-    def _write_manifest(self, folder: Path, entries: list[dict]) -> None:
+    def write_manifest(self, folder: Path, entries: list[dict]) -> None:
+        """Write ``folder/index.json`` (atomically) naming the segments of ``entries`` (as
+        :meth:`Segment.write` returns them), with a new version, which this object takes."""
         version = uuid.uuid4().hex
         meta = self.settings.model_dump()
         live = sum(e["n_documents"] - (e["deleted"] or {}).get("count", 0) for e in entries)
