@@ -42,7 +42,7 @@ RESULTS = HERE / "results" / "scale.jsonl"
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from synthetic_vectors import DIM, TOKENS, Synthetic, exact_top  # noqa: E402
+from synthetic_vectors import DIM, GENERATOR, TOKENS, Synthetic, exact_top  # noqa: E402
 
 N_QUERIES = 200
 
@@ -112,9 +112,13 @@ def settings():
 def child_build(n: int, path: Path) -> dict:
     from maxsim.index.build import StreamingBuild
 
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     synthetic = Synthetic(n)
     started = time.perf_counter()
-    StreamingBuild(path, Records(0, n), settings(), lambda shard: shard_of(synthetic, shard)).run()
+    StreamingBuild(path, Records(0, n), settings(), lambda shard: shard_of(synthetic, shard),
+                   show_progress=True).run()
     return {"build_s": round(time.perf_counter() - started, 1), "peak_rss_gb": peak_rss_gb()}
 
 
@@ -206,38 +210,114 @@ def child_measure(n: int, path: Path, exact_file: Path) -> dict:
     return row
 
 
+def child_scifact(folder: Path, path: Path, model: str) -> dict:
+    """SciFact's corpus through the model (``base``: the untrained bundled MiniLM), each chunk
+    encoded once; the index built from those vectors and exact MaxSim over the same vectors,
+    so that recall measures the index alone. 200 test queries."""
+    import torch
+
+    from maxsim.data.training_folder import read_corpus, read_queries
+    from maxsim.index import IndexData, IndexSettings, search
+    from maxsim.index.build import Shard, StreamingBuild
+    from maxsim.retriever import Retriever
+
+    retriever = Retriever.from_pretrained(None if model == "base" else model)
+    corpus = read_corpus(folder / "corpus.jsonl")
+    tested = {line.split("\t")[0] for line in (folder / "qrels" / "test.tsv").read_text().splitlines()[1:]}
+    queries = read_queries(folder / "queries.jsonl")
+    texts = [t for i, t in zip(queries.ids, queries.texts) if i in tested][:N_QUERIES]
+    records = [{"id": i, "content": t, "metadata": None} for i, t in zip(corpus.ids, corpus.texts)]
+    started = time.perf_counter()
+    vectors, doclens, chunk_docs, spans = retriever._encode_chunks(corpus.texts, True, None, 64)
+    encode_s = time.perf_counter() - started
+    offsets = np.concatenate([[0], np.cumsum(doclens, dtype=np.int64)])
+    first_chunk = np.searchsorted(chunk_docs, np.arange(len(records) + 1))
+    position = {r["id"]: i for i, r in enumerate(records)}
+    spans = np.asarray(spans, dtype=np.int32)
+
+    def encode(shard):
+        a, b = position[shard[0]["id"]], position[shard[-1]["id"]] + 1
+        c0, c1 = first_chunk[a], first_chunk[b]
+        return Shard(vectors[offsets[c0] : offsets[c1]], doclens[c0:c1], chunk_docs[c0:c1] - a, spans[c0:c1])
+
+    settings = IndexSettings(nbits=2, dim=retriever.model.settings.dim, max_document_tokens=retriever.model.settings.
+                             doc_maxlen, model_digest=retriever.model.digest())
+    started = time.perf_counter()
+    StreamingBuild(path, records, settings, encode).run()
+    build_s = time.perf_counter() - started
+    q, mask = retriever.query_vectors(texts)
+    data = IndexData.load(path)
+    chunk_vectors = torch.from_numpy(vectors)
+    exact = []
+    for i in range(len(q)):
+        sim = q[i][mask[i]] @ chunk_vectors.T  # (Lq, T)
+        chunk_scores = torch.segment_reduce(sim.T, "max", lengths=torch.from_numpy(doclens.astype(np.int64)),
+                                            axis=0).sum(dim=1)
+        doc_scores = torch.full((len(records),), -torch.inf).scatter_reduce(
+            0, torch.from_numpy(chunk_docs.astype(np.int64)), chunk_scores, "amax")
+        exact.append(doc_scores.topk(10).indices.numpy())
+    latencies, recall = [], []
+    for i in range(len(q)):
+        started = time.perf_counter()
+        ranking = search(data, q[i : i + 1], mask[i : i + 1], 10)
+        latencies.append(time.perf_counter() - started)
+        found = data.chunk_documents(ranking.positions[0][ranking.positions[0] >= 0])
+        recall.append(len(np.intersect1d(found, exact[i])) / 10)
+    without_text, total = index_bytes(path)
+    return {"encode_s": round(encode_s, 1), "build_s": round(build_s, 1), "n_tokens": data.n_tokens,
+            "chunks": data.n_chunks, "segments": len(data.segments),
+            "bytes_per_token": round(without_text / data.n_tokens, 2),
+            "bytes_per_token_with_text": round(total / data.n_tokens, 2),
+            "search_p50_ms": round(1e3 * float(np.percentile(latencies, 50)), 2),
+            "search_p95_ms": round(1e3 * float(np.percentile(latencies, 95)), 2),
+            "recall_at_10": round(float(np.mean(recall)), 4), "queries": len(q)}
+
+
 def run_child(*args: str, python: str = sys.executable, script: Path = Path(__file__)) -> dict:
-    done = subprocess.run([python, str(script), *args], capture_output=True, text=True)
+    """Run one stage in a process of its own (its log lines go to this one's standard error);
+    returns the JSON line it prints last."""
+    done = subprocess.run([python, str(script), *args], stdout=subprocess.PIPE, text=True)
     if done.returncode:
-        raise SystemExit(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"{' '.join(args)} failed (exit {done.returncode})")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"{' '.join(args[:3])}: {json.dumps(result)}", file=sys.stderr, flush=True)
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--passages", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--passages", type=int, nargs="*", default=[10_000, 100_000])
     parser.add_argument("--fast-plaid", help="a python whose environment has fast-plaid installed")
     parser.add_argument("--fast-plaid-max", type=int, default=100_000, help="largest size run through fast-plaid")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "maxsim-scale-bench"))
+    parser.add_argument("--scifact", help="also a row of SciFact's real vectors (a BEIR folder)")
+    parser.add_argument("--model", default="base", help="the model that encodes SciFact (default: the bundled MiniLM)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, n, path, *rest = args.child
         rows = {"build": lambda: child_build(int(n), Path(path)),
                 "exact": lambda: child_exact(int(n), Path(path)),
-                "measure": lambda: child_measure(int(n), Path(path), Path(rest[0]))}
+                "measure": lambda: child_measure(int(n), Path(path), Path(rest[0])),
+                "scifact": lambda: child_scifact(Path(n), Path(path), rest[0])}
         print(json.dumps(rows[kind]()))
         return
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
+    if args.scifact:
+        path = work / "index-scifact"
+        shutil.rmtree(path, ignore_errors=True)
+        record({"system": "maxsim", "corpus": "scifact", "model": args.model, "nbits": 2,
+                **run_child("--child", "scifact", args.scifact, str(path), args.model)})
     for n in args.passages:
-        exact_file = work / f"exact-{n}.npy"
+        exact_file = work / f"exact-{GENERATOR}-{n}.npy"
         exact_s = None
         if not exact_file.is_file():
             exact_s = run_child("--child", "exact", str(n), str(exact_file))["exact_s"]
         path = work / f"index-{n}"
         shutil.rmtree(path, ignore_errors=True)
-        row = {"system": "maxsim", "passages": n, "tokens_per_passage": TOKENS, "dim": DIM, "nbits": 2,
+        row = {"system": "maxsim", "generator": GENERATOR, "passages": n, "tokens_per_passage": TOKENS, "dim": DIM,
+               "nbits": 2,
                **run_child("--child", "build", str(n), str(path))}
         row.update(run_child("--child", "measure", str(n), str(path), str(exact_file)))
         if exact_s is not None:
@@ -246,7 +326,8 @@ def main() -> None:
         if args.fast_plaid and n <= args.fast_plaid_max:
             fp = run_child("--passages", str(n), "--workdir", str(work), "--exact", str(exact_file),
                            python=args.fast_plaid, script=HERE / "fast_plaid_scale.py")
-            record({"system": "fast-plaid", "passages": n, "tokens_per_passage": TOKENS, "dim": DIM, "nbits": 2,
+            record({"system": "fast-plaid", "generator": GENERATOR, "passages": n, "tokens_per_passage": TOKENS,
+                    "dim": DIM, "nbits": 2,
                     **fp})
 
 

@@ -224,6 +224,7 @@ def build_index(
     batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the index already in --output (a folder holding anything else is never replaced).")] = False,
     device: Device = "auto",
+    pool_factor: Annotated[int, typer.Option("--pool-factor", min=1, help="Token pooling: store about 1/N of each chunk's vectors, clustered and mean-pooled (as PyLate's pool_factor; 1: none).")] = 1,
     compact: Annotated[Path | None, typer.Option("--compact", help="Instead of building: merge every segment of this index into one, without its deleted documents (every file is checked first).", show_default=False)] = None,
     verify: Annotated[Path | None, typer.Option("--verify", help="Instead of building: check every byte of this index (sha256 and values); exit 1 if anything is wrong.", show_default=False)] = None,
 ) -> None:
@@ -253,7 +254,7 @@ def build_index(
         retriever = Retriever.from_pretrained(None if model == "base" else model, device=device)
         retriever.index(docs.texts, path=output, document_ids=docs.ids, nbits=nbits, overwrite=overwrite,
                         split_documents=not no_split, max_document_tokens=max_document_tokens, batch_size=batch_size,
-                        show_progress=True)
+                        show_progress=True, pool_factor=pool_factor)
     typer.echo(str(output))
 
 

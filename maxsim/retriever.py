@@ -25,6 +25,7 @@ from maxsim.files import check_replaceable
 from maxsim.ids import stable_id
 from maxsim.index import IndexData, IndexLoadError, IndexSettings, chunk_scores, index_lock, is_index, search
 from maxsim.index.build import Shard, StreamingBuild
+from maxsim.index.pooling import pool_tokens
 from maxsim.limits import MAX_METADATA_DEPTH, check_metadata, check_text, within_bounds
 from maxsim.model import ColBERT, InferenceForward
 from maxsim.ranking import Ranking
@@ -209,14 +210,17 @@ class Retriever:
                 self._writes -= 1
 
     # ------------------------------------------------------------------ building
-    def _encode_chunks(self, documents: Sequence[str], split: bool, max_tokens: int | None, batch_size: int):
-        """Each document's chunks encoded: (vectors (T, dim) float32 back to back, doclens (N,)
-        int32, chunk_docs (N,) int32 position of each chunk's document, spans (N,) of (start, end))."""
+    def _encode_chunks(self, documents: Sequence[str], split: bool, max_tokens: int | None, batch_size: int,
+                       pool_factor: int = 1):
+        """Each document's chunks encoded (each chunk's vectors pooled by ``pool_factor``):
+        (vectors (T, dim) float32 back to back, doclens (N,) int32, chunk_docs (N,) int32
+        position of each chunk's document, spans (N,) of (start, end))."""
         chunks = self.model.tokenize_document_chunks(documents, split, max_tokens)
         flat = [tokens for doc in chunks for tokens, _ in doc]
         spans = [span for doc in chunks for _, span in doc]
         chunk_docs = np.array([i for i, doc in enumerate(chunks) for _ in doc], dtype=np.int32)
-        per_chunk = [v.numpy() for v in self.model.encode_token_ids(flat, False, batch_size, self.inference_forward)]
+        per_chunk = [pool_tokens(v.numpy(), pool_factor)
+                     for v in self.model.encode_token_ids(flat, False, batch_size, self.inference_forward)]
         doclens = np.array([len(v) for v in per_chunk], dtype=np.int32)
         return np.concatenate(per_chunk) if per_chunk else np.zeros((0, self.model.settings.dim)), doclens, \
             chunk_docs, spans
@@ -253,7 +257,7 @@ class Retriever:
               document_ids: Sequence[str] | None = None, metadata: Sequence[dict] | None = None,
               split_documents: bool = True, max_document_tokens: int | None = None, nbits: int = 2,
               seed: int = 0, batch_size: int = 64, name: str | None = None, overwrite: bool = False,
-              show_progress: bool = False) -> Path:
+              show_progress: bool = False, pool_factor: int = 1) -> Path:
         """Encode, compress and write an index of ``documents``; returns its folder.
 
         The folder is ``path``, or ``INDEX_ROOT/name`` (``.maxsim/indexes/NAME`` under the current
@@ -266,10 +270,14 @@ class Retriever:
         Documents are encoded and compressed in shards (:class:`maxsim.index.build.StreamingBuild`),
         so memory does not grow with the corpus; a build that was killed resumes from the shards it
         had done when it is run again with the same documents and settings. ``show_progress``
-        shows each stage's rate and time left.
+        shows each stage's rate and time left. ``pool_factor`` N > 1 stores about 1/N of each
+        chunk's vectors (:mod:`maxsim.index.pooling`, as PyLate's ``pool_factor``); the factor is
+        saved with the index and documents added later are pooled alike.
         """
         if nbits not in (1, 2, 4):
             raise SettingsError("nbits must be 1, 2 or 4")
+        if not isinstance(pool_factor, int) or isinstance(pool_factor, bool) or pool_factor < 1:
+            raise SettingsError(f"pool_factor must be a whole number of 1 or more (1: no pooling), got {pool_factor!r}")
         path = Path(path) if path is not None else index_folder(name)
         check_replaceable(path, is_index, "maxsim index", overwrite, "--overwrite (overwrite=True)")
         records = self._records(documents, document_ids, metadata)
@@ -277,11 +285,11 @@ class Retriever:
             nbits=nbits, dim=self.model.settings.dim, model_path=self.model_path, model_digest=self.model.digest(),
             model_settings=self.model.settings.model_dump(), split_documents=split_documents,
             max_document_tokens=max_document_tokens or self.model.settings.doc_maxlen, seed=seed,
-            encoded_in=self._encoding_precision())
+            encoded_in=self._encoding_precision(), pool_factor=pool_factor)
 
         def encode(shard: Sequence[dict]) -> Shard:
             vectors, doclens, chunk_docs, spans = self._encode_chunks([r["content"] for r in shard], split_documents,
-                                                                      max_document_tokens, batch_size)
+                                                                      max_document_tokens, batch_size, pool_factor)
             return Shard(vectors, doclens, chunk_docs, np.asarray(spans, dtype=np.int32).reshape(-1, 2))
 
         with index_lock(path):
@@ -319,7 +327,7 @@ class Retriever:
         self._refuse_present(data, records)
         vectors, doclens, chunk_docs, spans = self._encode_chunks(
             [r["content"] for r in records], data.settings.split_documents,
-            data.settings.max_document_tokens, batch_size)
+            data.settings.max_document_tokens, batch_size, data.settings.pool_factor)
         return EncodedDocuments(records, vectors, doclens, chunk_docs, spans, *data.compress(vectors), data.centroids)
 
     def add_encoded(self, encoded: EncodedDocuments) -> None:

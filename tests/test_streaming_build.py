@@ -120,3 +120,27 @@ def test_progress_is_logged_with_a_rate(retriever, tmp_path, monkeypatch, caplog
         retriever.index(DOCS, path=tmp_path / "ix", document_ids=IDS, show_progress=True)
     assert f"encoding: {len(DOCS)}/{len(DOCS)} documents" in caplog.text and "documents/s" in caplog.text
     assert "compressing:" in caplog.text and "shards/s" in caplog.text
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_centroid_search_finds_the_nearest_centroid_of_nearly_every_vector(dtype):
+    import torch
+
+    from maxsim.index.codec import CentroidSearch, nearest_centroids
+
+    rng = np.random.default_rng(0)
+    centroids = rng.standard_normal((8192, 32)).astype(np.float32)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    vectors = centroids[rng.integers(0, len(centroids), 20_000)] + 0.15 * rng.standard_normal((20_000, 32))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    torch_dtype = getattr(torch, dtype)
+    search = CentroidSearch(centroids)
+    assert not search.exhaustive
+    fast, exact = search.nearest(vectors, batch=4096, dtype=torch_dtype), nearest_centroids(vectors, centroids,
+                                                                                        dtype=torch.float32)
+    assert (fast == exact).mean() > 0.99
+    sims = np.einsum("td,td->t", vectors, centroids[fast]), np.einsum("td,td->t", vectors, centroids[exact])
+    assert np.mean(sims[1] - sims[0]) < 1e-3  # where it differs, a centroid almost as near
+    small = CentroidSearch(centroids[:1000])
+    assert small.exhaustive and np.array_equal(small.nearest(vectors[:500], dtype=torch.float32),
+                                               nearest_centroids(vectors[:500], centroids[:1000], dtype=torch.float32))

@@ -9,7 +9,8 @@ A build works in ``<index>.build/``, beside the index folder, in three stages:
 2. **centroids**: ``2 ** floor(log2(16 * sqrt(T)))`` centroids are trained (k-means) on a sample
    of every shard's tokens, and the residual codec fitted on the sample's residuals;
 3. **segments**: shards are compressed in order, one at a time, into segments of about
-   ``SEGMENT_TOKENS`` tokens, each written as it fills (:mod:`maxsim.index.segment`).
+   ``SEGMENT_TOKENS`` tokens, each written as it fills (:mod:`maxsim.index.segment`); each
+   token goes to its nearest centroid through :class:`~maxsim.index.codec.CentroidSearch`.
 
 ``build.json`` there records the settings, a digest of each shard's documents and what is
 done. Run again with the same documents and settings, a build keeps the shards, centroids and
@@ -20,11 +21,14 @@ see the old one or the new one).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import json
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +37,7 @@ import numpy as np
 
 from maxsim.errors import OutputExistsError
 from maxsim.files import atomic_write_text, publish_directory, real_path
-from maxsim.index.codec import Codec, n_centroids_for, nearest_centroids, train_centroids
+from maxsim.index.codec import CentroidSearch, Codec, n_centroids_for, nearest_centroids, train_centroids
 from maxsim.index.segment import Segment
 from maxsim.index.store import IndexData, IndexSettings
 from maxsim.progress import progress
@@ -41,8 +45,11 @@ from maxsim.progress import progress
 logger = logging.getLogger(__name__)
 
 BUILD_FORMAT = "maxsim-build-1"
-#: documents encoded and spilled at a time
-SHARD_DOCUMENTS = 8192
+#: documents encoded and spilled at a time (their float32 vectors are held while they encode:
+#: about 380 MB for 4,096 documents of 180 tokens at dim 128)
+SHARD_DOCUMENTS = 4096
+#: tokens compressed at a time (their float32 vectors and residuals: 16 MB each at dim 128)
+COMPRESS_BLOCK = 1 << 15
 #: tokens per segment a build writes (about 290 MB of codes and residuals at dim 128, nbits 2,
 #: held while it fills; a search visits every segment, so fewer and larger is faster)
 SEGMENT_TOKENS = 8_000_000
@@ -60,6 +67,15 @@ class Shard:
     doclens: np.ndarray
     chunk_docs: np.ndarray
     spans: np.ndarray
+
+
+def release_freed_memory() -> None:
+    """Hand the memory freed so far back to the system (glibc's ``malloc_trim``; elsewhere
+    nothing). Blocks of tens of megabytes, allocated and freed shard after shard, otherwise stay
+    in the process's heap: 640 MB of a 40,000-passage build's 1.6 GB, measured."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def shard_bounds(n_documents: int, size: int = SHARD_DOCUMENTS) -> list[tuple[int, int]]:
@@ -105,7 +121,7 @@ class StreamingBuild:
         self._start_or_resume()
         self._spill()
         centroids, codec = self._centroids()
-        entries = self._segments(centroids, codec)
+        entries = self._segments(CentroidSearch(centroids, seed=self.settings.seed), codec)
         data = IndexData(self.settings, centroids, codec, [], "", None)
         data.write_shared(self.work)
         data.write_manifest(self.work, entries)
@@ -162,12 +178,17 @@ class StreamingBuild:
                 for name in ("doclens", "chunk_docs", "spans"):
                     np.save(tmp / f"{name}.npy", np.asarray(getattr(shard, name), dtype=np.int32), allow_pickle=False)
                 os.replace(tmp, self.work / f"shard-{i:05d}")
+                del shard
+                release_freed_memory()
                 bar.update(end - start)
         finally:
             bar.close()
 
-    def _shard(self, i: int, name: str) -> np.ndarray:
-        return np.load(self.work / f"shard-{i:05d}" / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+    def _shard(self, i: int, name: str, mapped: bool = True) -> np.ndarray:
+        """One array of a spilled shard: memory-mapped (for its length, or a few rows), or read
+        whole (``mapped=False``: its pages are freed with it, where a map's would stay resident)."""
+        return np.load(self.work / f"shard-{i:05d}" / f"{name}.npy", mmap_mode="r" if mapped else None,
+                       allow_pickle=False)
 
     def _centroids(self) -> tuple[np.ndarray, Codec]:
         if (self.work / "centroids.npy").is_file() and (self.work / "codec.npy").is_file():
@@ -195,10 +216,10 @@ class StreamingBuild:
         for i in range(len(sizes)):
             mine = picked[(picked >= base[i]) & (picked < base[i + 1])] - base[i]
             if len(mine):
-                parts.append(np.asarray(self._shard(i, "vectors")[mine], dtype=np.float32))
+                parts.append(self._shard(i, "vectors", mapped=False)[mine].astype(np.float32))
         return np.concatenate(parts) if parts else np.zeros((0, self.settings.dim), dtype=np.float32)
 
-    def _segments(self, centroids: np.ndarray, codec: Codec) -> list[dict]:
+    def _segments(self, assign: CentroidSearch, codec: Codec) -> list[dict]:
         """Compress the shards in order into segments of about ``segment_tokens`` tokens; those
         a killed build wrote already are kept."""
         entries = [done["entry"] for done in self.state["segments"]]
@@ -207,7 +228,8 @@ class StreamingBuild:
         bar = progress(len(self.bounds), "compressing", "shards", self.show_progress, initial=first)
         try:
             for start, end in groups:
-                entry = self._segment(start, end, centroids, codec)
+                entry = self._segment(start, end, assign, codec)
+                release_freed_memory()
                 entries.append(entry)
                 self.state["segments"].append({"shards": [start, end], "entry": entry})
                 self._save_state()
@@ -227,13 +249,18 @@ class StreamingBuild:
             groups.append((start, len(self.bounds)))
         return groups
 
-    def _segment(self, start: int, end: int, centroids: np.ndarray, codec: Codec) -> dict:
+    def _segment(self, start: int, end: int, assign: CentroidSearch, codec: Codec) -> dict:
+        centroids = assign.centroids
         codes, residuals, doclens, chunk_docs, spans = [], [], [], [], []
         for i in range(start, end):
-            vectors = np.asarray(self._shard(i, "vectors"), dtype=np.float32)
-            shard_codes = nearest_centroids(vectors, centroids)
-            codes.append(shard_codes)
-            residuals.append(codec.encode(vectors - centroids[shard_codes]))
+            spilled = self._shard(i, "vectors", mapped=False)
+            for at in range(0, len(spilled), COMPRESS_BLOCK):
+                vectors = np.asarray(spilled[at : at + COMPRESS_BLOCK], dtype=np.float32)
+                block_codes = assign.nearest(vectors)
+                codes.append(block_codes)
+                residuals.append(codec.encode(vectors - centroids[block_codes]))
+            del spilled
+            release_freed_memory()
             doclens.append(np.asarray(self._shard(i, "doclens")))
             chunk_docs.append(np.asarray(self._shard(i, "chunk_docs")) + (self.bounds[i][0] - self.bounds[start][0]))
             spans.append(np.asarray(self._shard(i, "spans")))

@@ -43,7 +43,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from maxsim.errors import MaxsimError, SettingsError
 from maxsim.files import (
@@ -98,6 +98,9 @@ class IndexSettings(BaseModel):
     seed: int = 0
     #: the precision documents were encoded in (``bfloat16``, ``float32``, ``bfloat16 autocast``)
     encoded_in: str | None = None
+    #: token pooling (:mod:`maxsim.index.pooling`): each chunk's vectors pooled by this factor
+    #: before they are stored (1: none); documents added later are pooled the same way
+    pool_factor: int = Field(1, ge=1)
 
 
 def is_index(path: str | Path) -> bool:
