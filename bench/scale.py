@@ -110,9 +110,9 @@ def settings():
 
 # ----------------------------------------------------------------------------- children
 def child_build(n: int, path: Path) -> dict:
-    from maxsim.index.build import StreamingBuild
-
     import logging
+
+    from maxsim.index.build import StreamingBuild
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     synthetic = Synthetic(n)
