@@ -144,3 +144,16 @@ def test_the_centroid_search_finds_the_nearest_centroid_of_nearly_every_vector(d
     small = CentroidSearch(centroids[:1000])
     assert small.exhaustive and np.array_equal(small.nearest(vectors[:500], dtype=torch.float32),
                                                nearest_centroids(vectors[:500], centroids[:1000], dtype=torch.float32))
+
+
+def test_a_build_caps_its_segments_chunks(retriever, tmp_path, monkeypatch):  # noqa: F811
+    small_shards(monkeypatch, documents=4, tokens=10_000)
+    monkeypatch.setattr(build_module, "SEGMENT_CHUNKS", 12)
+    path = tmp_path / "ix"
+    retriever.index(DOCS, path=path, document_ids=IDS)
+    data = IndexData.load(path)
+    shard_chunks = [int((data.chunk_documents(np.arange(data.n_chunks)) // 4 == i).sum())
+                    for i in range(-(-len(DOCS) // 4))]
+    assert len(data.segments) > 1 and data.n_documents == len(DOCS)
+    assert all(s.n_chunks <= max(12, max(shard_chunks)) for s in data.segments)
+    assert all(s.ivf_chunks.dtype == np.uint16 for s in data.segments)
