@@ -26,10 +26,8 @@ Figures are printed and appended as JSON lines to bench/results/prepare.jsonl.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -42,29 +40,13 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "prepare.jsonl"
+sys.path.insert(0, str(HERE))
 
-
-def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return f"{platform.machine()}, {os.cpu_count()} cores, {model}"
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+import results_log  # noqa: E402
 
 
 def record(row: dict) -> None:
-    row = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
-           "commit": commit(), "command": " ".join([Path(sys.executable).name, *sys.argv]), **row}
-    RESULTS.parent.mkdir(exist_ok=True)
-    with RESULTS.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
-    print(json.dumps(row))
+    results_log.record(RESULTS, row)
 
 
 def synthetic_pairs(n: int, path: Path, scifact: Path, seed: int = 0) -> Path:
@@ -263,7 +245,7 @@ def main() -> None:
     args = parser.parse_args()
     scifact, workdir = Path(args.scifact), Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {machine()}")
+    print(f"machine: {results_log.machine()}")
     if not args.skip_scifact:
         scifact_rows(scifact, args.skip_dense)
     for n in args.pairs:

@@ -24,10 +24,7 @@ Figures are printed and appended as JSON lines to bench/results/scale.jsonl.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -42,32 +39,14 @@ RESULTS = HERE / "results" / "scale.jsonl"
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+import results_log  # noqa: E402
 from synthetic_vectors import DIM, GENERATOR, TOKENS, Synthetic, exact_top  # noqa: E402
 
 N_QUERIES = 200
 
 
-def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return f"{platform.machine()}, {os.cpu_count()} cores, {model}"
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def record(row: dict) -> None:
-    row = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
-           "commit": commit(), "command": " ".join([Path(sys.executable).name, *sys.argv]), **row}
-    RESULTS.parent.mkdir(exist_ok=True)
-    with RESULTS.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
-    print(json.dumps(row), flush=True)
+    results_log.record(RESULTS, row)
 
 
 def peak_rss_gb() -> float:

@@ -1,0 +1,39 @@
+"""What every bench writes with its figures: the machine, the commit, and one JSON line per row
+appended to ``bench/results/NAME.jsonl`` (date, machine, commit, command, then the row)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return f"{platform.machine()}, {os.cpu_count()} cores, {model}"
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def record(results: Path, row: dict) -> None:
+    """Append ``row`` to ``results`` (a .jsonl file) with the date, machine, commit and command,
+    and print it."""
+    row = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+           "commit": commit(), "command": " ".join([Path(sys.executable).name, *sys.argv]), **row}
+    results.parent.mkdir(exist_ok=True)
+    with results.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
