@@ -41,6 +41,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "prepare.jsonl"
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent))  # this checkout's package, installed or not
 
 import results_log  # noqa: E402
 
@@ -115,8 +116,9 @@ runpy.run_module('maxsim', run_name='__main__', alter_sys=True)
 
 def run_prepare(pairs: Path, output: Path, mine: str, code: Path | None = None) -> dict:
     """``maxsim prepare`` in a child process (the package from ``code`` when given): wall
-    seconds, the peak resident memory of its main process (forked BM25 workers share its
-    posting lists and add their work arrays, 16 bytes a document each), its counts. An
+    seconds, the peak resident memory of its process (at and before 20b914a, forked BM25
+    workers shared its posting lists and added their work arrays, 16 bytes a document each; since,
+    BM25 ranks on threads of this process), its counts. An
     ``output`` left by an earlier run of this bench is removed first."""
     shutil.rmtree(output, ignore_errors=True)
     command = [sys.executable, "-c", LAUNCH, "prepare", str(pairs), "--output", str(output), "--mine", mine,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import unicodedata
 
 
@@ -13,7 +12,7 @@ def normalise(text: str) -> str:
     >>> normalise("  Café   au lait！ ")
     'Café au lait!'
     """
-    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip()
+    return " ".join(unicodedata.normalize("NFKC", text).split())  # (str.split's whitespace is re's \s)
 
 
 def stable_id(text: str, prefix: str) -> str:
@@ -24,4 +23,9 @@ def stable_id(text: str, prefix: str) -> str:
     >>> len(stable_id("what do cats eat", "q"))
     17
     """
-    return prefix + hashlib.sha256(normalise(text).encode("utf-8")).hexdigest()[:16]
+    return id_of_normal(normalise(text), prefix)
+
+
+def id_of_normal(normal: str, prefix: str) -> str:
+    """:func:`stable_id` of a text already in :func:`normalise`'s form."""
+    return prefix + hashlib.sha256(normal.encode("utf-8")).hexdigest()[:16]

@@ -24,6 +24,16 @@ def _random_postings(rng, n_documents, n_terms, ties):
     return PostingLists(np.array(indptr), np.array(documents), np.array(impacts), n_documents)
 
 
+def _check_top(postings, terms, weights, k, positions, values, ties):
+    want_positions, want_values = _dense_top(postings, terms, weights, k)
+    np.testing.assert_allclose(values, want_values, rtol=1e-5, atol=1e-6)
+    # equal scores may differ in the last bit (sums in another order): compare ids by score band
+    assert len(positions) == len(want_positions) == min(k, postings.n_documents)
+    assert set(positions[values > want_values[-1] + 1e-4].tolist()) <= set(want_positions.tolist())
+    if not ties:
+        assert positions.tolist() == want_positions.tolist()
+
+
 @pytest.mark.parametrize("ties", [False, True])
 def test_pruned_top_k_equals_dense_top_k(ties):
     rng = np.random.default_rng(7)
@@ -33,14 +43,38 @@ def test_pruned_top_k_equals_dense_top_k(ties):
         weights = rng.integers(1, 3, size=len(terms)).astype(np.float64)
         k = int(rng.choice([1, 5, 37, 399, 400, 1000]))
         positions, values = postings.top(terms, weights, k)
-        want_positions, want_values = _dense_top(postings, terms, weights, k)
-        np.testing.assert_allclose(values, want_values, rtol=1e-5, atol=1e-6)
-        # equal scores may differ in the last bit (sums in another order): compare ids by score band
-        assert len(positions) == len(want_positions) == min(k, 400)
-        assert set(positions[values > want_values[-1] + 1e-4].tolist()) <= set(want_positions.tolist())
-        if not ties:
-            assert positions.tolist() == want_positions.tolist()
-    assert not postings._local.work[0].any() and not postings._local.work[1].any()  # left zeroed
+        _check_top(postings, terms, weights, k, positions, values, ties)
+
+
+@pytest.mark.parametrize("window, scan_per_candidate", [(64, 0), (64, 10**9), (128, 4), (1000, 256)])
+@pytest.mark.parametrize("ties", [False, True])
+def test_every_path_of_the_windowed_kernel_equals_dense_top_k(window, scan_per_candidate, ties):
+    """Many windows, the essential terms shrinking as the k-th score rises, and the non-essential
+    lists searched per candidate (0), scanned (10**9) or either: one batch of queries, each with
+    its own depth, checked against scoring every document."""
+    rng = np.random.default_rng(11)
+    postings = _random_postings(rng, 3000, 60, ties)
+    queries, depths = [], []
+    for _ in range(80):
+        terms = np.unique(rng.choice(60, size=int(rng.integers(1, 10)), replace=False))
+        queries.append((terms, rng.integers(1, 4, size=len(terms)).astype(np.float64)))
+        depths.append(int(rng.choice([1, 10, 110, 2999, 5000])))
+    ranking = postings.rank(queries, depths, window=window, scan_per_candidate=scan_per_candidate)
+    assert ranking.positions.shape == (80, 3000)
+    for (terms, weights), k, positions, values in zip(queries, depths, ranking.positions, ranking.scores):
+        depth = min(k, 3000)
+        assert (positions[depth:] == -1).all() and np.isneginf(values[depth:]).all()
+        _check_top(postings, terms, weights, k, positions[:depth], values[:depth], ties)
+
+
+def test_pair_scores_equal_the_scores_of_each_document():
+    rng = np.random.default_rng(5)
+    postings = _random_postings(rng, 500, 30, False)
+    queries = [(np.unique(rng.choice(30, size=4, replace=False)), np.ones(4)) for _ in range(7)]
+    pair_queries, pair_documents = rng.integers(0, 7, size=200), rng.integers(0, 500, size=200)
+    got = postings.pair_scores(queries, pair_queries, pair_documents)
+    want = [postings.scores(*queries[q], np.array([d]))[0] for q, d in zip(pair_queries, pair_documents)]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
 def test_miner_ranks_as_bm25s_scores_every_document():
@@ -58,30 +92,49 @@ def test_miner_ranks_as_bm25s_scores_every_document():
         np.testing.assert_allclose(dense[got], dense[order], rtol=1e-5, atol=1e-6)
 
 
-def test_worker_processes_rank_as_one_process(monkeypatch):
-    import maxsim.data.bm25 as bm25
+def test_query_terms_are_bm25s_tokens_through_the_word_cache():
+    corpus = ["Proteins bind the receptors", "The gene's expression in cells", "Kinases phosphorylate proteins",
+              "Café naïve résumé", "running runners run"]
+    miner = BM25Miner(corpus)
+    queries = ["the PROTEIN binds, binding proteins", "unknownword and the", "", "Café café naïve!",
+               "run running ran runner", "gene's genes: expression (cells) cells cells"]
+    for _ in range(2):  # the second time, every word comes from the cache
+        got = miner.query_terms(queries)
+        tokens = miner._bm25s.tokenize(queries, stopwords=miner._stopwords, stemmer=miner._stemmer,
+                                       show_progress=False, return_ids=False)
+        for (terms, weights), words in zip(got, tokens):
+            ids = [miner.retriever.vocab_dict[w] for w in words if w in miner.retriever.vocab_dict]
+            want, counts = np.unique(np.array(ids, dtype=np.int64), return_counts=True)
+            assert terms.tolist() == want.tolist() and weights.tolist() == counts.tolist()
+    assert sorted(got[3][1].tolist()) == [1.0, 2.0]  # café twice, naïve once
 
-    if not bm25.can_fork():
-        pytest.skip("worker processes are forked: Linux only")
+
+def test_threads_rank_as_one_thread_and_floors_match_each_positive():
+    import numba
+
     rng = np.random.default_rng(3)
     words = [f"word{i}" for i in range(300)]
     corpus = [" ".join(rng.choice(words, size=20)) for _ in range(500)]
     queries = [" ".join(rng.choice(words, size=4)) for _ in range(600)]
-    one = BM25Miner(corpus).rank(queries, 30)
-    pools = []
-    real = bm25.ProcessPoolExecutor
-    monkeypatch.setattr(bm25, "ProcessPoolExecutor", lambda *a, **kw: pools.append(a) or real(*a, **kw))
-    got = BM25Miner(corpus, workers=2).rank(queries, [30] * len(queries))
-    assert pools == [(2,)]
+    positives = [sorted(rng.choice(500, size=int(rng.integers(0, 4)), replace=False).tolist()) for _ in queries]
+    one = BM25Miner(corpus).rank(queries, 30, positives)
+    miner = BM25Miner(corpus, workers=2)
+    got = miner.rank(queries, [30] * len(queries), positives)
     np.testing.assert_array_equal(got.positions, one.positions)
     np.testing.assert_allclose(got.scores, one.scores, rtol=1e-6)
+    for i, p in enumerate(positives):
+        if p:
+            assert got.positive_floor[i] == pytest.approx(float(miner.score_of(i, p).min()), rel=1e-6)
+        else:
+            assert np.isnan(got.positive_floor[i])
+    assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS  # restored after ranking
 
 
-def test_without_fork_the_miner_ranks_in_one_process_and_says_so(monkeypatch, caplog):
-    import maxsim.data.bm25 as bm25
+def test_more_workers_than_numba_threads_says_so(caplog):
+    import numba
 
-    monkeypatch.setattr(bm25, "can_fork", lambda: False)
     with caplog.at_level("WARNING", logger="maxsim.data.bm25"):
-        miner = BM25Miner(["protein binding site", "gene expression cells"], workers=4)
-    assert miner.workers == 1
-    assert "one process" in caplog.text
+        miner = BM25Miner(["protein binding site", "gene expression cells"],
+                          workers=numba.config.NUMBA_NUM_THREADS + 3)
+    assert miner.workers == numba.config.NUMBA_NUM_THREADS
+    assert "NUMBA_NUM_THREADS" in caplog.text

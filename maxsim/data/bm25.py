@@ -6,36 +6,51 @@ bm25s computes each (term, document) BM25 score once, at indexing time, into a s
 time in proportion to the corpus for every query.
 
 :meth:`BM25Miner.rank` ranks from the posting lists instead, with the MaxScore rule of dynamic
-pruning (Turtle and Flood, 1995): a query's terms are taken in order of their best possible
-contribution; the documents of the first few terms are scored exactly (every query term), and
-once the k-th of those scores beats the most that the other terms together could give a
-document, no other document can enter the top k, and the rest of the corpus is never touched.
-The ranking is exact: every document ordered by (score descending, corpus position
-ascending), those that match no query term (score 0) filling the tail by position.
-
-Queries are independent, so :class:`BM25Miner` ranks them in ``workers`` processes forked from
-this one (the posting lists shared, copy-on-write, never pickled), each a slice of the queries.
+pruning (Turtle and Flood, 1995), compiled with numba in :mod:`maxsim.data.maxscore`: once k
+documents are held, the terms that together could not lift a document above the k-th score are
+no longer walked, only looked up for the documents the other terms find. The ranking is exact:
+every document ordered by (score descending, corpus position ascending), those that match no
+query term (score 0) filling the tail by position. Queries are independent and are ranked on
+``workers`` threads, sharing the posting lists.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
-import multiprocessing
 import os
-import sys
+import re
 import threading
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
+import numba
 import numpy as np
 
+from maxsim.data import maxscore
 from maxsim.errors import SettingsError
 from maxsim.ranking import Ranking
 
 logger = logging.getLogger(__name__)
 
-#: the fewest queries a worker process is given: below, forking costs more than it saves
-QUERIES_PER_WORKER = 256
+#: numba's parallel kernels are entered by one Python thread at a time: its "workqueue" threading
+#: layer (the one left where neither OpenMP nor TBB is installed) aborts the process otherwise
+_KERNEL_LOCK = threading.Lock()
+
+
+@contextmanager
+def numba_threads(n: int) -> Iterator[int]:
+    """Run numba's parallel kernels on up to ``n`` threads (no more than numba started with) in
+    this block; yields the number used. (numba's setting is per calling thread; it is restored.)"""
+    before = numba.get_num_threads()
+    used = max(1, min(n, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(used)
+    try:
+        yield used
+    finally:
+        numba.set_num_threads(before)
+
 
 #: ISO 639-1 code -> (PyStemmer's stemmer, bm25s's stop-word list or None where it has none)
 BM25_LANGUAGES = {
@@ -50,11 +65,6 @@ BM25_LANGUAGES = {
 }
 
 
-def _margin(value: float) -> float:
-    """A bound is compared with a score less this, for the rounding of sums in another order."""
-    return 1e-9 * max(1.0, abs(value))
-
-
 class PostingLists:
     """bm25s's precomputed BM25 scores as one posting list per term.
 
@@ -65,7 +75,7 @@ class PostingLists:
 
     def __init__(self, indptr: np.ndarray, documents: np.ndarray, impacts: np.ndarray, n_documents: int) -> None:
         self.indptr = np.asarray(indptr, dtype=np.int64)
-        documents = np.asarray(documents, dtype=np.int64)
+        documents = np.asarray(documents, dtype=np.int32 if n_documents < 2**31 else np.int64)
         impacts = np.asarray(impacts, dtype=np.float32)
         terms = np.repeat(np.arange(len(self.indptr) - 1), np.diff(self.indptr))
         if len(documents) > 1 and not (np.diff(documents)[terms[1:] == terms[:-1]] > 0).all():
@@ -77,7 +87,6 @@ class PostingLists:
         if len(nonempty):
             best[nonempty] = np.maximum.reduceat(impacts, self.indptr[nonempty]).astype(np.float64)
         self.best = best
-        self._local = threading.local()  # each thread's work arrays
 
     def term(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         """(documents, impacts) of one term."""
@@ -98,72 +107,54 @@ class PostingLists:
             out[hit] += w * impacts[where[hit]].astype(np.float64)
         return out
 
-    def _add(self, terms: np.ndarray, weights: np.ndarray, into: np.ndarray) -> np.ndarray:
-        """Add the weighted impacts of ``terms`` into ``into`` ((N,) float64, zero where no term
-        scored yet); returns the documents that were zero before, ascending per term."""
-        fresh = []
-        for t, w in zip(terms.tolist(), weights.tolist()):
-            docs, impacts = self.term(t)
-            fresh.append(docs[into[docs] == 0])  # (impacts are positive: a scored document is not 0)
-            into[docs] += w * impacts
-        return np.concatenate(fresh) if fresh else np.zeros(0, dtype=np.int64)
-
-    def _add_to(self, terms: np.ndarray, weights: np.ndarray, scored: np.ndarray, into: np.ndarray) -> None:
-        """Add the weighted impacts of ``terms`` into ``into``, for the documents where ``scored``
-        is not zero only (each posting list scanned: searching the lists for the documents, and
-        first dropping the documents that could not reach the top k, were both slower, measured on
-        200,000 passages: BENCHMARKS.md)."""
-        for t, w in zip(terms.tolist(), weights.tolist()):
-            docs, impacts = self.term(t)
-            hit = scored[docs] != 0
-            into[docs[hit]] += w * impacts[hit]
+    def rank(self, queries: Sequence[tuple[np.ndarray, np.ndarray]], depths: Sequence[int],
+             window: int = maxscore.WINDOW, scan_per_candidate: int = maxscore.SCAN_PER_CANDIDATE) -> Ranking:
+        """Each query's (terms, weights) ``depths[q]`` best documents, exactly, on the threads
+        :func:`numba_threads` allows: positions (Q, K) int64, K = min(max depth, corpus), and
+        scores (Q, K) float32, padded with -1 and -inf past a query's depth. A query matching
+        fewer documents than its depth gets the documents that match nothing (score 0) next, by
+        position. (``window`` and ``scan_per_candidate``: :mod:`maxsim.data.maxscore`'s.)"""
+        depths = np.minimum(np.asarray(depths, dtype=np.int64).reshape(-1), self.n_documents)
+        query_indptr, terms, weights = flat_queries(queries)
+        with _KERNEL_LOCK:
+            found, values, matched = maxscore.top_k(self.indptr, self.documents, self.impacts, self.best,
+                                                    query_indptr, terms, weights, depths, window,
+                                                    scan_per_candidate)
+        width = int(depths.max(initial=0))
+        positions = np.full((len(depths), width), -1, dtype=np.int64)
+        scores = np.full((len(depths), width), -np.inf, dtype=np.float32)
+        positions[:], scores[:] = found[:, :width], values[:, :width]
+        scores[positions < 0] = -np.inf
+        for q in np.flatnonzero(matched < depths):  # the tail: documents matching no term, by position
+            held, depth = positions[q, : matched[q]], int(depths[q])
+            fill = np.setdiff1d(np.arange(min(self.n_documents, 2 * depth)), held)[: depth - len(held)]
+            positions[q, len(held):depth], scores[q, len(held):depth] = fill, 0.0
+        return Ranking(positions, scores)
 
     def top(self, terms: np.ndarray, weights: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best documents of one query, exactly: (positions (k',) int64, scores (k',)
-        float32), k' = min(k, corpus), ordered by score, then position.
+        float32), k' = min(k, corpus), ordered by score, then position."""
+        return self.rank([(terms, weights)], [k]).row(0)
 
-        MaxScore (Turtle and Flood, 1995): the terms in order of their largest possible
-        contribution; every document in the posting lists of the first ``m`` (the candidates)
-        gets its whole score, the other terms' impacts added for those documents only; when the
-        k-th candidate score is above what the other terms together could give a document
-        (``rest``), no other document can enter (or tie into) the top k; else ``m`` grows. Two
-        (N,) float64 work arrays are kept between calls (one pair per thread) and left zeroed.
-        """
-        k = min(k, self.n_documents)
-        work = getattr(self._local, "work", None)
-        if work is None:
-            work = self._local.work = (np.zeros(self.n_documents), np.zeros(self.n_documents))
-        first, other = work
-        bound = weights * self.best[terms]
-        order = np.argsort(-bound, kind="stable")
-        terms, weights, bound = terms[order], weights[order], bound[order]
-        rest = np.concatenate([np.cumsum(bound[::-1])[::-1], [0.0]])  # rest[m]: the most terms m.. add
-        lengths = self.indptr[terms + 1] - self.indptr[terms]
-        m = min(len(terms), int(np.searchsorted(np.cumsum(lengths), k)) + 1)
-        positions = self._add(terms[:m], weights[:m], first)
-        kth = None
-        while True:
-            self._add_to(terms[m:], weights[m:], first, other)
-            scores = first[positions] + other[positions]
-            other[positions] = 0
-            kth = -np.partition(-scores, k - 1)[k - 1] if len(positions) >= k else None
-            if m >= len(terms) or (kth is not None and rest[m] < kth - _margin(kth)):
-                break
-            grow = m + 1 if kth is None else max(m + 1, int(np.argmax(rest < kth)))  # first m whose rest < kth
-            positions = np.concatenate([positions, self._add(terms[m:grow], weights[m:grow], first)])
-            m = grow
-        first[positions] = 0
-        if kth is not None and len(positions) > k:  # those at or above the k-th score, then in order
-            keep = np.flatnonzero(scores >= kth)
-            positions, scores = positions[keep], scores[keep]
-        best = np.lexsort((positions, -scores))[:k]
-        positions, values = positions[best], scores[best].astype(np.float32)
-        if len(positions) < k:  # the tail: documents matching no term, by position
-            unmatched = np.setdiff1d(np.arange(min(self.n_documents, 2 * k)), positions)
-            fill = unmatched[: k - len(positions)]
-            positions = np.concatenate([positions, fill])
-            values = np.concatenate([values, np.zeros(len(fill), dtype=np.float32)])
-        return positions, values
+    def pair_scores(self, queries: Sequence[tuple[np.ndarray, np.ndarray]], pair_queries: np.ndarray,
+                    pair_documents: np.ndarray) -> np.ndarray:
+        """(P,) float64 BM25 score of each pair: query ``queries[pair_queries[p]]`` and the
+        document at corpus position ``pair_documents[p]``."""
+        query_indptr, terms, weights = flat_queries(queries)
+        with _KERNEL_LOCK:
+            return maxscore.score_pairs(self.indptr, self.documents, self.impacts, query_indptr, terms, weights,
+                                        np.asarray(pair_queries, dtype=np.int64),
+                                        np.asarray(pair_documents, dtype=np.int64))
+
+
+def flat_queries(queries: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Queries of (terms (n,), weights (n,)) as one batch: (indptr (Q + 1,) int64, terms (T,)
+    int64, weights (T,) float64)."""
+    indptr = np.zeros(len(queries) + 1, dtype=np.int64)
+    np.cumsum([len(terms) for terms, _ in queries], out=indptr[1:])
+    terms = np.concatenate([t for t, _ in queries]).astype(np.int64) if queries else np.zeros(0, np.int64)
+    weights = np.concatenate([w for _, w in queries]).astype(np.float64) if queries else np.zeros(0)
+    return indptr, terms, weights
 
 
 def available_cpus() -> int:
@@ -171,28 +162,10 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def can_fork() -> bool:
-    """Whether worker processes can be forked safely here (Linux; macOS's fork is unsafe with
-    system frameworks loaded, Windows has none)."""
-    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
-
-
-_forked_postings: PostingLists | None = None  # a worker process's posting lists, set once as it starts
-
-
-def _start_worker(postings: PostingLists) -> None:
-    global _forked_postings
-    _forked_postings = postings
-
-
-def _rank_in_worker(queries: list[tuple[np.ndarray, np.ndarray, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [_forked_postings.top(terms, weights, depth) for terms, weights, depth in queries]
-
-
 class BM25Miner:
     """BM25 (bm25s) over a list of document texts, with the stop words and Snowball stemmer of
-    ``language`` (an ISO 639-1 code from :data:`BM25_LANGUAGES`; English by default), ranking in
-    up to ``workers`` processes (default 1: in this one)."""
+    ``language`` (an ISO 639-1 code from :data:`BM25_LANGUAGES`; English by default), ranking on
+    up to ``workers`` threads (default 1)."""
 
     #: queries ranked at a time by a caller that streams (prepare's mining): bounds memory
     query_block = 8192
@@ -214,24 +187,37 @@ class BM25Miner:
         scores = self.retriever.scores
         self.postings = PostingLists(scores["indptr"], scores["indices"], scores["data"], len(documents))
         self.n_documents = len(documents)
-        if workers > 1 and not can_fork():
-            logger.warning("BM25 ranks in one process: worker processes are forked, which %s does not do safely",
-                           sys.platform)
-            workers = 1
-        self.workers = max(1, workers)
+        if workers > numba.config.NUMBA_NUM_THREADS:
+            logger.warning("BM25 ranks on %d threads, not %d: numba started with %d (NUMBA_NUM_THREADS)",
+                           numba.config.NUMBA_NUM_THREADS, workers, numba.config.NUMBA_NUM_THREADS)
+        self.workers = max(1, min(workers, numba.config.NUMBA_NUM_THREADS))
         self._queries: list[tuple[np.ndarray, np.ndarray]] = []
+        pattern = inspect.signature(bm25s.tokenize).parameters["token_pattern"].default  # (what it indexed with)
+        self._split = re.compile(pattern).findall
+        self._term_of_word: dict[str, int] = {}
 
     def query_terms(self, queries: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Each query as (distinct term ids (n,) int64, how often each occurs (n,) float64);
-        words the corpus lacks are left out, as bm25s leaves them out."""
-        words = self._bm25s.tokenize(list(queries), stopwords=self._stopwords, stemmer=self._stemmer,
-                                     show_progress=False, return_ids=False)
-        vocabulary = self.retriever.vocab_dict
+        """Each query as (distinct term ids (n,) int64 ascending, how often each occurs (n,)
+        float64), tokenised as bm25s tokenises (lower case, its token pattern, stop words, the
+        stemmer); words the corpus lacks are left out, as bm25s leaves them out.
+
+        Each distinct word is sent through bm25s's own tokeniser once, the first time a query
+        holds it, and its term id (or -1: a stop word, or a stem the corpus lacks) is kept for
+        the next queries: the cache grows with the queries' vocabulary, not with their number."""
+        cache = self._term_of_word
+        words = [self._split(query.lower()) for query in queries]
+        new = list(dict.fromkeys(w for query in words for w in query if w not in cache))
+        if new:
+            stems = self._bm25s.tokenize(new, stopwords=self._stopwords, stemmer=self._stemmer, show_progress=False,
+                                         return_ids=False)
+            vocabulary = self.retriever.vocab_dict
+            for word, stem in zip(new, stems):
+                cache[word] = vocabulary.get(stem[0], -1) if len(stem) == 1 and stem[0] else -1
         out = []
         for query in words:
-            ids = np.array([vocabulary[w] for w in query if w and w in vocabulary], dtype=np.int64)
-            terms, counts = np.unique(ids, return_counts=True)
-            out.append((terms, counts.astype(np.float64)))
+            counts = Counter(t for t in map(cache.__getitem__, query) if t >= 0)
+            terms = sorted(counts)
+            out.append((np.array(terms, dtype=np.int64), np.array([counts[t] for t in terms], dtype=np.float64)))
         return out
 
     def rank(self, queries: Sequence[str], k: int | Sequence[int],
@@ -241,25 +227,17 @@ class BM25Miner:
         also the lowest score among them."""
         self._queries = self.query_terms(queries)
         depths = [k] * len(queries) if isinstance(k, (int, np.integer)) else list(k)
-        rows = self._top_rows([(terms, weights, int(depth)) for (terms, weights), depth in zip(self._queries, depths)])
-        ranking = Ranking.from_rows(rows, min(max(depths, default=0), self.n_documents))
-        if positives is not None:
-            ranking.positive_floor = np.array(
-                [float(self.score_of(i, sorted(p)).min()) if len(p) else np.nan for i, p in enumerate(positives)],
-                dtype=np.float32)
+        with numba_threads(self.workers):
+            ranking = self.postings.rank(self._queries, depths)
+            if positives is not None:
+                pair_queries = np.repeat(np.arange(len(positives)), [len(p) for p in positives])
+                pair_documents = np.fromiter((d for p in positives for d in p), dtype=np.int64,
+                                             count=len(pair_queries))
+                scores = self.postings.pair_scores(self._queries, pair_queries, pair_documents).astype(np.float32)
+                floor = np.full(len(positives), np.nan, dtype=np.float32)
+                np.fmin.at(floor, pair_queries, scores)  # (fmin skips NaN: it stays for a query without positives)
+                ranking.positive_floor = floor
         return ranking
-
-    def _top_rows(self, queries: list[tuple[np.ndarray, np.ndarray, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """:meth:`PostingLists.top` of each (terms, weights, depth), here or in worker processes
-        (each given one contiguous slice, so that the rows come back in order)."""
-        workers = min(self.workers, len(queries) // QUERIES_PER_WORKER)
-        if workers < 2:
-            return [self.postings.top(*query) for query in queries]
-        bounds = np.linspace(0, len(queries), workers + 1).astype(int)
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                 initializer=_start_worker, initargs=(self.postings,)) as pool:
-            parts = pool.map(_rank_in_worker, [queries[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
-            return [row for part in parts for row in part]
 
     def score_of(self, query_index: int, positions: Sequence[int]) -> np.ndarray:
         """BM25 scores (float32) of some documents for one query of the last :meth:`rank` call."""

@@ -25,7 +25,7 @@ from maxsim.data.qrels import is_relevant, read_qrels
 from maxsim.data.readers import columns_of, file_hash, read_rows
 from maxsim.data.settings import Kind, PrepareSettings
 from maxsim.data.training_folder import document_text
-from maxsim.ids import normalise, stable_id
+from maxsim.ids import id_of_normal, normalise
 
 
 class InvalidItem(Exception):
@@ -85,7 +85,7 @@ class Collection:
             if key in by_text:
                 self.merged[f"duplicate {what}"] += 1
                 return by_text[key]
-            item_id = stable_id(full, prefix)
+            item_id = id_of_normal(key, prefix)
         store[item_id] = value
         by_text[key] = item_id
         return item_id

@@ -205,7 +205,7 @@ def sample_negatives(
     (1-based) of what is left that, with ``margin``, score at most ``margin * positive_score``.
     Returns (chosen corpus positions in rank order, the number of candidates dropped by the margin).
     """
-    others = [(int(p), float(s)) for p, s in zip(positions.tolist(), scores.tolist()) if p >= 0 and p not in positives]
+    others = [(p, s) for p, s in zip(positions.tolist(), scores.tolist()) if p >= 0 and p not in positives]
     window = others[min_rank - 1 : max_rank]
     if margin is not None and positive_score is not None:
         kept = [(p, s) for p, s in window if s <= margin * positive_score]

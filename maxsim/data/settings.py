@@ -55,7 +55,7 @@ class PrepareSettings(BaseModel):
         (), description="Also write other formats: colbert (colbert-ai / RAGatouille files in colbert/).")
     batch_size: int = Field(64, gt=0, description="Encoding batch size of --mine dense.")
     workers: int | None = Field(
-        None, gt=0, description="Processes that rank --mine bm25's queries (forked, Linux) [default: every CPU this "
+        None, gt=0, description="Threads that rank --mine bm25's queries [default: every CPU this "
         "process may use].")
     bm25_language: str = Field("en", description="Language of --mine bm25's stop words and stemmer (ISO 639-1: en, "
                                "fr, de, es, ...).")
