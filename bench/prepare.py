@@ -15,7 +15,8 @@ passage, so that every query has one positive and the corpus grows with the pair
 and peak memory (the process's maximum resident set). Up to ``--anchor-max`` pairs it also
 times the BM25 ranking the way prepare did before (bm25s's own ``retrieve``, which scores every
 document for every query and selects its top k from that dense array) against today's
-(:class:`maxsim.data.bm25.BM25Miner`, exact, pruned), on the same queries, in this process,
+(:class:`maxsim.data.bm25.BM25Miner`, exact, pruned, one thread, after a call that loads its compiled
+kernel), on the same queries, in this process,
 and, where ``tantivy`` is installed, a compiled engine's time for the same queries (Rust,
 block-max WAND); with ``--before REV`` it runs the same ``maxsim prepare --mine bm25`` with the package as it
 was at git revision REV, for a whole-command comparison.
@@ -154,6 +155,7 @@ def ranking_anchor(pairs: Path, queries: int = 2000, k: int = 110) -> dict:
     rows = [json.loads(line) for line in pairs.read_text(encoding="utf-8").splitlines()]
     texts = [r["query"] for r in rows[:queries]]
     miner = BM25Miner([r["positive"] for r in rows])
+    miner.rank(texts[:8], k)  # loads the compiled kernel (numba's cache; compiles it on a first run)
     started = time.perf_counter()
     ours = miner.rank(texts, k)
     ours_s = time.perf_counter() - started

@@ -82,6 +82,19 @@ def _sift_up(scores: np.ndarray, positions: np.ndarray, i: int) -> None:
 
 
 @numba.njit(cache=True)
+def _search(documents: np.ndarray, start: int, end: int, target: int) -> int:
+    """The first index in ``documents[start:end]`` (ascending) holding ``target`` or more (or
+    ``end``): a binary search."""
+    while start < end:
+        middle = (start + end) // 2
+        if documents[middle] < target:
+            start = middle + 1
+        else:
+            end = middle
+    return start
+
+
+@numba.njit(cache=True)
 def _seek(documents: np.ndarray, start: int, end: int, target: int) -> int:
     """The first index in ``documents[start:end]`` (ascending) holding ``target`` or more (or
     ``end``): a galloping search forward from ``start``."""
@@ -91,28 +104,8 @@ def _seek(documents: np.ndarray, start: int, end: int, target: int) -> int:
     while low + step < end and documents[low + step] < target:
         low += step
         step *= 2
-    high = min(low + step, end)  # documents[low] < target <= documents[high] (or high == end)
-    low += 1
-    while low < high:
-        middle = (low + high) // 2
-        if documents[middle] < target:
-            low = middle + 1
-        else:
-            high = middle
-    return low
-
-
-@numba.njit(cache=True)
-def _search(documents: np.ndarray, start: int, end: int, target: int) -> int:
-    """The first index in ``documents[start:end]`` (ascending) holding ``target`` or more: a
-    binary search."""
-    while start < end:
-        middle = (start + end) // 2
-        if documents[middle] < target:
-            start = middle + 1
-        else:
-            end = middle
-    return start
+    # documents[low] < target <= documents[min(low + step, end)] (or that is end)
+    return _search(documents, low + 1, min(low + step, end), target)
 
 
 @numba.njit(cache=True)
