@@ -44,6 +44,15 @@ logger = logging.getLogger(__name__)
 
 #: the maxsim training folder inside ``data_out_path``, beside RAGatouille's three files
 MAXSIM_DATA = "maxsim"
+
+#: RAGatouille's side files are one JSON each, rewritten whole: an add or a delete refreshes them
+#: while the index holds at most this many passages (about a second of writing); past it, they
+#: are removed with a warning (:func:`write_side_files` writes them again on demand), so that an
+#: add costs what it adds, not what the index holds
+SIDE_FILES_MAX_PASSAGES = 100_000
+
+#: the side files, in the index folder
+SIDE_FILES = ("collection.json", "pid_docid_map.json", "docid_metadata_map.json")
 #: fewer prepared queries than this: no dev slice, and ``train`` returns the last checkpoint
 MIN_QUERIES_FOR_DEV = 20
 DEV_FRACTION = 0.1
@@ -375,7 +384,7 @@ class RAGPretrainedModel:
         self.retriever.index(texts, path=path, document_ids=ids, metadata=metadata, split_documents=split_documents,
                              max_document_tokens=max_document_length, batch_size=bsize,
                              overwrite=overwrite_index is True)
-        _write_side_files(path)
+        write_side_files(path)
         return str(path)
 
     def add_to_index(
@@ -401,7 +410,7 @@ class RAGPretrainedModel:
         if keep:
             self.retriever.add([texts[i] for i in keep], [ids[i] for i in keep],
                                None if metadata is None else [metadata[i] for i in keep], batch_size=bsize)
-        _write_side_files(self.retriever.index_path)
+        _refresh_side_files(self.retriever.index_path)
 
     def delete_from_index(self, document_ids: str | list, index_name: str | None = None) -> None:
         """Delete documents by id (a str is one id); ids not in the index are ignored."""
@@ -411,7 +420,7 @@ class RAGPretrainedModel:
         known = [str(d) for d in wanted if str(d) in present]
         if known:
             self.retriever.delete(known)
-        _write_side_files(self.retriever.index_path)
+        _refresh_side_files(self.retriever.index_path)
 
     # ---------------------------------------------------------------- search
     def search(self, query: str | list[str], index_name: str | None = None, k: int = 10, force_fast: bool = False,
@@ -532,25 +541,48 @@ def _documents(collection, document_ids, document_metadatas, preprocessing_fn, c
     return collection, [str(i) for i in document_ids], None if document_metadatas is None else list(document_metadatas)
 
 
-def _write_side_files(path: Path) -> None:
-    """RAGatouille's side files in the index folder, from the index as it is now (under its lock):
-    ``collection.json`` (each passage's text, by passage id), ``pid_docid_map.json`` and, when a
-    document has metadata, ``docid_metadata_map.json``."""
+def _refresh_side_files(path: Path) -> None:
+    """After an add or a delete: the side files rewritten, or, past
+    :data:`SIDE_FILES_MAX_PASSAGES` passages, removed (never left out of step with the index)."""
     with index_lock(path):
         data = IndexData.load(path)
-        records = dict(data.iter_documents())
-        chunks = data.chunks_of(sorted(records))  # the passages of documents not deleted
-        owners = data.chunk_documents(chunks).tolist()
-        spans = data.chunk_spans(chunks).tolist()
-        passages = [records[d]["content"][start:end] for d, (start, end) in zip(owners, spans)]
-        atomic_write_text(path / "collection.json", json.dumps(passages, ensure_ascii=False))
-        pid_docid = {str(p): records[d]["id"] for p, d in zip(chunks.tolist(), owners)}
-        atomic_write_text(path / "pid_docid_map.json", json.dumps(pid_docid, ensure_ascii=False))
-        metadata = {d["id"]: d["metadata"] for d in records.values() if d["metadata"] is not None}
-        if metadata:
-            atomic_write_text(path / "docid_metadata_map.json", json.dumps(metadata, ensure_ascii=False))
-        elif (path / "docid_metadata_map.json").exists():
-            (path / "docid_metadata_map.json").unlink()
+        passages = data.n_chunks
+        if passages <= SIDE_FILES_MAX_PASSAGES:
+            _write_side_files(path, data)
+            return
+        removed = [name for name in SIDE_FILES if (Path(path) / name).exists()]
+        for name in removed:
+            (Path(path) / name).unlink()
+    if removed:
+        logger.warning("%s: removed RAGatouille's side files (%s) instead of rewriting them whole for %d passages "
+                       "on every add or delete; write them when needed with "
+                       "maxsim.ragatouille.write_side_files(%r)", path, ", ".join(removed), passages, str(path))
 
 
-__all__ = ["RAGPretrainedModel", "RAGTrainer", "llama_index_sentence_splitter"]
+def write_side_files(path: str | Path) -> None:
+    """RAGatouille's side files in the index folder, from the index as it is now (under its lock):
+    ``collection.json`` (each passage's text, by passage id), ``pid_docid_map.json`` and, when a
+    document has metadata, ``docid_metadata_map.json``. Costs time in proportion to the index."""
+    path = Path(path)
+    with index_lock(path):
+        _write_side_files(path, IndexData.load(path))
+
+
+def _write_side_files(path: Path, data: IndexData) -> None:
+    """:func:`write_side_files`, the lock held and the index loaded."""
+    records = dict(data.iter_documents())
+    chunks = data.chunks_of(sorted(records))  # the passages of documents not deleted
+    owners = data.chunk_documents(chunks).tolist()
+    spans = data.chunk_spans(chunks).tolist()
+    passages = [records[d]["content"][start:end] for d, (start, end) in zip(owners, spans)]
+    atomic_write_text(path / "collection.json", json.dumps(passages, ensure_ascii=False))
+    pid_docid = {str(p): records[d]["id"] for p, d in zip(chunks.tolist(), owners)}
+    atomic_write_text(path / "pid_docid_map.json", json.dumps(pid_docid, ensure_ascii=False))
+    metadata = {d["id"]: d["metadata"] for d in records.values() if d["metadata"] is not None}
+    if metadata:
+        atomic_write_text(path / "docid_metadata_map.json", json.dumps(metadata, ensure_ascii=False))
+    elif (path / "docid_metadata_map.json").exists():
+        (path / "docid_metadata_map.json").unlink()
+
+
+__all__ = ["RAGPretrainedModel", "RAGTrainer", "llama_index_sentence_splitter", "write_side_files"]

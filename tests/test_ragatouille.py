@@ -166,6 +166,28 @@ def test_add_and_delete_also_after_from_index(rag):
     assert hit["document_id"] == "plain" and "document_metadata" not in hit  # none given: no key
 
 
+def test_past_the_limit_an_add_removes_the_side_files_and_says_how_to_write_them(rag, monkeypatch, caplog):
+    import maxsim.ragatouille as ragatouille
+
+    model, path, *_ = rag
+    monkeypatch.setattr(ragatouille, "SIDE_FILES_MAX_PASSAGES", 1)
+    with caplog.at_level("WARNING", logger="maxsim.ragatouille"):
+        model.add_to_index(["Axolotls regrow whole limbs."], new_document_ids=["axolotl"],
+                           new_document_metadatas=[{"source": "limit"}])
+    assert not any((Path(path) / name).exists() for name in ragatouille.SIDE_FILES)
+    assert "write_side_files" in caplog.text and "collection.json" in caplog.text
+    assert model.search("Axolotls regrow whole limbs.", k=1)[0]["document_id"] == "axolotl"
+    ragatouille.write_side_files(path)  # on demand, whole, in step with the index
+    pid_docid = json.loads((Path(path) / "pid_docid_map.json").read_text())
+    collection = json.loads((Path(path) / "collection.json").read_text())
+    metadata = json.loads((Path(path) / "docid_metadata_map.json").read_text())
+    assert "axolotl" in pid_docid.values() and len(collection) == len(pid_docid)
+    assert metadata["axolotl"] == {"source": "limit"}
+    monkeypatch.setattr(ragatouille, "SIDE_FILES_MAX_PASSAGES", 10**9)
+    model.delete_from_index("axolotl")  # under the limit: rewritten
+    assert "axolotl" not in json.loads((Path(path) / "pid_docid_map.json").read_text()).values()
+
+
 def test_document_id_errors_are_ragatouilles(rag):
     model, *_ = rag
     with pytest.raises(ValueError, match="document_ids must be the same length as collection"):
