@@ -236,8 +236,8 @@ def build_index(
         return
     if corpus is None or model is None or output is None:
         _fail("give a CORPUS, --model and --output to build an index (or --compact IX, or --verify IX)")
+    from maxsim.data.corpus_file import CorpusFile
     from maxsim.data.errors import DataError
-    from maxsim.data.training_folder import read_corpus
     from maxsim.files import check_replaceable
     from maxsim.index import is_index
     from maxsim.model import pick_device
@@ -248,13 +248,13 @@ def build_index(
     with _one_line_errors():
         check_replaceable(output, is_index, "maxsim index", overwrite)  # before any work
         pick_device(device)
-        docs = read_corpus(path)
+        docs = CorpusFile(path)  # every line checked now; the texts read shard by shard as they encode
         if not len(docs):
             raise DataError(path, None, "no documents", "give a corpus.jsonl with one {\"_id\", \"text\"} per line")
         retriever = Retriever.from_pretrained(None if model == "base" else model, device=device)
-        retriever.index(docs.texts, path=output, document_ids=docs.ids, nbits=nbits, overwrite=overwrite,
-                        split_documents=not no_split, max_document_tokens=max_document_tokens, batch_size=batch_size,
-                        show_progress=True, pool_factor=pool_factor)
+        retriever.index_records(docs, path=output, nbits=nbits, overwrite=overwrite, split_documents=not no_split,
+                                max_document_tokens=max_document_tokens, batch_size=batch_size, show_progress=True,
+                                pool_factor=pool_factor)
     typer.echo(str(output))
 
 

@@ -274,13 +274,23 @@ class Retriever:
         chunk's vectors (:mod:`maxsim.index.pooling`, as PyLate's ``pool_factor``); the factor is
         saved with the index and documents added later are pooled alike.
         """
+        records = self._records(documents, document_ids, metadata)
+        return self.index_records(records, path, split_documents, max_document_tokens, nbits, seed, batch_size, name,
+                                  overwrite, show_progress, pool_factor)
+
+    def index_records(self, records: Sequence[dict], path: str | Path | None = None, split_documents: bool = True,
+                      max_document_tokens: int | None = None, nbits: int = 2, seed: int = 0, batch_size: int = 64,
+                      name: str | None = None, overwrite: bool = False, show_progress: bool = False,
+                      pool_factor: int = 1) -> Path:
+        """:meth:`index` of records already checked, ``{"id", "content", "metadata"}`` each: any
+        sequence whose slices are lists of them, such as :class:`maxsim.data.corpus_file.CorpusFile`,
+        which reads a ``corpus.jsonl`` shard by shard instead of holding every text."""
         if nbits not in (1, 2, 4):
             raise SettingsError("nbits must be 1, 2 or 4")
         if not isinstance(pool_factor, int) or isinstance(pool_factor, bool) or pool_factor < 1:
             raise SettingsError(f"pool_factor must be a whole number of 1 or more (1: no pooling), got {pool_factor!r}")
         path = Path(path) if path is not None else index_folder(name)
         check_replaceable(path, is_index, "maxsim index", overwrite, "--overwrite (overwrite=True)")
-        records = self._records(documents, document_ids, metadata)
         settings = IndexSettings(
             nbits=nbits, dim=self.model.settings.dim, model_path=self.model_path, model_digest=self.model.digest(),
             model_settings=self.model.settings.model_dump(), split_documents=split_documents,

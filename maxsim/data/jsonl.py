@@ -51,21 +51,27 @@ def read_jsonl(path: str | Path, arrays: bool = False) -> Iterator[tuple[int, di
                 raise encoding_error(path) from None
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line, object_pairs_hook=_unique_keys)
-            except json.JSONDecodeError as err:
-                raise DataError(
-                    path, number, f"malformed JSON ({err.msg} at column {err.colno})",
-                    "write one JSON object per line",
-                ) from None
-            except DuplicateKey as err:
-                raise DataError(path, number, f'the key "{err.key}" appears twice in one object (JSON would keep '
-                                "only the last value)", "give each key once") from None
-            if arrays and not isinstance(obj, list):
-                raise DataError(path, number, "expected a JSON array", "write one [...] per line")
-            if not arrays and not isinstance(obj, dict):
-                raise DataError(path, number, "expected a JSON object", "write one {...} per line")
-            yield number, obj
+            yield number, parse_line(path, number, line, arrays)
+
+
+def parse_line(path: Path, number: int, line: str, arrays: bool = False) -> dict | list:
+    """One line of a JSONL file as :func:`read_jsonl` reads it: an object (with ``arrays``, an
+    array), or a DataError naming ``path`` and line ``number``."""
+    try:
+        obj = json.loads(line, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as err:
+        raise DataError(
+            path, number, f"malformed JSON ({err.msg} at column {err.colno})",
+            "write one JSON object per line",
+        ) from None
+    except DuplicateKey as err:
+        raise DataError(path, number, f'the key "{err.key}" appears twice in one object (JSON would keep '
+                        "only the last value)", "give each key once") from None
+    if arrays and not isinstance(obj, list):
+        raise DataError(path, number, "expected a JSON array", "write one [...] per line")
+    if not arrays and not isinstance(obj, dict):
+        raise DataError(path, number, "expected a JSON object", "write one {...} per line")
+    return obj
 
 
 def require_text(path: Path, number: int, obj: dict, field: str) -> str:

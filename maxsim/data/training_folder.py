@@ -81,13 +81,19 @@ def read_corpus(path: Path) -> Corpus:
     """Documents of a BEIR ``corpus.jsonl`` (``_id``, optional ``title``, ``text``)."""
     corpus = Corpus()
     for number, obj in read_jsonl(path):
-        doc_id = require_id(path, number, obj, "_id")
-        text = require_text(path, number, obj, "text")
-        title = obj.get("title") or ""
-        if not isinstance(title, str):
-            raise DataError(path, number, 'field "title" must be a string')
-        corpus.add(path, number, doc_id, document_text(title, text))
+        corpus.add(path, number, *corpus_line(path, number, obj))
     return corpus
+
+
+def corpus_line(path: Path, number: int, obj: dict) -> tuple[str, str]:
+    """(id, text: the title and the text as :func:`document_text` joins them) of one line of a
+    ``corpus.jsonl``, or a DataError naming the line."""
+    doc_id = require_id(path, number, obj, "_id")
+    text = require_text(path, number, obj, "text")
+    title = obj.get("title") or ""
+    if not isinstance(title, str):
+        raise DataError(path, number, 'field "title" must be a string')
+    return doc_id, document_text(title, text)
 
 
 @dataclass

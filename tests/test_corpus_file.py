@@ -1,0 +1,44 @@
+"""The lazily read corpus.jsonl: the same documents as read_corpus, bad lines named at opening."""
+
+import codecs
+import json
+
+import pytest
+
+from maxsim.data.corpus_file import CorpusFile
+from maxsim.data.errors import DataError
+from maxsim.data.training_folder import read_corpus
+
+
+def _write(path, lines, bom=False, newline="\n"):
+    text = newline.join(lines) + newline
+    path.write_bytes((codecs.BOM_UTF8 if bom else b"") + text.encode("utf-8"))
+    return path
+
+
+def test_the_same_documents_as_read_corpus_in_any_slice(tmp_path):
+    lines = [json.dumps({"_id": f"d{i}", "title": "T" if i % 2 else "", "text": f"text {i} caf\u00e9"}) for i in range(10)]
+    lines.insert(3, "   ")  # blank lines are skipped, as read_corpus skips them
+    for bom, newline in [(False, "\n"), (True, "\r\n")]:
+        path = _write(tmp_path / "corpus.jsonl", lines, bom, newline)
+        lazy, eager = CorpusFile(path), read_corpus(path)
+        assert len(lazy) == len(eager) == 10
+        want = [{"id": i, "content": t, "metadata": None} for i, t in zip(eager.ids, eager.texts)]
+        assert list(lazy) == want and lazy[2:7] == want[2:7] and lazy[-1] == want[-1] and lazy[::3] == want[::3]
+        assert lazy._offsets.nbytes == 8 * len(lazy)  # an offset a document, no texts
+    with pytest.raises(IndexError):
+        CorpusFile(path)[10]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ('{"_id": "d0", "text": "again"}', 'duplicate id "d0"'),
+    ('{"_id": "d9", "text": "a", "text": "b"}', 'the key "text" appears twice'),
+    ('{"_id": "d9", "text": "lone \\ud800 surrogate"}', "surrogate"),
+    ('{"_id": "d9"}', 'missing field "text"'),
+    ('{"_id": "d9", "text": "x"', "malformed JSON"),
+])
+def test_a_bad_line_is_named_when_the_file_is_opened(tmp_path, bad, message):
+    path = _write(tmp_path / "corpus.jsonl", ['{"_id": "d0", "text": "first"}', '{"_id": "d1", "text": "second"}', bad])
+    with pytest.raises(DataError, match=message) as caught:
+        CorpusFile(path)
+    assert "corpus.jsonl:3:" in str(caught.value)  # the file and the line
