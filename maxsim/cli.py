@@ -205,12 +205,31 @@ def export(
     with the reason, rather than written wrong.
     """
     from maxsim.model import ColBERT
+    from maxsim.model.card import load_training
 
     _quiet_libraries()
     with _one_line_errors():
         model = ColBERT.from_pretrained(None if checkpoint == "base" else checkpoint)
-        model.save(output, format=format)
+        source = None if checkpoint == "base" else Path(checkpoint)
+        model.save(output, format=format, training=load_training(source) if source and source.is_dir() else None)
     typer.echo(str(output))
+
+
+@app.command()
+def push(
+    folder: Annotated[Path, typer.Argument(help="A model folder with its model card: best/, a checkpoint, or what maxsim export wrote.", show_default=False)],
+    repo: Annotated[str, typer.Option(help="Hub repository, USER/NAME (made if it does not exist).", show_default=False)],
+    private: Annotated[bool, typer.Option("--private", help="Make a new repository private.")] = False,
+    revision: Annotated[str | None, typer.Option(help="Branch to push to (made if new) [default: main].")] = None,
+) -> None:
+    """Upload a model folder to the Hugging Face hub; prints the commit's URL.
+
+    The token comes from HF_TOKEN or the huggingface_hub login. A checkpoint's training state
+    (optimizer, position, settings for a resume) is not uploaded."""
+    from maxsim.model.hub import push as push_folder
+
+    with _one_line_errors():
+        typer.echo(push_folder(folder, repo, private=private, revision=revision))
 
 
 @app.command("index")

@@ -14,6 +14,7 @@ from torch import nn
 
 from maxsim.background import prefetched
 from maxsim.files import atomic_directory, check_replaceable
+from maxsim.model.card import Training, save_training, write_model_card
 from maxsim.model.checkpoint import (
     check_fits,
     default_base_model,
@@ -155,8 +156,9 @@ class ColBERT(nn.Module):
             digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy())
         return digest.hexdigest()
 
-    def save(self, path: str | Path, format: str = "maxsim") -> Path:
-        """Write a self-contained folder (weights, encoder config, tokenizer, settings).
+    def save(self, path: str | Path, format: str = "maxsim", training: Training | None = None) -> Path:
+        """Write a self-contained folder (weights, encoder config, tokenizer, settings, and a model
+        card, README.md, which says how ``training`` went when it is given).
 
         ``format``: ``maxsim`` (this library's), ``pylate`` (loads as ``pylate.models.ColBERT``)
         or ``stanford`` (loads as colbert-ai's ``Checkpoint``, as RAGatouille does); a model that
@@ -169,17 +171,20 @@ class ColBERT(nn.Module):
         path = Path(path)
         check_replaceable(path, lambda p: detect_format(p) == format, f"{format} model")
         with atomic_directory(path) as tmp:
-            self.save_to(tmp, format)
+            self.save_to(tmp, format, training)
         return path
 
-    def save_to(self, folder: Path, format: str = "maxsim") -> None:
-        """Write the model files into an existing folder (no atomicity of its own)."""
+    def save_to(self, folder: Path, format: str = "maxsim", training: Training | None = None) -> None:
+        """Write the model files and the model card into an existing folder (no atomicity of its own)."""
         if format == "stanford":
             write_stanford(folder, self.encoder, self.tokenizer, self.linear, self.settings)
         elif format == "pylate":
             write_pylate(folder, self.encoder, self.tokenizer, self.linear, self.settings)
         else:
             write_model_folder(folder, self.encoder, self.tokenizer, self.linear, self.settings)
+        write_model_card(folder, self.settings, format, training)
+        if training is not None:
+            save_training(folder, training)
 
     # ------------------------------------------------------------------ tokenisation
     def tokenize_queries(self, texts: Sequence[str]) -> list[list[int]]:

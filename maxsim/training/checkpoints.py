@@ -20,6 +20,7 @@ import torch
 from maxsim.errors import MaxsimError
 from maxsim.files import atomic_directory, atomic_write_text, recover_directory, remove_stale_temps
 from maxsim.model import ColBERT
+from maxsim.model.card import Training
 
 STATE_FILE = "trainer_state.pt"
 POSITION_FILE = "training_state.json"
@@ -97,17 +98,19 @@ def save_checkpoint(
     position: Position,
     keep: int,
     config_yaml: str = "",
+    training: Training | None = None,
 ) -> Path:
     """Write ``checkpoints/step-N`` atomically, then delete all but the newest ``keep``.
 
     The training state holds tensors and plain values only, so it loads with
     ``torch.load(weights_only=True)``, which cannot run code. ``config_yaml`` (the run's
-    settings) is saved beside it, for a resume to compare against.
+    settings) is saved beside it, for a resume to compare against; with ``training``, the
+    model card (README.md) too.
     """
     path = checkpoint_dir(output, position.step)
     try:
         with atomic_directory(path) as tmp:
-            model.save_to(tmp)
+            model.save_to(tmp, training=training)
             torch.save(
                 {
                     "optimizer": optimizer.state_dict(),
@@ -159,10 +162,11 @@ def read_position(path: Path) -> Position:
     return Position(**json.loads((path / POSITION_FILE).read_text()))
 
 
-def save_best(output: Path, model: ColBERT, info: dict) -> Path:
-    """Replace ``best/`` with the current model and a ``best.json`` saying which step it is."""
+def save_best(output: Path, model: ColBERT, info: dict, training: Training | None = None) -> Path:
+    """Replace ``best/`` with the current model, a ``best.json`` saying which step it is and,
+    with ``training``, its model card (README.md)."""
     path = output / "best"
     with atomic_directory(path) as tmp:
-        model.save_to(tmp)
+        model.save_to(tmp, training=training)
         atomic_write_text(tmp / BEST_FILE, json.dumps(info, indent=2) + "\n")
     return path

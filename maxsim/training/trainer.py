@@ -38,6 +38,7 @@ from maxsim.model import ColBERT
 from maxsim.progress import progress as progress_bar
 from maxsim.scoring import maxsim
 from maxsim.training import checkpoints, distributed, grad_cache
+from maxsim.training.cards import run_training
 from maxsim.training.config import TrainConfig
 from maxsim.training.report import MetricsLog, plot_training
 from maxsim.training.stats import StepStats
@@ -103,7 +104,8 @@ class Trainer:
 
         def save(pos: checkpoints.Position) -> None:
             if ctx.is_main:
-                checkpoints.save_checkpoint(out, model, optimizer, scheduler, pos, cfg.keep_checkpoints, cfg.to_yaml())
+                checkpoints.save_checkpoint(out, model, optimizer, scheduler, pos, cfg.keep_checkpoints, cfg.to_yaml(),
+                                            run_training(cfg, pos.step))
                 plot_training(metrics_log.rows(), out / "training.png", cfg.metric)
             distributed.barrier(ctx)
 

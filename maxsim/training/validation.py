@@ -23,6 +23,7 @@ from maxsim.files import atomic_write_text, sha256_of
 from maxsim.model import ColBERT
 from maxsim.model.inference import InferenceForward, cpu_computes_bf16
 from maxsim.training import checkpoints, distributed
+from maxsim.training.cards import run_training
 from maxsim.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -197,7 +198,8 @@ def validate(ctx: distributed.Context, cfg: TrainConfig, model: ColBERT, dev: De
             checkpoints.save_best(Path(cfg.output), model, {
                 "step": position.step, "metric": cfg.metric, "value": value, "metrics": scores,
                 "start_value": position.start_value, "worse_than_start": (
-                    position.start_value is not None and value < position.start_value)})
+                    position.start_value is not None and value < position.start_value)},
+                run_training(cfg, position.step, best=True, dev_metrics=scores))
     position.best_value, position.best_step = distributed.broadcast_object(
         ctx, (position.best_value, position.best_step))
     model.train()
