@@ -162,6 +162,12 @@ def read_position(path: Path) -> Position:
     return Position(**json.loads((path / POSITION_FILE).read_text()))
 
 
+def best_metrics(output: Path) -> dict[str, float]:
+    """The dev metrics of ``best/`` (from its ``best.json``), or none when there is no best/."""
+    path = output / "best" / BEST_FILE
+    return json.loads(path.read_text())["metrics"] if path.is_file() else {}
+
+
 def save_best(output: Path, model: ColBERT, info: dict, training: Training | None = None) -> Path:
     """Replace ``best/`` with the current model, a ``best.json`` saying which step it is and,
     with ``training``, its model card (README.md)."""

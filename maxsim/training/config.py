@@ -82,6 +82,10 @@ class TrainConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto, cpu or cuda.")
     log_every: int = Field(1, gt=0, description="Write metrics.jsonl every N steps.")
     progress_bar: bool = Field(True, description="Show a progress bar (log lines when not on a terminal).")
+    report_to: tuple[Literal["tensorboard", "wandb", "mlflow", "trackio"], ...] = Field(
+        (), description="Also send every metrics row, the settings and the best dev metrics to a tracker: "
+        "tensorboard, wandb, mlflow or trackio (repeatable, or comma-separated; none for none). Each needs its "
+        "package (pip install 'maxsim[NAME]').")
 
     @field_validator("warmup_steps", mode="before")
     @classmethod
@@ -89,6 +93,16 @@ class TrainConfig(BaseModel):
         if isinstance(value, str) and value != "auto":
             return int(value)
         return value
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _trackers(cls, value):
+        """As Hugging Face's ``report_to``: a name, a list, or comma-separated; "none" for none."""
+        if value is None:
+            return ()
+        names = [value] if isinstance(value, str) else list(value)
+        names = [n.strip() for name in names for n in str(name).split(",") if n.strip()]
+        return tuple(dict.fromkeys(n for n in names if n != "none"))
 
     @model_validator(mode="after")
     def _one_dev_source(self) -> TrainConfig:
@@ -134,4 +148,7 @@ class TrainConfig(BaseModel):
 #: settings a resumed run may change: they decide what is logged, saved and checked, not what is
 #: trained (``device`` continues the same run, though not bit for bit)
 FREE_ON_RESUME = frozenset({"save_every", "keep_checkpoints", "eval_every", "eval_batch_size", "log_every",
-                            "progress_bar", "device"})
+                            "progress_bar", "device", "report_to"})
+
+#: the trackers ``report_to`` may name (:mod:`maxsim.training.tracking`)
+TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from maxsim.files import atomic_write_text
 
 
 class MetricsLog:
-    """Append-only JSON Lines log of training metrics; ``truncate`` drops rows after a step."""
+    """Append-only JSON Lines log of training metrics; ``truncate`` drops rows after a step.
+    ``also`` is given each row once it is written (the experiment trackers)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, also: Callable[[dict], None] | None = None) -> None:
         self.path = Path(path)
+        self.also = also
 
     def append(self, row: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
+        if self.also is not None:
+            self.also(row)
 
     def rows(self) -> list[dict]:
         if not self.path.is_file():

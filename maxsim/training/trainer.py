@@ -42,6 +42,7 @@ from maxsim.training.cards import run_training
 from maxsim.training.config import TrainConfig
 from maxsim.training.report import MetricsLog, plot_training
 from maxsim.training.stats import StepStats
+from maxsim.training.tracking import Trackers
 from maxsim.training.validation import dev_digest, dev_set, evaluate_start, validate, warn_if_worse_than_start
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class Trainer:
         data, dev = dev_set(cfg, data)
         check_world_size(cfg, data, ctx)
         digests = checkpoints.Digests(data_digest(cfg.data), dev_digest(cfg))
-        resume_from = open_output(ctx, cfg, resume, digests, held)
+        resume_from, trackers = open_run(ctx, cfg, resume, digests, held)
 
         # ---- model, tokenised data -------------------------------------------------------------
         torch.manual_seed(cfg.seed)
@@ -95,7 +96,7 @@ class Trainer:
         parameters = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(parameters, cfg)
         scheduler = get_linear_schedule_with_warmup(optimizer, plan.warmup, total_steps)
-        metrics_log = MetricsLog(out / "metrics.jsonl")
+        metrics_log = MetricsLog(out / "metrics.jsonl", also=trackers.log)
         position = start_position(ctx, resume_from, optimizer, scheduler, digests, metrics_log)
         logger.info("%d examples, %d steps per epoch, %d steps, %d warmup, world size %d",
                     len(data.examples), plan.steps_per_epoch, total_steps, plan.warmup, ctx.world_size)
@@ -166,9 +167,9 @@ class Trainer:
         progress.close()
 
         # ---- what the run leaves ----------------------------------------------------------------
-        if last_saved != position.step and position.step > 0 and not (
-                checkpoints.checkpoint_dir(out, position.step).is_dir()):
+        if position.step not in (last_saved, 0) and not checkpoints.checkpoint_dir(out, position.step).is_dir():
             save(position)
+        trackers.close(checkpoints.best_metrics(out) if dev is not None else {})  # (the best dev metrics as summary)
         return chosen_checkpoint(cfg, dev is not None, position)
 
 
@@ -214,6 +215,14 @@ def start_position(ctx: distributed.Context, resume_from: Path | None, optimizer
     if ctx.is_main:
         metrics_log.truncate(position.step)
     return position
+
+
+def open_run(ctx: distributed.Context, cfg: TrainConfig, resume: bool, digests: checkpoints.Digests,
+             held: contextlib.ExitStack) -> tuple[Path | None, Trackers]:
+    """:func:`open_output` (the checkpoint to resume from, or None), then the experiment trackers
+    (:mod:`maxsim.training.tracking`), closed with ``held``."""
+    resume_from = open_output(ctx, cfg, resume, digests, held)
+    return resume_from, held.enter_context(Trackers(cfg, resuming=resume_from is not None, is_main=ctx.is_main))
 
 
 def chosen_checkpoint(cfg: TrainConfig, has_dev: bool, position: checkpoints.Position) -> Path:
