@@ -30,6 +30,29 @@ app = typer.Typer(
 Device = Annotated[str, typer.Option(help="Where the model runs: auto (a CUDA GPU where one is visible, in bf16 "
                                      "autocast; else the CPU), cpu, cuda or cuda:N.")]
 
+HybridFlag = Annotated[bool, typer.Option("--hybrid", help="Fuse MaxSim's ranking with BM25's over the texts (the index's BM25 side); any of the next options implies it.")]
+Fusion = Annotated[str | None, typer.Option("--fusion", help="Hybrid fusion: rrf (reciprocal rank fusion) or weighted (min-max normalised scores) [default: rrf].", show_default=False)]
+FusionWeight = Annotated[float | None, typer.Option("--fusion-weight", help="Weighted fusion: MaxSim's share, BM25 getting the rest [default: 0.5].", show_default=False)]
+RrfK = Annotated[int | None, typer.Option("--rrf-k", help="Reciprocal rank fusion's constant [default: 60].", show_default=False)]
+HybridDepth = Annotated[int | None, typer.Option("--hybrid-depth", help="Candidates taken from each ranking before fusing [default: 100].", show_default=False)]
+
+
+QdrantTarget = Annotated[str | None, typer.Option("--qdrant", help="A Qdrant server's URL (http://host:6333), or a folder for Qdrant's local mode.", show_default=False)]
+QdrantCollection = Annotated[str | None, typer.Option("--collection", help="The Qdrant collection.", show_default=False)]
+QdrantStorage = Annotated[str, typer.Option("--qdrant-storage", help="Token vectors in Qdrant: float16, or int8 (scalar quantisation).")]
+NoMuvera = Annotated[bool, typer.Option("--no-muvera", help="No MUVERA first-stage vector: every search scores every point by MaxSim.")]
+
+
+def _hybrid(hybrid: bool, fusion: str | None, weight: float | None, rrf_k: int | None, depth: int | None):
+    """The hybrid settings the options ask for (None: plain MaxSim)."""
+    from maxsim.fusion import hybrid_settings
+
+    given = {name: value for name, value in (("fusion", fusion), ("weight", weight), ("rrf_k", rrf_k),
+                                             ("depth", depth)) if value is not None}
+    if not hybrid and not given:
+        return None
+    return hybrid_settings(given)
+
 
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
@@ -159,8 +182,13 @@ def evaluate(
     strict: Annotated[bool, typer.Option("--strict", help="Refuse qrels that name documents the corpus lacks [default: warn, and count them as relevant and unretrievable, as BEIR does].")] = False,
     allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch", help="With --index and --model: search the index with a model other than the one that built it.")] = False,
     device: Device = "auto",
+    hybrid: HybridFlag = False,
+    fusion: Fusion = None,
+    fusion_weight: FusionWeight = None,
+    rrf_k: RrfK = None,
+    hybrid_depth: HybridDepth = None,
 ) -> None:
-    """nDCG@10, MRR@10, Recall@100 and MAP (pytrec_eval) of exact MaxSim, an index or BM25 on a BEIR split.
+    """nDCG@10, MRR@10, Recall@100 and MAP (pytrec_eval) of exact MaxSim, an index (plain or --hybrid) or BM25 on a BEIR split.
 
     The last line printed is the metrics as one JSON object.
     """
@@ -178,10 +206,15 @@ def evaluate(
         _fail(f"--output {output} is a file: choose a folder for run.trec and metrics.json")
     _quiet_libraries()
     with _one_line_errors():
+        settings = _hybrid(hybrid, fusion, fusion_weight, rrf_k, hybrid_depth)
+        if settings is not None and index is None:
+            _fail("--hybrid searches an index: give --index (built by maxsim index, which keeps a BM25 side)")
         metrics, run = evaluate_beir(model, data, split, k, drop_self_hits, batch_size, progress=True, index=index,
                                      strict=strict, trec_output=output is not None,
-                                     allow_model_mismatch=allow_model_mismatch, device=device)
+                                     allow_model_mismatch=allow_model_mismatch, device=device, hybrid=settings)
     result = {"model": model, "data": str(data), "split": split, **{k_: round(v, 4) for k_, v in metrics.items()}}
+    if settings is not None:
+        result["hybrid"] = settings.model_dump()
     if index is not None:
         result["index"] = str(index)
         if model is None:
@@ -246,12 +279,33 @@ def build_index(
     pool_factor: Annotated[int, typer.Option("--pool-factor", min=1, help="Token pooling: store about 1/N of each chunk's vectors, clustered and mean-pooled (as PyLate's pool_factor; 1: none).")] = 1,
     compact: Annotated[Path | None, typer.Option("--compact", help="Instead of building: merge every segment of this index into one, without its deleted documents (every file is checked first).", show_default=False)] = None,
     verify: Annotated[Path | None, typer.Option("--verify", help="Instead of building: check every byte of this index (sha256 and values); exit 1 if anything is wrong.", show_default=False)] = None,
+    language: Annotated[str, typer.Option(help="Language of the BM25 side kept for hybrid search (its stop words and stemmer; ISO 639-1: en, fr, de, ...).")] = "en",
+    no_bm25: Annotated[bool, typer.Option("--no-bm25", help="Keep no BM25 side (no hybrid search).")] = False,
+    add_bm25: Annotated[Path | None, typer.Option("--add-bm25", help="Instead of building: give this index (built without one, or by an older maxsim) its BM25 side in --language, without re-encoding.", show_default=False)] = None,
+    qdrant: QdrantTarget = None,
+    collection: QdrantCollection = None,
+    qdrant_storage: QdrantStorage = "float16",
+    no_muvera: NoMuvera = False,
 ) -> None:
-    """Build a compressed (PLAID-style) index of a corpus; prints the index folder.
+    """Build a compressed (PLAID-style) index of a corpus, with a BM25 side for hybrid search;
+    prints the index folder.
 
-    With --compact IX or --verify IX, work on an index already built instead."""
+    With --compact IX, --verify IX or --add-bm25 IX, work on an index already built instead."""
+    if add_bm25 is not None:
+        if compact is not None or verify is not None or corpus is not None or model is not None or output is not None:
+            _fail("--add-bm25 takes an index folder (and --language) and nothing else")
+        from maxsim.index.store import add_bm25 as give_bm25
+
+        with _one_line_errors():
+            data = give_bm25(add_bm25, language)
+        typer.echo(f"{add_bm25}: BM25 side in {language!r} for {data.n_documents} documents")
+        return
     if compact is not None or verify is not None:
         _maintain_index(compact, verify, corpus, model, output)
+        return
+    if qdrant is not None or collection is not None:
+        _index_into_qdrant(corpus, model, output, qdrant, collection, qdrant_storage, no_muvera, overwrite,
+                           max_document_tokens, no_split, batch_size, device)
         return
     if corpus is None or model is None or output is None:
         _fail("give a CORPUS, --model and --output to build an index (or --compact IX, or --verify IX)")
@@ -273,8 +327,49 @@ def build_index(
         retriever = Retriever.from_pretrained(None if model == "base" else model, device=device)
         retriever.index_records(docs, path=output, nbits=nbits, overwrite=overwrite, split_documents=not no_split,
                                 max_document_tokens=max_document_tokens, batch_size=batch_size, show_progress=True,
-                                pool_factor=pool_factor)
+                                pool_factor=pool_factor, bm25_language=None if no_bm25 else language)
     typer.echo(str(output))
+
+
+def _index_into_qdrant(corpus, model, output, qdrant, collection, storage, no_muvera, overwrite, max_document_tokens,
+                       no_split, batch_size, device) -> None:
+    """``maxsim index CORPUS --model M --qdrant URL_OR_PATH --collection NAME``."""
+    from maxsim.data.corpus_file import CorpusFile
+    from maxsim.retriever import Retriever
+
+    if corpus is None or model is None or qdrant is None or collection is None or output is not None:
+        _fail("into Qdrant: give a CORPUS, --model, --qdrant URL_OR_PATH and --collection NAME (and no --output)")
+    _quiet_libraries()
+    path = corpus / "corpus.jsonl" if corpus.is_dir() else corpus
+    with _one_line_errors():
+        docs = CorpusFile(path)
+        retriever = Retriever.from_pretrained(None if model == "base" else model, device=device)
+        done = retriever.index_to_qdrant(docs, qdrant, collection, storage=storage, first_stage=not no_muvera,
+                                         split_documents=not no_split, max_document_tokens=max_document_tokens,
+                                         batch_size=batch_size, overwrite=overwrite, show_progress=True)
+        typer.echo(f"{qdrant} {collection}: {done.document_count()} documents")
+
+
+@app.command("export-index")
+def export_index(
+    index: Annotated[Path, typer.Argument(help="Index folder made by maxsim index.", show_default=False)],
+    qdrant: QdrantTarget = None,
+    collection: QdrantCollection = None,
+    qdrant_storage: QdrantStorage = "float16",
+    no_muvera: NoMuvera = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a collection of that name.")] = False,
+) -> None:
+    """Copy an index into a Qdrant collection (its stored vectors; nothing is encoded again)."""
+    from maxsim.index import IndexData
+    from maxsim.qdrant import export_index as export
+
+    if qdrant is None or collection is None:
+        _fail("give --qdrant URL_OR_PATH and --collection NAME")
+    _quiet_libraries()
+    with _one_line_errors():
+        done = export(IndexData.load(index), qdrant, collection, storage=qdrant_storage, first_stage=not no_muvera,
+                      overwrite=overwrite, show_progress=True)
+        typer.echo(f"{qdrant} {collection}: {done.count()} documents")
 
 
 def _maintain_index(compact: Path | None, verify: Path | None, corpus, model, output) -> None:
@@ -308,8 +403,14 @@ def search(
     ndocs: Annotated[int | None, typer.Option(help="Chunks decompressed and scored exactly [default: size-aware].")] = None,
     allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch", help="Search even if the index's model folder now holds another model (its weights changed since indexing).")] = False,
     where: Annotated[list[str] | None, typer.Option("--where", help="Return only documents where this holds: FIELD=VALUE, FIELD!=VALUE, FIELD>=VALUE (also >, <=, <), 'FIELD in A,B' or a JSON filter object; FIELD is a metadata field (dotted for nested ones) or id. Repeat to require several.", show_default=False)] = None,
+    hybrid: HybridFlag = False,
+    fusion: Fusion = None,
+    fusion_weight: FusionWeight = None,
+    rrf_k: RrfK = None,
+    hybrid_depth: HybridDepth = None,
 ) -> None:
-    """Search an index; prints the hits (document_id, score, rank, content, metadata)."""
+    """Search an index; prints the hits (document_id, score, rank, content, metadata; with
+    --hybrid, the fused score and both components, maxsim_score and bm25_score)."""
     import json
 
     from maxsim.index.filters import parse_where
@@ -323,9 +424,10 @@ def search(
         for i, query in enumerate(queries, start=1):
             check_text(query, f"query {i}")  # (bytes that are not UTF-8 come as lone surrogates)
         condition = parse_where(where) if where else None
+        settings = _hybrid(hybrid, fusion, fusion_weight, rrf_k, hybrid_depth)
         retriever = Retriever.from_index(index, allow_model_mismatch=allow_model_mismatch)
         results = retriever.search(list(queries), k=k, ncells=ncells, centroid_score_threshold=centroid_score_threshold,
-                                   ndocs=ndocs, filter=condition)
+                                   ndocs=ndocs, filter=condition, hybrid=settings)
     if as_json:
         payload = [[h.to_dict() for h in hits] for hits in results]
         typer.echo(json.dumps(payload[0] if len(payload) == 1 else payload, ensure_ascii=False))
@@ -334,19 +436,22 @@ def search(
         typer.echo(f"# {query}")
         for h in hits:
             content = h.content if len(h.content) <= 100 else h.content[:97] + "..."
-            typer.echo(f"{h.rank:3d}  {h.score:8.4f}  {h.document_id}  {content}")
+            parts = f"  (maxsim {h.maxsim_score:.4f}, bm25 {h.bm25_score:.4f})" if h.bm25_score is not None else ""
+            typer.echo(f"{h.rank:3d}  {h.score:8.4f}  {h.document_id}  {content}{parts}")
 
 
 @app.command()
 def serve(
-    index: Annotated[Path, typer.Option(help="Index folder made by maxsim index.")],
+    index: Annotated[Path | None, typer.Option(help="Index folder made by maxsim index.", show_default=False)] = None,
     host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     api_key_file: Annotated[Path | None, typer.Option(help="File holding the API key (readable by its owner only: chmod 600): every route but /health and /ready then needs Authorization: Bearer <key>.")] = None,
     read_only: Annotated[bool, typer.Option("--read-only", help="Refuse writes (POST and DELETE /documents), so that several servers can share the index.")] = False,
     workers: Annotated[int, typer.Option(help="Worker processes (each holds the model and the index; writes take the index's writer lock).")] = 1,
+    qdrant: QdrantTarget = None,
+    collection: QdrantCollection = None,
 ) -> None:
-    """Serve an index over HTTP: /search, /documents, /health, /ready, /metrics, docs at /docs."""
+    """Serve an index (or a Qdrant collection) over HTTP: /search, /documents, /health, /ready, /metrics, docs at /docs."""
     import uvicorn
 
     from maxsim.retriever import Retriever
@@ -363,6 +468,14 @@ def serve(
                 _warn_if_others_can_read(api_key_file)
             if workers < 1:
                 _fail(f"--workers must be 1 or more, got {workers}")
+            if (index is None) == (qdrant is None and collection is None):
+                _fail("give --index DIR, or --qdrant URL_OR_PATH with --collection NAME")
+            if qdrant is not None or collection is not None:
+                if qdrant is None or collection is None or workers > 1:
+                    _fail("--qdrant needs --collection, and serves with one worker (Qdrant shards the load)")
+                uvicorn.run(create_app(Retriever.from_qdrant(qdrant, collection), api_key=key, read_only=read_only),
+                            host=host, port=port, log_level="info")
+                return
             if not read_only:
                 held.enter_context(writer_lock(index))
             if workers > 1:  # each worker builds its own app (uvicorn needs an import string)

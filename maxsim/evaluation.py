@@ -147,6 +147,7 @@ def evaluate_beir(
     trec_output: bool = False,
     allow_model_mismatch: bool = False,
     device: str = "auto",
+    hybrid=None,
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Evaluate a checkpoint (exact MaxSim), ``"base"`` (the untrained bundled MiniLM with a fresh
     projection, seed 0) or ``"bm25"`` on a BEIR split; with ``index`` (a folder made by
@@ -157,6 +158,7 @@ def evaluate_beir(
     as relevant and unretrievable, as BEIR does). ``trec_output``: the run will be written as a
     TREC file, so ids with whitespace are refused here, before any work. ``device``: where the
     model encodes (``auto``: a CUDA GPU where one is visible, in bf16 autocast, else the CPU).
+    ``hybrid`` (with ``index``; what :meth:`Retriever.search` takes): fuse with BM25.
 
     Returns (metrics: nDCG@10, MRR@10, Recall@100, MAP; the run).
     """
@@ -186,9 +188,15 @@ def evaluate_beir(
         if strangers:
             raise SettingsError(f"the index {index} holds documents that are not in {data}'s corpus "
                              f"(e.g. {strangers[0]!r}): build it from this corpus with `maxsim index {data}`")
+        position = {d: i for i, d in enumerate(corpus.ids)}
+        if hybrid is not None:
+            results = retriever.search(queries.texts, k=depth, hybrid=hybrid) if queries.texts else []
+            ranking = Ranking.from_rows([([position[h.document_id] for h in hits], [h.score for h in hits])
+                                         for hits in results], depth)
+            run = run_from_ranking(queries.ids, corpus.ids, ranking, drop_self_hits, k)
+            return evaluate_run(qrels, run, ("ndcg@10", "mrr@10", "recall@100", "map")), run
         q_vectors, q_mask = retriever.query_vectors(queries.texts)
         chunks = search(retriever.index_data, q_vectors, q_mask, depth)
-        position = {d: i for i, d in enumerate(corpus.ids)}
         of_document = {number: position[d["id"]] for number, d in held.items()}
         owners = retriever.index_data.chunk_documents(chunks.positions.clip(0).ravel()).reshape(chunks.positions.shape)
         in_corpus = np.vectorize(of_document.__getitem__, otypes=[np.int64])(owners) if owners.size else owners

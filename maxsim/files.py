@@ -144,6 +144,34 @@ def sha256_of(handle: BinaryIO, digest=None):
     return digest
 
 
+def file_digest(path: Path) -> str:
+    """The sha256 of a file, in hex."""
+    with Path(path).open("rb") as handle:
+        return sha256_of(handle).hexdigest()
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a written file to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checksum_problems(folder: Path, files: dict[str, dict]) -> list[str]:
+    """Each of ``files`` ({name: {"sha256": ...}}) in ``folder`` that is missing or whose sha256
+    differs, as a sentence."""
+    problems = []
+    for file_name, recorded in files.items():
+        path = Path(folder) / file_name
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+        elif file_digest(path) != recorded["sha256"]:
+            problems.append(f"{path} is damaged (checksum mismatch)")
+    return problems
+
+
 def remove_stale_temps(folder: str | Path) -> None:
     """Delete temporary folders left in ``folder`` by a process that died mid-write."""
     folder = Path(folder)

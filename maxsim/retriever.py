@@ -11,6 +11,7 @@ Scores are always :func:`maxsim.scoring.maxsim`, the same MaxSim as in training.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -22,12 +23,27 @@ import torch
 
 from maxsim.errors import SettingsError, UnknownIdError
 from maxsim.files import check_replaceable
+from maxsim.fusion import Hybrid, fuse, hybrid_settings
 from maxsim.ids import stable_id
-from maxsim.index import IndexData, IndexLoadError, IndexSettings, chunk_scores, index_lock, is_index, search
+from maxsim.index import (
+    IndexData,
+    IndexLoadError,
+    IndexSettings,
+    chunk_scores,
+    index_lock,
+    is_index,
+    search,
+    search_defaults,
+)
+from maxsim.index.bm25_search import bm25_matches, bm25_top, require_bm25, scores_of
 from maxsim.index.build import Shard, StreamingBuild
 from maxsim.index.pooling import pool_tokens
+from maxsim.lexical import Analyzer, check_language
 from maxsim.limits import MAX_METADATA_DEPTH, check_metadata, check_text, within_bounds
 from maxsim.model import ColBERT, InferenceForward
+from maxsim.muvera import Muvera
+from maxsim.progress import progress
+from maxsim.qdrant import QdrantIndex, QdrantSettings, connect
 from maxsim.ranking import Ranking
 from maxsim.scoring import maxsim
 
@@ -38,18 +54,30 @@ INDEX_ROOT = Path(".maxsim") / "indexes"
 
 @dataclass
 class Hit:
-    """One search result. ``rank`` starts at 1; ``content`` is the matching chunk's text."""
+    """One search result. ``rank`` starts at 1; ``content`` is the matching chunk's text.
+
+    A hybrid search's hit says both components: ``maxsim_score`` (its best chunk's MaxSim) and
+    ``bm25_score`` (its text's BM25, 0 when it holds no query term), ``score`` being the fused one.
+    """
 
     document_id: str
     score: float
     rank: int
     content: str
     metadata: dict | None
+    maxsim_score: float | None = None
+    bm25_score: float | None = None
 
     def to_dict(self) -> dict:
-        """The hit as a dict (its metadata the same object, not a copy)."""
-        return {"document_id": self.document_id, "score": self.score, "rank": self.rank, "content": self.content,
-                "metadata": self.metadata}
+        """The hit as a dict (its metadata the same object, not a copy); the component scores
+        only where the search had them."""
+        out = {"document_id": self.document_id, "score": self.score, "rank": self.rank, "content": self.content,
+               "metadata": self.metadata}
+        if self.maxsim_score is not None:
+            out["maxsim_score"] = self.maxsim_score
+        if self.bm25_score is not None:
+            out["bm25_score"] = self.bm25_score
+        return out
 
 
 def _returnable(record: dict) -> dict | None:
@@ -138,6 +166,7 @@ class Retriever:
         #: where the model came from (recorded in indexes built here so they can be reopened)
         self.model_path = model_path if model_path is not None else model.source
         self._encoded: tuple | None = None
+        self._analyzers: dict[str, Analyzer] = {}  # BM25's tokeniser per language, made on first use
         self._writes, self._writes_lock = 0, threading.Lock()  # writes of this retriever in progress
         # on a CPU, encode through a frozen bf16/traced copy (see InferenceForward); set this to
         # None to encode with the model itself in float32
@@ -257,7 +286,7 @@ class Retriever:
               document_ids: Sequence[str] | None = None, metadata: Sequence[dict] | None = None,
               split_documents: bool = True, max_document_tokens: int | None = None, nbits: int = 2,
               seed: int = 0, batch_size: int = 64, name: str | None = None, overwrite: bool = False,
-              show_progress: bool = False, pool_factor: int = 1) -> Path:
+              show_progress: bool = False, pool_factor: int = 1, bm25_language: str | None = "en") -> Path:
         """Encode, compress and write an index of ``documents``; returns its folder.
 
         The folder is ``path``, or ``INDEX_ROOT/name`` (``.maxsim/indexes/NAME`` under the current
@@ -273,15 +302,18 @@ class Retriever:
         shows each stage's rate and time left. ``pool_factor`` N > 1 stores about 1/N of each
         chunk's vectors (:mod:`maxsim.index.pooling`, as PyLate's ``pool_factor``); the factor is
         saved with the index and documents added later are pooled alike.
+
+        The index also keeps a BM25 side over the texts, in ``bm25_language``'s stop words and
+        stemmer (:data:`maxsim.lexical.BM25_LANGUAGES`; None: none), for ``search(hybrid=...)``.
         """
         records = self._records(documents, document_ids, metadata)
         return self.index_records(records, path, split_documents, max_document_tokens, nbits, seed, batch_size, name,
-                                  overwrite, show_progress, pool_factor)
+                                  overwrite, show_progress, pool_factor, bm25_language)
 
     def index_records(self, records: Sequence[dict], path: str | Path | None = None, split_documents: bool = True,
                       max_document_tokens: int | None = None, nbits: int = 2, seed: int = 0, batch_size: int = 64,
                       name: str | None = None, overwrite: bool = False, show_progress: bool = False,
-                      pool_factor: int = 1) -> Path:
+                      pool_factor: int = 1, bm25_language: str | None = "en") -> Path:
         """:meth:`index` of records already checked, ``{"id", "content", "metadata"}`` each: any
         sequence whose slices are lists of them, such as :class:`maxsim.data.corpus_file.CorpusFile`,
         which reads a ``corpus.jsonl`` shard by shard instead of holding every text."""
@@ -289,13 +321,15 @@ class Retriever:
             raise SettingsError("nbits must be 1, 2 or 4")
         if not isinstance(pool_factor, int) or isinstance(pool_factor, bool) or pool_factor < 1:
             raise SettingsError(f"pool_factor must be a whole number of 1 or more (1: no pooling), got {pool_factor!r}")
+        if bm25_language is not None:
+            check_language(bm25_language, "pass one of them as the language (--language), or None for no BM25 side")
         path = Path(path) if path is not None else index_folder(name)
         check_replaceable(path, is_index, "maxsim index", overwrite, "--overwrite (overwrite=True)")
         settings = IndexSettings(
             nbits=nbits, dim=self.model.settings.dim, model_path=self.model_path, model_digest=self.model.digest(),
             model_settings=self.model.settings.model_dump(), split_documents=split_documents,
             max_document_tokens=max_document_tokens or self.model.settings.doc_maxlen, seed=seed,
-            encoded_in=self._encoding_precision(), pool_factor=pool_factor)
+            encoded_in=self._encoding_precision(), pool_factor=pool_factor, bm25_language=bm25_language)
 
         def encode(shard: Sequence[dict]) -> Shard:
             vectors, doclens, chunk_docs, spans = self._encode_chunks([r["content"] for r in shard], split_documents,
@@ -384,6 +418,16 @@ class Retriever:
             self.index_data = changed
         return len(wanted)
 
+    def document_count(self) -> int:
+        """Documents searchable now."""
+        return self._require_index().n_documents
+
+    def status(self) -> dict:
+        """Where the documents live and how many (for a service's health answer)."""
+        data = self._require_index()
+        return {"index": str(self.index_path), "documents": data.n_documents, "chunks": data.n_chunks,
+                "version": data.version}
+
     def _require_index(self) -> IndexData:
         if self.index_data is None or self.index_path is None:
             raise SettingsError("no index: call index(...) first or load one with Retriever.from_index(path)")
@@ -400,7 +444,7 @@ class Retriever:
 
     def search(self, queries: str | Sequence[str], k: int = 10, ncells: int | None = None,
                centroid_score_threshold: float | None = None, ndocs: int | None = None,
-               filter: Mapping | None = None):
+               filter: Mapping | None = None, hybrid: bool | str | Mapping | Hybrid | None = None):
         """The ``k`` best documents for each query: a list of :class:`Hit` (a list of lists for
         several queries). Several queries are encoded in batches, which is where a batch of
         queries saves time over one call per query. Fewer than ``k`` hits come back only when the
@@ -408,19 +452,99 @@ class Retriever:
 
         ``filter`` limits the documents returned, by metadata or id, e.g.
         ``{"year": {"gte": 2019}, "source": "pubmed"}`` (the grammar: :mod:`maxsim.index.filters`);
-        documents outside it are never scored."""
-        self._require_index()
+        documents outside it are never scored.
+
+        ``hybrid`` fuses this ranking with BM25's over the documents' texts (the index's BM25
+        side): True for the default fusion (:data:`maxsim.fusion.DEFAULT_HYBRID`), ``"rrf"`` or
+        ``"weighted"``, or a :class:`maxsim.fusion.Hybrid` (or a dict of its fields); each hit then
+        says both component scores. An index without a BM25 side refuses it (the error says how
+        to add one)."""
+        data = self._require_index()
         single = isinstance(queries, str)
-        texts = [queries] if single else list(queries or [])
+        texts = self._checked_queries(queries)
+        check_k(k)
+        settings = hybrid_settings(hybrid)
+        if settings is not None:
+            require_bm25(data, self.index_path)
+        if filter is not None:
+            data.allowed(filter)  # a bad filter fails before any encoding
+        q_vectors, q_mask = self.query_vectors(texts)
+        if settings is None:
+            results = self.search_vectors(q_vectors, q_mask, k, ncells, centroid_score_threshold, ndocs, filter)
+        else:
+            results = self.search_hybrid_vectors(texts, q_vectors, q_mask, k, settings, ncells,
+                                                 centroid_score_threshold, ndocs, filter)
+        return results[0] if single else results
+
+    @staticmethod
+    def _checked_queries(queries) -> list[str]:
+        texts = [queries] if isinstance(queries, str) else list(queries or [])
         if not texts or any(not isinstance(t, str) for t in texts):
             raise SettingsError("give a query (a string) or a non-empty list of query strings")
         for text in texts:
             check_text(text, "query")
-        if filter is not None:
-            self._require_index().allowed(filter)  # a bad filter fails before any encoding
-        q_vectors, q_mask = self.query_vectors(texts)
-        results = self.search_vectors(q_vectors, q_mask, k, ncells, centroid_score_threshold, ndocs, filter)
-        return results[0] if single else results
+        return texts
+
+    def _analyzer(self, language: str) -> Analyzer:
+        if self._analyzers.get(language) is None:
+            self._analyzers[language] = Analyzer(language)
+        return self._analyzers[language]
+
+    def search_bm25(self, queries: str | Sequence[str], k: int = 10, filter: Mapping | None = None):
+        """The ``k`` best documents for each query by BM25 alone, over the index's BM25 side
+        (statistics of the whole index); ``content`` is the whole text. Fewer than ``k`` come
+        back when fewer documents hold a query term."""
+        data = self._require_index()
+        texts = self._checked_queries(queries)
+        check_k(k)
+        require_bm25(data, self.index_path)
+        allowed = data.allowed(filter) if filter is not None else None
+        analyzer = self._analyzer(data.settings.bm25_language)
+        results = []
+        for text in texts:
+            numbers, scores = bm25_top(*bm25_matches(data, *analyzer.query(text), allowed), k)
+            records = data.documents_at(numbers.tolist())
+            results.append([Hit(r["id"], float(sc), rank, r["content"], _returnable(r), bm25_score=float(sc))
+                            for rank, (r, sc) in enumerate(zip(records, scores.tolist()), start=1)])
+        return results[0] if isinstance(queries, str) else results
+
+    def search_hybrid_vectors(self, texts: list[str], q_vectors: torch.Tensor, q_mask: torch.Tensor, k: int,
+                              settings: Hybrid, ncells: int | None = None, threshold: float | None = None,
+                              ndocs: int | None = None, filter: Mapping | None = None) -> list[list[Hit]]:
+        """Hybrid search of queries (``texts``) already encoded (``q_vectors`` (Q, Lq, dim),
+        ``q_mask`` (Q, Lq)): MaxSim's and BM25's ``settings.depth`` best documents of each query, fused
+        (:func:`maxsim.fusion.fuse`); the hits carry both component scores, those a ranking did
+        not hold computed exactly (a document's best chunk by MaxSim; BM25 of its text)."""
+        data = self._require_index()
+        require_bm25(data, self.index_path)
+        depth = max(k, settings.depth)
+        if ndocs is None:  # as many exactly scored as a plain search of k, or as cover ``depth`` documents
+            ndocs = search_defaults(data.n_chunks, k)[2]
+        dense = search(data, q_vectors, q_mask, depth, ncells, threshold, ndocs, filter=filter)
+        allowed = data.allowed(filter) if filter is not None else None
+        analyzer = self._analyzer(data.settings.bm25_language)
+        rows, components = [], []
+        for i, text in enumerate(texts):
+            chunks, maxsim_scores = dense.row(i)
+            owners = data.chunk_documents(chunks)
+            numbers, scores = bm25_matches(data, *analyzer.query(text), allowed)
+            items, fused = fuse(owners, maxsim_scores, *bm25_top(numbers, scores, depth), settings)
+            items, fused = items[:k], fused[:k]
+            best = dict(zip(owners.tolist(), zip(chunks.tolist(), maxsim_scores.tolist())))
+            missing = [d for d in items.tolist() if d not in best]
+            if missing:
+                candidates = data.chunks_of(missing)
+                exact = chunk_scores(data, q_vectors[i : i + 1], q_mask[i : i + 1], candidates).tolist()
+                for chunk, owner, value in zip(candidates.tolist(), data.chunk_documents(candidates).tolist(), exact):
+                    if owner not in best or value > best[owner][1]:
+                        best[owner] = (chunk, value)
+            rows.append(([best[d][0] for d in items.tolist()], fused))
+            components.append(([best[d][1] for d in items.tolist()], scores_of(numbers, scores, items).tolist()))
+        results = self.hits(Ranking.from_rows(rows))
+        for row, (maxsim_part, bm25_part) in zip(results, components):
+            for hit, m, b in zip(row, maxsim_part, bm25_part):
+                hit.maxsim_score, hit.bm25_score = float(m), float(b)
+        return results
 
     def search_vectors(self, q_vectors: torch.Tensor, q_mask: torch.Tensor, k: int = 10, ncells: int | None = None,
                        centroid_score_threshold: float | None = None, ndocs: int | None = None,
@@ -497,3 +621,136 @@ class Retriever:
         order = scores.argsort(descending=True)[:k].tolist()
         return [Hit(records[i]["id"], float(scores[i]), r, records[i]["content"], records[i]["metadata"])
                 for r, i in enumerate(order, 1)]
+
+    # ------------------------------------------------------------------ Qdrant
+    @classmethod
+    def from_qdrant(cls, client_or_url, collection: str, model: ColBERT | str | Path | None = None,
+                    device: str | None = None, allow_model_mismatch: bool = False) -> QdrantRetriever:
+        """A retriever over a Qdrant collection made by maxsim (:mod:`maxsim.qdrant`):
+        ``client_or_url`` is a ``QdrantClient``, a server's URL, ``":memory:"`` or a local folder.
+        ``model`` (a ColBERT or its folder; default the one the collection records) must make
+        vectors of the collection's dimensions; another model's weights are refused unless
+        ``allow_model_mismatch``. search, add and delete (and ``filter=``) work as on an index."""
+        backend = QdrantIndex(connect(client_or_url), collection)
+        recorded = backend.settings
+        if model is None:
+            if not recorded.model_path:
+                raise SettingsError(f"Qdrant collection {collection!r} records no model folder: pass model=")
+            model = recorded.model_path
+        if not isinstance(model, ColBERT):
+            model = ColBERT.from_pretrained(model, device=device)
+        backend.check_model(model.settings.dim, None if allow_model_mismatch else model.digest())
+        retriever = QdrantRetriever(model, model_path=recorded.model_path)
+        retriever.qdrant = backend
+        return retriever
+
+    def index_to_qdrant(self, records: Sequence[dict], client_or_url, collection: str, storage: str = "float16",
+                        first_stage: bool = True, muvera: Mapping | None = None, split_documents: bool = True,
+                        max_document_tokens: int | None = None, batch_size: int = 64, overwrite: bool = False,
+                        show_progress: bool = False) -> QdrantRetriever:
+        """Encode ``records`` ({"id", "content", "metadata"}) into a new Qdrant collection, one
+        point a chunk, with a MUVERA first-stage vector unless ``first_stage=False`` (``muvera``:
+        :class:`maxsim.muvera.Muvera`'s settings); returns a retriever over it."""
+        backend = QdrantIndex(connect(client_or_url), collection)
+        encoder = Muvera(dim=self.model.settings.dim, **dict(muvera or {})) if first_stage else None
+        backend.create(QdrantSettings(self.model.settings.dim, self.model.digest(), self.model_path, storage,
+                                      None if encoder is None else dataclasses.asdict(encoder),
+                                      self.model.settings.model_dump() | {"split_documents": split_documents,
+                                                                          "max_document_tokens": max_document_tokens}),
+                       overwrite=overwrite)
+        retriever = QdrantRetriever(self.model, model_path=self.model_path)
+        retriever.qdrant = backend
+        retriever.inference_forward = self.inference_forward
+        bar = progress(len(records), "indexing into Qdrant", "documents", show_progress)
+        try:
+            for at in range(0, len(records), QDRANT_SHARD):
+                shard = list(records[at : at + QDRANT_SHARD])
+                backend.upsert(shard, *self._encode_chunks([r["content"] for r in shard], split_documents,
+                                                            max_document_tokens, batch_size))
+                bar.update(len(shard))
+        finally:
+            bar.close()
+        return retriever
+
+
+#: documents encoded and written to Qdrant at a time
+QDRANT_SHARD = 1024
+
+
+class QdrantRetriever(Retriever):
+    """A :class:`Retriever` whose documents live in a Qdrant collection (:meth:`Retriever.from_qdrant`).
+
+    ``first_stage`` (default True): search through the MUVERA vector's HNSW first, then MaxSim;
+    False scores every point by exact MaxSim. ``search(ndocs=...)`` sets the candidates the
+    first stage passes on (default max(100, 10 k)); ``ncells`` and hybrid have no meaning here."""
+
+    qdrant: QdrantIndex
+    first_stage: bool = True
+
+    def _stored(self) -> tuple[bool, int | None]:
+        settings = self.qdrant.settings.model_settings or {}
+        return settings.get("split_documents", True), settings.get("max_document_tokens")
+
+    def search(self, queries, k: int = 10, ncells: int | None = None, centroid_score_threshold: float | None = None,
+               ndocs: int | None = None, filter: Mapping | None = None, hybrid=None):
+        texts = self._checked_queries(queries)
+        check_k(k)
+        if hybrid_settings(hybrid) is not None:
+            self.search_hybrid_vectors(texts, None, None, k, hybrid)
+        q_vectors, q_mask = self.query_vectors(texts)
+        results = self.search_vectors(q_vectors, q_mask, k, ncells, centroid_score_threshold, ndocs, filter)
+        return results[0] if isinstance(queries, str) else results
+
+    def search_vectors(self, q_vectors: torch.Tensor, q_mask: torch.Tensor, k: int = 10, ncells: int | None = None,
+                       centroid_score_threshold: float | None = None, ndocs: int | None = None,
+                       filter: Mapping | None = None) -> list[list[Hit]]:
+        found = self.qdrant.search(q_vectors.numpy(), q_mask.numpy(), k, filter, self.first_stage, ndocs)
+        return [[Hit(d, s, rank, p.get("content", ""), p.get("metadata")) for rank, (d, s, p) in
+                 enumerate(row, start=1)] for row in found]
+
+    def search_hybrid_vectors(self, *args, **kwargs):
+        raise SettingsError("hybrid search needs maxsim's own index (its BM25 side); a Qdrant collection has none: "
+                            "search it without hybrid")
+
+    def refresh(self) -> bool:
+        return False  # (Qdrant serves its newest points itself)
+
+    def document_count(self) -> int:
+        return self.qdrant.count()
+
+    def status(self) -> dict:
+        return {"qdrant": self.qdrant.collection, "documents": self.qdrant.count(), "chunks": None, "version": None}
+
+    def encode_for_index(self, documents: Sequence[str], document_ids: Sequence[str] | None = None,
+                         metadata: Sequence[dict] | None = None, batch_size: int = 64) -> tuple:
+        """The first half of :meth:`add`: checked and encoded (records, then the chunks)."""
+        records = self._records(documents, document_ids, metadata)
+        self._refuse_present_in_qdrant(records)
+        split, max_tokens = self._stored()
+        return records, self._encode_chunks([r["content"] for r in records], split, max_tokens, batch_size)
+
+    def add_encoded(self, encoded: tuple) -> None:
+        records, chunks = encoded
+        self._refuse_present_in_qdrant(records)
+        self.qdrant.upsert(records, *chunks)
+
+    def _refuse_present_in_qdrant(self, records: list[dict]) -> None:
+        clash = sorted(self.qdrant.present([r["id"] for r in records]))
+        if clash:
+            raise SettingsError(f"already in the collection: {clash[:5]}; delete them first to replace them")
+
+    def add(self, documents: Sequence[str], document_ids: Sequence[str] | None = None,
+            metadata: Sequence[dict] | None = None, batch_size: int = 64) -> None:
+        """Upsert documents into the collection (ids already there are refused, as by an index)."""
+        self.add_encoded(self.encode_for_index(documents, document_ids, metadata, batch_size))
+
+    def delete(self, document_ids: str | Sequence[str]) -> int:
+        """Delete documents from the collection; an id it does not hold is an error, as by an index."""
+        if isinstance(document_ids, (str, int)):
+            document_ids = [document_ids]
+        wanted = list(dict.fromkeys(str(i) for i in document_ids))
+        missing = sorted(set(wanted) - self.qdrant.present(wanted))
+        if missing:
+            raise UnknownIdError(f"not in the collection: {missing[:5]}")
+        self.qdrant.delete(wanted)
+        return len(wanted)

@@ -38,7 +38,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from maxsim.errors import LockedError, MaxsimError
 from maxsim.files import atomic_write_text, exclusive_lock
+from maxsim.fusion import Hybrid, hybrid_settings
 from maxsim.index import search, search_pool
+from maxsim.index.bm25_search import require_bm25
 from maxsim.index.filters import Filter
 from maxsim.limits import check_metadata, check_text
 from maxsim.retriever import Retriever
@@ -64,6 +66,16 @@ class SearchRequest(BaseModel):
     ndocs: int | None = Field(None, ge=1, le=1 << 20)
     #: which documents may be returned (the grammar of maxsim.index.filters)
     filter: Any = None
+    #: fuse with BM25: true (the default fusion), "rrf", "weighted", or {"fusion", "weight",
+    #: "rrf_k", "depth"} (maxsim.fusion.Hybrid); each hit then has maxsim_score and bm25_score
+    hybrid: Any = None
+
+    @field_validator("hybrid", mode="before")
+    @classmethod
+    def _hybrid(cls, value):
+        if value is not None and not isinstance(value, (bool, str, dict)):
+            raise ValueError("hybrid is true, false, \"rrf\", \"weighted\" or an object of fusion settings")
+        return hybrid_settings(value)
 
     @field_validator("filter", mode="before")
     @classmethod
@@ -209,6 +221,7 @@ class _Search:
     ncells: int | None
     ndocs: int | None
     filter: dict | None = None
+    hybrid: Hybrid | None = None
     future: Future = field(default_factory=Future)
 
 
@@ -251,9 +264,9 @@ class IndexWorker:
         self._thread.start()
 
     def search(self, queries: list[str], k: int, ncells: int | None = None, ndocs: int | None = None,
-               filter: dict | None = None) -> Future:
+               filter: dict | None = None, hybrid: Hybrid | None = None) -> Future:
         """A future of the hits of each query (lists of ``Hit.to_dict()``)."""
-        request = _Search(list(queries), k, ncells, ndocs, filter)
+        request = _Search(list(queries), k, ncells, ndocs, filter, hybrid)
         self._waiting.put(request)
         return request.future
 
@@ -325,13 +338,21 @@ class IndexWorker:
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(batch):
             key = None if r.filter is None else json.dumps(r.filter, sort_keys=True)
-            groups.setdefault((r.k, r.ncells, r.ndocs, key), []).append(i)
+            groups.setdefault((r.k, r.ncells, r.ndocs, key, r.hybrid), []).append(i)
         # (a group that fails is searched again, request by request)
-        for (k, ncells, ndocs, _), members in groups.items():
+        for (k, ncells, ndocs, _, hybrid), members in groups.items():
             take = torch.cat([torch.arange(rows[i], rows[i + 1]) for i in members])
-            ranking = search(data, q_vectors[take], q_mask[take], k, ncells, None, ndocs, self._pool,
-                             batch[members[0]].filter)
-            hits = [[hit.to_dict() for hit in row] for row in self.retriever.hits(ranking, data)]
+            condition = batch[members[0]].filter
+            if hybrid is None and data is None:  # (a Qdrant collection)
+                found = self.retriever.search_vectors(q_vectors[take], q_mask[take], k, ncells, None, ndocs, condition)
+            elif hybrid is None:
+                ranking = search(data, q_vectors[take], q_mask[take], k, ncells, None, ndocs, self._pool, condition)
+                found = self.retriever.hits(ranking, data)
+            else:
+                texts = [q for i in members for q in batch[i].queries]
+                found = self.retriever.search_hybrid_vectors(texts, q_vectors[take], q_mask[take], k, hybrid, ncells,
+                                                             None, ndocs, condition)
+            hits = [[hit.to_dict() for hit in row] for row in found]
             for i, start in zip(members, np.cumsum([0] + [len(batch[i].queries) for i in members])):
                 batch[i].future.set_result(hits[start : start + len(batch[i].queries)])
 
@@ -362,13 +383,16 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
     writer = ThreadPoolExecutor(1, thread_name_prefix="maxsim-writer")
 
     async def run_search(queries: list[str], k: int, ncells: int | None = None, ndocs: int | None = None,
-                         filter: dict | None = None):
-        return await asyncio.wrap_future(worker.search(queries, k, ncells, ndocs, filter))
+                         filter: dict | None = None, hybrid: Hybrid | None = None):
+        return await asyncio.wrap_future(worker.search(queries, k, ncells, ndocs, filter, hybrid))
 
     @app.post("/search")
     async def search_post(body: SearchRequest):
         """The ``k`` best documents for each query, each hit as ``maxsim search --json`` prints it."""
-        return JSONResponse({"results": await run_search(body.queries, body.k, body.ncells, body.ndocs, body.filter)})
+        if body.hybrid is not None and retriever.index_data is not None:
+            require_bm25(retriever.index_data, "the index this server searches")
+        return JSONResponse({"results": await run_search(body.queries, body.k, body.ncells, body.ndocs, body.filter,
+                                                         body.hybrid)})
 
     @app.get("/search")
     async def search_get(q: str, k: int = 10):
@@ -396,7 +420,7 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
 
         def save():
             retriever.add_encoded(encoded)
-            return {"added": len(body.documents), "documents": retriever.index_data.n_documents}
+            return {"added": len(body.documents), "documents": retriever.document_count()}
 
         return await asyncio.wrap_future(writer.submit(save))
 
@@ -407,7 +431,7 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
 
         def run():
             removed = retriever.delete(body.ids)
-            return {"deleted": removed, "documents": retriever.index_data.n_documents}
+            return {"deleted": removed, "documents": retriever.document_count()}
 
         try:
             return await asyncio.wrap_future(writer.submit(run))
@@ -417,10 +441,8 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
     @app.get("/health")
     def health():
         """Liveness: the process answers (``ready`` says whether searches are answered at speed yet)."""
-        data = retriever.index_data
-        return {"status": "ok", "ready": worker.ready.is_set(), "model": retriever.model_path,
-                "index": str(retriever.index_path), "documents": data.n_documents, "chunks": data.n_chunks,
-                "version": data.version, "read_only": read_only}
+        return {"status": "ok", "ready": worker.ready.is_set(), "model": retriever.model_path, **retriever.status(),
+                "read_only": read_only}
 
     @app.get("/ready")
     def ready():
@@ -431,7 +453,7 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
 
     @app.get("/metrics")
     def prometheus():
-        metrics.documents.set(retriever.index_data.n_documents)
+        metrics.documents.set(retriever.document_count())
         return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type="text/plain; version=0.0.4")
 
     return app

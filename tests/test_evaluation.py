@@ -80,6 +80,16 @@ def test_index_and_search_commands(tmp_path, tiny_model_dir):
         results[how[0]] = json.loads(done.stdout.strip().splitlines()[-1])
     assert results["--index"]["model"] == str((tmp_path / "ckpt").resolve())
     assert abs(results["--index"]["ndcg@10"] - results["--model"]["ndcg@10"]) < 0.05, results
+    # hybrid (BM25 cannot tell these documents apart: a one-character number is no bm25s token)
+    hybrid = CliRunner().invoke(app, ["eval", "--data", str(tmp_path), "--index", str(tmp_path / "ix"), "--k", "10",
+                                      "--hybrid", "--fusion", "weighted", "--fusion-weight", "0.1"])
+    assert hybrid.exit_code == 0, hybrid.output
+    fused = json.loads(hybrid.stdout.strip().splitlines()[-1])
+    assert fused["hybrid"]["fusion"] == "weighted" and fused["hybrid"]["weight"] == 0.1 and 0 <= fused["ndcg@10"] <= 1
+    found = CliRunner().invoke(app, ["search", "--index", str(tmp_path / "ix"), "topic number 7", "-k", "3", "--json",
+                                     "--hybrid"])
+    hits = json.loads(found.stdout.strip().splitlines()[-1])
+    assert [h["rank"] for h in hits] == [1, 2, 3] and all(h["bm25_score"] > 0 and "maxsim_score" in h for h in hits)
     (broken,) = (tmp_path / "ix").glob("seg-*/codes.npy")
     broken.write_bytes(broken.read_bytes()[:-8])
     failed = CliRunner().invoke(app, ["search", "--index", str(tmp_path / "ix"), "topic"])

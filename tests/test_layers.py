@@ -19,11 +19,11 @@ PACKAGE = ROOT / "maxsim"
 
 #: bottom to top; a module may import its own layer and those below, never those above
 LAYERS = [
-    ("text, ids, files and errors", ["maxsim.errors", "maxsim.ids", "maxsim.limits", "maxsim.files", "maxsim.progress",
+    ("text, ids, files and errors", ["maxsim.errors", "maxsim.ids", "maxsim.limits", "maxsim.files", "maxsim.progress", "maxsim.lexical",
                                        "maxsim.background"]),
     ("model", ["maxsim.model"]),
-    ("scoring and losses", ["maxsim.scoring", "maxsim.losses", "maxsim.ranking"]),
-    ("index and search", ["maxsim.index", "maxsim.exact_search", "maxsim.retriever"]),
+    ("scoring and losses", ["maxsim.scoring", "maxsim.losses", "maxsim.ranking", "maxsim.fusion", "maxsim.muvera"]),
+    ("index and search", ["maxsim.index", "maxsim.exact_search", "maxsim.retriever", "maxsim.qdrant"]),
     ("data and evaluation", ["maxsim.data", "maxsim.evaluation"]),
     ("training", ["maxsim.training"]),
     ("adapters", ["maxsim.cli", "maxsim.cli_options", "maxsim.ragatouille", "maxsim.ragatouille_langchain", "maxsim.serve",

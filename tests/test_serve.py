@@ -88,6 +88,24 @@ def test_search_equals_the_library_and_get_works(server, index_path):
     assert httpx.get(server.url + "/docs").status_code == 200
 
 
+def test_hybrid_search_equals_the_library_and_bad_settings_are_422(server, index_path):
+    queries = ["cats and fish", "the moon and tides"]
+    library = Retriever.from_index(index_path)
+    for hybrid in (True, "weighted", {"fusion": "rrf", "rrf_k": 10, "depth": 20}):
+        expected = library.search(queries, k=4, hybrid=hybrid)
+        got = httpx.post(server.url + "/search", json={"queries": queries, "k": 4, "hybrid": hybrid})
+        assert got.status_code == 200, got.text
+        for hits, want in zip(got.json()["results"], expected):
+            assert [h["document_id"] for h in hits] == [w.document_id for w in want]
+            for hit, w in zip(hits, want):
+                assert hit["score"] == pytest.approx(w.score, rel=1e-5)
+                assert hit["maxsim_score"] == pytest.approx(w.maxsim_score, rel=1e-4, abs=1e-4)
+                assert hit["bm25_score"] == pytest.approx(w.bm25_score, rel=1e-5)
+    for bad in ("bm26", {"weight": 2}, {"fusion": "rrf", "colour": 1}, 3):
+        answer = httpx.post(server.url + "/search", json={"queries": queries, "hybrid": bad})
+        assert answer.status_code == 422, (bad, answer.text)
+
+
 def test_add_then_find_delete_then_never(server):
     added = httpx.post(server.url + "/documents", json={"documents": [
         {"id": "zebra", "text": "zebrafish regenerate heart muscle", "metadata": {"source": "test"}}]})

@@ -29,7 +29,7 @@ import numba
 import numpy as np
 
 from maxsim.data import maxscore
-from maxsim.errors import SettingsError
+from maxsim.lexical import BM25_LANGUAGES, check_language
 from maxsim.ranking import Ranking
 
 logger = logging.getLogger(__name__)
@@ -50,19 +50,6 @@ def numba_threads(n: int) -> Iterator[int]:
         yield used
     finally:
         numba.set_num_threads(before)
-
-
-#: ISO 639-1 code -> (PyStemmer's stemmer, bm25s's stop-word list or None where it has none)
-BM25_LANGUAGES = {
-    "en": ("english", "en"), "fr": ("french", "fr"), "de": ("german", "de"), "es": ("spanish", "es"),
-    "it": ("italian", "it"), "nl": ("dutch", "nl"), "pt": ("portuguese", "pt"), "ru": ("russian", "ru"),
-    "sv": ("swedish", "sv"), "da": ("danish", "da"), "no": ("norwegian", "no"), "tr": ("turkish", "tr"),
-    "fi": ("finnish", None), "hu": ("hungarian", None), "ro": ("romanian", None), "ar": ("arabic", None),
-    "el": ("greek", None), "ca": ("catalan", None), "cs": ("czech", None), "pl": ("polish", None),
-    "id": ("indonesian", None), "ga": ("irish", None), "lt": ("lithuanian", None), "et": ("estonian", None),
-    "eu": ("basque", None), "hi": ("hindi", None), "ne": ("nepali", None), "fa": ("persian", None),
-    "sr": ("serbian", None), "ta": ("tamil", None), "hy": ("armenian", None),
-}
 
 
 class PostingLists:
@@ -174,9 +161,7 @@ class BM25Miner:
         import bm25s
         import Stemmer
 
-        if language not in BM25_LANGUAGES:
-            raise SettingsError(f"BM25 has no stemmer for language {language!r}: use one of "
-                                f"{', '.join(sorted(BM25_LANGUAGES))}, or mine with a dense model")
+        check_language(language, "use one of them, or mine with a dense model")
         stemmer, self._stopwords = BM25_LANGUAGES[language]
         self._bm25s = bm25s
         self._stemmer = Stemmer.Stemmer(stemmer)

@@ -278,7 +278,8 @@ class StreamingBuild:
         segment = Segment.from_arrays(np.concatenate(codes), np.concatenate(residuals).reshape(-1, width),
                                       np.concatenate(doclens), np.concatenate(chunk_docs),
                                       np.concatenate(spans).reshape(-1, 2),
-                                      self.records[self.bounds[start][0] : self.bounds[end - 1][1]], len(centroids))
+                                      self.records[self.bounds[start][0] : self.bounds[end - 1][1]], len(centroids),
+                                      bm25_language=self.settings.bm25_language)
         return segment.write(self.work)
 
 
@@ -298,5 +299,6 @@ def build(vectors: np.ndarray, doclens: np.ndarray, chunk_docs: np.ndarray, span
     codes = nearest_centroids(vectors, centroids)
     residual = vectors - centroids[codes]
     codec = Codec.fit(residual, settings.nbits)
-    segment = Segment.from_arrays(codes, codec.encode(residual), doclens, chunk_docs, spans, documents, k)
+    segment = Segment.from_arrays(codes, codec.encode(residual), doclens, chunk_docs, spans, documents, k,
+                                  bm25_language=settings.bm25_language)
     return IndexData(settings, centroids, codec, [segment])

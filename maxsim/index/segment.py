@@ -13,6 +13,7 @@ index's manifest)::
     ivf_offsets.npy  (K + 1,) int64 where each one's chunks start in ivf_chunks
     ivf_chunks.npy   (E,) uint16 (int32 past 65,536 chunks) chunks holding a token there
     documents.sqlite id, text and metadata of each document (:mod:`maxsim.index.documents`)
+    bm25-<32 hex>/   its BM25 side, where the index has one (:mod:`maxsim.index.postings`)
     deleted-<version>.npy  (D,) int32 positions of its deleted documents, ascending (tombstones:
                      a delete writes a new file and the manifest names the current one)
 
@@ -34,9 +35,10 @@ import numpy as np
 import torch
 
 from maxsim.errors import MaxsimError
-from maxsim.files import sha256_of
+from maxsim.files import checksum_problems, file_digest, fsync_file
 from maxsim.index.documents import DOCUMENTS_FILE, ListDocuments, SqliteDocuments, write_documents
 from maxsim.index.ivf import cell_entries, ranges, sparse_ivf
+from maxsim.index.postings import Postings, PostingsError, verify_postings
 
 #: the arrays of a segment, in the order they are written
 SEGMENT_ARRAYS = ("codes", "residuals", "doclens", "chunk_docs", "spans", "ivf_cells", "ivf_offsets", "ivf_chunks")
@@ -58,19 +60,6 @@ def is_segment_name(name: str) -> bool:
     """Whether ``name`` is a segment folder name that maxsim makes (only those are ever deleted)."""
     rest = name.removeprefix(SEGMENT_PREFIX)
     return name.startswith(SEGMENT_PREFIX) and len(rest) == 32 and all(c in "0123456789abcdef" for c in rest)
-
-
-def file_digest(path: Path) -> str:
-    with path.open("rb") as handle:
-        return sha256_of(handle).hexdigest()
-
-
-def _fsynced(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(eq=False)
@@ -97,13 +86,16 @@ class Segment:
     tombstones_pending: bool = False
     #: the top-level metadata fields its documents have (None: not known)
     fields: list[str] | None = None
+    #: its documents' BM25 postings (None: the index has no BM25 side)
+    bm25: Postings | None = None
 
     @classmethod
     def from_arrays(cls, codes: np.ndarray, residuals: np.ndarray, doclens: np.ndarray, chunk_docs: np.ndarray,
                     spans: np.ndarray, documents: SqliteDocuments | ListDocuments | Sequence[dict],
-                    n_centroids: int) -> Segment:
+                    n_centroids: int, bm25_language: str | None = None, bm25: Postings | None = None) -> Segment:
         """A segment in memory (not yet written) from its tokens' codes and residuals, its chunks'
-        lengths, documents and spans; its inverted file is made here."""
+        lengths, documents and spans; its inverted file is made here, and its BM25 postings in
+        ``bm25_language``'s analysis unless ``bm25`` gives them (neither: no BM25 side)."""
         code_type = np.uint16 if n_centroids <= 1 << 16 else np.int32
         codes = np.asarray(codes).astype(code_type, copy=False)
         doclens = np.asarray(doclens, dtype=np.int32)
@@ -111,9 +103,11 @@ class Segment:
         chunk_type = np.uint16 if len(doclens) <= 1 << 16 else np.int32
         if not isinstance(documents, (SqliteDocuments, ListDocuments)):
             documents = ListDocuments(documents)
+        if bm25 is None and bm25_language is not None:
+            bm25 = Postings.from_texts([record["content"] for record in documents], bm25_language)
         return cls(codes, np.asarray(residuals, dtype=np.uint8), doclens, np.asarray(chunk_docs, dtype=np.int32),
                    np.asarray(spans, dtype=np.int32).reshape(-1, 2), cells, offsets, chunks.astype(chunk_type),
-                   documents)
+                   documents, bm25=bm25)
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -145,6 +139,14 @@ class Segment:
             return None
         return np.isin(self.chunk_docs, self.deleted)
 
+    @cached_property
+    def first_chunks(self) -> np.ndarray:
+        """(documents,) int64 the first chunk of each document (made on first use)."""
+        chunk_docs = np.asarray(self.chunk_docs, dtype=np.int64)
+        first = np.zeros(self.n_documents, dtype=np.int64)
+        first[chunk_docs[::-1]] = np.arange(len(chunk_docs))[::-1]
+        return first
+
     def live_documents(self) -> np.ndarray:
         """Positions of the documents not deleted, ascending."""
         return np.setdiff1d(np.arange(self.n_documents), self.deleted)
@@ -173,7 +175,8 @@ class Segment:
         """This segment with more of its documents deleted (a new object; tombstones pending)."""
         deleted = np.union1d(self.deleted, np.asarray(positions, dtype=np.int32)).astype(np.int32)
         return Segment(self.codes, self.residuals, self.doclens, self.chunk_docs, self.spans, self.ivf_cells,
-                       self.ivf_offsets, self.ivf_chunks, self.documents, deleted, self.name, None, True, self.fields)
+                       self.ivf_offsets, self.ivf_chunks, self.documents, deleted, self.name, None, True, self.fields,
+                       self.bm25)
 
     def metadata_fields(self) -> set[str]:
         """The top-level metadata fields of this segment's documents."""
@@ -205,14 +208,15 @@ class Segment:
             count, fields = write_documents(tmp / DOCUMENTS_FILE, self.documents)
             files[DOCUMENTS_FILE] = {"documents": count}
             for file_name, entry in files.items():
-                _fsynced(tmp / file_name)
+                fsync_file(tmp / file_name)
                 entry.update(bytes=(tmp / file_name).stat().st_size, sha256=file_digest(tmp / file_name))
+            bm25 = self.bm25.write(tmp) if self.bm25 is not None else None
             os.replace(tmp, root / name)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         entry = {"name": name, "n_documents": count, "n_chunks": self.n_chunks, "n_tokens": self.n_tokens,
-                 "fields": fields, "files": files, "deleted": None}
+                 "fields": fields, "files": files, "deleted": None, "bm25": bm25}
         if len(self.deleted):
             entry["deleted"] = write_tombstones(root / name, self.deleted)
         return entry
@@ -251,9 +255,15 @@ class Segment:
         if entry.get("deleted"):
             deleted_file = entry["deleted"]["file"]
             deleted = read_tombstones(folder, entry["deleted"])
+        bm25 = None
+        if entry.get("bm25"):
+            try:
+                bm25 = Postings.open(folder, entry["bm25"], entry["n_documents"])
+            except PostingsError as err:
+                raise SegmentError(str(err)) from None
         documents = SqliteDocuments(documents_path, entry["n_documents"])
         return cls(**arrays, documents=documents, deleted=deleted, name=entry["name"],
-                   deleted_file=deleted_file, fields=entry.get("fields"))
+                   deleted_file=deleted_file, fields=entry.get("fields"), bm25=bm25)
 
 
 def _check_counts(arrays: dict[str, np.ndarray], entry: dict, folder: Path) -> None:
@@ -279,7 +289,7 @@ def write_tombstones(folder: Path, deleted: np.ndarray) -> dict:
     name = f"deleted-{uuid.uuid4().hex}.npy"
     tmp = folder / f".tmp-{name}"
     np.save(tmp, np.asarray(deleted, dtype=np.int32), allow_pickle=False)
-    _fsynced(tmp)
+    fsync_file(tmp)
     os.replace(tmp, folder / name)
     return {"file": name, "count": int(len(deleted)), "bytes": (folder / name).stat().st_size,
             "sha256": file_digest(folder / name)}
@@ -302,17 +312,13 @@ def verify(root: Path, entry: dict, n_centroids: int, dim: int, nbits: int) -> l
     name centroids that exist, chunks name documents that exist, spans fall inside their
     document's text, the inverted file lists every token). Returns the problems found."""
     folder = root / entry["name"]
-    problems = []
-    for file_name, recorded in entry["files"].items():
-        path = folder / file_name
-        if not path.is_file():
-            problems.append(f"{path} is missing")
-        elif file_digest(path) != recorded["sha256"]:
-            problems.append(f"{path} is damaged (checksum mismatch)")
+    problems = checksum_problems(folder, entry["files"])
     if entry.get("deleted"):
         path = folder / entry["deleted"]["file"]
         if not path.is_file() or file_digest(path) != entry["deleted"]["sha256"]:
             problems.append(f"{path} is missing or damaged (checksum mismatch)")
+    if entry.get("bm25") and not problems:
+        problems += verify_postings(folder, entry["bm25"], entry["n_documents"])
     if problems:
         return problems
     segment = Segment.open(root, entry)
@@ -385,6 +391,9 @@ def merged(segments: Sequence[Segment], n_centroids: int) -> Segment:
         spans.append(np.asarray(segment.spans[keep]))
         base += len(live)
     width = segments[0].residuals.shape[1]
+    bm25 = None
+    if all(segment.bm25 is not None for segment in segments):
+        bm25 = Postings.merged([(segment.bm25, segment.live_documents()) for segment in segments])
     return Segment.from_arrays(np.concatenate(codes), np.concatenate(residuals).reshape(-1, width),
                                np.concatenate(doclens), np.concatenate(chunk_docs), np.concatenate(spans),
-                               MergedDocuments(segments), n_centroids)
+                               MergedDocuments(segments), n_centroids, bm25=bm25)

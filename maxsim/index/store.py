@@ -51,6 +51,7 @@ from maxsim.files import (
     atomic_directory,
     atomic_write_text,
     exclusive_lock,
+    file_digest,
     lock_path,
     old_path,
     real_path,
@@ -60,10 +61,10 @@ from maxsim.files import (
 from maxsim.index.codec import Codec, nearest_centroids
 from maxsim.index.filters import Filter
 from maxsim.index.legacy import LEGACY_FORMAT, Changed, read_legacy
+from maxsim.index.postings import POSTINGS_PREFIX, Postings
 from maxsim.index.segment import (
     Segment,
     SegmentError,
-    file_digest,
     is_segment_name,
     merged,
     verify,
@@ -101,6 +102,9 @@ class IndexSettings(BaseModel):
     #: token pooling (:mod:`maxsim.index.pooling`): each chunk's vectors pooled by this factor
     #: before they are stored (1: none); documents added later are pooled the same way
     pool_factor: int = Field(1, ge=1)
+    #: the language of the BM25 side (:mod:`maxsim.index.postings`) kept for hybrid search; None:
+    #: the index has none (built before maxsim kept one, or without it): ``maxsim index --add-bm25``
+    bm25_language: str | None = None
 
 
 def is_index(path: str | Path) -> bool:
@@ -224,6 +228,11 @@ class IndexData:
     def n_tokens(self) -> int:
         return sum(s.n_tokens for s in self.segments)
 
+    @property
+    def has_bm25(self) -> bool:
+        """Whether every segment keeps its BM25 postings (hybrid search can run)."""
+        return self.settings.bm25_language is not None and all(s.bm25 is not None for s in self.segments)
+
     @cached_property
     def doc_base(self) -> np.ndarray:
         """(S + 1,) int64 number of each segment's first document."""
@@ -334,7 +343,8 @@ class IndexData:
         codes, residuals: the chunks' tokens back to back, from :meth:`compress`; doclens: (n,)
         tokens per chunk; chunk_docs: (n,) position of each chunk's document among ``records``.
         """
-        segment = Segment.from_arrays(codes, residuals, doclens, chunk_docs, spans, records, len(self.centroids))
+        segment = Segment.from_arrays(codes, residuals, doclens, chunk_docs, spans, records, len(self.centroids),
+                                      bm25_language=self.settings.bm25_language)
         return self._with_segments([*self.segments, segment])
 
     def without_documents(self, positions: set[int] | Sequence[int]) -> IndexData:
@@ -407,6 +417,30 @@ class IndexData:
                 entry["deleted"] = write_tombstones(path / segment.name, segment.deleted)
             entries.append(entry)
         return entries
+
+    def write_bm25(self, path: Path, language: str) -> None:
+        """Write each segment's BM25 postings in ``language``'s analysis (those it lacks, or all
+        for another language) into its folder, then a manifest naming them (an index of the
+        previous format is converted whole). One pass over the texts, no re-encoding; the
+        caller holds :func:`index_lock`."""
+        settings = self.settings.model_copy(update={"bm25_language": language})
+        if self.legacy:
+            for segment in self.segments:
+                segment.bm25 = Postings.from_texts([r["content"] for r in segment.documents], language)
+            self.settings = settings
+            self.save(path)
+            return
+        entries = []
+        for segment in self.segments:
+            entry = dict(self._entry(segment))
+            if segment.bm25 is None or segment.bm25.language != language:
+                postings = Postings.from_texts([r["content"] for r in segment.documents], language)
+                entry["bm25"] = postings.write(path / segment.name)
+            entries.append(entry)
+        self.settings = settings
+        self.write_manifest(path, entries)
+        self._reopen(path)
+        collect_garbage(path, self.manifest_entries)
 
     def _entry(self, segment: Segment) -> dict:
         return next(e for e in self.manifest_entries if e["name"] == segment.name)
@@ -519,6 +553,7 @@ class IndexData:
     @classmethod
     def _from_legacy(cls, path: Path, meta: dict, settings: IndexSettings, unchanged) -> IndexData:
         arrays, documents = read_legacy(path, meta, unchanged, IndexLoadError)
+        settings = settings.model_copy(update={"bm25_language": None})  # (that format kept no BM25 side)
         n_centroids = len(arrays["centroids"])
         segment = Segment.from_arrays(arrays["codes"], arrays["residuals"], arrays["doclens"], arrays["chunk_docs"],
                                       arrays["spans"], documents, n_centroids)
@@ -595,6 +630,7 @@ def collect_garbage(path: Path, entries: list[dict]) -> None:
     (an open or mapped file outlives its name on POSIX systems); where the system refuses to
     delete a file in use, it is left for the next write."""
     named = {e["name"]: (e.get("deleted") or {}).get("file") for e in entries}
+    bm25_named = {e["name"]: (e.get("bm25") or {}).get("folder") for e in entries}
     for child in path.iterdir():
         if child.is_symlink() or not child.is_dir():
             continue
@@ -603,6 +639,10 @@ def collect_garbage(path: Path, entries: list[dict]) -> None:
         elif is_segment_name(child.name) and child.name not in named:
             shutil.rmtree(child, ignore_errors=True)
         elif child.name in named:
+            for folder in [*child.glob(f"{POSTINGS_PREFIX}*"), *child.glob(f".tmp-{POSTINGS_PREFIX}*")]:
+                if folder.name != bm25_named.get(child.name) and folder.is_dir() and not folder.is_symlink() \
+                        and _is_postings_name(folder.name.removeprefix(".tmp-")):
+                    shutil.rmtree(folder, ignore_errors=True)
             for tomb in child.glob("deleted-*.npy"):
                 if tomb.name != named[child.name]:
                     with contextlib.suppress(OSError):
@@ -610,6 +650,26 @@ def collect_garbage(path: Path, entries: list[dict]) -> None:
             for tmp in child.glob(".tmp-deleted-*.npy"):
                 with contextlib.suppress(OSError):
                     tmp.unlink()
+
+
+def _is_postings_name(name: str) -> bool:
+    rest = name.removeprefix(POSTINGS_PREFIX)
+    return name.startswith(POSTINGS_PREFIX) and len(rest) == 32 and all(c in "0123456789abcdef" for c in rest)
+
+
+def add_bm25(path: str | Path, language: str = "en") -> IndexData:
+    """Give the index at ``path`` its BM25 side in ``language``'s analysis, under its writer
+    lock (:meth:`IndexData.write_bm25`); returns the index as it is then."""
+    from maxsim.lexical import check_language
+
+    check_language(language)
+    with index_lock(path):
+        data = IndexData.load(path)
+        if data.has_bm25 and data.settings.bm25_language == language:
+            logger.info("%s already keeps a BM25 side in %r: nothing to do", path, language)
+            return data
+        data.write_bm25(Path(path), language)
+    return data
 
 
 def _check_shared(meta: dict, shared: dict[str, np.ndarray], path: Path) -> None:
@@ -665,7 +725,9 @@ def _entry_ok(entry) -> bool:
             and isinstance(entry.get("files"), dict)
             and set(entry["files"]) == {f"{n}.npy" for n in SEGMENT_ARRAYS} | {DOCUMENTS_FILE}
             and all(isinstance(entry.get(k), int) for k in ("n_documents", "n_chunks", "n_tokens"))
-            and (entry.get("deleted") is None or isinstance(entry["deleted"], dict)))
+            and (entry.get("deleted") is None or isinstance(entry["deleted"], dict))
+            and (entry.get("bm25") is None or (isinstance(entry["bm25"], dict)
+                                               and _is_postings_name(str(entry["bm25"].get("folder", ""))))))
 
 
 def _recover_if_idle(path: Path) -> None:

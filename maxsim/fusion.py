@@ -1,0 +1,91 @@
+"""Fusing two rankings of one query into one: reciprocal rank fusion, or a weighted sum of
+scores normalised per query. Hybrid search fuses MaxSim's ranking with BM25's.
+
+- ``rrf``: ``score(d) = sum over rankings of 1 / (rrf_k + rank(d))``, ranks from 1 (Cormack,
+  Clarke and Buettcher, 2009); a document a ranking does not hold adds nothing from it.
+- ``weighted``: ``weight * norm(maxsim(d)) + (1 - weight) * norm(bm25(d))``, where ``norm`` is
+  min-max over that ranking's candidates for this query (the best maps to 1, the last to 0; all
+  equal map to 1), and a document a ranking does not hold gets 0 from it.
+
+Each ranking brings its ``depth`` best candidates. :data:`DEFAULT_HYBRID` was chosen on
+SciFact's dev slice (``bench/hybrid.py``; BENCHMARKS.md), never on its test split.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Hybrid(BaseModel):
+    """How a hybrid search fuses MaxSim with BM25."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fusion: Literal["rrf", "weighted"] = "rrf"
+    #: rrf's constant
+    rrf_k: int = Field(60, ge=1)
+    #: weighted: MaxSim's share of the sum (BM25 gets 1 - weight)
+    weight: float = Field(0.5, ge=0.0, le=1.0)
+    #: candidates taken from each ranking before fusing
+    depth: int = Field(100, ge=1)
+
+
+DEFAULT_HYBRID = Hybrid()
+
+
+def hybrid_settings(value) -> Hybrid | None:
+    """A :class:`Hybrid` from what a caller may pass: None or False (no fusion), True (the
+    default), ``"rrf"`` or ``"weighted"`` (that fusion, default settings), a dict of fields, or a
+    Hybrid. Anything else is a :class:`pydantic.ValidationError` naming the field."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return DEFAULT_HYBRID
+    if isinstance(value, Hybrid):
+        return value
+    if isinstance(value, str):
+        fusion = value if value != "default" else DEFAULT_HYBRID.fusion
+        return DEFAULT_HYBRID.model_copy(update={"fusion": Hybrid(fusion=fusion).fusion})
+    if isinstance(value, dict):
+        return Hybrid.model_validate({**DEFAULT_HYBRID.model_dump(), **value})
+    return Hybrid.model_validate(value)
+
+
+def min_max(scores: np.ndarray) -> np.ndarray:
+    """(n,) float64 scores mapped onto [0, 1] by their min and max (all 1 when they are equal).
+
+    >>> min_max(np.array([3.0, 1.0, 2.0])).tolist()
+    [1.0, 0.0, 0.5]
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if not len(scores):
+        return scores
+    low, high = scores.min(), scores.max()
+    return np.ones_like(scores) if high == low else (scores - low) / (high - low)
+
+
+def fuse(first: np.ndarray, first_scores: np.ndarray, second: np.ndarray, second_scores: np.ndarray,
+         settings: Hybrid) -> tuple[np.ndarray, np.ndarray]:
+    """One query's two rankings (items (n,) int64, best first, and their scores) fused:
+    (items (m,) int64, fused scores (m,) float64), best first; ties go to the item ranked higher
+    by the first ranking, then to the lower item. ``first`` is MaxSim's for ``weight``.
+
+    >>> fuse(np.array([7, 3]), np.array([2.0, 1.0]), np.array([3, 9]), np.array([5.0, 4.0]), Hybrid())[0].tolist()
+    [3, 7, 9]
+    """
+    first, second = np.asarray(first, dtype=np.int64), np.asarray(second, dtype=np.int64)
+    items = np.unique(np.concatenate([first, second]))
+    fused = np.zeros(len(items), dtype=np.float64)
+    for ranked, scores, share in ((first, first_scores, settings.weight), (second, second_scores, 1 - settings.weight)):
+        where = np.searchsorted(items, ranked)
+        if settings.fusion == "rrf":
+            fused[where] += 1.0 / (settings.rrf_k + np.arange(1, len(ranked) + 1))
+        else:
+            fused[where] += share * min_max(scores)
+    first_rank = np.full(len(items), len(first), dtype=np.int64)
+    first_rank[np.searchsorted(items, first)] = np.arange(len(first))
+    order = np.lexsort((items, first_rank, -fused))
+    return items[order], fused[order]

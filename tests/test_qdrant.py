@@ -1,0 +1,127 @@
+"""Qdrant as a backend, through the real client running the collection in-process (the same
+client class and calls that reach a server or cluster over HTTP or gRPC)."""
+
+import numpy as np
+import pytest
+from test_index_writes import DOCS, IDS, checkpoint, retriever  # noqa: F401 - fixtures
+
+from maxsim.model import ColBERT
+from maxsim.qdrant import QdrantError
+from maxsim.retriever import Retriever
+
+qdrant_client = pytest.importorskip("qdrant_client")
+
+QUERIES = ["why do stars shine", "how do cells divide", "ocean tides and the moon", "the immune system",
+           "volcanoes and lava", "filler note about nothing"]
+
+
+def records(metadata=True):
+    return [{"id": i, "content": d, "metadata": {"n": n, "kind": "filler" if "filler" in d else "topic"}
+             if metadata else None} for n, (i, d) in enumerate(zip(IDS, DOCS))]
+
+
+@pytest.fixture
+def client():
+    return qdrant_client.QdrantClient(":memory:")
+
+
+def exact(r: Retriever, query: str, k: int) -> list[tuple[str, float]]:
+    """Exact MaxSim of every document (its best chunk), from the same vectors, by hand."""
+    return [(h.document_id, h.score) for h in r.search_encoded(query, k=k)]
+
+
+def test_without_the_first_stage_results_equal_exact_maxsim(retriever, client):  # noqa: F811
+    q = retriever.index_to_qdrant(records(), client, "docs")
+    q.first_stage = False
+    retriever.clear_encoded()
+    retriever.encode(DOCS, document_ids=IDS)  # documents here fit one chunk (doc_maxlen 24 splits none of these)
+    for query in QUERIES:
+        got = [(h.document_id, h.score) for h in q.search(query, k=8)]
+        want = exact(retriever, query, 8)
+        assert [d for d, _ in got] == [d for d, _ in want]
+        np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=2e-3, atol=2e-3)  # (float16 storage)
+
+
+def test_the_muvera_first_stage_recall_is_measured(retriever, client):  # noqa: F811
+    q = retriever.index_to_qdrant(records(), client, "docs", muvera={"k_sim": 3, "d_proj": 8, "repetitions": 10})
+    recalls = []
+    for query in QUERIES:
+        q.first_stage = False
+        want = {h.document_id for h in q.search(query, k=10)}
+        q.first_stage = True
+        got = {h.document_id for h in q.search(query, k=10, ndocs=20)}
+        recalls.append(len(got & want) / 10)
+    assert np.mean(recalls) >= 0.5, recalls  # (20 candidates of 40 documents; measured, not exact)
+
+
+def test_add_delete_and_filters_behave_as_on_the_index(retriever, client, tmp_path):  # noqa: F811
+    q = retriever.index_to_qdrant(records(), client, "docs")
+    q.first_stage = False
+    index = tmp_path / "ix"
+    retriever.index(DOCS, path=index, document_ids=IDS, metadata=[r["metadata"] for r in records()])
+    own = Retriever.from_index(index)
+    for r in (q, own):
+        r.add(["a late note about stars and their light"], document_ids=["late"], metadata=[{"n": 99, "kind": "late"}])
+        with pytest.raises(Exception, match="already in"):
+            r.add(["again"], document_ids=["late"])
+        assert r.delete(["doc0", "doc1"]) == 2
+        with pytest.raises(Exception, match="not in the"):
+            r.delete(["doc0"])
+    everyone = own.index_data.n_documents
+    assert q.qdrant.count() == everyone == len(DOCS) - 1
+    for query in QUERIES + ["stars and their light"]:
+        ranked = [h.document_id for h in q.search(query, k=everyone)]
+        assert len(ranked) == everyone and "doc0" not in ranked and "late" in ranked
+        for spec in ({"kind": "topic"}, {"n": {"gte": 10, "lt": 30}}, {"kind": {"ne": "filler"}},
+                     {"id": {"in": ["doc2", "doc5", "late"]}}, {"kind": {"in": ["late", "topic"]}}, {"n": 99}):
+            passing = {h.document_id for h in own.search(query, k=everyone, filter=spec)}  # what the index lets through
+            got = [h.document_id for h in q.search(query, k=5, filter=spec)]
+            assert got == [d for d in ranked if d in passing][:5], (query, spec)
+
+
+def test_a_collection_of_another_models_dimensions_is_refused(retriever, client, tiny_model_dir):  # noqa: F811
+    retriever.index_to_qdrant(records(), client, "docs")
+    other = ColBERT.from_pretrained(tiny_model_dir, dim=8, doc_maxlen=24, query_maxlen=12, seed=0)
+    with pytest.raises(QdrantError, match="8-dim"):
+        Retriever.from_qdrant(client, "docs", model=other)
+    with pytest.raises(QdrantError, match="exists"):
+        retriever.index_to_qdrant(records(), client, "docs")
+    same = Retriever.from_qdrant(client, "docs")  # the model the collection records
+    assert [h.document_id for h in same.search("stars", k=3)] == [h.document_id for h in
+                                                                   Retriever.from_qdrant(client, "docs").search("stars", k=3)]
+    with pytest.raises(Exception, match="hybrid"):
+        same.search("stars", hybrid=True)
+
+
+def test_the_commands_and_the_service_over_a_local_collection(retriever, checkpoint, tmp_path):  # noqa: F811
+    import gc
+    import json
+
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from maxsim.cli import app
+    from maxsim.serve import create_app
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": i, "text": d}) + "\n" for i, d in zip(IDS, DOCS)))
+    built = CliRunner().invoke(app, ["index", str(corpus), "--model", str(checkpoint), "--qdrant", str(tmp_path / "q"),
+                                     "--collection", "docs", "--no-muvera"])
+    assert built.exit_code == 0 and f"{len(DOCS)} documents" in built.output, built.output
+    retriever.index(DOCS, path=tmp_path / "ix", document_ids=IDS)
+    exported = CliRunner().invoke(app, ["export-index", str(tmp_path / "ix"), "--qdrant", str(tmp_path / "q2"),
+                                        "--collection", "docs"])
+    assert exported.exit_code == 0 and f"{len(DOCS)} documents" in exported.output, exported.output
+    gc.collect()  # (the commands' clients let go of the local folders)
+    served = Retriever.from_qdrant(str(tmp_path / "q"), "docs")
+    served.first_stage = False
+    want = [h.document_id for h in served.search("why do stars shine", k=3)]
+    from_index = Retriever.from_qdrant(str(tmp_path / "q2"), "docs")
+    assert len(from_index.search("why do stars shine", k=3)) == 3
+    with TestClient(create_app(served)) as http:
+        got = http.post("/search", json={"queries": ["why do stars shine"], "k": 3}).json()
+        assert [h["document_id"] for h in got["results"][0]] == want
+        assert http.post("/documents", json={"documents": [{"id": "late", "text": "stars shine late"}]}).status_code == 200
+        assert http.get("/health").json()["documents"] == len(DOCS) + 1
+        assert http.request("DELETE", "/documents", json={"ids": ["late"]}).json()["deleted"] == 1
+        assert http.post("/search", json={"queries": ["stars"], "hybrid": True}).status_code == 400
