@@ -102,6 +102,8 @@ def prepare(inputs: list[Path], output: Path, corpus: list[Path] | None, queries
         options = PrepareSettings.checked(**{k: v for k, v in settings.items() if v is not None}).model_dump()
         manifest = prepare_training_data(list(inputs), output, corpus=list(corpus or []), colbert_queries=queries,
                                          colbert_collection=collection, device=device, **options)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # (under torchrun rank 0 writes and reports)
     counts = manifest["counts"]
     typer.echo(", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()), err=True)
     for what, section in (("dropped", manifest["dropped"]), ("merged", manifest["merged"])):
@@ -155,18 +157,21 @@ def score(
     candidates: Annotated[int | None, typer.Option(help="Score the teacher's top N of the corpus (BM25's for a cross-encoder), known positives always included [default: each line's own positives and negatives].")] = None,
     batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 32,
     device: Device = "auto",
+    chunk_lines: Annotated[int, typer.Option(min=1, help="Lines scored and written at a time (the unit a resume keeps, and that torchrun's ranks share out).")] = 64,
 ) -> None:
     """Score a training folder with a teacher, for distillation; prints the new folder.
 
     Scores are written in chunks as they are computed: run the same command again after a kill
-    and it goes on where it stopped.
+    and it goes on where it stopped. Under torchrun the ranks share the chunks out, each on its
+    own device, and the folder is the same as one process writes.
     """
     from maxsim.data.teacher import score_training_folder
 
     _quiet_libraries()
     with _one_line_errors():
-        score_training_folder(data, teacher, output, candidates, batch_size, device=device)
-    typer.echo(str(output))
+        score_training_folder(data, teacher, output, candidates, batch_size, chunk_lines, device=device)
+    if int(os.environ.get("RANK", "0")) == 0:
+        typer.echo(str(output))
 
 
 @app.command("eval")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 
@@ -253,6 +254,11 @@ def to_qdrant_filter(spec: Mapping):
             elif op == "in":
                 must.append(models.Filter(should=[_equal(models, field_key, v) for v in value]))
             elif isinstance(value, str):
+                try:
+                    datetime.fromisoformat(value)
+                except ValueError:
+                    raise SettingsError(f"filter field {key!r}: Qdrant compares texts in ranges only as dates, and "
+                                        f"{value!r} is no ISO date") from None
                 must.append(models.FieldCondition(key=field_key, range=models.DatetimeRange(**{op: value})))
             else:
                 must.append(models.FieldCondition(key=field_key, range=models.Range(**{op: value})))

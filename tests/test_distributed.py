@@ -187,3 +187,63 @@ def test_torchrun_two_cpu_processes_train_and_resume(tiny_model_dir, training_fo
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(0, 9))  # the start (step 0), each step once, by rank 0 only
     assert rows[-1]["epoch"] == pytest.approx(2 + 2 / 3)
+
+
+def test_torchrun_two_processes_score_as_one_process_does(tiny_model_dir, training_folder, tmp_path):
+    """``maxsim score`` under torchrun: each rank scores its share of the chunks; the folder is
+    byte for byte one process's with BM25 (candidates from the corpus too), and with a ColBERT
+    teacher the same lines with scores equal to float rounding."""
+    import json
+
+    from maxsim.model import ColBERT
+
+    teacher = ColBERT.from_pretrained(tiny_model_dir, dim=16, doc_maxlen=24).save(tmp_path / "teacher")
+
+    def score(out, nproc, *extra):
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+                    str(_free_port())] if nproc > 1 else [sys.executable]
+        done = subprocess.run([*launcher, "-m", "maxsim", "score", str(training_folder), "--output", str(out),
+                               "--chunk-lines", "3", "--device", "cpu", *extra], capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return out
+
+    for extra in (["--teacher", "bm25"], ["--teacher", "bm25", "--candidates", "5"]):
+        one, two = score(tmp_path / f"one{len(extra)}", 1, *extra), score(tmp_path / f"two{len(extra)}", 2, *extra)
+        for name in ("triples.jsonl", "queries.jsonl", "corpus.jsonl"):
+            assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    one, two = score(tmp_path / "c1", 1, "--teacher", str(teacher)), score(tmp_path / "c2", 2, "--teacher", str(teacher))
+    rows_one = [json.loads(x) for x in (one / "triples.jsonl").read_text().splitlines()]
+    rows_two = [json.loads(x) for x in (two / "triples.jsonl").read_text().splitlines()]
+    assert [{k: r[k] for k in r if k != "scores"} for r in rows_one] == \
+        [{k: r[k] for k in r if k != "scores"} for r in rows_two]
+    for a, b in zip(rows_one, rows_two):
+        assert a["scores"] == pytest.approx(b["scores"], abs=1e-4)
+
+
+def test_torchrun_two_processes_mine_dense_as_one_process_does(tiny_model_dir, tmp_path):
+    """``maxsim prepare --mine dense`` under torchrun: each rank scores its half of the corpus and
+    the merged rankings give one process's negatives (rank 0 writes the folder)."""
+    import json
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"query": f"question {i} about topic {i}", "positive": f"answer {i} for topic "
+                                         f"{i}"}) + "\n" for i in range(12)))
+    corpus = tmp_path / "extra.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"f{i}", "text": f"filler document number {i} on topic {i % 5}"})
+                              + "\n" for i in range(31)))
+
+    def prepare(out, nproc):
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+                    str(_free_port())] if nproc > 1 else [sys.executable]
+        done = subprocess.run([*launcher, "-m", "maxsim", "prepare", str(pairs), "--corpus", str(corpus), "--output",
+                               str(out), "--mine", "dense", "--miner-model", str(tiny_model_dir), "--negatives", "3",
+                               "--min-rank", "3", "--max-rank", "15", "--false-negative-margin", "0.5",
+                               "--device", "cpu"], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return out
+
+    one, two = prepare(tmp_path / "one", 1), prepare(tmp_path / "two", 2)
+    assert (one / "triples.jsonl").read_bytes() == (two / "triples.jsonl").read_bytes()
+    notes = json.loads((two / "manifest.json").read_text())["mining"]["notes"]
+    assert any("over 2 processes" in n for n in notes), notes

@@ -19,7 +19,7 @@ PACKAGE = ROOT / "maxsim"
 
 #: bottom to top; a module may import its own layer and those below, never those above
 LAYERS = [
-    ("text, ids, files and errors", ["maxsim.errors", "maxsim.ids", "maxsim.limits", "maxsim.files", "maxsim.progress", "maxsim.lexical",
+    ("text, ids, files and errors", ["maxsim.errors", "maxsim.ids", "maxsim.limits", "maxsim.files", "maxsim.progress", "maxsim.lexical", "maxsim.ranks",
                                        "maxsim.background"]),
     ("model", ["maxsim.model"]),
     ("scoring and losses", ["maxsim.scoring", "maxsim.losses", "maxsim.ranking", "maxsim.fusion", "maxsim.muvera"]),

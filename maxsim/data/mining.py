@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from maxsim import ranks
 from maxsim.data.bm25 import BM25_LANGUAGES, BM25Miner
 from maxsim.errors import SettingsError
 from maxsim.ranking import Ranking
@@ -44,11 +45,19 @@ class DenseMiner:
     several, they are encoded once and kept in float16 for the later blocks.
     """
 
-    def __init__(self, model, documents: Sequence[str], batch_size: int = 64, query_block: int = 4096) -> None:
+    def __init__(self, model, documents: Sequence[str], batch_size: int = 64, query_block: int = 4096,
+                 context: ranks.Context | None = None) -> None:
+        """Under torchrun (``context`` of several ranks) each rank holds and scores its own
+        contiguous share of the documents, and :meth:`rank` merges every rank's top k into the
+        ranking of the whole corpus (every rank gets it)."""
         self.model = model
         self.batch_size = batch_size
         self.query_block = query_block
-        self.document_tokens = model.tokenize_documents(list(documents))
+        self.context = context if context is not None else ranks.Context()
+        self.n_documents = len(documents)
+        share = -(-len(documents) // self.context.world_size)
+        self.offset = min(self.context.rank * share, len(documents))
+        self.document_tokens = model.tokenize_documents(list(documents[self.offset : self.offset + share]))
         self._cache: list | None = None
         self._queries: list[str] | None = None
         #: keep the encoded documents (float16) between :meth:`rank` calls, for a caller that
@@ -81,6 +90,8 @@ class DenseMiner:
 
         queries = list(queries)
         self._queries = queries
+        if self.context.distributed:
+            return self._rank_shared(queries, k, positives)
         k = min(_deepest(k), len(self.document_tokens))
         positions = np.zeros((len(queries), k), dtype=np.int64)
         scores = np.zeros((len(queries), k), dtype=np.float32)
@@ -105,6 +116,36 @@ class DenseMiner:
         if not self.keep_documents:
             self._cache = None
         return Ranking(positions, scores, floor)
+
+    def _rank_shared(self, queries: list[str], k, positives) -> Ranking:
+        """:meth:`rank` under torchrun: this rank's share ranked, then every rank's top k merged
+        (by score, then position) and each query's positive floor the lowest of every rank's."""
+        import torch.distributed as dist
+
+        depth = min(_deepest(k), self.n_documents)
+        mine = positives
+        if positives is not None:
+            end = self.offset + len(self.document_tokens)
+            mine = [[p - self.offset for p in row if self.offset <= p < end] for row in positives]
+        local = Ranking(np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32),
+                        np.full(len(queries), np.nan, np.float32) if positives is not None else None)
+        if len(self.document_tokens):
+            context, self.context = self.context, ranks.Context()  # (this rank's share alone)
+            try:
+                local = self.rank(queries, min(depth, len(self.document_tokens)), mine)
+            finally:
+                self.context = context
+            local.positions = local.positions + self.offset
+        parts: list = [None] * self.context.world_size
+        dist.all_gather_object(parts, (local.positions, local.scores, local.positive_floor))
+        positions = np.concatenate([p for p, _, _ in parts], axis=1)
+        scores = np.concatenate([s for _, s, _ in parts], axis=1)
+        order = np.lexsort((positions, -scores), axis=1)[:, :depth] if positions.size else \
+            np.zeros((len(queries), 0), np.int64)
+        floor = None
+        if positives is not None:
+            floor = np.fmin.reduce(np.stack([f for _, _, f in parts]), axis=0).astype(np.float32)
+        return Ranking(np.take_along_axis(positions, order, 1), np.take_along_axis(scores, order, 1), floor)
 
     def score_of(self, query_index: int, positions: Sequence[int]) -> np.ndarray:
         """Exact MaxSim of one query of the last :meth:`rank` call with some documents (encodes

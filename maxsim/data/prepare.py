@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maxsim import ranks
 from maxsim.data.bm25 import available_cpus
 from maxsim.data.collection import Collection, RowErrors, gather_inputs
 from maxsim.data.errors import DataError
@@ -94,8 +95,12 @@ def prepare_training_data(
                                           tsvs)
     train_ids, dev_ids = split_dev(_queries_with_positives(collection, described, dropped), settings)
     doc_ids = list(collection.documents)
-    mined = mine_negatives(collection, train_ids, doc_ids, settings if not collection.scores else
-                           settings.model_copy(update={"negatives": 0}), device)
+    context = ranks.setup(device if settings.mine == "dense" else "cpu")
+    try:
+        mined = mine_negatives(collection, train_ids, doc_ids, settings if not collection.scores else
+                               settings.model_copy(update={"negatives": 0}), device, context)
+    finally:
+        ranks.teardown(context, completed=False)
     if collection.scores:
         mined.notes.append("scored inputs: the negatives are the scored documents, none mined (a teacher would "
                            "have to score them: maxsim score --candidates N)")
@@ -128,8 +133,9 @@ def prepare_training_data(
             "notes": mined.notes,
         },
     }
-    write_output(output, lambda folder: write_training_folder(
-        folder, collection, train_ids, dev_ids, doc_ids, triples, manifest, settings.export))
+    if context.is_main:  # (under torchrun the other ranks only helped to mine)
+        write_output(output, lambda folder: write_training_folder(
+            folder, collection, train_ids, dev_ids, doc_ids, triples, manifest, settings.export))
     return manifest
 
 
@@ -186,11 +192,13 @@ class Mined:
 
 
 def mine_negatives(collection: Collection, train_ids: list[str], doc_ids: list[str],
-                   settings: PrepareSettings, device: str = "auto") -> Mined:
+                   settings: PrepareSettings, device: str = "auto", context: ranks.Context | None = None) -> Mined:
     """``settings.negatives`` negatives per training query from the miner's rank window (a dense
     miner's model on ``device``): each query ranked as deep as its window needs (``max_rank``
     plus its own positives, which are not counted), a block of queries at a time, so that memory
-    holds one block's rankings."""
+    holds one block's rankings. Under torchrun (``context`` of several ranks) dense mining shares
+    the documents out: each rank scores its own, on its own device, and every rank gets the
+    merged ranking (the same as one process's, to float rounding)."""
     doc_index = {d: i for i, d in enumerate(doc_ids)}
     positives_of = {q: {doc_index[d] for d in collection.positives[q]} for q in train_ids}
     windows = {q: query_window(len(doc_ids), len(positives_of[q]), settings.min_rank, settings.max_rank,
@@ -205,7 +213,7 @@ def mine_negatives(collection: Collection, train_ids: list[str], doc_ids: list[s
                 mined[q] = random_negatives(len(doc_ids), positives_of[q], settings.negatives, _rng(settings.seed, q))
         else:
             doc_texts = [document_text(*collection.documents[d]) for d in doc_ids]
-            miner = _miner(doc_texts, settings, notes, device)
+            miner = _miner(doc_texts, settings, notes, device, context or ranks.Context())
             del doc_texts
             with_floor = settings.false_negative_margin is not None
             block = getattr(miner, "query_block", len(train_ids))
@@ -249,12 +257,22 @@ def window_report(windows: dict[str, tuple[int, int]], settings: PrepareSettings
             "max_rank_lowered_by": {"mean": round(float(ends.mean()), 2), "max": int(ends.max())}}
 
 
-def _miner(doc_texts: list[str], settings: PrepareSettings, notes: list[str], device: str):
-    """The miner ``settings.mine`` asks for (bm25 or dense, exact or through an index; dense on ``device``)."""
+def _miner(doc_texts: list[str], settings: PrepareSettings, notes: list[str], device: str, context: ranks.Context):
+    """The miner ``settings.mine`` asks for (bm25 or dense, exact or through an index; dense on
+    ``device``, or under torchrun on each rank's own, each scoring its share exactly)."""
     if settings.mine == "bm25":
+        if context.distributed:
+            logger.warning("under torchrun only dense mining is shared out: every rank mines BM25 alone")
         return BM25Miner(doc_texts, settings.bm25_language, settings.workers or available_cpus())
     from maxsim.model import ColBERT
 
+    if context.distributed:
+        miner_model = ColBERT.from_pretrained(settings.miner_model, device=str(context.device))
+        if settings.dense_search == "index":
+            logger.warning("under torchrun each rank scores its share of the documents exactly: --dense-search "
+                           "index is not used")
+        notes.append(f"dense mining shared the documents out over {context.world_size} processes (exact MaxSim)")
+        return DenseMiner(miner_model, doc_texts, settings.batch_size, context=context)
     miner_model = ColBERT.from_pretrained(settings.miner_model, device=device)
     logger.info("dense mining encodes on %s", miner_model.device)
     if miner_model.device.type == "cuda":

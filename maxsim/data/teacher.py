@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from maxsim import ranks
 from maxsim.data.errors import DataError
 from maxsim.data.training_folder import TrainingData, data_digest
 from maxsim.errors import OutputExistsError, SettingsError
@@ -164,6 +165,12 @@ def score_training_folder(data_dir: str | Path, teacher: str, output: str | Path
 
     Returns the manifest (also ``output/score_manifest.json``). A run killed midway goes on
     from its last complete chunk of ``chunk_lines`` lines when run again with the same arguments.
+
+    Under torchrun (``torchrun --nproc_per_node G -m maxsim score ...``) each rank scores every
+    G-th chunk on its own device and writes it whole; rank 0 writes the folder once all are
+    done (the others return the settings). The files are those of one process: byte for byte
+    with BM25, and with a model the same up to its float rounding (each rank encodes its own
+    lines' documents, in batches made of those alone).
     """
     data_dir, output = Path(data_dir), Path(output)
     if output.resolve() == data_dir.resolve():
@@ -184,25 +191,54 @@ def score_training_folder(data_dir: str | Path, teacher: str, output: str | Path
     started = partial / "settings.json"
     if started.is_file():
         check_same_run(json.loads(started.read_text()), settings, output)
-    atomic_write_text(started, json.dumps(settings))
-    model = load_teacher(teacher, data.corpus.texts, batch_size, device)
+    context = ranks.setup(device if teacher != "bm25" else "cpu")
+    try:
+        if context.is_main:
+            atomic_write_text(started, json.dumps(settings))
+        model = load_teacher(teacher, data.corpus.texts, batch_size, _device_of(context, device))
+        _score_chunks(data, model, partial, candidates, chunk_lines, show_progress and context.is_main, context)
+        ranks.barrier(context)  # every rank's chunks are written
+        if not context.is_main:
+            return settings
+        manifest = _assemble(data_dir, output, partial, settings, model.kind, len(data.examples))
+    finally:
+        ranks.teardown(context, completed=False)
+    return manifest
+
+
+def _device_of(context: ranks.Context, device: str) -> str:
+    """Where this rank's teacher runs: its own GPU under torchrun, else as asked."""
+    return str(context.device) if context.distributed and context.device.type == "cuda" else device
+
+
+def _score_chunks(data: TrainingData, model: Teacher, partial: Path, candidates: int | None, chunk_lines: int,
+                  show_progress: bool, context: ranks.Context) -> None:
+    """Score this rank's chunks of ``chunk_lines`` lines (chunk c goes to rank c % world size)
+    that are not written yet, each into its own file, written whole."""
     n_chunks = (len(data.examples) + chunk_lines - 1) // chunk_lines
-    todo = [c for c in range(n_chunks) if not (partial / f"chunk-{c:06d}.jsonl").is_file()]
-    tops = None
-    if candidates is not None and todo:  # one ranking of the corpus for every query (the same on a rerun)
-        tops = model.top([data.queries.texts[ex.query] for ex in data.examples], candidates)
-    bar = progress(len(data.examples), "scoring", "line", enabled=show_progress)
-    for c in range(n_chunks):
-        lines = range(c * chunk_lines, min((c + 1) * chunk_lines, len(data.examples)))
-        path = partial / f"chunk-{c:06d}.jsonl"
-        if c in todo:
-            rows = _score_lines(data, model, lines, None if tops is None else tops[lines.start : lines.stop])
-            atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+    mine = [c for c in range(context.rank, n_chunks, context.world_size)
+            if not (partial / f"chunk-{c:06d}.jsonl").is_file()]
+    lines_of = {c: range(c * chunk_lines, min((c + 1) * chunk_lines, len(data.examples))) for c in mine}
+    tops = {}
+    if candidates is not None and mine:  # one ranking of the corpus for each of these lines' queries
+        wanted = [i for c in mine for i in lines_of[c]]
+        ranked = model.top([data.queries.texts[data.examples[i].query] for i in wanted], candidates)
+        tops = dict(zip(wanted, ranked))
+    bar = progress(sum(len(r) for r in lines_of.values()), "scoring", "line", enabled=show_progress)
+    for c in mine:
+        lines = lines_of[c]
+        top = None if candidates is None else np.stack([tops[i] for i in lines])
+        rows = _score_lines(data, model, lines, top)
+        atomic_write_text(partial / f"chunk-{c:06d}.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
         bar.update(len(lines))
     bar.close()
+
+
+def _assemble(data_dir: Path, output: Path, partial: Path, settings: dict, kind: str, n_lines: int) -> dict:
+    """The scored folder from the chunks (rank 0, once every chunk is written)."""
     rows = "".join(path.read_text() for path in sorted(partial.glob("chunk-*.jsonl")))
-    manifest = {"format": "maxsim scored training folder v1", **settings, "teacher_kind": model.kind,
-                "lines": len(data.examples)}
+    manifest = {"format": "maxsim scored training folder v1", **settings, "teacher_kind": kind,
+                "lines": n_lines}
     with atomic_directory(output) as tmp:
         for name in ("queries.jsonl", "corpus.jsonl"):
             shutil.copyfile(data_dir / name, tmp / name)
@@ -210,7 +246,7 @@ def score_training_folder(data_dir: str | Path, teacher: str, output: str | Path
             shutil.copytree(data_dir / "dev", tmp / "dev")
         (tmp / "triples.jsonl").write_text(rows)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    logger.info("scored %d lines with %s (%s) into %s", len(data.examples), teacher, model.kind, output)
+    logger.info("scored %d lines with %s (%s) into %s", n_lines, settings["teacher"], kind, output)
     return manifest
 
 
