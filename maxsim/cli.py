@@ -314,6 +314,7 @@ def build_index(
         return
     if corpus is None or model is None or output is None:
         _fail("give a CORPUS, --model and --output to build an index (or --compact IX, or --verify IX)")
+    from maxsim import ranks
     from maxsim.data.corpus_file import CorpusFile
     from maxsim.data.errors import DataError
     from maxsim.files import check_replaceable
@@ -325,7 +326,8 @@ def build_index(
     path = corpus / "corpus.jsonl" if corpus.is_dir() else corpus
     with _one_line_errors():
         check_replaceable(output, is_index, "maxsim index", overwrite)  # before any work
-        pick_device(device)
+        if pick_device(device).type == "cuda" and ranks.launched():  # under torchrun: each rank its own GPU
+            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
         docs = CorpusFile(path)  # every line checked now; the texts read shard by shard as they encode
         if not len(docs):
             raise DataError(path, None, "no documents", "give a corpus.jsonl with one {\"_id\", \"text\"} per line")
@@ -333,7 +335,8 @@ def build_index(
         retriever.index_records(docs, path=output, nbits=nbits, overwrite=overwrite, split_documents=not no_split,
                                 max_document_tokens=max_document_tokens, batch_size=batch_size, show_progress=True,
                                 pool_factor=pool_factor, bm25_language=None if no_bm25 else language)
-    typer.echo(str(output))
+    if int(os.environ.get("RANK", "0")) == 0:
+        typer.echo(str(output))
 
 
 def _index_into_qdrant(corpus, model, output, qdrant, collection, storage, no_muvera, overwrite, max_document_tokens,

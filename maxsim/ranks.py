@@ -63,6 +63,11 @@ def teardown(context: Context, completed: bool = True) -> None:
         dist.destroy_process_group()
 
 
+def launched() -> bool:
+    """Whether torchrun started this process as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def barrier(context: Context) -> None:
     """Wait for every rank (nothing to wait for in one process)."""
     if context.distributed and dist.is_initialized():

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from maxsim import ranks
 from maxsim.errors import SettingsError, UnknownIdError
 from maxsim.files import check_replaceable
 from maxsim.fusion import Hybrid, fuse, hybrid_settings
@@ -297,7 +298,9 @@ class Retriever:
         unless ``split_documents=False``.
 
         Documents are encoded and compressed in shards (:class:`maxsim.index.build.StreamingBuild`),
-        so memory does not grow with the corpus; a build that was killed resumes from the shards it
+        so memory does not grow with the corpus (under torchrun, every rank calls this with the
+        same documents and they share the shards and segments out, each rank's model on its own
+        device); a build that was killed resumes from the shards it
         had done when it is run again with the same documents and settings. ``show_progress``
         shows each stage's rate and time left. ``pool_factor`` N > 1 stores about 1/N of each
         chunk's vectors (:mod:`maxsim.index.pooling`, as PyLate's ``pool_factor``); the factor is
@@ -336,9 +339,15 @@ class Retriever:
                                                                       max_document_tokens, batch_size, pool_factor)
             return Shard(vectors, doclens, chunk_docs, np.asarray(spans, dtype=np.int32).reshape(-1, 2))
 
-        with index_lock(path):
-            check_replaceable(path, is_index, "maxsim index", overwrite, "--overwrite (overwrite=True)")
-            data = StreamingBuild(path, records, settings, encode, show_progress=show_progress).run()
+        context = ranks.setup(self.model.device.type) if ranks.launched() else ranks.Context()
+        try:
+            with index_lock(path) if context.is_main else contextlib.nullcontext():  # (rank 0 holds it for all)
+                if context.is_main:
+                    check_replaceable(path, is_index, "maxsim index", overwrite, "--overwrite (overwrite=True)")
+                data = StreamingBuild(path, records, settings, encode, show_progress=show_progress,
+                                      context=context).run()
+        finally:
+            ranks.teardown(context, completed=False)
         self.index_data, self.index_path = data, path
         logger.info("indexed %d documents (%d chunks, %d tokens, %d centroids, %d segments) in %s", data.n_documents,
                     data.n_chunks, data.n_tokens, len(data.centroids), len(data.segments), path)

@@ -247,3 +247,50 @@ def test_torchrun_two_processes_mine_dense_as_one_process_does(tiny_model_dir, t
     assert (one / "triples.jsonl").read_bytes() == (two / "triples.jsonl").read_bytes()
     notes = json.loads((two / "manifest.json").read_text())["mining"]["notes"]
     assert any("over 2 processes" in n for n in notes), notes
+
+
+def test_torchrun_two_processes_build_an_index_that_searches_as_one_process_build(tiny_model_dir, tmp_path):
+    """``Retriever.index`` (``maxsim index``) under torchrun: shards and segments shared out, the
+    centroids trained by rank 0 on the sample gathered from both ranks and broadcast; the index
+    searches with the rankings of a one-process build of the same corpus."""
+    import json
+
+    from maxsim.index import IndexData
+    from maxsim.index.build import work_folder
+    from maxsim.model import ColBERT
+    from maxsim.retriever import Retriever
+
+    model = ColBERT.from_pretrained(tiny_model_dir, dim=16, doc_maxlen=24).save(tmp_path / "model")
+    texts = [f"document {i} on subject {i % 7} and {i % 5}, with words {i * 3} to {i * 3 + 2}" for i in range(120)]
+    script = tmp_path / "build.py"
+    script.write_text(BUILD_SCRIPT)
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+
+    def index(out, nproc):
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+                    str(_free_port())] if nproc > 1 else [sys.executable]
+        done = subprocess.run([*launcher, str(script), str(model), str(tmp_path / "texts.json"), str(out)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return out
+
+    one, two = index(tmp_path / "one", 1), index(tmp_path / "two", 2)
+    a, b = IndexData.load(one), IndexData.load(two)
+    assert len(b.segments) > 1 and a.n_documents == b.n_documents == 120 and b.verify() == []
+    np.testing.assert_allclose(a.centroids, b.centroids, atol=1e-6)
+    ra, rb = Retriever.from_index(one), Retriever.from_index(two)
+    for query in ["subject 3", "words 30", "document 77", "subject 1 and 4"]:
+        ha, hb = ra.search(query, k=10), rb.search(query, k=10)
+        assert [h.document_id for h in ha] == [h.document_id for h in hb]
+        np.testing.assert_allclose([h.score for h in ha], [h.score for h in hb], rtol=1e-5, atol=1e-5)
+    assert not work_folder(two).exists()
+
+
+BUILD_SCRIPT = """
+import importlib, json, sys
+build = importlib.import_module("maxsim.index.build")
+build.SHARD_DOCUMENTS, build.SEGMENT_TOKENS = 16, 600  # many shards and segments from a small corpus
+from maxsim.retriever import Retriever
+model, texts, out = sys.argv[1], json.load(open(sys.argv[2])), sys.argv[3]
+Retriever.from_pretrained(model, device="cpu").index(texts, path=out, document_ids=[f"d{i}" for i in range(len(texts))])
+"""

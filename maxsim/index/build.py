@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maxsim import ranks
 from maxsim.errors import OutputExistsError
 from maxsim.files import atomic_write_text, publish_directory, real_path
 from maxsim.index.codec import CentroidSearch, Codec, n_centroids_for, nearest_centroids, train_centroids
@@ -111,8 +112,10 @@ class StreamingBuild:
 
     def __init__(self, path: str | Path, records: Sequence[dict], settings: IndexSettings,
                  encode: Callable[[Sequence[dict]], Shard], shard_documents: int | None = None,
-                 segment_tokens: int | None = None, show_progress: bool = False) -> None:
+                 segment_tokens: int | None = None, show_progress: bool = False,
+                 context: ranks.Context | None = None) -> None:
         self.path, self.records, self.settings, self.encode = Path(path), records, settings, encode
+        self.context = context if context is not None else ranks.Context()
         self.bounds = shard_bounds(len(records), shard_documents or SHARD_DOCUMENTS)
         self.segment_tokens, self.show_progress = segment_tokens or SEGMENT_TOKENS, show_progress
         self.work = work_folder(self.path)
@@ -120,11 +123,17 @@ class StreamingBuild:
         self.state: dict = {}
 
     def run(self) -> IndexData:
-        """Build (or finish building) the index and swap it in; the caller holds its writer lock."""
+        """Build (or finish building) the index and swap it in; the caller holds its writer lock
+        (under torchrun: rank 0 does, and every rank calls this)."""
+        if self.context.distributed:
+            return self._run_shared()
         self._start_or_resume()
         self._spill()
         centroids, codec = self._centroids()
         entries = self._segments(CentroidSearch(centroids, seed=self.settings.seed), codec)
+        return self._publish(centroids, codec, entries)
+
+    def _publish(self, centroids: np.ndarray, codec: Codec, entries: list[dict]) -> IndexData:
         data = IndexData(self.settings, centroids, codec, [], "", None)
         data.write_shared(self.work)
         data.write_manifest(self.work, entries)
@@ -134,6 +143,66 @@ class StreamingBuild:
         (self.work / "build.json").unlink()
         publish_directory(self.work, self.path)
         return IndexData.load(self.path)
+
+    # ------------------------------------------------------------------ under torchrun
+    def _run_shared(self) -> IndexData:
+        """The build shared out over torchrun's ranks, in the same work folder (a file system
+        they all see): rank r encodes shards r, r + G, ...; rank 0 trains the centroids and codec
+        on the one-process sample, gathered from the ranks that hold its shards, and broadcasts
+        them; rank r compresses segments r, r + G, ... (each recorded in ``segment-<n>.json``
+        once written); rank 0 writes the manifest. A rank killed anywhere leaves whole files
+        only, and the same command resumes."""
+        context = self.context
+        if context.is_main:
+            self._start_or_resume()
+        ranks.barrier(context)
+        self.state = json.loads((self.work / "build.json").read_text())
+        self._spill([i for i in range(context.rank, len(self.bounds), context.world_size)])
+        ranks.barrier(context)
+        centroids, codec = self._centroids_shared()
+        groups = self._groups(0)
+        assign = CentroidSearch(centroids, seed=self.settings.seed)
+        for g in range(context.rank, len(groups), context.world_size):
+            record = self.work / f"segment-{g:05d}.json"
+            if not record.is_file():
+                atomic_write_text(record, json.dumps(self._segment(*groups[g], assign, codec)))
+                release_freed_memory()
+        ranks.barrier(context)
+        if context.is_main:
+            entries = [json.loads((self.work / f"segment-{g:05d}.json").read_text()) for g in range(len(groups))]
+            for g in range(len(groups)):
+                (self.work / f"segment-{g:05d}.json").unlink()
+            self._publish(centroids, codec, entries)
+        ranks.barrier(context)
+        return IndexData.load(self.path)
+
+    def _centroids_shared(self) -> tuple[np.ndarray, Codec]:
+        """:meth:`_centroids` with every rank's shards: the sample's rows gathered to rank 0,
+        which trains; the centroids and codec broadcast to every rank."""
+        import torch.distributed as dist
+
+        context = self.context
+        done = (self.work / "centroids.npy").is_file() and (self.work / "codec.npy").is_file()
+        result: list = [None]
+        if not done:
+            sizes = np.array([len(self._shard(i, "vectors")) for i in range(len(self.bounds))], dtype=np.int64)
+            k = n_centroids_for(int(sizes.sum()))
+            own = set(range(context.rank, len(self.bounds), context.world_size))
+            part = self._sample(sizes, k * POINTS_PER_CENTROID, own)
+            parts: list = [None] * context.world_size
+            dist.all_gather_object(parts, part)
+            if context.is_main:
+                rows = {i: r for gathered in parts for i, r in gathered.items()}
+                sample = np.concatenate([rows[i] for i in sorted(rows)]) if rows else \
+                    np.zeros((0, self.settings.dim), dtype=np.float32)
+                result = [self._fit(sample, k)]
+        elif context.is_main:
+            result = [self._centroids()]
+        if context.is_main:
+            result = [(result[0][0], result[0][1].to_array())]
+        dist.broadcast_object_list(result, src=0)
+        centroids, codec = result[0]
+        return centroids, codec if isinstance(codec, Codec) else Codec.from_array(codec, self.settings.nbits)
 
     # ------------------------------------------------------------------ stages
     def _start_or_resume(self) -> None:
@@ -166,10 +235,13 @@ class StreamingBuild:
     def _save_state(self) -> None:
         atomic_write_text(self.work / "build.json", json.dumps(self.state, indent=1) + "\n")
 
-    def _spill(self) -> None:
-        todo = [i for i in range(len(self.bounds)) if not (self.work / f"shard-{i:05d}").is_dir()]
-        bar = progress(len(self.records), "encoding", "documents", self.show_progress,
-                       initial=len(self.records) - sum(self.bounds[i][1] - self.bounds[i][0] for i in todo))
+    def _spill(self, shards: Sequence[int] | None = None) -> None:
+        """Encode and spill the ``shards`` (default every one) not spilled yet."""
+        shards = range(len(self.bounds)) if shards is None else shards
+        todo = [i for i in shards if not (self.work / f"shard-{i:05d}").is_dir()]
+        mine = sum(self.bounds[i][1] - self.bounds[i][0] for i in shards)
+        bar = progress(mine, "encoding", "documents", self.show_progress and self.context.is_main,
+                       initial=mine - sum(self.bounds[i][1] - self.bounds[i][0] for i in todo))
         try:
             for i in todo:
                 start, end = self.bounds[i]
@@ -200,7 +272,12 @@ class StreamingBuild:
                                                self.settings.nbits)
         sizes = np.array([len(self._shard(i, "vectors")) for i in range(len(self.bounds))], dtype=np.int64)
         k = n_centroids_for(int(sizes.sum()))
-        sample = self._sample(sizes, k * POINTS_PER_CENTROID)
+        rows = self._sample(sizes, k * POINTS_PER_CENTROID)
+        return self._fit(np.concatenate([rows[i] for i in sorted(rows)]) if rows else
+                         np.zeros((0, self.settings.dim), dtype=np.float32), k)
+
+    def _fit(self, sample: np.ndarray, k: int) -> tuple[np.ndarray, Codec]:
+        """``k`` centroids and the codec trained on ``sample``, saved in the work folder."""
         centroids = train_centroids(sample, k, self.settings.seed, POINTS_PER_CENTROID)
         codes = nearest_centroids(sample, centroids)
         codec = Codec.fit(sample - centroids[codes], self.settings.nbits, seed=self.settings.seed)
@@ -209,18 +286,19 @@ class StreamingBuild:
         os.replace(self.work / ".tmp-centroids.npy", self.work / "centroids.npy")  # (last: marks both done)
         return centroids, codec
 
-    def _sample(self, sizes: np.ndarray, n: int) -> np.ndarray:
-        """(min(n, T), dim) float32: tokens drawn uniformly from every shard (seeded)."""
+    def _sample(self, sizes: np.ndarray, n: int, shards: set[int] | None = None) -> dict[int, np.ndarray]:
+        """min(n, T) tokens drawn uniformly from every shard (seeded), as {shard: (m, dim)
+        float32 rows}, of ``shards`` only when given (each rank reads its own)."""
         total = int(sizes.sum())
         rng = np.random.default_rng(self.settings.seed)
         picked = np.sort(rng.choice(total, n, replace=False)) if total > n else np.arange(total)
         base = np.concatenate([[0], np.cumsum(sizes)])
-        parts = []
+        parts = {}
         for i in range(len(sizes)):
             mine = picked[(picked >= base[i]) & (picked < base[i + 1])] - base[i]
-            if len(mine):
-                parts.append(self._shard(i, "vectors", mapped=False)[mine].astype(np.float32))
-        return np.concatenate(parts) if parts else np.zeros((0, self.settings.dim), dtype=np.float32)
+            if len(mine) and (shards is None or i in shards):
+                parts[i] = self._shard(i, "vectors", mapped=False)[mine].astype(np.float32)
+        return parts
 
     def _segments(self, assign: CentroidSearch, codec: Codec) -> list[dict]:
         """Compress the shards in order into segments of about ``segment_tokens`` tokens; those
