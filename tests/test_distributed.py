@@ -294,3 +294,41 @@ from maxsim.retriever import Retriever
 model, texts, out = sys.argv[1], json.load(open(sys.argv[2])), sys.argv[3]
 Retriever.from_pretrained(model, device="cpu").index(texts, path=out, document_ids=[f"d{i}" for i in range(len(texts))])
 """
+
+
+def test_torchrun_score_killed_midway_resumes_to_the_same_folder(tiny_model_dir, training_folder, tmp_path):
+    """Both ranks of a torchrun ``maxsim score`` killed (SIGKILL) once a chunk is written: only whole
+    chunk files are left, and the same command finishes the folder one process writes."""
+    import json
+
+    from maxsim.model import ColBERT
+
+    teacher = ColBERT.from_pretrained(tiny_model_dir, dim=16, doc_maxlen=24).save(tmp_path / "teacher")
+
+    def command(out, nproc):
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+                    str(_free_port())] if nproc > 1 else [sys.executable]
+        return [*launcher, "-m", "maxsim", "score", str(training_folder), "--output", str(out), "--teacher",
+                str(teacher), "--chunk-lines", "1", "--batch-size", "1", "--device", "cpu"]
+
+    out = tmp_path / "two"
+    first = subprocess.Popen(command(out, 2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.monotonic() + 300
+    while first.poll() is None and not list(out.glob("*/chunk-*.jsonl")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    killed = first.poll() is None
+    if killed:
+        os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    for chunk in out.glob("*/chunk-*.jsonl"):  # whole lines only
+        assert all(json.loads(line) for line in chunk.read_text().splitlines())
+    done = subprocess.run(command(out, 2), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = tmp_path / "one"
+    assert subprocess.run(command(one, 1), capture_output=True, timeout=300).returncode == 0
+    rows = [[json.loads(x) for x in (folder / "triples.jsonl").read_text().splitlines()] for folder in (one, out)]
+    assert [[r["query_id"], r["positive_ids"], r["negative_ids"]] for r in rows[0]] == \
+        [[r["query_id"], r["positive_ids"], r["negative_ids"]] for r in rows[1]]
+    for a, b in zip(*rows):
+        assert a["scores"] == pytest.approx(b["scores"], abs=1e-4)
