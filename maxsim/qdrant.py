@@ -14,8 +14,8 @@ float32 with Qdrant's int8 scalar quantisation), its MUVERA encoding (:mod:`maxs
 the single vector ``muvera`` that Qdrant's HNSW searches first, and the payload
 ``{"document_id", "chunk", "content" (the chunk's text), "metadata"}``. A search takes the
 ``candidates`` best points by MUVERA, reranks them by MaxSim over ``tokens``, and keeps each
-document's best chunk (Qdrant's grouping by ``document_id``); with the first stage off, every
-point is scored by exact MaxSim. The collection's metadata records the model (dim, digest,
+document's best chunk; with the first stage off, every point is scored by exact MaxSim (and
+grouped by ``document_id`` in Qdrant). The collection's metadata records the model (dim, digest,
 folder), the storage and the MUVERA settings, and a model of other dimensions is refused.
 """
 
@@ -224,15 +224,25 @@ class QdrantIndex:
         out = []
         for vectors, mask in zip(np.asarray(q_vectors, dtype=np.float32), np.asarray(q_mask, dtype=bool)):
             tokens = vectors[mask]
-            prefetch = None
-            if encoder is not None:
-                prefetch = models.Prefetch(query=encoder.encode_query(tokens).tolist(), using=FIRST_STAGE,
-                                           limit=candidates or max(100, 10 * k), filter=condition)
-            groups = self.client.query_points_groups(
-                self.collection, group_by="document_id", query=tokens.tolist(), using=TOKENS, prefetch=prefetch,
-                query_filter=condition, limit=k, group_size=1, with_payload=True,
-                search_params=None if prefetch is not None else models.SearchParams(exact=True))
-            out.append([(g.id, float(g.hits[0].score), g.hits[0].payload) for g in groups.groups])
+            if encoder is None:  # every point by exact MaxSim, each document's best chunk
+                groups = self.client.query_points_groups(
+                    self.collection, group_by="document_id", query=tokens.tolist(), using=TOKENS,
+                    query_filter=condition, limit=k, group_size=1, with_payload=True,
+                    search_params=models.SearchParams(exact=True))
+                out.append([(g.id, float(g.hits[0].score), g.hits[0].payload) for g in groups.groups])
+                continue
+            # the MUVERA candidates reranked by MaxSim; each document keeps its best chunk here
+            # (Qdrant's local mode ignores a prefetch under query_points_groups)
+            limit = candidates or max(100, 10 * k)
+            points = self.client.query_points(
+                self.collection, prefetch=models.Prefetch(query=encoder.encode_query(tokens).tolist(),
+                                                          using=FIRST_STAGE, limit=limit, filter=condition),
+                query=tokens.tolist(), using=TOKENS, query_filter=condition, limit=limit, with_payload=True).points
+            best: dict[str, tuple[str, float, dict]] = {}
+            for point in points:  # (best first)
+                best.setdefault(point.payload["document_id"], (point.payload["document_id"], float(point.score),
+                                                               point.payload))
+            out.append(list(best.values())[:k])
         return out
 
 

@@ -19,6 +19,9 @@ class Context:
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    #: whether :func:`setup` started the process group (then :func:`teardown` ends it; a group
+    #: the caller started is left to the caller)
+    owns_group: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -45,11 +48,12 @@ def setup(device: str = "auto") -> Context:
         torch.cuda.set_device(torch_device)
     else:
         torch_device = torch.device(device)
-    if world_size > 1 and not dist.is_initialized():
+    owns = world_size > 1 and not dist.is_initialized()
+    if owns:
         # rank 0 validates alone while the others wait: allow for a long evaluation
         dist.init_process_group(backend="nccl" if torch_device.type == "cuda" else "gloo",
                                 timeout=timedelta(hours=2))
-    return Context(rank=rank, world_size=world_size, device=torch_device)
+    return Context(rank=rank, world_size=world_size, device=torch_device, owns_group=owns)
 
 
 def teardown(context: Context, completed: bool = True) -> None:
@@ -57,7 +61,7 @@ def teardown(context: Context, completed: bool = True) -> None:
     (a rank that destroys its group while another still talks to it, e.g. while rank 0 saves, can
     make gloo abort the process at exit); after an error it leaves at once, as the others may be
     gone."""
-    if context.distributed and dist.is_initialized():
+    if context.distributed and context.owns_group and dist.is_initialized():
         if completed:
             dist.barrier()
         dist.destroy_process_group()

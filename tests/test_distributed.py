@@ -284,6 +284,25 @@ def test_torchrun_two_processes_build_an_index_that_searches_as_one_process_buil
         assert [h.document_id for h in ha] == [h.document_id for h in hb]
         np.testing.assert_allclose([h.score for h in ha], [h.score for h in hb], rtol=1e-5, atol=1e-5)
     assert not work_folder(two).exists()
+    # both ranks killed (SIGKILL) once a shard is spilled: the same command finishes the same index
+    three = tmp_path / "three"
+    first = subprocess.Popen(command := [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                         "--master_port", str(_free_port()), str(script), str(model),
+                                         str(tmp_path / "texts.json"), str(three)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while first.poll() is None and not list(work_folder(three).glob("shard-*")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if first.poll() is None:
+        os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    command[command.index("--master_port") + 1] = str(_free_port())
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rc = Retriever.from_index(three)
+    assert IndexData.load(three).verify() == []
+    for query in ["subject 3", "words 30"]:
+        assert [h.document_id for h in rc.search(query, k=10)] == [h.document_id for h in ra.search(query, k=10)]
 
 
 BUILD_SCRIPT = """

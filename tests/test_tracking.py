@@ -87,6 +87,18 @@ def test_every_row_reaches_every_tracker_and_a_resume_continues_the_same_runs(ti
     # W&B offline: both attempts wrote to the same run id (the resume continued it), records on disk
     runs = sorted((output / "wandb").glob(f"offline-run-*-{ids['wandb']}"))
     assert len(runs) == 2 and all((r / f"run-{ids['wandb']}.wandb").stat().st_size > 0 for r in runs)
+    history, config = {}, {}
+    for run_folder in runs:  # read back through W&B's own record type (wandb.proto)
+        for record in _wandb_records(run_folder / f"run-{ids['wandb']}.wandb"):
+            kind = record.WhichOneof("record_type")
+            if kind == "history":
+                items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+                if "loss" in items:
+                    history[int(items["_step"])] = items["loss"]
+            elif kind == "config":
+                config.update({i.key: json.loads(i.value_json) for i in record.config.update})
+    assert history == pytest.approx(losses)
+    assert config["learning_rate"] == 0.001 or config["learning_rate"].get("value") == 0.001
 
     # trackio: its local SQLite store
     from trackio import SQLiteStorage
@@ -115,3 +127,31 @@ def test_only_rank_0_reports(tiny_model_dir, tmp_path):
     cfg = _config(tiny_model_dir, make_training_folder(tmp_path / "data"), tmp_path / "run", report_to=("tensorboard",))
     trackers = Trackers(cfg, resuming=False, is_main=False)
     assert trackers.trackers == [] and not (tmp_path / "run").exists()
+
+
+def _wandb_records(path):
+    """The records of a W&B run file (its ``.wandb`` transaction log: a 7-byte header, then
+    leveldb-log blocks of 32 KiB holding protobuf ``Record``s, whole or in pieces)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, block, pieces = path.read_bytes(), 7, 32768, b""
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # (a block's tail too short for a header is padding)
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pos += 7
+        if kind == 0 and length == 0:
+            pos += left - 7
+            continue
+        pieces += data[pos : pos + length]
+        pos += length
+        if kind in (1, 4):  # a whole record, or a record's last piece
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pieces)
+            pieces = b""
+            yield record
