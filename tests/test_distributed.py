@@ -233,18 +233,32 @@ def test_torchrun_two_processes_mine_dense_as_one_process_does(tiny_model_dir, t
     corpus.write_text("".join(json.dumps({"_id": f"f{i}", "text": f"filler document number {i} on topic {i % 5}"})
                               + "\n" for i in range(31)))
 
-    def prepare(out, nproc):
+    def command(out, nproc):
         launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
                     str(_free_port())] if nproc > 1 else [sys.executable]
-        done = subprocess.run([*launcher, "-m", "maxsim", "prepare", str(pairs), "--corpus", str(corpus), "--output",
-                               str(out), "--mine", "dense", "--miner-model", str(tiny_model_dir), "--negatives", "3",
-                               "--min-rank", "3", "--max-rank", "15", "--false-negative-margin", "0.5",
-                               "--device", "cpu"], capture_output=True, text=True, timeout=300)
+        return [*launcher, "-m", "maxsim", "prepare", str(pairs), "--corpus", str(corpus), "--output", str(out),
+                "--mine", "dense", "--miner-model", str(tiny_model_dir), "--negatives", "3", "--min-rank", "3",
+                "--max-rank", "15", "--false-negative-margin", "0.5", "--device", "cpu"]
+
+    def prepare(out, nproc):
+        done = subprocess.run(command(out, nproc), capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         return out
 
     one, two = prepare(tmp_path / "one", 1), prepare(tmp_path / "two", 2)
     assert (one / "triples.jsonl").read_bytes() == (two / "triples.jsonl").read_bytes()
+    # both ranks killed while they mine: nothing is written, and the same command writes it all
+    killed = tmp_path / "killed"
+    first = subprocess.Popen(command(killed, 2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    time.sleep(4)
+    was_running = first.poll() is None
+    if was_running:
+        os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    if was_running:
+        assert not (killed / "triples.jsonl").exists()
+    assert (prepare(killed, 2) / "triples.jsonl").read_bytes() == (one / "triples.jsonl").read_bytes()
     notes = json.loads((two / "manifest.json").read_text())["mining"]["notes"]
     assert any("over 2 processes" in n for n in notes), notes
 
@@ -284,18 +298,13 @@ def test_torchrun_two_processes_build_an_index_that_searches_as_one_process_buil
         assert [h.document_id for h in ha] == [h.document_id for h in hb]
         np.testing.assert_allclose([h.score for h in ha], [h.score for h in hb], rtol=1e-5, atol=1e-5)
     assert not work_folder(two).exists()
-    # both ranks killed (SIGKILL) once a shard is spilled: the same command finishes the same index
+    # rank 1 dies (os._exit) once every shard is spilled, before the centroids; torchrun stops the
+    # other: no index is there, the shards are kept, and the same command finishes the same index
     three = tmp_path / "three"
-    first = subprocess.Popen(command := [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                                         "--master_port", str(_free_port()), str(script), str(model),
-                                         str(tmp_path / "texts.json"), str(three)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while first.poll() is None and not list(work_folder(three).glob("shard-*")) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    if first.poll() is None:
-        os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), str(script), str(model), str(tmp_path / "texts.json"), str(three)]
+    died = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "DIE": "1"})
+    assert died.returncode != 0 and not three.exists() and len(list(work_folder(three).glob("shard-*"))) == 8
     command[command.index("--master_port") + 1] = str(_free_port())
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -309,6 +318,9 @@ BUILD_SCRIPT = """
 import importlib, json, sys
 build = importlib.import_module("maxsim.index.build")
 build.SHARD_DOCUMENTS, build.SEGMENT_TOKENS = 16, 600  # many shards and segments from a small corpus
+import os
+if os.environ.get("DIE") and os.environ.get("RANK") == "1":  # a rank that dies after spilling its shards
+    build.StreamingBuild._centroids_shared = lambda self: os._exit(9)
 from maxsim.retriever import Retriever
 model, texts, out = sys.argv[1], json.load(open(sys.argv[2])), sys.argv[3]
 Retriever.from_pretrained(model, device="cpu").index(texts, path=out, document_ids=[f"d{i}" for i in range(len(texts))])

@@ -42,6 +42,15 @@ def test_without_the_first_stage_results_equal_exact_maxsim(retriever, client): 
         np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=2e-3, atol=2e-3)  # (float16 storage)
 
 
+def test_int8_storage_makes_a_quantised_collection_that_searches(retriever, client):  # noqa: F811
+    q = retriever.index_to_qdrant(records(), client, "docs8", storage="int8")
+    config = client.get_collection("docs8").config.params.vectors["tokens"]
+    assert config.quantization_config.scalar.type == qdrant_client.models.ScalarType.INT8
+    q.first_stage = False
+    want = [h.document_id for h in retriever.index_to_qdrant(records(), client, "docs16").search("stars", k=5)]
+    assert [h.document_id for h in q.search("stars", k=5)] == want  # (the local mode scores the float32 vectors)
+
+
 def test_the_muvera_first_stage_recall_is_measured(retriever, client):  # noqa: F811
     q = retriever.index_to_qdrant(records(), client, "docs", muvera={"k_sim": 3, "d_proj": 8, "repetitions": 10})
     recalls = []
@@ -52,6 +61,8 @@ def test_the_muvera_first_stage_recall_is_measured(retriever, client):  # noqa: 
         got = {h.document_id for h in q.search(query, k=10, ndocs=20)}
         recalls.append(len(got & want) / 10)
     assert np.mean(recalls) >= 0.5, recalls  # (20 candidates of 40 documents; measured, not exact)
+    # the first stage really limits what is reranked: 3 candidates give at most 3 documents
+    assert all(len(q.search(query, k=10, ndocs=3)) <= 3 for query in QUERIES)
 
 
 def test_add_delete_and_filters_behave_as_on_the_index(retriever, client, tmp_path):  # noqa: F811

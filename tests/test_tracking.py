@@ -95,8 +95,9 @@ def test_every_row_reaches_every_tracker_and_a_resume_continues_the_same_runs(ti
                 items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
                 if "loss" in items:
                     history[int(items["_step"])] = items["loss"]
-            elif kind == "config":
-                config.update({i.key: json.loads(i.value_json) for i in record.config.update})
+            elif kind in ("config", "run"):  # (the settings come with the run record)
+                items = record.config.update if kind == "config" else record.run.config.update
+                config.update({i.key: json.loads(i.value_json) for i in items})
     assert history == pytest.approx(losses)
     assert config["learning_rate"] == 0.001 or config["learning_rate"].get("value") == 0.001
 
