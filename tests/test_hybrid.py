@@ -94,7 +94,7 @@ def test_hybrid_hits_carry_both_scores_and_follow_the_fusion(retriever, tmp_path
             assert [h.document_id for h in hits] == [IDS[i] for i in order[:5].tolist()]
             np.testing.assert_allclose([h.score for h in hits], fused[:5], rtol=1e-6)
             dense_score = {h.document_id: h.score for h in dense}
-            lexical_score = {h.document_id: h.score for h in lexical}
+            lexical_score = {h.document_id: h.score for h in r.search_bm25(query, k=n)}  # every matching one
             everything = {h.document_id: h.score for h in r.search(query, k=n)}  # every document's best chunk
             for hit in hits:
                 assert hit.maxsim_score == pytest.approx(dense_score.get(hit.document_id, everything[hit.document_id]),
