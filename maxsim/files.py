@@ -159,6 +159,22 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def file_record(path: Path) -> dict:
+    """A written file flushed to the disk, and what a manifest records of it: its size and sha256."""
+    fsync_file(path)
+    return {"bytes": Path(path).stat().st_size, "sha256": file_digest(path)}
+
+
+def save_array(path: Path, array) -> dict:
+    """Write a numpy array as ``.npy`` (no pickles), flushed to the disk; returns what a manifest
+    records of it: dtype, shape, size and sha256."""
+    import numpy as np
+
+    array = np.ascontiguousarray(array)
+    np.save(path, array, allow_pickle=False)
+    return {"dtype": array.dtype.str, "shape": list(array.shape), **file_record(path)}
+
+
 def checksum_problems(folder: Path, files: dict[str, dict]) -> list[str]:
     """Each of ``files`` ({name: {"sha256": ...}}) in ``folder`` that is missing or whose sha256
     differs, as a sentence."""

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from maxsim.errors import MaxsimError
-from maxsim.files import checksum_problems, file_digest, fsync_file
+from maxsim.files import checksum_problems, save_array
 from maxsim.lexical import Analyzer
 
 POSTINGS_PREFIX = "bm25-"
@@ -143,14 +143,8 @@ class Postings:
         tmp = segment_folder / f".tmp-{name}"
         tmp.mkdir()
         try:
-            files = {}
-            for array_name in POSTINGS_ARRAYS:
-                array = np.ascontiguousarray(getattr(self, array_name))
-                path = tmp / f"{array_name}.npy"
-                np.save(path, array, allow_pickle=False)
-                fsync_file(path)
-                files[f"{array_name}.npy"] = {"dtype": array.dtype.str, "shape": list(array.shape),
-                                              "bytes": path.stat().st_size, "sha256": file_digest(path)}
+            files = {f"{array_name}.npy": save_array(tmp / f"{array_name}.npy", getattr(self, array_name))
+                     for array_name in POSTINGS_ARRAYS}
             os.replace(tmp, segment_folder / name)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from maxsim.errors import MaxsimError
-from maxsim.files import checksum_problems, file_digest, fsync_file
+from maxsim.files import checksum_problems, file_digest, file_record, fsync_file, save_array
 from maxsim.index.documents import DOCUMENTS_FILE, ListDocuments, SqliteDocuments, write_documents
 from maxsim.index.ivf import cell_entries, ranges, sparse_ivf
 from maxsim.index.postings import Postings, PostingsError, verify_postings
@@ -200,16 +200,10 @@ class Segment:
         tmp = root / f".tmp-{name}"
         tmp.mkdir()
         try:
-            files = {}
-            for array_name in SEGMENT_ARRAYS:
-                array = np.ascontiguousarray(getattr(self, array_name))
-                np.save(tmp / f"{array_name}.npy", array, allow_pickle=False)
-                files[f"{array_name}.npy"] = {"dtype": array.dtype.str, "shape": list(array.shape)}
+            files = {f"{array_name}.npy": save_array(tmp / f"{array_name}.npy", getattr(self, array_name))
+                     for array_name in SEGMENT_ARRAYS}
             count, fields = write_documents(tmp / DOCUMENTS_FILE, self.documents)
-            files[DOCUMENTS_FILE] = {"documents": count}
-            for file_name, entry in files.items():
-                fsync_file(tmp / file_name)
-                entry.update(bytes=(tmp / file_name).stat().st_size, sha256=file_digest(tmp / file_name))
+            files[DOCUMENTS_FILE] = {"documents": count, **file_record(tmp / DOCUMENTS_FILE)}
             bm25 = self.bm25.write(tmp) if self.bm25 is not None else None
             os.replace(tmp, root / name)
         except BaseException:
