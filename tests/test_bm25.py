@@ -77,33 +77,65 @@ def test_pair_scores_equal_the_scores_of_each_document():
     np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
+def _bm25s(corpus):
+    """bm25s's own index of ``corpus`` (the reference) and a tokeniser of queries as it tokenises."""
+    import bm25s
+    import Stemmer
+
+    stemmer = Stemmer.Stemmer("english")
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(corpus, stopwords="en", stemmer=stemmer, show_progress=False),
+                    show_progress=False)
+    return retriever, lambda texts: bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False,
+                                                   return_ids=False)
+
+
 def test_miner_ranks_as_bm25s_scores_every_document():
     corpus = [f"protein {w} binding site" if i % 3 else f"gene {w} expression in cells" for i, w in
               enumerate(["alpha", "beta", "gamma", "delta", "kinase", "receptor", "membrane", "enzyme"] * 6)]
     miner = BM25Miner(corpus)
+    retriever, tokenize = _bm25s(corpus)
     queries = ["kinase binding", "gene expression receptor", "membrane protein site", "unknownword"]
     ranking = miner.rank(queries, 10)
-    for i, query in enumerate(queries):
-        dense = miner.retriever.get_scores(miner._bm25s.tokenize(
-            [query], stopwords=miner._stopwords, stemmer=miner._stemmer, show_progress=False,
-            return_ids=False)[0])
+    for i, words in enumerate(tokenize(queries)):
+        dense = retriever.get_scores(words)
         order = np.lexsort((np.arange(len(dense)), -dense))[:10]
         got = ranking.positions[i][:10]
         np.testing.assert_allclose(dense[got], dense[order], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ranking.scores[i][:10], dense[order], rtol=1e-5, atol=1e-6)
+
+
+def test_miner_postings_hold_bm25s_scores():
+    """Every (term, document) score the miner computes is bm25s's, over a corpus with an empty
+    text, one of stop words only, repeated words, upper case and accents."""
+    corpus = ["Proteins bind the receptors", "", "the and of", "gene gene gene expression", "Café naïve résumé",
+              "running runners run", "Kinases phosphorylate proteins in cells, cells and CELLS"]
+    miner = BM25Miner(corpus)
+    retriever, _ = _bm25s(corpus)
+    theirs = retriever.scores
+    # (bm25s adds a term for the empty string after its score lists, holding no document)
+    assert retriever.vocab_dict[""] == len(theirs["indptr"]) - 1
+    assert sorted(set(retriever.vocab_dict) - {""}) == sorted(miner.vocabulary)
+    for term, t in retriever.vocab_dict.items():
+        if not term:
+            continue
+        start, end = theirs["indptr"][t], theirs["indptr"][t + 1]
+        documents, impacts = miner.postings.term(miner.vocabulary[term])
+        assert documents.tolist() == theirs["indices"][start:end].tolist()
+        np.testing.assert_allclose(impacts, theirs["data"][start:end], rtol=1e-6)
 
 
 def test_query_terms_are_bm25s_tokens_through_the_word_cache():
     corpus = ["Proteins bind the receptors", "The gene's expression in cells", "Kinases phosphorylate proteins",
               "Café naïve résumé", "running runners run"]
     miner = BM25Miner(corpus)
+    _, tokenize = _bm25s(corpus)
     queries = ["the PROTEIN binds, binding proteins", "unknownword and the", "", "Café café naïve!",
                "run running ran runner", "gene's genes: expression (cells) cells cells"]
     for _ in range(2):  # the second time, every word comes from the cache
         got = miner.query_terms(queries)
-        tokens = miner._bm25s.tokenize(queries, stopwords=miner._stopwords, stemmer=miner._stemmer,
-                                       show_progress=False, return_ids=False)
-        for (terms, weights), words in zip(got, tokens):
-            ids = [miner.retriever.vocab_dict[w] for w in words if w in miner.retriever.vocab_dict]
+        for (terms, weights), words in zip(got, tokenize(queries)):
+            ids = [miner.vocabulary[w] for w in words if w in miner.vocabulary]
             want, counts = np.unique(np.array(ids, dtype=np.int64), return_counts=True)
             assert terms.tolist() == want.tolist() and weights.tolist() == counts.tolist()
     assert sorted(got[3][1].tolist()) == [1.0, 2.0]  # café twice, naïve once
@@ -138,3 +170,16 @@ def test_more_workers_than_numba_threads_says_so(caplog):
                           workers=numba.config.NUMBA_NUM_THREADS + 3)
     assert miner.workers == numba.config.NUMBA_NUM_THREADS
     assert "NUMBA_NUM_THREADS" in caplog.text
+
+
+def test_impacts_in_chunks_equal_impacts_at_once():
+    from maxsim import lexical
+
+    rng = np.random.default_rng(0)
+    indptr = np.concatenate([[0], np.cumsum(rng.integers(0, 50, size=300))])
+    documents, tfs = rng.integers(0, 500, size=indptr[-1]), rng.integers(1, 4, size=indptr[-1])
+    lengths = rng.integers(1, 60, size=500)
+    df = np.diff(indptr)
+    want = lexical.term_weight(tfs, lengths[documents], lengths.mean()) * np.repeat(lexical.idf(df, 500), df)
+    for chunk in (1, 37, 1 << 22):
+        np.testing.assert_allclose(lexical.impacts(indptr, documents, tfs, lengths, chunk=chunk), want, rtol=1e-6)

@@ -540,3 +540,58 @@ def test_a_full_disk_is_one_line_that_says_so(tmp_path, monkeypatch):
                                       "--mine", "none"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "no space left on the device while writing" in result.output and "free some space" in result.output
+
+
+def _one_query_reference(positions, scores, positives, low, high, margin, floor):
+    """One query's candidates the slow way: its ranking without padding or positives, ranks
+    ``low..high`` (1-based) of what is left, then those within the margin."""
+    others = [(p, s) for p, s in zip(positions.tolist(), scores.tolist()) if p >= 0 and p not in set(positives)]
+    window = others[low - 1 : high]
+    kept = [p for p, s in window if margin is None or s <= margin * floor]
+    return kept, len(window) - len(kept)
+
+
+@pytest.mark.parametrize("margin", [None, 0.8])
+def test_block_sampling_draws_within_each_querys_own_window(margin):
+    from maxsim.data.mining import query_keys, sample_negatives
+    from maxsim.ranking import Ranking
+
+    rng = np.random.default_rng(0)
+    n_queries, width, n = 40, 30, 4
+    positions = np.stack([rng.permutation(200)[:width] for _ in range(n_queries)])
+    scores = -np.sort(-rng.random((n_queries, width)), axis=1).astype(np.float32)
+    positions[5, 20:], scores[5, 20:] = -1, -np.inf  # a short row
+    positives = [sorted(rng.choice(positions[q][:12], size=int(rng.integers(1, 6)), replace=False).tolist())
+                 for q in range(n_queries)]
+    windows = np.array([[int(rng.integers(1, 5)), int(rng.integers(6, 25))] for _ in range(n_queries)])
+    floor = rng.random(n_queries).astype(np.float32)
+    floor[3] = np.nan  # (a query whose floor is unknown keeps no candidate under a margin)
+    ranking = Ranking(positions, scores, floor)
+    ids = [f"q{i}" for i in range(n_queries)]
+    chosen, dropped = sample_negatives(ranking, positives, windows, n, query_keys(7, ids), margin)
+    for q in range(n_queries):
+        kept, lost = _one_query_reference(positions[q], scores[q], positives[q], *windows[q], margin, floor[q])
+        assert dropped[q] == lost
+        assert len(chosen[q]) == min(n, len(kept)) and set(chosen[q].tolist()) <= set(kept)
+        assert chosen[q].tolist() == [p for p in kept if p in set(chosen[q].tolist())]  # in rank order
+    # a query's draw depends on the seed and its id only, not on the block it came in
+    again, _ = sample_negatives(Ranking(positions[::-1], scores[::-1], floor[::-1]), positives[::-1],
+                                windows[::-1], n, query_keys(7, ids[::-1]), margin)
+    assert [c.tolist() for c in again[::-1]] == [c.tolist() for c in chosen]
+    other, _ = sample_negatives(ranking, positives, windows, n, query_keys(8, ids), margin)
+    assert [c.tolist() for c in other] != [c.tolist() for c in chosen]
+
+
+def test_block_sampling_is_uniform_over_the_window():
+    from maxsim.data.mining import query_keys, sample_negatives
+    from maxsim.ranking import Ranking
+
+    n_queries, width = 4000, 20
+    positions = np.tile(np.arange(width), (n_queries, 1))
+    scores = np.tile(-np.arange(width, dtype=np.float32), (n_queries, 1))
+    chosen, _ = sample_negatives(Ranking(positions, scores), [[] for _ in range(n_queries)],
+                                 np.tile([1, width], (n_queries, 1)), 5, query_keys(0, [str(i) for i in range(n_queries)]))
+    counts = np.bincount(np.concatenate(chosen), minlength=width)
+    expected = n_queries * 5 / width  # 1000 each
+    assert counts.sum() == n_queries * 5
+    assert np.abs(counts - expected).max() < 5 * np.sqrt(expected)  # each rank as often, to noise

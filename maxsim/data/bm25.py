@@ -1,11 +1,13 @@
-"""BM25 over a list of texts: bm25s's index, ranked exactly with per-query pruning.
+"""BM25 over a list of texts: posting lists of precomputed scores, ranked exactly with per-query pruning.
 
-bm25s computes each (term, document) BM25 score once, at indexing time, into a sparse matrix
-(one posting list per term, document positions ascending). Ranking a query through bm25s's own
-``retrieve`` builds a dense array of every document's score and selects its top k, which costs
-time in proportion to the corpus for every query.
+Each (term, document) BM25 score is computed once, when the miner is made, into one posting list
+per term (document positions ascending): the texts are analysed as bm25s tokenises them and
+scored as its "lucene" variant scores (:mod:`maxsim.lexical`), the lists counted in one linear
+pass. (bm25s's own index holds the same scores; its ``retrieve`` builds a dense array of every
+document's score and selects the top k, which costs time in proportion to the corpus for every
+query.)
 
-:meth:`BM25Miner.rank` ranks from the posting lists instead, with the MaxScore rule of dynamic
+:meth:`BM25Miner.rank` ranks from the posting lists with the MaxScore rule of dynamic
 pruning (Turtle and Flood, 1995), compiled with numba in :mod:`maxsim.data.maxscore`: once k
 documents are held, the terms that together could not lift a document above the k-th score are
 no longer walked, only looked up for the documents the other terms find. The ranking is exact:
@@ -16,20 +18,19 @@ query term (score 0) filling the tail by position. Queries are independent and a
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
-import re
 import threading
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from itertools import chain
 
 import numba
 import numpy as np
 
+from maxsim import lexical
 from maxsim.data import maxscore
-from maxsim.lexical import BM25_LANGUAGES, check_language
+from maxsim.lexical import Analyzer, check_language
 from maxsim.ranking import Ranking
 
 logger = logging.getLogger(__name__)
@@ -64,10 +65,6 @@ class PostingLists:
         self.indptr = np.asarray(indptr, dtype=np.int64)
         documents = np.asarray(documents, dtype=np.int32 if n_documents < 2**31 else np.int64)
         impacts = np.asarray(impacts, dtype=np.float32)
-        terms = np.repeat(np.arange(len(self.indptr) - 1), np.diff(self.indptr))
-        if len(documents) > 1 and not (np.diff(documents)[terms[1:] == terms[:-1]] > 0).all():
-            order = np.lexsort((documents, terms))  # (bm25s writes them sorted; a later one might not)
-            documents, impacts = documents[order], impacts[order]
         self.documents, self.impacts, self.n_documents = documents, impacts, n_documents
         best = np.zeros(len(self.indptr) - 1, dtype=np.float64)
         nonempty = np.flatnonzero(np.diff(self.indptr))
@@ -150,35 +147,30 @@ def available_cpus() -> int:
 
 
 class BM25Miner:
-    """BM25 (bm25s) over a list of document texts, with the stop words and Snowball stemmer of
-    ``language`` (an ISO 639-1 code from :data:`BM25_LANGUAGES`; English by default), ranking on
-    up to ``workers`` threads (default 1)."""
+    """BM25 over a list of document texts, analysed with the stop words and Snowball stemmer of
+    ``language`` (an ISO 639-1 code from :data:`BM25_LANGUAGES`; English by default) as bm25s
+    tokenises (:class:`maxsim.lexical.Analyzer`), scored as bm25s's "lucene" variant scores
+    (:mod:`maxsim.lexical`), ranking on up to ``workers`` threads (default 1)."""
 
     #: queries ranked at a time by a caller that streams (prepare's mining): bounds memory
     query_block = 8192
 
     def __init__(self, documents: Sequence[str], language: str = "en", workers: int = 1) -> None:
-        import bm25s
-        import Stemmer
-
         check_language(language, "use one of them, or mine with a dense model")
-        stemmer, self._stopwords = BM25_LANGUAGES[language]
-        self._bm25s = bm25s
-        self._stemmer = Stemmer.Stemmer(stemmer)
-        tokens = bm25s.tokenize(list(documents), stopwords=self._stopwords, stemmer=self._stemmer,
-                                show_progress=False)
-        self.retriever = bm25s.BM25()  # method "lucene": a document matching no term scores 0
-        self.retriever.index(tokens, show_progress=False)
-        scores = self.retriever.scores
-        self.postings = PostingLists(scores["indptr"], scores["indices"], scores["data"], len(documents))
+        self.analyzer = Analyzer(language)
+        flat, lengths, vocabulary = self.analyzer.documents(documents)
+        indptr, positions, tfs = lexical.term_counts(flat, lengths, len(vocabulary))
+        del flat
+        self.postings = PostingLists(indptr, positions, lexical.impacts(indptr, positions, tfs, lengths),
+                                     len(documents))
+        #: the corpus's terms: term -> id (the row of :attr:`postings`)
+        self.vocabulary = {term: i for i, term in enumerate(vocabulary)}
         self.n_documents = len(documents)
         if workers > numba.config.NUMBA_NUM_THREADS:
             logger.warning("BM25 ranks on %d threads, not %d: numba started with %d (NUMBA_NUM_THREADS)",
                            numba.config.NUMBA_NUM_THREADS, workers, numba.config.NUMBA_NUM_THREADS)
         self.workers = max(1, min(workers, numba.config.NUMBA_NUM_THREADS))
         self._queries: list[tuple[np.ndarray, np.ndarray]] = []
-        pattern = inspect.signature(bm25s.tokenize).parameters["token_pattern"].default  # (what it indexed with)
-        self._split = re.compile(pattern).findall
         self._term_of_word: dict[str, int] = {}
 
     def query_terms(self, queries: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -190,20 +182,21 @@ class BM25Miner:
         holds it, and its term id (or -1: a stop word, or a stem the corpus lacks) is kept for
         the next queries: the cache grows with the queries' vocabulary, not with their number."""
         cache = self._term_of_word
-        words = [self._split(query.lower()) for query in queries]
+        words = [self.analyzer.words(query) for query in queries]
         new = list(dict.fromkeys(w for query in words for w in query if w not in cache))
-        if new:
-            stems = self._bm25s.tokenize(new, stopwords=self._stopwords, stemmer=self._stemmer, show_progress=False,
-                                         return_ids=False)
-            vocabulary = self.retriever.vocab_dict
-            for word, stem in zip(new, stems):
-                cache[word] = vocabulary.get(stem[0], -1) if len(stem) == 1 and stem[0] else -1
-        out = []
-        for query in words:
-            counts = Counter(t for t in map(cache.__getitem__, query) if t >= 0)
-            terms = sorted(counts)
-            out.append((np.array(terms, dtype=np.int64), np.array([counts[t] for t in terms], dtype=np.float64)))
-        return out
+        for word, term in zip(new, self.analyzer.terms_of_words(new)):
+            cache[word] = self.vocabulary.get(term, -1) if term else -1
+        if not words:
+            return []
+        sizes = [len(query) for query in words]
+        ids = np.fromiter(chain.from_iterable(map(cache.__getitem__, query) for query in words), dtype=np.int64,
+                          count=sum(sizes))
+        owner = np.repeat(np.arange(len(words), dtype=np.int64), sizes)
+        known = ids >= 0
+        width = max(len(self.vocabulary), 1)
+        keys, counts = np.unique(owner[known] * width + ids[known], return_counts=True)  # (by query, then term)
+        bounds = np.searchsorted(keys // width, np.arange(1, len(words)))
+        return list(zip(np.split(keys % width, bounds), np.split(counts.astype(np.float64), bounds)))
 
     def rank(self, queries: Sequence[str], k: int | Sequence[int],
              positives: Sequence[Sequence[int]] | None = None) -> Ranking:

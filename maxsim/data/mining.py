@@ -12,18 +12,20 @@ smaller one (:func:`query_window`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 
 import numpy as np
 
 from maxsim import ranks
-from maxsim.data.bm25 import BM25_LANGUAGES, BM25Miner
+from maxsim.data.bm25 import BM25Miner
 from maxsim.errors import SettingsError
+from maxsim.lexical import BM25_LANGUAGES
 from maxsim.ranking import Ranking
 
-__all__ = ["BM25_LANGUAGES", "BM25Miner", "DenseMiner", "IndexMiner", "query_window", "random_negatives",
-           "sample_negatives"]
+__all__ = ["BM25_LANGUAGES", "BM25Miner", "DenseMiner", "IndexMiner", "query_keys", "query_window",
+           "random_negatives", "sample_negatives"]
 
 logger = logging.getLogger(__name__)
 
@@ -228,34 +230,60 @@ def query_window(n_documents: int, n_positives: int, min_rank: int, max_rank: in
     return low, high
 
 
-def sample_negatives(
-    positions: np.ndarray,
-    scores: np.ndarray,
-    positives: set[int],
-    n: int,
-    min_rank: int,
-    max_rank: int,
-    rng: np.random.Generator,
-    margin: float | None = None,
-    positive_score: float | None = None,
-) -> tuple[list[int], int]:
-    """Draw up to ``n`` negatives for one query from its ranking.
+def query_keys(seed: int, query_ids: Sequence[str]) -> np.ndarray:
+    """(Q,) uint64 one random key per query that depends only on the seed and the query's id
+    (so that a query's negatives do not depend on the order or the blocks queries come in)."""
+    return np.array([int.from_bytes(hashlib.sha256(f"{seed}\0{q}".encode()).digest()[:8], "little")
+                     for q in query_ids], dtype=np.uint64)
 
-    positions, scores: the query's ranking, best first (1-D; -1 pads a short one). Ranks are
-    counted without the query's known ``positives``; candidates are ranks ``min_rank..max_rank``
-    (1-based) of what is left that, with ``margin``, score at most ``margin * positive_score``.
-    Returns (chosen corpus positions in rank order, the number of candidates dropped by the margin).
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: uint64 in, uint64 out, every bit of the input spread over the output."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def sample_negatives(ranking: Ranking, positives: Sequence[Sequence[int]], windows: np.ndarray, n: int,
+                     keys: np.ndarray, margin: float | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+    """Draw up to ``n`` negatives for each query of a block from its ranking, all at once.
+
+    ranking: the block's rankings (positions (Q, K), -1 padding a short row; scores (Q, K); with
+    ``margin``, ``positive_floor`` (Q,)). Ranks are counted without each query's known
+    ``positives`` (corpus positions); its candidates are ranks ``windows[q, 0]..windows[q, 1]``
+    (1-based) of what is left that, with ``margin``, score at most ``margin`` times its lowest
+    positive's score (none, where that is NaN). Of more than ``n`` candidates, the ``n`` whose
+    random numbers (from ``keys[q]``, :func:`query_keys`, and the candidate's corpus position)
+    are lowest are drawn: a uniform draw without replacement.
+
+    Returns (each query's chosen corpus positions in rank order (n',) int64, (Q,) int64 the
+    candidates each lost to the margin).
     """
-    others = [(p, s) for p, s in zip(positions.tolist(), scores.tolist()) if p >= 0 and p not in positives]
-    window = others[min_rank - 1 : max_rank]
-    if margin is not None and positive_score is not None:
-        kept = [(p, s) for p, s in window if s <= margin * positive_score]
-    else:
-        kept = window
-    dropped = len(window) - len(kept)
-    if len(kept) > n:
-        kept = [kept[i] for i in sorted(rng.choice(len(kept), size=n, replace=False).tolist())]
-    return [p for p, _ in kept], dropped
+    positions = np.asarray(ranking.positions, dtype=np.int64)
+    n_queries, width = positions.shape
+    stride = np.int64(max(int(positions.max(initial=0)), max((max(p, default=0) for p in positives), default=0)) + 1)
+    owner = np.repeat(np.arange(n_queries, dtype=np.int64), [len(p) for p in positives])
+    known = owner * stride + np.fromiter((d for p in positives for d in p), dtype=np.int64, count=len(owner))
+    codes = np.arange(n_queries, dtype=np.int64)[:, None] * stride + positions
+    others = (positions >= 0) & ~np.isin(codes, known)
+    rank = np.cumsum(others, axis=1)
+    windows = np.asarray(windows, dtype=np.int64).reshape(n_queries, 2)
+    window = others & (rank >= windows[:, :1]) & (rank <= windows[:, 1:])
+    kept = window
+    if margin is not None:
+        with np.errstate(invalid="ignore"):
+            kept = window & (np.asarray(ranking.scores) <= margin * np.asarray(ranking.positive_floor)[:, None])
+    dropped = window.sum(axis=1) - kept.sum(axis=1)
+    draws = _mix(np.asarray(keys, dtype=np.uint64)[:, None] ^ _mix(positions.astype(np.uint64)))
+    draws[~kept] = np.iinfo(np.uint64).max
+    chosen = np.zeros_like(kept)
+    if n > 0 and width:
+        lowest = np.argsort(draws, axis=1, kind="stable")[:, :n]
+        np.put_along_axis(chosen, lowest, True, axis=1)
+    chosen &= kept
+    rows, columns = np.nonzero(chosen)  # (row by row, rank order within a row)
+    per_query = np.split(positions[rows, columns], np.cumsum(chosen.sum(axis=1))[:-1])
+    return per_query, dropped.astype(np.int64)
 
 
 def random_negatives(n_documents: int, positives: set[int], n: int, rng: np.random.Generator) -> list[int]:

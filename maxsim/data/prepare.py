@@ -31,6 +31,7 @@ from maxsim.data.mining import (
     BM25Miner,
     DenseMiner,
     IndexMiner,
+    query_keys,
     query_window,
     random_negatives,
     sample_negatives,
@@ -221,15 +222,14 @@ def mine_negatives(collection: Collection, train_ids: list[str], doc_ids: list[s
                 miner.keep_documents = len(train_ids) > block  # encoded once for every block
             for start in range(0, len(train_ids), block):
                 ids = train_ids[start : start + block]
-                depths = [min(len(doc_ids), settings.max_rank + len(positives_of[q])) for q in ids]
-                ranking = miner.rank([collection.queries[q] for q in ids], depths,
-                                     [sorted(positives_of[q]) for q in ids] if with_floor else None)
-                for i, q in enumerate(ids):
-                    positive_score = float(ranking.positive_floor[i]) if with_floor else None
-                    mined[q], n_drop = sample_negatives(
-                        ranking.positions[i], ranking.scores[i], positives_of[q], settings.negatives, *windows[q],
-                        _rng(settings.seed, q), settings.false_negative_margin, positive_score)
-                    margin_dropped += n_drop
+                known = [sorted(positives_of[q]) for q in ids]
+                depths = [min(len(doc_ids), settings.max_rank + len(p)) for p in known]
+                ranking = miner.rank([collection.queries[q] for q in ids], depths, known if with_floor else None)
+                chosen, lost = sample_negatives(ranking, known, np.array([windows[q] for q in ids]),
+                                                settings.negatives, query_keys(settings.seed, ids),
+                                                settings.false_negative_margin)
+                mined.update(zip(ids, (c.tolist() for c in chosen)))
+                margin_dropped += int(lost.sum())
         logger.info("mined negatives (%s) for %d queries in %.2f s", settings.mine, len(train_ids),
                     time.perf_counter() - started)
     shrunk = window_report(windows, settings)

@@ -30,7 +30,7 @@ import numpy as np
 
 from maxsim.errors import MaxsimError
 from maxsim.files import checksum_problems, save_array
-from maxsim.lexical import Analyzer
+from maxsim.lexical import Analyzer, term_counts
 
 POSTINGS_PREFIX = "bm25-"
 POSTINGS_ARRAYS = ("terms", "term_offsets", "indptr", "documents", "tfs", "lengths")
@@ -78,11 +78,8 @@ class Postings:
     def from_terms(cls, flat: np.ndarray, lengths: np.ndarray, vocabulary: Sequence[str], language: str) -> Postings:
         """From every document's term ids back to back (``flat`` (T,), ``lengths`` (N,)) and the
         term of each id."""
-        n = len(lengths)
-        encoded = [term.encode("utf-8") for term in vocabulary]
-        documents = np.repeat(np.arange(n, dtype=np.int64), np.asarray(lengths, dtype=np.int64))
-        keys, tfs = np.unique(np.asarray(flat, dtype=np.int64) * max(n, 1) + documents, return_counts=True)
-        return _assembled(keys // max(n, 1), keys % max(n, 1), tfs, encoded, lengths, language)
+        indptr, documents, tfs = term_counts(flat, lengths, len(vocabulary))
+        return _from_lists(indptr, documents, tfs, [term.encode("utf-8") for term in vocabulary], lengths, language)
 
     @classmethod
     def merged(cls, parts: Sequence[tuple[Postings, np.ndarray]]) -> Postings:
@@ -212,18 +209,26 @@ def _assembled(terms: np.ndarray, documents: np.ndarray, tfs: np.ndarray, vocabu
                lengths: np.ndarray, language: str) -> Postings:
     """Postings from (term id, document, tf) triples in any order, over a vocabulary of bytes;
     terms that hold no posting are dropped and the rest sorted by bytes."""
-    used = np.unique(terms)
-    order = sorted(used.tolist(), key=vocabulary.__getitem__)  # bytes order (a vocabulary may not be sorted)
-    rank = np.zeros(len(vocabulary), dtype=np.int64)
-    rank[order] = np.arange(len(order))
-    new_terms = rank[terms]
-    resort = np.lexsort((documents, new_terms))
-    new_terms, documents, tfs = new_terms[resort], documents[resort], tfs[resort]
-    indptr = np.zeros(len(order) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(new_terms, minlength=len(order)), out=indptr[1:])
-    blobs = [vocabulary[t] for t in order]
+    order = np.lexsort((documents, terms))
+    indptr = np.zeros(len(vocabulary) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(terms, minlength=len(vocabulary)), out=indptr[1:])
+    return _from_lists(indptr, documents[order], tfs[order], vocabulary, lengths, language)
+
+
+def _from_lists(indptr: np.ndarray, documents: np.ndarray, tfs: np.ndarray, vocabulary: Sequence[bytes],
+                lengths: np.ndarray, language: str) -> Postings:
+    """Postings from one list per term of a vocabulary of bytes (term ``t``'s documents, ascending,
+    and tfs are ``indptr[t]:indptr[t + 1]``); terms that hold no posting are dropped and the rest
+    sorted by bytes (their lists moved whole)."""
+    sizes = np.diff(indptr)
+    order = np.array(sorted(np.flatnonzero(sizes).tolist(), key=vocabulary.__getitem__), dtype=np.int64)
+    new_indptr = np.zeros(len(order) + 1, dtype=np.int64)
+    np.cumsum(sizes[order], out=new_indptr[1:])
+    # each posting's place in the old lists: its list's old start plus its place within the list
+    gather = np.arange(new_indptr[-1], dtype=np.int64) + np.repeat(indptr[order] - new_indptr[:-1], sizes[order])
+    blobs = [vocabulary[t] for t in order.tolist()]
     offsets = np.zeros(len(blobs) + 1, dtype=np.int64)
     np.cumsum([len(b) for b in blobs], out=offsets[1:])
     blob = np.frombuffer(b"".join(blobs), dtype=np.uint8).copy()
-    return Postings(blob, offsets, indptr, np.asarray(documents, dtype=np.int32), np.asarray(tfs, dtype=np.int32),
-                    np.asarray(lengths, dtype=np.int32), language)
+    return Postings(blob, offsets, new_indptr, np.asarray(documents, dtype=np.int32)[gather],
+                    np.asarray(tfs, dtype=np.int32)[gather], np.asarray(lengths, dtype=np.int32), language)
