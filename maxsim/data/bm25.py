@@ -54,10 +54,11 @@ def numba_threads(n: int) -> Iterator[int]:
 
 
 class PostingLists:
-    """bm25s's precomputed BM25 scores as one posting list per term.
+    """Precomputed BM25 scores as one posting list per term.
 
     indptr: (V + 1,) int64, term ``t``'s entries are ``indptr[t]:indptr[t + 1]``; documents:
-    (E,) int64 corpus positions, ascending within a term; impacts: (E,) float32 BM25 score of
+    (E,) corpus positions (kept as int32 below 2**31 documents), which must ascend within a term
+    (:func:`maxsim.lexical.term_counts` makes them so; they are not re-sorted here); impacts: (E,) float32 BM25 score of
     that term in that document; best: (V,) float64 the highest impact of each term.
     """
 
@@ -181,13 +182,13 @@ class BM25Miner:
         Each distinct word is sent through bm25s's own tokeniser once, the first time a query
         holds it, and its term id (or -1: a stop word, or a stem the corpus lacks) is kept for
         the next queries: the cache grows with the queries' vocabulary, not with their number."""
+        if not len(queries):
+            return []
         cache = self._term_of_word
         words = [self.analyzer.words(query) for query in queries]
         new = list(dict.fromkeys(w for query in words for w in query if w not in cache))
         for word, term in zip(new, self.analyzer.terms_of_words(new)):
             cache[word] = self.vocabulary.get(term, -1) if term else -1
-        if not words:
-            return []
         sizes = [len(query) for query in words]
         ids = np.fromiter(chain.from_iterable(map(cache.__getitem__, query) for query in words), dtype=np.int64,
                           count=sum(sizes))
