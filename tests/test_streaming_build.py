@@ -146,6 +146,63 @@ def test_the_centroid_search_finds_the_nearest_centroid_of_nearly_every_vector(d
                                                nearest_centroids(vectors[:500], centroids[:1000], dtype=torch.float32))
 
 
+def test_the_centroid_search_pads_its_products_to_few_shapes_without_changing_the_answer(monkeypatch):
+    import torch
+
+    from maxsim.index import codec
+
+    rng = np.random.default_rng(1)
+    centroids = rng.standard_normal((9000, 16)).astype(np.float32)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    vectors = rng.standard_normal((3000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    padded = codec.CentroidSearch(centroids, probes=8)
+    assert all((hi - lo) % codec.GROUP_ROUNDING == 0 for lo, hi in zip(padded.starts[:-1], padded.starts[1:]))
+    assert set(padded.order.tolist()) == set(range(len(centroids)))  # padding repeats a group's own ids
+    monkeypatch.setattr(codec, "GROUP_ROUNDING", 1)
+    monkeypatch.setattr(codec, "PAIR_ROUNDING", 1)
+    plain = codec.CentroidSearch(centroids, probes=8)
+    assert len(plain.order) == len(centroids)
+    found = [s.nearest(vectors, batch=1000, dtype=torch.float32) for s in (padded, plain)]
+    sims = [np.einsum("td,td->t", vectors, centroids[f]) for f in found]
+    np.testing.assert_allclose(sims[0], sims[1], atol=1e-5)  # the same centroid, or a tie
+
+
+def test_searched_kmeans_clusters_as_well_as_faiss():
+    import faiss
+
+    from maxsim.index.codec import nearest_centroids, searched_kmeans
+
+    rng = np.random.default_rng(2)
+    centres = rng.standard_normal((9000, 24)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    points = centres[rng.integers(0, len(centres), 9000 * 9)] + 0.08 * rng.standard_normal((9000 * 9, 24))
+    points = (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+    sample, held = points[:-4000], points[-4000:]
+    ours = searched_kmeans(sample, 8192, seed=0)
+    assert ours.shape == (8192, 24) and np.allclose(np.linalg.norm(ours, axis=1), 1, atol=1e-5)
+    kmeans = faiss.Kmeans(24, 8192, niter=4, seed=0, spherical=True, max_points_per_centroid=16)
+    kmeans.train(sample)
+
+    def fit(c):
+        return float(np.einsum("td,td->t", held, c[nearest_centroids(held, c)]).mean())
+    assert fit(ours) > fit(kmeans.centroids) - 0.01
+
+
+def test_train_centroids_searches_from_the_threshold(monkeypatch):
+    from maxsim.index import codec
+
+    calls = []
+    monkeypatch.setattr(codec, "searched_kmeans", lambda sample, k, seed, niter: calls.append(len(sample)) or
+                        np.zeros((k, sample.shape[1]), dtype=np.float32))
+    vectors = np.random.default_rng(0).standard_normal((5000, 8)).astype(np.float32)
+    codec.train_centroids(vectors, 100, max_points_per_centroid=16)
+    assert calls == []
+    monkeypatch.setattr(codec, "SEARCHED_KMEANS_FROM", 100)
+    codec.train_centroids(vectors, 100, max_points_per_centroid=16)
+    assert calls == [1600]
+
+
 def test_a_build_caps_its_segments_chunks(retriever, tmp_path, monkeypatch):  # noqa: F811
     small_shards(monkeypatch, documents=4, tokens=10_000)
     monkeypatch.setattr(build_module, "SEGMENT_CHUNKS", 12)

@@ -279,7 +279,7 @@ class StreamingBuild:
     def _fit(self, sample: np.ndarray, k: int) -> tuple[np.ndarray, Codec]:
         """``k`` centroids and the codec trained on ``sample``, saved in the work folder."""
         centroids = train_centroids(sample, k, self.settings.seed, POINTS_PER_CENTROID)
-        codes = nearest_centroids(sample, centroids)
+        codes = CentroidSearch(centroids, seed=self.settings.seed).nearest(sample)
         codec = Codec.fit(sample - centroids[codes], self.settings.nbits, seed=self.settings.seed)
         np.save(self.work / "codec.npy", codec.to_array(), allow_pickle=False)
         np.save(self.work / ".tmp-centroids.npy", centroids, allow_pickle=False)

@@ -28,13 +28,21 @@ def n_centroids_for(n_tokens: int) -> int:
     return int(min(n_tokens, 2 ** math.floor(math.log2(16 * math.sqrt(n_tokens)))))
 
 
+#: centroids from which k-means assigns its sample through a :class:`CentroidSearch` of the
+#: current centroids (faiss's k-means compares every sampled vector with every centroid: about 7
+#: minutes on 2 cores for a million sampled tokens into 65,536 centroids)
+SEARCHED_KMEANS_FROM = 32768
+
+
 def train_centroids(vectors: np.ndarray, k: int, seed: int = 0, max_points_per_centroid: int = 16,
                     niter: int = 4) -> np.ndarray:
-    """Spherical k-means (faiss) over at most ``k * max_points_per_centroid`` sampled vectors.
+    """Spherical k-means over at most ``k * max_points_per_centroid`` sampled vectors: faiss's
+    under ``SEARCHED_KMEANS_FROM`` centroids, else :func:`searched_kmeans`.
 
-    The cost is about ``2 * sample * k * dim * niter`` flops: on SciFact (815k tokens, 8,192
-    centroids) 64 points per centroid and 20 iterations took 10 minutes on 2 cores; these
-    defaults (16 points, 4 iterations, as colbert-ai's kmeans_niters) take about a twentieth.
+    The cost of faiss's is about ``2 * sample * k * dim * niter`` flops: on SciFact (815k
+    tokens, 8,192 centroids) 64 points per centroid and 20 iterations took 10 minutes on 2
+    cores; these defaults (16 points, 4 iterations, as colbert-ai's kmeans_niters) take about a
+    twentieth.
 
     vectors: (T, dim) float32 unit vectors. Returns (k, dim) float32 unit vectors.
     """
@@ -44,10 +52,34 @@ def train_centroids(vectors: np.ndarray, k: int, seed: int = 0, max_points_per_c
     sample = vectors
     if len(vectors) > k * max_points_per_centroid:
         sample = vectors[np.sort(rng.choice(len(vectors), k * max_points_per_centroid, replace=False))]
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    if k >= SEARCHED_KMEANS_FROM:
+        return searched_kmeans(sample, k, seed, niter)
     kmeans = faiss.Kmeans(vectors.shape[1], k, niter=niter, seed=seed, spherical=True, verbose=False,
                           max_points_per_centroid=max_points_per_centroid)
-    kmeans.train(np.ascontiguousarray(sample, dtype=np.float32))
+    kmeans.train(sample)
     return kmeans.centroids.astype(np.float32)
+
+
+def searched_kmeans(sample: np.ndarray, k: int, seed: int = 0, niter: int = 4) -> np.ndarray:
+    """Spherical k-means (Lloyd's iterations from ``k`` distinct sampled vectors) where each
+    iteration assigns the sample through a :class:`CentroidSearch` of the current centroids:
+    about ``probes / groups`` of faiss's work (1/8 at 65,536 centroids), and a centroid nearly as
+    near where it misses the nearest. A centroid left without vectors restarts at a sampled
+    vector, as faiss's does at a split.
+
+    sample: (n >= k, dim) float32 unit vectors. Returns (k, dim) float32 unit vectors.
+    """
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(sample)
+    centroids = sample[rng.choice(len(sample), k, replace=False)]
+    for iteration in range(niter):
+        assigned = CentroidSearch(centroids, seed=seed + iteration).nearest(sample)
+        sums = torch.zeros((k, sample.shape[1])).index_add_(0, torch.from_numpy(assigned.astype(np.int64)), x)
+        empty = np.flatnonzero(np.bincount(assigned, minlength=k) == 0)
+        sums[empty] = x[rng.choice(len(sample), len(empty), replace=False)]
+        centroids = torch.nn.functional.normalize(sums, dim=1).numpy()
+    return np.ascontiguousarray(centroids, dtype=np.float32)
 
 
 #: similarities (vectors x centroids) held at once by :func:`nearest_centroids`: 64 million,
@@ -78,6 +110,15 @@ def nearest_centroids(vectors: np.ndarray, centroids: np.ndarray, batch: int = 1
     return out
 
 
+#: rows of the matrix products of :class:`CentroidSearch`, rounded up to a multiple of these
+#: (oneDNN compiles a kernel for each new shape: 0.5 ms each, more than the product itself)
+GROUP_ROUNDING, PAIR_ROUNDING = 32, 256
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
 class CentroidSearch:
     """The nearest centroid of many vectors, in a fraction of an exhaustive search's work, for
     builds with tens of thousands of centroids (there, assigning every token to its centroid
@@ -92,22 +133,31 @@ class CentroidSearch:
     centroids, a mean loss of 0.008 in cosine to the centroid, 4.4 times faster than the
     exhaustive search. Under ``EXACT_BELOW`` centroids the search is exhaustive
     (:func:`nearest_centroids`).
+
+    The products keep to a few shapes: each group's centroids are padded to a multiple of
+    ``GROUP_ROUNDING`` with copies of its first, and each group's vectors to a multiple of
+    ``PAIR_ROUNDING`` with copies of its first.
     """
 
     #: centroids under which every vector is compared with every centroid
     EXACT_BELOW = 8192
 
-    def __init__(self, centroids: np.ndarray, probes: int = 32, seed: int = 0) -> None:
+    def __init__(self, centroids: np.ndarray, probes: int = 32, seed: int = 0, groups: int | None = None) -> None:
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.probes = probes
         self.exhaustive = len(centroids) < self.EXACT_BELOW
         if self.exhaustive:
             return
-        groups = 2 ** round(math.log2(math.sqrt(len(centroids))))
+        groups = groups or 2 ** round(math.log2(math.sqrt(len(centroids))))
         self.group_centres = train_centroids(self.centroids, groups, seed, max_points_per_centroid=len(centroids))
         group_of = nearest_centroids(self.centroids, self.group_centres)
-        self.order = np.argsort(group_of, kind="stable")  # centroid ids, group after group
-        self.starts = np.searchsorted(group_of[self.order], np.arange(groups + 1))
+        order = np.argsort(group_of, kind="stable")  # centroid ids, group after group
+        bounds = np.searchsorted(group_of[order], np.arange(groups + 1))
+        members = [order[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+        padded = [np.resize(m, _round_up(len(m), GROUP_ROUNDING)) for m in members]
+        #: centroid ids, group after group, each group padded with repeats of its own ids
+        self.order = np.concatenate(padded).astype(np.int64)
+        self.starts = np.concatenate([[0], np.cumsum([len(m) for m in padded])])
 
     def nearest(self, vectors: np.ndarray, batch: int = 1 << 15, dtype: torch.dtype | None = None) -> np.ndarray:
         """Id of the (nearly always) most similar centroid of each vector: (T,) int32.
@@ -117,32 +167,51 @@ class CentroidSearch:
         if dtype is None:
             dtype = torch.bfloat16 if cpu_computes_bf16() else torch.float32
         centres = torch.from_numpy(self.group_centres).to(dtype)
-        centroids = torch.from_numpy(self.centroids).to(dtype)
+        centroids = torch.from_numpy(self.centroids[self.order]).to(dtype)  # group after group, padded
         out = np.empty(len(vectors), dtype=np.int32)
         for start in range(0, len(vectors), batch):
             v = torch.from_numpy(np.ascontiguousarray(vectors[start : start + batch], dtype=np.float32)).to(dtype)
-            probed = (v @ centres.T).topk(min(self.probes, len(centres)), dim=1).indices  # (B, probes)
-            best = torch.full((len(v),), -torch.inf)
-            best_id = torch.zeros(len(v), dtype=torch.int64)
-            rows = torch.arange(len(v)).repeat_interleave(probed.shape[1])
-            groups = probed.reshape(-1)
-            by_group = torch.argsort(groups, stable=True)
-            rows, counts = rows[by_group], torch.bincount(groups, minlength=len(centres)).tolist()
-            at = 0
-            for g, count in enumerate(counts):
-                if not count:
-                    continue
-                mine = rows[at : at + count]
-                at += count
-                members = torch.from_numpy(self.order[self.starts[g] : self.starts[g + 1]])
-                if not len(members):
-                    continue
-                top = (v[mine] @ centroids[members].T).float().max(dim=1)
-                better = top.values > best[mine]
-                best[mine[better]] = top.values[better]
-                best_id[mine[better]] = members[top.indices[better]]
-            out[start : start + batch] = best_id.numpy()
+            out[start : start + batch] = self._nearest_batch(v, centres, centroids)
         return out
+
+    def _nearest_batch(self, v: torch.Tensor, centres: torch.Tensor, centroids: torch.Tensor) -> np.ndarray:
+        """(B, dim) vectors -> (B,) int32 centroid ids, in two passes. First, each (vector, probed
+        group) pair gets the best score in that group (one product per group, its column maxima:
+        no indices, which cost four times as much to find); each vector keeps its best group.
+        Then each vector is compared again with that one group's centroids, for the id."""
+        probes = min(self.probes, len(centres))
+        probed = (v @ centres.T).topk(probes, dim=1, sorted=False).indices.reshape(-1)  # (B * probes,)
+        by_group = torch.argsort(probed, stable=True)
+        rows = torch.div(by_group, probes, rounding_mode="floor")
+        values = torch.full((len(by_group),), -torch.inf)  # (a group may hold no centroid)
+        for at, count, lo, hi in self._groups(probed):
+            mine = _padded(rows[at : at + count])
+            values[at : at + count] = (centroids[lo:hi] @ v[mine].T).amax(dim=0)[:count].float()
+        best = torch.empty_like(values)
+        best[by_group] = values  # back to (vector, probe) order
+        winner = probed.reshape(-1, probes).gather(1, best.reshape(-1, probes).argmax(dim=1, keepdim=True))[:, 0]
+        order = torch.argsort(winner, stable=True)
+        ids = torch.empty(len(v), dtype=torch.int64)
+        for at, count, lo, hi in self._groups(winner):
+            mine = order[at : at + count]
+            ids[mine] = (v[_padded(mine)] @ centroids[lo:hi].T).max(dim=1).indices[:count] + lo
+        return self.order[ids.numpy()].astype(np.int32)
+
+    def _groups(self, group_of: torch.Tensor):
+        """(first pair, pairs, first row, end row in the padded centroids) of each group that
+        ``group_of`` (the group of each pair, sorted by it) names and that holds centroids."""
+        at = 0
+        for g, count in enumerate(torch.bincount(group_of, minlength=len(self.starts) - 1).tolist()):
+            lo, hi = int(self.starts[g]), int(self.starts[g + 1])
+            if count and hi > lo:
+                yield at, count, lo, hi
+            at += count
+
+
+def _padded(rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` padded to a multiple of ``PAIR_ROUNDING`` with copies of its first."""
+    extra = _round_up(len(rows), PAIR_ROUNDING) - len(rows)
+    return torch.cat([rows, rows[:1].expand(extra)]) if extra else rows
 
 
 @dataclass
