@@ -159,7 +159,7 @@ def test_arrays_edited_with_valid_checksums_are_refused_on_load(small, name, cha
 
 @pytest.mark.parametrize("name, change, message", [
     ("codes", lambda a: np.where(np.arange(len(a)) == 3, 60_000, a), "names a centroid outside"),
-    ("spans", lambda a: a + 10_000, "spans.npy holds a span outside its document's text"),
+    ("spans", lambda a: a.astype(np.int32) + 10_000, "spans.npy holds a span outside its document's text"),
     ("chunk_docs", lambda a: a + 100, "chunk_docs.npy names a document that is not stored"),
     ("ivf_chunks", lambda a: a[::-1].copy(), "the inverted file does not match"),
 ])

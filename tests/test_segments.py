@@ -118,6 +118,55 @@ def test_opening_maps_the_arrays_and_reads_no_document(retriever, tmp_path, monk
             assert isinstance(getattr(segment, name), np.memmap), name
 
 
+def test_segments_store_narrow_integers_and_the_wide_ones_written_before_still_read(retriever, tmp_path,  # noqa: F811
+                                                                                    monkeypatch):
+    """Lengths, document positions and spans take the fewest bytes that hold them, offsets 4, and
+    an inverted file over most centroids is dense; a segment written as before (int32, int64
+    offsets, sparse cells) searches the same and still verifies."""
+    narrow, wide = tmp_path / "narrow", tmp_path / "wide"
+    retriever.index(DOCS, path=narrow, document_ids=IDS)
+    (segment,) = IndexData.load(narrow).segments
+    kinds = {name: getattr(segment, name).dtype for name in ("doclens", "chunk_docs", "spans", "ivf_offsets")}
+    span_kind = np.uint8 if max(len(d) for d in DOCS) < 256 else np.uint16
+    assert kinds == {"doclens": np.uint8, "chunk_docs": np.uint8, "spans": span_kind, "ivf_offsets": np.int32}
+    used = len(np.unique(np.asarray(segment.codes)))
+    assert len(segment.ivf_cells) == used  # 439 tokens use fewer than half of 256 centroids
+
+    from maxsim.index import segment as segment_module
+    from maxsim.index.ivf import build_ivf
+
+    def always_dense(codes, doclens, n):
+        chunks, dense = build_ivf(codes, doclens, n)
+        return np.zeros(0, np.int32), dense, chunks
+
+    monkeypatch.setattr(segment_module, "sparse_ivf", always_dense)
+    retriever.index(DOCS, path=tmp_path / "dense", document_ids=IDS)
+    monkeypatch.undo()
+    (dense,) = IndexData.load(tmp_path / "dense").segments
+    assert not len(dense.ivf_cells) and len(dense.ivf_offsets) == len(IndexData.load(narrow).centroids) + 1
+    assert_same_rankings(rankings(Retriever.from_index(narrow)), rankings(Retriever.from_index(tmp_path / "dense")))
+    assert CliRunner().invoke(app, ["index", "--verify", str(tmp_path / "dense")]).exit_code == 0
+
+    def widest(values, unsigned=True):
+        return np.asarray(values).astype(np.int32 if unsigned else np.int64)
+
+    def always_sparse(codes, doclens, n):
+        chunks, dense = build_ivf(codes, doclens, n)
+        cells = np.flatnonzero(np.diff(dense)).astype(np.int32)
+        return cells, np.concatenate([dense[cells], dense[-1:]]), chunks
+
+    monkeypatch.setattr(segment_module, "narrowest", widest)
+    monkeypatch.setattr(segment_module, "sparse_ivf", always_sparse)
+    retriever.index(DOCS, path=wide, document_ids=IDS)
+    monkeypatch.undo()
+    (old,) = IndexData.load(wide).segments
+    assert old.doclens.dtype == np.int32 and old.ivf_offsets.dtype == np.int64 and len(old.ivf_cells) == used
+    assert_same_rankings(rankings(Retriever.from_index(narrow)), rankings(Retriever.from_index(wide)))
+    assert (wide / old.name / "doclens.npy").stat().st_size > (narrow / segment.name / "doclens.npy").stat().st_size
+    Retriever.from_index(wide).add(["a late note"], document_ids=["late"])  # a new segment beside the old one
+    assert CliRunner().invoke(app, ["index", "--verify", str(wide)]).exit_code == 0
+
+
 def test_the_merge_policy_merges_runs_of_one_level_and_mostly_deleted_segments(monkeypatch):
     def fake(tokens, documents=10, deleted=0):
         segment = Segment.from_arrays(np.zeros(tokens, np.int64), np.zeros((tokens, 1), np.uint8), [tokens], [0],

@@ -1,8 +1,8 @@
 """The inverted file: for each centroid, the chunks that have a token there.
 
 Each segment stores its own (:mod:`maxsim.index.segment`), for the centroids its tokens use
-only (a segment of a few documents names a few hundred of the 65,536 centroids), so that
-opening an index reads nothing in proportion to the corpus.
+only (a segment of a few documents names a few hundred of the 65,536 centroids), or densely
+once it uses most of them, so that opening an index reads nothing in proportion to the corpus.
 """
 
 from __future__ import annotations
@@ -33,35 +33,62 @@ def build_ivf(codes: np.ndarray, doclens: np.ndarray, n_centroids: int) -> tuple
 
 
 def sparse_ivf(codes: np.ndarray, doclens: np.ndarray, n_centroids: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`build_ivf` for the centroids that hold a token only: (cells (K,) int32 ascending,
-    offsets (K + 1,) int64 into chunks, chunks (E,) int32), cell ``cells[i]``'s chunks being
-    ``chunks[offsets[i]:offsets[i + 1]]``.
+    """:func:`build_ivf` as a segment stores it: (cells (K,) int32 ascending, offsets (K + 1,)
+    int64 into chunks, chunks (E,) int32), cell ``cells[i]``'s chunks being
+    ``chunks[offsets[i]:offsets[i + 1]]``. Cells list the centroids that hold a token only,
+    while they are at most half of ``n_centroids``; past that, cells is empty and offsets is
+    dense, (n_centroids + 1,) (4 bytes a centroid rather than 8: a segment of 4 million tokens
+    uses nearly all of 65,536 centroids).
 
-    >>> cells, offsets, chunks = sparse_ivf(np.array([1, 0, 1, 1]), np.array([2, 2]), 3)
+    >>> cells, offsets, chunks = sparse_ivf(np.array([1, 0, 1, 1]), np.array([2, 2]), 5)
     >>> cells.tolist(), offsets.tolist(), chunks.tolist()
     ([0, 1], [0, 1, 3], [0, 0, 1])
+    >>> cells, offsets, chunks = sparse_ivf(np.array([1, 0, 1, 1]), np.array([2, 2]), 3)
+    >>> cells.tolist(), offsets.tolist()
+    ([], [0, 1, 3, 3])
     """
     chunks, dense = build_ivf(codes, doclens, n_centroids)
     cells = np.flatnonzero(np.diff(dense)).astype(np.int32)
+    if 2 * len(cells) > n_centroids:
+        return np.zeros(0, dtype=np.int32), dense, chunks
     return cells, np.concatenate([dense[cells], dense[-1:]]).astype(np.int64), chunks
 
 
+def dense_offsets(cells: np.ndarray, offsets: np.ndarray, n_centroids: int) -> np.ndarray:
+    """The (n_centroids + 1,) int64 offsets of an inverted file stored by :func:`sparse_ivf`
+    in either form (to compare two of them).
+
+    >>> dense_offsets(np.array([0, 1]), np.array([0, 1, 3]), 3).tolist()
+    [0, 1, 3, 3]
+    """
+    if not len(cells) and len(offsets) > 1:
+        return np.asarray(offsets, dtype=np.int64)
+    counts = np.zeros(n_centroids, dtype=np.int64)
+    counts[np.asarray(cells, dtype=np.int64)] = np.diff(np.asarray(offsets, dtype=np.int64))
+    return np.concatenate([[0], np.cumsum(counts)])
+
+
 def cell_entries(cells: np.ndarray, offsets: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Where the chunks of each of ``wanted`` (centroid ids) lie in a sparse inverted file
-    (:func:`sparse_ivf`): (positions into its chunks, (E,) int64, cell after cell; the centroid
-    of each, (E,) int64). Centroids it does not hold contribute nothing.
+    """Where the chunks of each of ``wanted`` (centroid ids) lie in an inverted file stored by
+    :func:`sparse_ivf` (either form): (positions into its chunks, (E,) int64, cell after
+    cell; the centroid of each, (E,) int64). Centroids it does not hold contribute nothing.
 
     >>> cell_entries(np.array([0, 4]), np.array([0, 1, 3]), np.array([1, 4])) [0].tolist()
     [1, 2]
+    >>> cell_entries(np.array([], dtype=np.int32), np.array([0, 1, 1, 1, 1, 3]), np.array([1, 4])) [0].tolist()
+    [1, 2]
     """
     wanted = np.asarray(wanted, dtype=np.int64)
-    if not len(cells) or not len(wanted):
+    if not len(cells):  # dense: cell c is row c (an empty segment has no row)
+        where = centroid = wanted[(wanted >= 0) & (wanted < len(offsets) - 1)]
+    elif not len(wanted):
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    where = np.searchsorted(cells, wanted).clip(max=len(cells) - 1)
-    held = cells[where] == wanted
-    where, wanted = where[held], wanted[held]
-    lengths = offsets[where + 1] - offsets[where]
-    return ranges(offsets[where], lengths), np.repeat(wanted, lengths)
+    else:
+        where = np.searchsorted(cells, wanted).clip(max=len(cells) - 1)
+        held = cells[where] == wanted
+        where, centroid = where[held], wanted[held]
+    lengths = (offsets[where + 1] - offsets[where]).astype(np.int64)
+    return ranges(offsets[where], lengths), np.repeat(centroid, lengths)
 
 
 def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -6,11 +6,13 @@ index's manifest)::
 
     codes.npy        (T,) uint16 (int32 past 65,536 centroids) centroid id of each token
     residuals.npy    (T, dim * nbits / 8) uint8, packed residual bucket ids
-    doclens.npy      (N,) int32 tokens per chunk
-    chunk_docs.npy   (N,) int32 position of each chunk's document in this segment
-    spans.npy        (N, 2) int32 character span (start, end) of each chunk in its document
-    ivf_cells.npy    (K,) int32 the centroids this segment's tokens use, ascending
-    ivf_offsets.npy  (K + 1,) int64 where each one's chunks start in ivf_chunks
+    doclens.npy      (N,) uint16 (int32 past 65,535) tokens per chunk
+    chunk_docs.npy   (N,) uint16 (int32 past 65,535) position of each chunk's document here
+    spans.npy        (N, 2) uint16 (int32 past 65,535) character span (start, end) of each
+                     chunk in its document
+    ivf_cells.npy    (K,) int32 the centroids this segment's tokens use, ascending; empty once
+                     they are more than half of all (then K is every centroid, densely)
+    ivf_offsets.npy  (K + 1,) int32 (int64 past 2**31) where each one's chunks start in ivf_chunks
     ivf_chunks.npy   (E,) uint16 (int32 past 65,536 chunks) chunks holding a token there
     documents.sqlite id, text and metadata of each document (:mod:`maxsim.index.documents`)
     bm25-<32 hex>/   its BM25 side, where the index has one (:mod:`maxsim.index.postings`)
@@ -18,6 +20,9 @@ index's manifest)::
                      a delete writes a new file and the manifest names the current one)
 
 Chunk and document numbers here are local to the segment; the index adds each segment's base.
+Segments written before 2026-12-04 hold int32 doclens, chunk_docs and spans, int64
+ivf_offsets and sparse cells however many there are; they are read as they are (any integer
+type, either form of cells).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import torch
 from maxsim.errors import MaxsimError
 from maxsim.files import checksum_problems, file_digest, file_record, fsync_file, save_array
 from maxsim.index.documents import DOCUMENTS_FILE, ListDocuments, SqliteDocuments, write_documents
-from maxsim.index.ivf import cell_entries, ranges, sparse_ivf
+from maxsim.index.ivf import cell_entries, dense_offsets, ranges, sparse_ivf
 from maxsim.index.postings import Postings, PostingsError, verify_postings
 
 #: the arrays of a segment, in the order they are written
@@ -46,6 +51,23 @@ SEGMENT_PREFIX = "seg-"
 #: the kind of number each array must hold ("iu": integers, "u": unsigned) and its dimensions
 SEGMENT_KINDS = {"codes": ("iu", 1), "residuals": ("u", 2), "doclens": ("iu", 1), "chunk_docs": ("iu", 1),
                  "spans": ("iu", 2), "ivf_cells": ("iu", 1), "ivf_offsets": ("iu", 1), "ivf_chunks": ("iu", 1)}
+
+
+def narrowest(values: np.ndarray, unsigned: bool = True) -> np.ndarray:
+    """Non-negative integers in the narrowest type that holds them all: uint8 or uint16 (when
+    ``unsigned``), else int32, else int64. Every reader accepts any integer type, so each
+    segment stores its own (chunk lengths of passages under 256 tokens take 1 byte; document
+    positions and character spans of passage-sized documents 2: 0.2 bytes a token less than
+    int32 at a million passages of 64 tokens).
+
+    >>> [narrowest(np.array(top)).dtype.name for top in ([3, 255], [65535], [70000])]
+    ['uint8', 'uint16', 'int32']
+    """
+    values = np.asarray(values)
+    top = int(values.max()) if values.size else 0
+    if unsigned and top < 1 << 16:
+        return values.astype(np.uint8 if top < 1 << 8 else np.uint16)
+    return values.astype(np.int32 if top < 1 << 31 else np.int64)
 
 
 class SegmentError(MaxsimError, ValueError):
@@ -105,8 +127,9 @@ class Segment:
             documents = ListDocuments(documents)
         if bm25 is None and bm25_language is not None:
             bm25 = Postings.from_texts([record["content"] for record in documents], bm25_language)
-        return cls(codes, np.asarray(residuals, dtype=np.uint8), doclens, np.asarray(chunk_docs, dtype=np.int32),
-                   np.asarray(spans, dtype=np.int32).reshape(-1, 2), cells, offsets, chunks.astype(chunk_type),
+        spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+        return cls(codes, np.asarray(residuals, dtype=np.uint8), narrowest(doclens), narrowest(chunk_docs),
+                   narrowest(spans), cells, narrowest(offsets, unsigned=False), chunks.astype(chunk_type),
                    documents, bm25=bm25)
 
     # ------------------------------------------------------------------ sizes
@@ -271,8 +294,10 @@ def _check_counts(arrays: dict[str, np.ndarray], entry: dict, folder: Path) -> N
             problems.append(f"{name}.npy does not hold {n_chunks} chunks")
     if arrays["spans"].ndim != 2 or arrays["spans"].shape[1] != 2:
         problems.append("spans.npy does not hold (start, end) pairs")
-    if len(arrays["ivf_offsets"]) != len(arrays["ivf_cells"]) + 1:
+    if len(arrays["ivf_cells"]) and len(arrays["ivf_offsets"]) != len(arrays["ivf_cells"]) + 1:
         problems.append("ivf_offsets.npy does not hold one more entry than ivf_cells.npy")
+    if not len(arrays["ivf_offsets"]):
+        problems.append("ivf_offsets.npy is empty")
     if problems:
         raise SegmentError(f"{folder} is damaged ({'; '.join(problems)}): rebuild the index")
 
@@ -343,7 +368,8 @@ def _value_problems(segment: Segment, n_centroids: int, dim: int, nbits: int, fo
         problems.append(f"{folder}: a tombstone names a document that is not stored")
     if not problems and segment.n_chunks:
         cells, offsets, chunks = sparse_ivf(segment.codes, segment.doclens, n_centroids)
-        if not (np.array_equal(cells, segment.ivf_cells) and np.array_equal(offsets, segment.ivf_offsets)
+        stored = dense_offsets(segment.ivf_cells, segment.ivf_offsets, n_centroids)
+        if not (np.array_equal(dense_offsets(cells, offsets, n_centroids), stored)
                 and np.array_equal(chunks, segment.ivf_chunks)):
             problems.append(f"{folder}: the inverted file does not match the tokens' codes")
     return problems

@@ -287,7 +287,7 @@ class IndexData:
         """(n,) int64 number of the document of each chunk."""
         out = np.zeros(len(chunk_ids), dtype=np.int64)
         for s, where, local in self.split(chunk_ids, self.chunk_base):
-            out[where] = self.segments[s].chunk_docs[local] + self.doc_base[s]
+            out[where] = self.segments[s].chunk_docs[local].astype(np.int64) + self.doc_base[s]
         return out
 
     def chunk_spans(self, chunk_ids: np.ndarray) -> np.ndarray:
