@@ -13,6 +13,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from test_index_writes import DOCS, IDS, checkpoint, retriever  # noqa: F401 - fixtures
 from typer.testing import CliRunner
 
@@ -116,6 +117,41 @@ def test_opening_maps_the_arrays_and_reads_no_document(retriever, tmp_path, monk
     for segment in data.segments:
         for name in ("codes", "residuals", "doclens", "chunk_docs", "spans", "ivf_chunks"):
             assert isinstance(getattr(segment, name), np.memmap), name
+
+
+def test_an_add_or_delete_opens_only_what_it_wrote_and_rehashes_no_shared_file(retriever, tmp_path,  # noqa: F811
+                                                                              monkeypatch):
+    """After an in-place write the writer keeps the segments it did not touch (the same objects)
+    and the shared centroids and codec without reading or hashing them again; what it holds
+    then searches as a fresh open does, and the manifest's digests are still the files'."""
+    path = tmp_path / "ix"
+    retriever.index(DOCS, path=path, document_ids=IDS)
+    r = Retriever.from_index(path)
+    r.add(["a late note about the tides"], document_ids=["late"])
+    first, second = r.index_data.segments
+    hashed, opened = [], []
+    real_digest, real_open = store.file_digest, Segment.open
+    monkeypatch.setattr(store, "file_digest", lambda f: hashed.append(f.name) or real_digest(f))
+    monkeypatch.setattr(IndexData, "load", classmethod(lambda cls, p: pytest.fail("the index was read again")))
+    monkeypatch.setattr(Segment, "open", classmethod(lambda cls, root, entry: opened.append(entry["name"])
+                                                       or real_open.__func__(cls, root, entry)))
+    r.add(["another late note on volcanoes"], document_ids=["later"])
+    assert hashed == [] and len(r.index_data.segments) == 3
+    assert r.index_data.segments[0] is first and r.index_data.segments[1] is second
+    assert opened == [r.index_data.manifest_entries[2]["name"]]
+    assert isinstance(r.index_data.segments[2].codes, np.memmap)
+    opened.clear()
+    third = r.index_data.segments[2]
+    r.delete([IDS[0]])  # tombstones in the first segment: that one is opened again
+    assert hashed == [] and opened == [first.name]
+    assert r.index_data.segments[0] is not first and r.index_data.segments[0].deleted.tolist() == [0]
+    assert r.index_data.segments[1] is second and r.index_data.segments[2] is third
+    monkeypatch.undo()
+    assert_same_rankings(rankings(r), rankings(Retriever.from_index(path)))
+    meta = json.loads((path / "index.json").read_text())
+    for name in ("centroids.npy", "codec.npy"):
+        assert meta["files"][name] == hashlib.sha256((path / name).read_bytes()).hexdigest()
+    assert IndexData.load(path).verify() == []
 
 
 def test_segments_store_narrow_integers_and_the_wide_ones_written_before_still_read(retriever, tmp_path,  # noqa: F811

@@ -209,6 +209,8 @@ class IndexData:
     #: the manifest's entry of each written segment (by name), as last read or written
     manifest_entries: list[dict] = field(default_factory=list, repr=False)
     _filters: dict = field(default_factory=dict, repr=False, compare=False)  # the last filters' Allowed
+    #: the sha256 of the shared files (``centroids.npy``, ``codec.npy``) as the manifest records them
+    shared_digests: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def dim(self) -> int:
@@ -363,8 +365,10 @@ class IndexData:
         return self._with_segments([merged(self.segments, len(self.centroids))] if self.segments else [])
 
     def _with_segments(self, segments: list[Segment]) -> IndexData:
-        return IndexData(self.settings, self.centroids, self.codec, segments, self.version, self.path, self.legacy,
-                         self.manifest_entries)
+        changed = IndexData(self.settings, self.centroids, self.codec, segments, self.version, self.path, self.legacy,
+                            self.manifest_entries)
+        changed.shared_digests = self.shared_digests
+        return changed
 
     # ------------------------------------------------------------------ writing
     def save(self, path: str | Path) -> str:
@@ -392,9 +396,9 @@ class IndexData:
         return self.version
 
     def _save_in_place(self, path: Path) -> None:
-        entries = self._write_pending(path)
-        self.write_manifest(path, entries)
-        self._reopen(path)
+        # the shared files are never rewritten in place: their digests and arrays stay as they are
+        self.write_manifest(path, self._write_pending(path), self.shared_digests)
+        self._reopen_written(path)
         while merges := plan_merges(self.segments):
             (start, end), = merges
             for segment in self.segments[start:end]:
@@ -402,8 +406,8 @@ class IndexData:
             combined = merged(self.segments[start:end], len(self.centroids))
             segments = [*self.segments[:start], *([combined] if combined.n_documents else []), *self.segments[end:]]
             self.segments = segments
-            self.write_manifest(path, self._write_pending(path))
-            self._reopen(path)
+            self.write_manifest(path, self._write_pending(path), self.shared_digests)
+            self._reopen_written(path)
         collect_garbage(path, self.manifest_entries)
 
     def _write_pending(self, path: Path) -> list[dict]:
@@ -450,26 +454,44 @@ class IndexData:
         np.save(folder / "centroids.npy", self.centroids.astype(np.float16), allow_pickle=False)
         np.save(folder / "codec.npy", self.codec.to_array(), allow_pickle=False)
 
-    def write_manifest(self, folder: Path, entries: list[dict]) -> None:
+    def write_manifest(self, folder: Path, entries: list[dict], shared_digests: dict | None = None) -> None:
         """Write ``folder/index.json`` (atomically) naming the segments of ``entries`` (as
-        :meth:`Segment.write` returns them), with a new version, which this object takes."""
+        :meth:`Segment.write` returns them), with a new version, which this object takes.
+        ``shared_digests``: the sha256 of ``folder``'s shared files where the caller knows them
+        (an in-place save, which leaves them as they were); otherwise they are computed."""
         version = uuid.uuid4().hex
+        if not shared_digests:
+            shared_digests = {f"{name}.npy": file_digest(folder / f"{name}.npy") for name in SHARED_ARRAYS}
         meta = self.settings.model_dump()
         live = sum(e["n_documents"] - (e["deleted"] or {}).get("count", 0) for e in entries)
         meta.update(format=FORMAT, version=version, n_documents=live, n_chunks=sum(e["n_chunks"] for e in entries),
                     n_tokens=sum(e["n_tokens"] for e in entries), n_centroids=int(len(self.centroids)),
-                    files={f"{name}.npy": file_digest(folder / f"{name}.npy") for name in SHARED_ARRAYS},
-                    segments=entries)
+                    files=dict(shared_digests), segments=entries)
         atomic_write_text(folder / "index.json", json.dumps(meta, indent=1) + "\n")
-        self.version, self.manifest_entries = version, entries
+        self.version, self.manifest_entries, self.shared_digests = version, entries, dict(shared_digests)
 
     def _reopen(self, path: Path) -> None:
         """Take the segments as written (memory-mapped) in place of those in memory."""
         fresh = IndexData.load(path)
         self.segments, self.version, self.path, self.legacy = fresh.segments, fresh.version, path, False
-        self.manifest_entries = fresh.manifest_entries
+        self.manifest_entries, self.shared_digests = fresh.manifest_entries, fresh.shared_digests
+        self._forget_derived()
+
+    def _reopen_written(self, path: Path) -> None:
+        """After an in-place save by this object (under the lock): the segments it has just written,
+        and those whose tombstones it rewrote, are opened (memory-mapped, the cheap checks); the
+        others, unchanged on disk, and the shared arrays are kept as they are, so that the cost
+        grows with the change and not with the index."""
+        self.segments = [segment if segment.name == entry["name"] and not segment.tombstones_pending
+                         else Segment.open(path, entry) for segment, entry in zip(self.segments, self.manifest_entries)]
+        self.path, self.legacy = path, False
+        self._forget_derived()
+
+    def _forget_derived(self) -> None:
+        """Drop what was computed from the segments (their numbering, the filters kept)."""
         self.__dict__.pop("doc_base", None)
         self.__dict__.pop("chunk_base", None)
+        self._filters.clear()
 
     # ------------------------------------------------------------------ reading
     @classmethod
@@ -547,7 +569,7 @@ class IndexData:
                                      "rebuild the index")
         data = cls(settings, shared["centroids"].astype(np.float32),
                    Codec.from_array(shared["codec"], settings.nbits), segments, meta["version"], path)
-        data.manifest_entries = meta["segments"]
+        data.manifest_entries, data.shared_digests = meta["segments"], dict(meta["files"])
         return data
 
     @classmethod
