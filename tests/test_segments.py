@@ -166,7 +166,11 @@ def test_segments_store_narrow_integers_and_the_wide_ones_written_before_still_r
     span_kind = np.uint8 if max(len(d) for d in DOCS) < 256 else np.uint16
     assert kinds == {"doclens": np.uint8, "chunk_docs": np.uint8, "spans": span_kind, "ivf_offsets": np.int32}
     used = len(np.unique(np.asarray(segment.codes)))
-    assert len(segment.ivf_cells) == used  # 439 tokens use fewer than half of 256 centroids
+    n_centroids = len(IndexData.load(narrow).centroids)
+    # sparse cells while the tokens use at most half the centroids, dense past that (how many the
+    # 439 tokens use depends on the CPU's k-means and bf16 path, so both outcomes are checked)
+    assert len(segment.ivf_cells) == (used if 2 * used <= n_centroids else 0)
+    assert len(segment.ivf_offsets) == (used + 1 if 2 * used <= n_centroids else n_centroids + 1)
 
     from maxsim.index import segment as segment_module
     from maxsim.index.ivf import build_ivf
