@@ -365,10 +365,8 @@ class IndexData:
         return self._with_segments([merged(self.segments, len(self.centroids))] if self.segments else [])
 
     def _with_segments(self, segments: list[Segment]) -> IndexData:
-        changed = IndexData(self.settings, self.centroids, self.codec, segments, self.version, self.path, self.legacy,
-                            self.manifest_entries)
-        changed.shared_digests = self.shared_digests
-        return changed
+        return IndexData(self.settings, self.centroids, self.codec, segments, self.version, self.path, self.legacy,
+                         self.manifest_entries, shared_digests=self.shared_digests)
 
     # ------------------------------------------------------------------ writing
     def save(self, path: str | Path) -> str:
