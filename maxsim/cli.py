@@ -422,7 +422,7 @@ def search(
     import json
 
     from maxsim.index.filters import parse_where
-    from maxsim.limits import check_text
+    from maxsim.limits import check_query
     from maxsim.retriever import Retriever
 
     if k < 1:
@@ -430,7 +430,7 @@ def search(
     _quiet_libraries()
     with _one_line_errors():
         for i, query in enumerate(queries, start=1):
-            check_text(query, f"query {i}")  # (bytes that are not UTF-8 come as lone surrogates)
+            check_query(query, f"query {i}")  # (bytes that are not UTF-8 come as lone surrogates)
         condition = parse_where(where) if where else None
         settings = _hybrid(hybrid, fusion, fusion_weight, rrf_k, hybrid_depth)
         retriever = Retriever.from_index(index, allow_model_mismatch=allow_model_mismatch)

@@ -19,7 +19,13 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from maxsim.errors import SettingsError, validation_message
+
+FUSIONS = ("rrf", "weighted")
+#: the largest rrf constant and candidate depth a hybrid search takes
+MAX_RRF_K, MAX_DEPTH = 1_000_000, 10_000
 
 
 class Hybrid(BaseModel):
@@ -27,13 +33,13 @@ class Hybrid(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    fusion: Literal["rrf", "weighted"] = "weighted"
+    fusion: Literal["rrf", "weighted"] = "weighted"  # (FUSIONS)
     #: rrf's constant
-    rrf_k: int = Field(60, ge=1)
+    rrf_k: int = Field(60, ge=1, le=MAX_RRF_K)
     #: weighted: MaxSim's share of the sum (BM25 gets 1 - weight)
     weight: float = Field(0.7, ge=0.0, le=1.0)
     #: candidates taken from each ranking before fusing
-    depth: int = Field(100, ge=1)
+    depth: int = Field(100, ge=1, le=MAX_DEPTH)
 
 
 DEFAULT_HYBRID = Hybrid()
@@ -41,8 +47,17 @@ DEFAULT_HYBRID = Hybrid()
 
 def hybrid_settings(value) -> Hybrid | None:
     """A :class:`Hybrid` from what a caller may pass: None or False (no fusion), True (the
-    default), ``"rrf"`` or ``"weighted"`` (that fusion, default settings), a dict of fields, or a
-    Hybrid. Anything else is a :class:`pydantic.ValidationError` naming the field."""
+    default), ``"rrf"`` or ``"weighted"`` (that fusion, default settings; any case), a dict of
+    fields, or a Hybrid. Anything else is a :class:`~maxsim.errors.SettingsError` naming the
+    setting and what it takes.
+
+    >>> hybrid_settings({"fusion": "RRF", "rrf_k": 10}).rrf_k
+    10
+    >>> hybrid_settings({"weight": 1.5})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    maxsim.errors.SettingsError: hybrid setting weight: Input should be less than or equal to 1 ...
+    """
     if value is None or value is False:
         return None
     if value is True:
@@ -50,11 +65,17 @@ def hybrid_settings(value) -> Hybrid | None:
     if isinstance(value, Hybrid):
         return value
     if isinstance(value, str):
-        fusion = value if value != "default" else DEFAULT_HYBRID.fusion
-        return DEFAULT_HYBRID.model_copy(update={"fusion": Hybrid(fusion=fusion).fusion})
-    if isinstance(value, dict):
+        value = {"fusion": DEFAULT_HYBRID.fusion if value.lower() == "default" else value}
+    if not isinstance(value, dict):
+        raise SettingsError(f"hybrid is true, false, {' or '.join(map(repr, FUSIONS))}, or a dict of its settings "
+                            f"(fusion, weight, rrf_k, depth); got {value!r}")
+    if isinstance(value.get("fusion"), str):
+        value = {**value, "fusion": value["fusion"].lower()}
+    try:
         return Hybrid.model_validate({**DEFAULT_HYBRID.model_dump(), **value})
-    return Hybrid.model_validate(value)
+    except ValidationError as err:
+        raise SettingsError(f"hybrid setting {validation_message(err)} (fusion: {' or '.join(FUSIONS)}; weight: 0 to "
+                            f"1; rrf_k: 1 to {MAX_RRF_K}; depth: 1 to {MAX_DEPTH})") from None
 
 
 def min_max(scores: np.ndarray) -> np.ndarray:

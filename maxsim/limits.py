@@ -1,4 +1,5 @@
-"""Bounds on what callers hand the library: text that is text, metadata that stays small and flat.
+"""Bounds on what callers hand the library: text that is text, queries of a bounded length,
+names that stay names, metadata that stays small and flat.
 
 Checked at every door (``Retriever.index``, ``add``, ``search``; the server's requests; the
 command line), before any work, so that one caller's input can never break what others get:
@@ -9,6 +10,7 @@ and metadata nested hundreds of levels deep overflows the stack of every search 
 from __future__ import annotations
 
 import json
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from maxsim.errors import SettingsError
@@ -17,6 +19,14 @@ from maxsim.errors import SettingsError
 MAX_METADATA_DEPTH = 32
 #: the most bytes a document's metadata may take as JSON
 MAX_METADATA_BYTES = 64 * 1024
+#: the most characters a query may have. A ColBERT query reads only its first ``query_maxlen``
+#: tokens (32 by default: about 150 characters), and BM25's cost grows with the query's terms:
+#: a longer query is refused before it is tokenised, so that it cannot hold up other clients
+MAX_QUERY_CHARS = 10_000
+#: the largest integer that metadata and filters may hold (2**53): every JSON reader, JavaScript
+#: and Qdrant's ranges included, holds the integers up to it exactly, so a filter means the same
+#: on every backend; a larger one (a 64-bit hash, say) belongs in metadata as text
+MAX_SAFE_INTEGER = 2**53
 
 
 def check_text(value: Any, what: str) -> str:
@@ -38,6 +48,62 @@ def check_text(value: Any, what: str) -> str:
                             f"{err.start + 1}), which is not a character: send the text as UTF-8 (in JSON, a "
                             "\\ud83d\\ude00 pair, never half of one)") from None
     return value
+
+
+def check_query(value: Any, what: str = "query") -> str:
+    """``value`` if it is text (:func:`check_text`) of at most :data:`MAX_QUERY_CHARS` characters.
+
+    >>> check_query("x" * 10_001)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    maxsim.errors.SettingsError: the query has 10001 characters, over the 10000 allowed: ...
+    """
+    check_text(value, what)
+    if len(value) > MAX_QUERY_CHARS:
+        raise SettingsError(f"the {what} has {len(value)} characters, over the {MAX_QUERY_CHARS} allowed: a ColBERT "
+                            "query reads only its first tokens (query_maxlen); shorten it, or split it into several")
+    return value
+
+
+def check_name(value: Any, what: str, kept_under: str | Path) -> str:
+    """``value`` if it is one plain folder name (kept under ``kept_under``), else a SettingsError:
+    a name never leaves its folder, so no separator, no ``.`` or ``..``, nothing absolute.
+
+    >>> check_name("scifact", "index name", ".maxsim/indexes")
+    'scifact'
+    >>> check_name("../..", "index name", ".maxsim/indexes")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    maxsim.errors.SettingsError: index name '../..' must be one folder name ...
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise SettingsError(f"the {what} must be a non-empty text, got {value!r}")
+    if (value in (".", "..") or any(c in value for c in "/\\\0") or PurePosixPath(value).is_absolute()
+            or PureWindowsPath(value).is_absolute() or PureWindowsPath(value).drive or len(value.encode()) > 255):
+        raise SettingsError(f"{what} {value!r} must be one folder name (no '/', '\\', '.' or '..', at most 255 "
+                            f"bytes); it is kept under {kept_under}/. Give a plain name such as 'scifact'")
+    check_text(value, what)
+    return value
+
+
+def check_integers(value: Any, what: str) -> None:
+    """Refuse an integer (in ``value``, walked without recursion) beyond +-:data:`MAX_SAFE_INTEGER`.
+
+    >>> check_integers({"n": [1, 2**60]}, "the metadata of d1")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    maxsim.errors.SettingsError: the metadata of d1 holds the integer 1152921504606846976, beyond ...
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_SAFE_INTEGER:
+            raise SettingsError(f"{what} holds the integer {item}, beyond the +-2**53 ({MAX_SAFE_INTEGER}) that "
+                                "every backend compares exactly: store it as text")
 
 
 def metadata_depth(value: Any) -> int:
@@ -74,6 +140,7 @@ def check_metadata(value: Any, what: str) -> dict | None:
         raise SettingsError(f"the metadata of {what} cannot be saved as JSON ({err}): use strings, finite numbers, "
                             "booleans, lists and dicts") from None
     check_text(encoded, f"metadata of {what}")
+    check_integers(value, f"the metadata of {what}")
     size = len(encoded.encode("utf-8"))
     if size > MAX_METADATA_BYTES:
         raise SettingsError(f"the metadata of {what} takes {size} bytes as JSON, over the {MAX_METADATA_BYTES} "

@@ -85,6 +85,7 @@ class QdrantIndex:
     def __init__(self, client, collection: str) -> None:
         self.client, self.collection = client, collection
         self._settings: QdrantSettings | None = None
+        self._fields_seen: set[str] = set()  # metadata fields some point has (once seen, kept)
 
     # ------------------------------------------------------------------ the collection
     def exists(self) -> bool:
@@ -146,6 +147,15 @@ class QdrantIndex:
         if settings.model_digest and digest and digest != settings.model_digest:
             raise QdrantError(f"the model is not the one Qdrant collection {self.collection!r} was made with (its "
                               "weights or settings differ): its query vectors would not match the stored ones")
+
+    def check_fields(self, condition: Filter) -> None:
+        """Refuse a filter naming a metadata field no point has (as maxsim's own index does)."""
+        wanted = (condition.fields | condition.nested) - self._fields_seen
+        self._fields_seen |= fields_present(self.client, self.collection, wanted)
+        unknown = sorted(wanted - self._fields_seen)
+        if unknown:
+            raise SettingsError(f"no document of Qdrant collection {self.collection!r} has the metadata field "
+                                f"{', '.join(map(repr, unknown))}: check the field's name")
 
     def count(self) -> int:
         """Documents in the collection."""
@@ -220,7 +230,10 @@ class QdrantIndex:
         from qdrant_client import models
 
         encoder = self.settings.encoder() if first_stage else None
-        condition = to_qdrant_filter(filter) if filter is not None else None
+        condition = None
+        if filter is not None:
+            condition = to_qdrant_filter(filter)
+            self.check_fields(Filter(filter))
         out = []
         for vectors, mask in zip(np.asarray(q_vectors, dtype=np.float32), np.asarray(q_mask, dtype=bool)):
             tokens = vectors[mask]
@@ -247,41 +260,58 @@ class QdrantIndex:
 
 
 def to_qdrant_filter(spec: Mapping):
-    """A maxsim filter (:mod:`maxsim.index.filters`) as a Qdrant ``Filter`` over the payload:
-    metadata fields under ``metadata.``, ``id`` as ``document_id``. Ranges over texts are
-    compared as dates (Qdrant has no text ranges); a text that is no date is refused."""
+    """A maxsim filter (:mod:`maxsim.index.filters`) as a Qdrant ``Filter`` over the payload,
+    meaning what it means on maxsim's own index: metadata fields under ``metadata.``, ``id`` as
+    ``document_id``; a number equals by value (a range from it to itself, so 1.0 matches 1), a
+    list-valued field matches on any element. Ranges over texts are compared as dates (Qdrant
+    has no text ranges); a text that is no date is refused."""
     from qdrant_client import models
 
-    Filter(spec)  # the grammar, checked as for maxsim's own index
+    condition = Filter(spec)  # the grammar and the values, checked as for maxsim's own index
     must, must_not = [], []
-    for key, condition in spec.items():
+    for key, op, value in condition.conditions:
         field_key = "document_id" if key == "id" else f"metadata.{key}"
-        for op, value in (condition.items() if isinstance(condition, Mapping) else [("eq", condition)]):
-            if op == "eq":
-                must.append(_equal(models, field_key, value))
-            elif op == "ne":
-                must_not.append(_equal(models, field_key, value))
-            elif op == "in":
-                must.append(models.Filter(should=[_equal(models, field_key, v) for v in value]))
-            elif isinstance(value, str):
-                try:
-                    datetime.fromisoformat(value)
-                except ValueError:
-                    raise SettingsError(f"filter field {key!r}: Qdrant compares texts in ranges only as dates, and "
-                                        f"{value!r} is no ISO date") from None
-                must.append(models.FieldCondition(key=field_key, range=models.DatetimeRange(**{op: value})))
-            else:
-                must.append(models.FieldCondition(key=field_key, range=models.Range(**{op: value})))
+        if op in ("eq", "ne", "in"):
+            (must if op != "ne" else must_not).append(_member(models, field_key, value if op == "in" else [value]))
+        elif isinstance(value, str):
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                raise SettingsError(f"filter field {key!r}: Qdrant compares texts in ranges only as dates, and "
+                                    f"{value!r} is no ISO date") from None
+            must.append(models.FieldCondition(key=field_key, range=models.DatetimeRange(**{op: value})))
+        else:
+            must.append(models.FieldCondition(key=field_key, range=models.Range(**{op: value})))
     return models.Filter(must=must or None, must_not=must_not or None)
 
 
-def _equal(models, key: str, value):
-    if value is None:
-        return models.IsNullCondition(is_null=models.PayloadField(key=key))
-    if isinstance(value, float) and not value.is_integer():
-        return models.FieldCondition(key=key, range=models.Range(gte=value, lte=value))
-    return models.FieldCondition(key=key, match=models.MatchValue(value=int(value) if isinstance(value, float)
-                                                                  else value))
+def _member(models, key: str, values: list):
+    """The condition that the field (or one of its elements) equals one of ``values``."""
+    options = []
+    texts = [v for v in values if isinstance(v, str)]
+    if texts:
+        options.append(models.FieldCondition(key=key, match=models.MatchAny(any=texts) if len(texts) > 1
+                                             else models.MatchValue(value=texts[0])))
+    for value in values:
+        if value is None:
+            options.append(models.IsNullCondition(is_null=models.PayloadField(key=key)))
+        elif isinstance(value, bool):
+            options.append(models.FieldCondition(key=key, match=models.MatchValue(value=value)))
+        elif isinstance(value, (int, float)):
+            options.append(models.FieldCondition(key=key, range=models.Range(gte=value, lte=value)))
+    return options[0] if len(options) == 1 else models.Filter(should=options)
+
+
+def fields_present(client, collection: str, fields: set[str]) -> set[str]:
+    """Which of the metadata ``fields`` (dotted paths) some point of the collection has."""
+    from qdrant_client import models
+
+    present = set()
+    for field in fields:
+        has = models.Filter(must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key=f"metadata.{field}"))])
+        if client.count(collection, count_filter=has, exact=False).count:
+            present.add(field)
+    return present
 
 
 def export_index(data, client_or_url, collection: str, storage: str = "float16", first_stage: bool = True,

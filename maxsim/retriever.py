@@ -40,7 +40,7 @@ from maxsim.index.bm25_search import bm25_matches, bm25_top, require_bm25, score
 from maxsim.index.build import Shard, StreamingBuild
 from maxsim.index.pooling import pool_tokens
 from maxsim.lexical import Analyzer, check_language
-from maxsim.limits import MAX_METADATA_DEPTH, check_metadata, check_text, within_bounds
+from maxsim.limits import MAX_METADATA_DEPTH, check_metadata, check_name, check_query, check_text, within_bounds
 from maxsim.model import ColBERT, InferenceForward
 from maxsim.muvera import Muvera
 from maxsim.progress import progress
@@ -104,10 +104,7 @@ def index_folder(name: str | None) -> Path:
     """
     if not name:
         raise SettingsError("give the index a path= (a folder) or a name= (kept under .maxsim/indexes/)")
-    if (not isinstance(name, str) or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
-            or Path(name).is_absolute() or Path(name).name != name):
-        raise SettingsError(f"index name {name!r} must be one folder name (no '/', '\\', '.' or '..'); it is kept "
-                         f"under {INDEX_ROOT}/. Use path= for a folder elsewhere")
+    check_name(name, "index name", INDEX_ROOT)
     return INDEX_ROOT / name
 
 
@@ -491,7 +488,7 @@ class Retriever:
         if not texts or any(not isinstance(t, str) for t in texts):
             raise SettingsError("give a query (a string) or a non-empty list of query strings")
         for text in texts:
-            check_text(text, "query")
+            check_query(text)
         return texts
 
     def _analyzer(self, language: str) -> Analyzer:

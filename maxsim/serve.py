@@ -42,7 +42,7 @@ from maxsim.fusion import Hybrid, hybrid_settings
 from maxsim.index import search, search_pool
 from maxsim.index.bm25_search import require_bm25
 from maxsim.index.filters import Filter
-from maxsim.limits import check_metadata, check_text
+from maxsim.limits import check_metadata, check_query, check_text
 from maxsim.retriever import Retriever
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class SearchRequest(BaseModel):
         if isinstance(value, list):
             for i, query in enumerate(value):
                 if isinstance(query, str):
-                    check_text(query, f"query {i}")
+                    check_query(query, f"query {i}")
         return value
 
 
@@ -400,7 +400,7 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
         if not q.strip():
             raise HTTPException(422, "q must be a non-empty query")
         try:
-            check_text(q, "query")
+            check_query(q)
         except MaxsimError as err:
             raise HTTPException(422, str(err)) from None
         if not 1 <= k <= MAX_K:

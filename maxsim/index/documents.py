@@ -131,6 +131,10 @@ class SqliteDocuments:
         rows = self._rows(f"SELECT position FROM documents WHERE {sql} ORDER BY position", list(parameters))
         return np.array([row[0] for row in rows], dtype=np.int64)
 
+    def any_where(self, sql: str, parameters: Sequence) -> bool:
+        """Whether the SQL condition holds for some document (stops at the first)."""
+        return bool(self._rows(f"SELECT 1 FROM documents WHERE {sql} LIMIT 1", list(parameters)))
+
     def close(self) -> None:
         with self._lock:
             self._connection.close()
@@ -165,6 +169,14 @@ class ListDocuments:
     def positions_where(self, sql: str, parameters: Sequence) -> np.ndarray:
         """As :meth:`SqliteDocuments.positions_where`, through a copy in an in-memory database
         (made on first use), so that a filter means the same here."""
+        rows = self._query(f"SELECT position FROM documents WHERE {sql} ORDER BY position", parameters)
+        return np.array([row[0] for row in rows], dtype=np.int64)
+
+    def any_where(self, sql: str, parameters: Sequence) -> bool:
+        """As :meth:`SqliteDocuments.any_where`."""
+        return bool(self._query(f"SELECT 1 FROM documents WHERE {sql} LIMIT 1", parameters))
+
+    def _query(self, sql: str, parameters: Sequence) -> list[tuple]:
         if self._sqlite is None:
             connection = sqlite3.connect(":memory:", check_same_thread=False)
             connection.execute("CREATE TABLE documents (position INTEGER PRIMARY KEY, id TEXT, metadata TEXT)")
@@ -173,9 +185,7 @@ class ListDocuments:
                 for i, r in enumerate(self.records)))
             self._sqlite, self._sqlite_lock = connection, threading.Lock()
         with self._sqlite_lock:
-            rows = self._sqlite.execute(f"SELECT position FROM documents WHERE {sql} ORDER BY position",
-                                        list(parameters)).fetchall()
-        return np.array([row[0] for row in rows], dtype=np.int64)
+            return self._sqlite.execute(sql, list(parameters)).fetchall()
 
     def close(self) -> None:
         pass

@@ -12,28 +12,42 @@ A filter is a JSON object; every condition in it must hold (AND)::
     {"id": {"in": ["d1", "d7"]}}                document ids (the ``id`` key is the document's
                                                id, not a metadata field), as PyLate's subset=
 
-A value's type must match: ``{"year": "2020"}`` does not match the number 2020. Naming a field
-that no document of the index has, an unknown operator, or a value of the wrong shape is an
-error (:class:`~maxsim.errors.SettingsError`) naming what is wrong.
+A value's type must match: ``{"year": "2020"}`` does not match the number 2020; numbers
+compare as numbers (``1.0`` matches ``1``). A field whose value is a list matches when any of
+its elements does (``{"tags": "x"}`` matches ``{"tags": ["x", "y"]}``; ``ne`` then passes only
+lists without it), as in Qdrant. Numbers must be finite, and integers within +-2**53 (what every
+JSON reader holds exactly). Document ids are texts without an order: ``id`` takes ``eq``,
+``ne`` and ``in`` (a number is read as its decimal text: ``{"id": 5152028}`` is
+``{"id": "5152028"}``), and no range. Naming a field that no document of the index has (a
+nested one too), an unknown operator, or a value of the wrong shape is an error
+(:class:`~maxsim.errors.SettingsError`) naming what is wrong.
 
-Each segment runs the filter as one SQLite query over its documents (``json_extract`` on the
-metadata); search then looks only at the chunks of the documents it returns, so documents
-outside the filter are never decompressed or scored.
+Each segment runs the filter as one SQLite query over its documents (``json_each`` on the
+metadata); an ``in`` list is one JSON parameter that SQLite reads once into a lookup table, so
+a document costs the same whatever the list's length (up to :data:`MAX_IN_VALUES` values).
+Search then looks only at the chunks of the documents it returns, so documents outside the
+filter are never decompressed or scored.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 
 from maxsim.errors import SettingsError
+from maxsim.limits import MAX_SAFE_INTEGER
 
 RANGES = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 OPERATORS = (*RANGES, "eq", "ne", "in")
 #: a metadata field path: names of letters, digits, _ and - joined by dots
 FIELD = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
 SCALAR_TYPES = (str, int, float, bool, type(None))
+#: the most values one ``in`` takes
+MAX_IN_VALUES = 100_000
+#: SQLite's json types of each kind of filter value
+NUMBER, TEXT = "('integer', 'real')", "('text')"
 
 
 def _json_type(value) -> str:
@@ -47,9 +61,17 @@ def _json_type(value) -> str:
     return "text"
 
 
+def _elements(types: str, comparison: str = "") -> str:
+    """A condition that holds when the field's value (``?``: its path), or one of its elements
+    when it is a list, is of ``types`` and meets ``comparison`` (over ``value``)."""
+    return (f"EXISTS (SELECT 1 FROM json_each(metadata, ?) WHERE typeof(key) != 'text' AND type IN {types}"
+            f"{' AND ' + comparison if comparison else ''})")
+
+
 class Filter:
     """A checked filter: its SQL condition over the ``documents`` table and its parameters,
-    and the metadata fields it names (to check against the index's)."""
+    and the metadata fields it names (to check against the index's): ``fields`` the top-level
+    names, ``nested`` the dotted paths."""
 
     def __init__(self, spec: Mapping) -> None:
         if not isinstance(spec, Mapping) or not spec:
@@ -57,6 +79,9 @@ class Filter:
                                 "maxsim.index.filters for the grammar")
         self.spec = dict(spec)
         self.fields: set[str] = set()
+        self.nested: set[str] = set()
+        #: (field, operator, value or list of values) of each condition, values as compared
+        self.conditions: list[tuple[str, str, object]] = []
         clauses, self.params = [], []
         for key, condition in self.spec.items():
             if not isinstance(key, str) or not (key == "id" or FIELD.fullmatch(key)):
@@ -64,6 +89,8 @@ class Filter:
                                     "joined by dots for nested fields)")
             if key != "id":
                 self.fields.add(key.split(".")[0])
+                if "." in key:
+                    self.nested.add(key)
             ops = condition if isinstance(condition, Mapping) else {"eq": condition}
             if not ops:
                 raise SettingsError(f"filter field {key!r}: an empty condition")
@@ -81,41 +108,79 @@ class Filter:
         if op == "in":
             if not isinstance(value, list) or not value or not all(isinstance(v, SCALAR_TYPES) for v in value):
                 raise SettingsError(f"filter field {key!r}: 'in' takes a non-empty list of values, got {value!r}")
-            return "(" + " OR ".join(self._equal(key, v) for v in value) + ")"
+            if len(value) > MAX_IN_VALUES:
+                raise SettingsError(f"filter field {key!r}: 'in' takes at most {MAX_IN_VALUES} values, got "
+                                    f"{len(value)}: filter on a metadata field the documents share instead")
+            values = [_checked(key, v) for v in value]
+            self.conditions.append((key, op, values))
+            return self._member(key, values)
         if not isinstance(value, SCALAR_TYPES):
             raise SettingsError(f"filter field {key!r}: {op!r} takes one value (text, number, true, false or "
                                 f"null), got {value!r}")
+        value = _checked(key, value)
+        self.conditions.append((key, op, value))
         if op == "eq":
-            return self._equal(key, value)
+            return self._member(key, [value])
         if op == "ne":
-            return f"NOT {self._equal(key, value)}"
+            return f"NOT {self._member(key, [value])}"
+        if key == "id":
+            raise SettingsError(f"filter field 'id': document ids have no order ({op!r}: as texts \"10\" sorts "
+                                "before \"9\"): list them with 'in', or keep an ordered value in a metadata field")
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise SettingsError(f"filter field {key!r}: {op!r} compares numbers or texts, got {value!r}")
-        if key == "id":
-            self.params.append(value)
-            return f"(id {RANGES[op]} ?)"
-        return self._typed(key, _json_type(value), f"json_extract(metadata, ?) {RANGES[op]} ?", value)
+        self.params += [_path(key), value]
+        return _elements(NUMBER if _json_type(value) == "number" else TEXT, f"value {RANGES[op]} ?")
 
-    def _equal(self, key: str, value) -> str:
+    def _member(self, key: str, values: list) -> str:
+        """The condition that the field (or one of its elements) equals one of ``values``."""
         if key == "id":
-            if not isinstance(value, str):
-                raise SettingsError(f"filter field 'id': document ids are texts, got {value!r}")
-            self.params.append(value)
-            return "(id = ?)"
-        kind = _json_type(value)
-        if kind in ("null", "true", "false"):
+            self.params.append(json.dumps(values))
+            return "(id IN (SELECT value FROM json_each(?)))"
+        parts = []
+        numbers = [v for v in values if _json_type(v) == "number"]
+        texts = [v for v in values if _json_type(v) == "text"]
+        flags = sorted({_json_type(v) for v in values} & {"true", "false"})
+        checks = []
+        if numbers:
+            checks.append(f"(type IN {NUMBER} AND value IN (SELECT value FROM json_each(?)))")
+        if texts:
+            checks.append(f"(type IN {TEXT} AND value IN (SELECT value FROM json_each(?)))")
+        if flags:
+            checks.append(f"type IN ({', '.join(repr(f) for f in flags)})")
+        if checks:
             self.params.append(_path(key))
-            return f"(coalesce(json_type(metadata, ?), '') = '{kind}')"
-        return self._typed(key, kind, "json_extract(metadata, ?) = ?", value)
+            self.params += [json.dumps(part) for part in (numbers, texts) if part]
+            parts.append(f"EXISTS (SELECT 1 FROM json_each(metadata, ?) WHERE typeof(key) != 'text' AND "
+                         f"({' OR '.join(checks)}))")
+        if any(v is None for v in values):
+            self.params.append(_path(key))
+            parts.append("(coalesce(json_type(metadata, ?), '') = 'null')")
+        return "(" + " OR ".join(parts) + ")"
 
-    def _typed(self, key: str, kind: str, comparison: str, value) -> str:
-        types = "('integer', 'real')" if kind == "number" else "('text')"
-        self.params += [_path(key), _path(key), value]
-        return f"(coalesce(json_type(metadata, ?), '') IN {types} AND {comparison})"
+
+def _checked(key: str, value):
+    """A filter value as compared: numbers finite and within +-2**53, an id a text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SettingsError(f"filter field {key!r}: {value!r} is not a number a document can hold: use a finite one")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SAFE_INTEGER:
+        raise SettingsError(f"filter field {key!r}: the integer {value} is beyond +-2**53 ({MAX_SAFE_INTEGER}), "
+                            "which metadata cannot hold: compare such values as text")
+    if key == "id":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise SettingsError(f"filter field 'id': document ids are texts, got {value!r}: write the id as text")
+    return value
 
 
 def _path(key: str) -> str:
     return "$." + ".".join(f'"{part}"' for part in key.split("."))
+
+
+def path_condition(key: str) -> tuple[str, list]:
+    """The SQL condition (and its parameters) that a document's metadata has the field ``key``
+    (a dotted path), to check that a filter names a field some document has."""
+    return "json_type(metadata, ?) IS NOT NULL", [_path(key)]
 
 
 def parse_where(conditions: list[str]) -> dict:

@@ -59,7 +59,7 @@ from maxsim.files import (
     remove_stale_temps_of,
 )
 from maxsim.index.codec import Codec, nearest_centroids
-from maxsim.index.filters import Filter
+from maxsim.index.filters import Filter, path_condition
 from maxsim.index.legacy import LEGACY_FORMAT, Changed, read_legacy
 from maxsim.index.postings import POSTINGS_PREFIX, Postings
 from maxsim.index.segment import (
@@ -310,16 +310,13 @@ class IndexData:
     def allowed(self, spec: Mapping) -> Allowed:
         """What a search with the filter ``spec`` (:mod:`maxsim.index.filters`) may return: one
         SQLite query per segment, kept for the next searches with the same filter (up to
-        ``FILTERS_KEPT`` filters per loaded version). A field no document has is an error."""
+        ``FILTERS_KEPT`` filters per loaded version). A field no document has is an error, a
+        nested one too."""
         condition = Filter(spec)
         key = condition.key()
         if key in self._filters:
             return self._filters[key]
-        known = set().union(*(segment.metadata_fields() for segment in self.segments))
-        unknown = condition.fields - known
-        if unknown:
-            raise SettingsError(f"no document of this index has the metadata field {', '.join(sorted(unknown))}: "
-                                f"its documents have {', '.join(sorted(known)) or 'no metadata'}")
+        self.check_fields(condition)
         masks, documents = [], 0
         for segment in self.segments:
             mask, count = segment.allowed_chunks(condition.sql, condition.params)
@@ -330,6 +327,20 @@ class IndexData:
             self._filters.pop(next(iter(self._filters)))
         self._filters[key] = allowed
         return allowed
+
+    def check_fields(self, condition: Filter) -> None:
+        """Refuse a filter naming a metadata field (top-level, or a nested path) that no document
+        of this index has: it would pass nothing, silently."""
+        known = set().union(*(segment.metadata_fields() for segment in self.segments))
+        unknown = condition.fields - known
+        if unknown:
+            raise SettingsError(f"no document of this index has the metadata field {', '.join(sorted(unknown))}: "
+                                f"its documents have {', '.join(sorted(known)) or 'no metadata'}")
+        for nested in sorted(condition.nested):
+            sql, parameters = path_condition(nested)
+            if not any(segment.documents.any_where(sql, parameters) for segment in self.segments):
+                raise SettingsError(f"no document of this index has the metadata field {nested!r} (its documents "
+                                    f"have {nested.split('.')[0]!r}, but nothing at that path): check the path")
 
     # ------------------------------------------------------------------ changes
     def compress(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
