@@ -35,11 +35,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.routing import Match
 
 from maxsim.errors import LockedError, MaxsimError
 from maxsim.files import atomic_write_text, exclusive_lock
 from maxsim.fusion import Hybrid, hybrid_settings
-from maxsim.index import search, search_pool
+from maxsim.index import IndexData, search, search_pool
 from maxsim.index.bm25_search import require_bm25
 from maxsim.index.filters import Filter
 from maxsim.limits import check_metadata, check_query, check_text
@@ -51,8 +52,11 @@ MAX_K = 1000
 MAX_QUERIES = 256
 MAX_DOCUMENTS = 1000
 MAX_BODY_BYTES = 16 * 1024 * 1024
-#: the routes that need no API key: a load balancer's probes
+#: the routes that need no API key: a load balancer's probes (without the key, /health says only
+#: whether the process is up and ready: paths and counts are for those who hold it)
 OPEN_ROUTES = ("/health", "/ready")
+#: the metrics' route label of a request that matches no route
+UNMATCHED = "unmatched"
 #: how long a batch waits for the clients of the last one (seconds): see :class:`IndexWorker`
 GATHER_S = 0.015
 
@@ -148,14 +152,23 @@ class Guard:
     through an extra task and memory streams.
     """
 
-    def __init__(self, app: Callable, api_key: str | None, metrics: Metrics) -> None:
-        self.app, self.api_key, self.metrics = app, api_key, metrics
+    def __init__(self, app: Callable, api_key: str | None, metrics: Metrics, routes: list) -> None:
+        self.app, self.api_key, self.metrics, self.routes = app, api_key, metrics, routes
+
+    def route_of(self, scope: dict) -> str:
+        """The route template a request matches (``/search``), or ``unmatched``: the metrics'
+        label, so that made-up paths add no label set (their number stays the routes')."""
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match != Match.NONE:
+                return getattr(route, "path", UNMATCHED)
+        return UNMATCHED
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route, started, status = scope["path"], time.perf_counter(), [0]
+        route, started, status = self.route_of(scope), time.perf_counter(), [0]
 
         async def send_and_note(message: dict) -> None:
             if message["type"] == "http.response.start":
@@ -197,7 +210,7 @@ class Guard:
 
 def _install_guards(app: FastAPI, api_key: str | None, metrics: Metrics) -> None:
     """:class:`Guard` around the app, and JSON for every error FastAPI answers itself."""
-    app.add_middleware(Guard, api_key=api_key, metrics=metrics)
+    app.add_middleware(Guard, api_key=api_key, metrics=metrics, routes=app.router.routes)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -314,47 +327,90 @@ class IndexWorker:
             self._answer(batch)
 
     def _answer(self, batch: list[_Search]) -> None:
-        """Search a batch; if it fails, each request it has not answered is searched again on its
-        own, so that one request's bad input (or a document that breaks its hits) fails that
-        request alone, never the others batched with it."""
+        """Search a batch, each request failing alone: requests are checked before they are
+        queued (:func:`create_app`), so what fails here is one group of requests that share their
+        settings (its members get the error; the other groups are searched once, as planned) or
+        one request's hits. Only if encoding the batch's queries fails (a bug, never bad input)
+        is each request encoded alone, to find the one that fails; the rest are still searched
+        together."""
         try:
-            self._search(batch)
+            self.retriever.refresh()  # other processes' writes
+            data = self.retriever.index_data
+            try:
+                q_vectors, q_mask = self.retriever.query_vectors([q for r in batch for q in r.queries])
+            except Exception as err:  # noqa: BLE001 - found request by request below
+                if len(batch) == 1:
+                    raise
+                logger.warning("encoding a batch of %d requests failed (%s: %s): encoding each alone", len(batch),
+                               type(err).__name__, err)
+                batch, q_vectors, q_mask = self._encode_alone(batch)
+                if not batch:
+                    return
         except Exception as err:  # noqa: BLE001 - handed to the requests, which answer it as JSON
-            pending = [r for r in batch if not r.future.done()]
-            if len(batch) == 1:
-                for request in pending:
+            for request in batch:
+                if not request.future.done():
                     request.future.set_exception(err)
-                return
-            logger.warning("a batch of %d requests failed (%s: %s): searching each again alone", len(batch),
-                           type(err).__name__, err)
-            for request in pending:
-                self._answer([request])
+            return
+        self._search(batch, data, q_vectors, q_mask)
 
-    def _search(self, batch: list[_Search]) -> None:
-        self.retriever.refresh()  # other processes' writes
-        data = self.retriever.index_data
-        q_vectors, q_mask = self.retriever.query_vectors([q for r in batch for q in r.queries])
+    def _encode_alone(self, batch: list[_Search]) -> tuple[list[_Search], torch.Tensor, torch.Tensor]:
+        """Each request's queries encoded on their own; a request that fails gets its error.
+        Returns the requests that encoded, and their vectors and masks back to back."""
+        kept, vectors, masks = [], [], []
+        for request in batch:
+            try:
+                v, m = self.retriever.query_vectors(request.queries)
+            except Exception as err:  # noqa: BLE001 - this request's own error
+                request.future.set_exception(err)
+                continue
+            kept.append(request)
+            vectors.append(v)
+            masks.append(m)
+        if not kept:
+            return [], torch.zeros(0), torch.zeros(0)
+        return kept, torch.cat(vectors), torch.cat(masks)
+
+    def _search(self, batch: list[_Search], data, q_vectors: torch.Tensor, q_mask: torch.Tensor) -> None:
         rows = np.cumsum([0] + [len(r.queries) for r in batch])
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(batch):
             key = None if r.filter is None else json.dumps(r.filter, sort_keys=True)
             groups.setdefault((r.k, r.ncells, r.ndocs, key, r.hybrid), []).append(i)
-        # (a group that fails is searched again, request by request)
         for (k, ncells, ndocs, _, hybrid), members in groups.items():
             take = torch.cat([torch.arange(rows[i], rows[i + 1]) for i in members])
             condition = batch[members[0]].filter
-            if hybrid is None and data is None:  # (a Qdrant collection)
-                found = self.retriever.search_vectors(q_vectors[take], q_mask[take], k, ncells, None, ndocs, condition)
-            elif hybrid is None:
-                ranking = search(data, q_vectors[take], q_mask[take], k, ncells, None, ndocs, self._pool, condition)
-                found = self.retriever.hits(ranking, data)
-            else:
-                texts = [q for i in members for q in batch[i].queries]
-                found = self.retriever.search_hybrid_vectors(texts, q_vectors[take], q_mask[take], k, hybrid, ncells,
-                                                             None, ndocs, condition)
-            hits = [[hit.to_dict() for hit in row] for row in found]
+            try:
+                if hybrid is None and data is None:  # (a Qdrant collection)
+                    found = self.retriever.search_vectors(q_vectors[take], q_mask[take], k, ncells, None, ndocs,
+                                                          condition)
+                elif hybrid is None:
+                    ranking = search(data, q_vectors[take], q_mask[take], k, ncells, None, ndocs, self._pool, condition)
+                    found = self.retriever.hits(ranking, data)
+                else:
+                    texts = [q for i in members for q in batch[i].queries]
+                    found = self.retriever.search_hybrid_vectors(texts, q_vectors[take], q_mask[take], k, hybrid,
+                                                                 ncells, None, ndocs, condition)
+            except Exception as err:  # noqa: BLE001 - the group's own error (its members share every setting)
+                for i in members:
+                    batch[i].future.set_exception(err)
+                continue
             for i, start in zip(members, np.cumsum([0] + [len(batch[i].queries) for i in members])):
-                batch[i].future.set_result(hits[start : start + len(batch[i].queries)])
+                rows_of = found[start : start + len(batch[i].queries)]
+                _settle(batch[i].future, lambda rows_of=rows_of: [[hit.to_dict() for hit in row] for row in rows_of])
+
+
+def check_filter_fields(retriever: Retriever, spec: dict) -> None:
+    """Refuse, before it is queued, a filter that names a field no document of the index has,
+    so that it never reaches a batch. Where another process has written a newer version than
+    the one held (which may have the field), the request goes on to the worker, which reads it."""
+    data = retriever.index_data
+    if data is None:  # (a Qdrant collection checks its fields as it searches)
+        return
+    try:
+        data.check_fields(Filter(spec))
+    except MaxsimError:
+        if data.path is None or IndexData.current_version(data.path) == data.version:
+            raise
 
 
 def _settle(future: Future, run: Callable[[], Any]) -> None:
@@ -391,6 +447,8 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
         """The ``k`` best documents for each query, each hit as ``maxsim search --json`` prints it."""
         if body.hybrid is not None and retriever.index_data is not None:
             require_bm25(retriever.index_data, "the index this server searches")
+        if body.filter is not None:
+            check_filter_fields(retriever, body.filter)
         return JSONResponse({"results": await run_search(body.queries, body.k, body.ncells, body.ndocs, body.filter,
                                                          body.hybrid)})
 
@@ -439,10 +497,14 @@ def create_app(retriever: Retriever, api_key: str | None = None, read_only: bool
             raise HTTPException(404, str(err.args[0] if err.args else err)) from None
 
     @app.get("/health")
-    def health():
-        """Liveness: the process answers (``ready`` says whether searches are answered at speed yet)."""
-        return {"status": "ok", "ready": worker.ready.is_set(), "model": retriever.model_path, **retriever.status(),
-                "read_only": read_only}
+    def health(request: Request):
+        """Liveness: the process answers (``ready`` says whether searches are answered at speed yet).
+        With an API key configured, the model, the index and its counts are told only to a
+        request that carries the key."""
+        answer = {"status": "ok", "ready": worker.ready.is_set()}
+        if api_key is None or _authorised(request.headers.get("authorization", ""), api_key):
+            answer.update(model=retriever.model_path, **retriever.status(), read_only=read_only)
+        return answer
 
     @app.get("/ready")
     def ready():

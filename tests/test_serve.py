@@ -160,6 +160,9 @@ def test_a_delete_that_repeats_an_id_reports_what_was_removed(server):
 
 
 def test_health_and_readiness(server):
+    deadline = time.monotonic() + 60
+    while httpx.get(server.url + "/ready").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
     health = httpx.get(server.url + "/health").json()
     assert health["status"] == "ok" and health["ready"] is True
     assert httpx.get(server.url + "/ready").json() == {"ready": True}
@@ -228,6 +231,29 @@ def test_api_key_and_limits(index_path, tmp_path):
                                                                                   "application/json"})
         assert chunked.status_code == 413 and "over 16777216 bytes" in chunked.json()["error"]
         assert httpx.get(running.url + "/ready").status_code == 200  # open, as /health
+        # without the key, /health says only that the process is up: no paths, no counts
+        assert httpx.get(running.url + "/health").json() == {"status": "ok", "ready": True}
+        told = httpx.get(running.url + "/health", headers=auth).json()
+        assert told["model"] and told["documents"] == len(DOCS)
+        # made-up paths, with the key or without, add no label set to /metrics
+        with httpx.Client() as client:
+            client.get(running.url + "/metrics", headers=auth)  # (its own label set, counted after it answers)
+            before = client.get(running.url + "/metrics", headers=auth).text
+            for i in range(200):
+                client.get(f"{running.url}/no/such/path/{i}", headers=auth if i % 2 else {})
+            after = client.get(running.url + "/metrics", headers=auth).text
+        assert "/no/such" not in after and 'route="unmatched"' in after
+        def labels(text):
+            return {line.split(" ")[0] for line in text.splitlines() if line.startswith("maxsim_requests_total")}
+
+        assert labels(after) - labels(before) <= {'maxsim_requests_total{route="unmatched",status="401"}',
+                                                  'maxsim_requests_total{route="unmatched",status="404"}'}
+        assert len(after) < len(before) + 2_000
+        # a query over the bound is refused before it is tokenised; one at the bound is searched
+        long = httpx.post(running.url + "/search", json={"queries": ["stars " * 2_000], "hybrid": True}, headers=auth)
+        assert long.status_code == 422 and "12000 characters, over the 10000 allowed" in long.json()["error"]
+        assert httpx.get(running.url + "/search", params={"q": "x" * 10_001}, headers=auth).status_code == 422
+        assert httpx.post(running.url + "/search", json={"queries": ["cats " * 2_000]}, headers=auth).status_code == 200
         read_only = httpx.post(running.url + "/documents", json={"documents": [{"id": "a", "text": "b"}]},
                                headers=auth)
         assert read_only.status_code == 403

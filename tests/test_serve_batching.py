@@ -177,6 +177,10 @@ def test_a_batch_that_fails_is_answered_request_by_request(index_path, monkeypat
     sizes: list[int] = []
     worker = serve.IndexWorker(retriever, on_batch=sizes.append)
     assert worker.ready.wait(60)
+    searches = []
+    real_search = serve.search
+    monkeypatch.setattr(serve, "search", lambda *args, **kwargs: (searches.append(len(args[1])),
+                                                                  real_search(*args, **kwargs))[1])
     monkeypatch.setattr(retriever, "query_vectors", fails_on_poison)
     monkeypatch.setattr(retriever, "refresh", held_first_refresh)
     worker.search(["warm-up"], 2)
@@ -188,6 +192,39 @@ def test_a_batch_that_fails_is_answered_request_by_request(index_path, monkeypat
         futures[3].result(30)
     good = [f.result(30) for i, f in enumerate(futures) if i != 3]
     assert sizes[:2] == [1, 7] and all(len(hits[0]) == 2 for hits in good)
+    assert searches == [1, 6]  # the six good requests were searched once, together
+
+
+def test_a_request_that_fails_its_checks_never_reaches_a_batch(index_path):  # noqa: F811
+    """Through HTTP, with a key: bad filters are answered before any batch, and a mix of bad and
+    good requests costs the good ones nothing (no batch searched again, request by request)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastapi.testclient import TestClient
+
+    retriever = Retriever.from_index(index_path)
+    sizes: list[int] = []
+    app = serve.create_app(retriever, api_key="k3y")
+    auth = {"Authorization": "Bearer k3y"}
+    with TestClient(app) as client:
+        bad = {"queries": ["cats"], "filter": {"nope": 1}}
+        good = {"queries": ["cats"], "k": 2}
+        original = serve.IndexWorker._answer
+
+        def counted(self, batch):
+            sizes.append(len(batch))
+            return original(self, batch)
+
+        serve.IndexWorker._answer = counted
+        try:
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(lambda i: client.post("/search", json=bad if i % 2 else good, headers=auth),
+                                        range(32)))
+        finally:
+            serve.IndexWorker._answer = original
+    assert all(a.status_code == (400 if i % 2 else 200) for i, a in enumerate(answers))
+    assert "no document of this index has the metadata field nope" in answers[1].json()["error"]
+    assert sum(sizes) == 16  # only the 16 good requests were searched, each once
 
 
 def test_not_ready_until_the_query_encoder_is_warm(index_path, monkeypatch):  # noqa: F811
