@@ -33,11 +33,12 @@ from maxsim.errors import SettingsError
 from maxsim.files import atomic_write_text
 from maxsim.ids import normalise
 from maxsim.index import IndexData, best_chunks, index_lock, is_index, search
+from maxsim.limits import check_name
 from maxsim.model import ColBERT
 from maxsim.model.checkpoint import resolve_model_path
 from maxsim.model.formats import detect_format
 from maxsim.ranking import Ranking
-from maxsim.retriever import Hit, Retriever
+from maxsim.retriever import Hit, Retriever, check_k
 from maxsim.training import TrainConfig, Trainer
 
 logger = logging.getLogger(__name__)
@@ -345,7 +346,8 @@ class RAGPretrainedModel:
                 return self.retriever.index_path
             index_name = f"{Path(str(self.model_name or 'model')).name}new_index"
             logger.info("no index_name given: using %s", index_name)
-        return self.index_root / "colbert" / "indexes" / index_name
+        root = self.index_root / "colbert" / "indexes"
+        return root / check_name(index_name, "index_name", root)
 
     def _use_index(self, index_name: str | None) -> None:
         """Switch to the index called ``index_name`` (if another), and pick up others' writes."""
@@ -433,7 +435,11 @@ class RAGPretrainedModel:
         """
         self._use_index(index_name)
         single = isinstance(query, str)
-        texts = [query] if single else list(query)
+        texts = Retriever.checked_queries(query)
+        check_k(k)
+        if force_fast and ("ncells" in kwargs or "ndocs" in kwargs):
+            raise SettingsError("force_fast sets ncells and ndocs itself: give force_fast=True, or ncells=/ndocs=, "
+                                "not both")
         data = self.retriever.index_data
         q_vectors, q_mask = self.retriever.query_vectors(texts)
         if doc_ids is not None:
@@ -456,7 +462,7 @@ class RAGPretrainedModel:
         ``score``, ``rank`` and ``result_index`` (the position in ``documents``)."""
         single = isinstance(query, str)
         results = [[_result(h, zero_index_ranks, result_index=int(h.document_id), with_id=False)
-                    for h in self.retriever.rerank(q, documents, k)] for q in ([query] if single else query)]
+                    for h in self.retriever.rerank(q, documents, k)] for q in Retriever.checked_queries(query)]
         return results[0] if single else results
 
     # ---------------------------------------------------------------- in memory

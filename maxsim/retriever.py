@@ -467,7 +467,7 @@ class Retriever:
         to add one)."""
         data = self._require_index()
         single = isinstance(queries, str)
-        texts = self._checked_queries(queries)
+        texts = self.checked_queries(queries)
         check_k(k)
         settings = hybrid_settings(hybrid)
         if settings is not None:
@@ -483,8 +483,13 @@ class Retriever:
         return results[0] if single else results
 
     @staticmethod
-    def _checked_queries(queries) -> list[str]:
-        texts = [queries] if isinstance(queries, str) else list(queries or [])
+    def checked_queries(queries) -> list[str]:
+        """``queries`` (one string, or a list of them) as a list, each checked
+        (:func:`maxsim.limits.check_query`); anything else is a SettingsError."""
+        if not isinstance(queries, (str, list, tuple)):
+            raise SettingsError(f"give a query (a string) or a non-empty list of query strings, got "
+                                f"{type(queries).__name__}")
+        texts = [queries] if isinstance(queries, str) else list(queries)
         if not texts or any(not isinstance(t, str) for t in texts):
             raise SettingsError("give a query (a string) or a non-empty list of query strings")
         for text in texts:
@@ -501,7 +506,7 @@ class Retriever:
         (statistics of the whole index); ``content`` is the whole text. Fewer than ``k`` come
         back when fewer documents hold a query term."""
         data = self._require_index()
-        texts = self._checked_queries(queries)
+        texts = self.checked_queries(queries)
         check_k(k)
         require_bm25(data, self.index_path)
         allowed = data.allowed(filter) if filter is not None else None
@@ -589,8 +594,16 @@ class Retriever:
         return chunk_scores(self._require_index(), q_vectors, q_mask, np.asarray(chunk_ids, dtype=np.int64))
 
     def rerank(self, query: str, documents: Sequence[str], k: int | None = None) -> list[Hit]:
-        """Order ``documents`` by exact MaxSim to ``query``; ``document_id`` is the position."""
+        """Order ``documents`` by exact MaxSim to ``query``; ``document_id`` is the position.
+        No documents, no hits."""
+        (query,) = self.checked_queries([query])
+        if k is not None:
+            check_k(k)
         documents = list(documents)
+        for i, document in enumerate(documents):
+            check_text(document, f"document at position {i}")
+        if not documents:
+            return []
         q_vectors, q_mask = self.query_vectors([query])
         d_vectors, d_mask = self._document_vectors(documents)
         scores = maxsim(q_vectors, q_mask, d_vectors, d_mask)[0]
@@ -699,7 +712,7 @@ class QdrantRetriever(Retriever):
 
     def search(self, queries, k: int = 10, ncells: int | None = None, centroid_score_threshold: float | None = None,
                ndocs: int | None = None, filter: Mapping | None = None, hybrid=None):
-        texts = self._checked_queries(queries)
+        texts = self.checked_queries(queries)
         check_k(k)
         if hybrid_settings(hybrid) is not None:
             self.search_hybrid_vectors(texts, None, None, k, hybrid)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from maxsim.errors import SettingsError
 from maxsim.ragatouille import RAGPretrainedModel, RAGTrainer
 
 SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
@@ -281,3 +282,28 @@ def test_reuse_force_fast_and_an_untrained_encoder(rag, tiny_model_dir, caplog):
     with caplog.at_level("WARNING"):
         RAGPretrainedModel.from_pretrained(str(tiny_model_dir))
     assert "untrained" in caplog.text
+
+
+def test_an_index_name_never_leaves_its_folder_and_bad_searches_are_one_line(rag, tmp_path):
+    """index_name="../.." replaced an unrelated index elsewhere on disk (overwrite is the
+    default); now every name that is not one plain folder name is refused before any work."""
+    model, *_ = rag
+    elsewhere = Path(model.index_root) / "colbert" / "mine.txt"
+    elsewhere.write_text("a user's file")
+    for name in ("../..", "..", "../elsewhere", "/tmp/abs", "a/b", "", " ", "a\\b"):
+        with pytest.raises(SettingsError, match="index_name|must be one folder name"):
+            model.index(["a text"], index_name=name)
+        with pytest.raises(SettingsError):
+            model.search("a query", index_name=name)
+    assert elsewhere.read_text() == "a user's file"
+    for query, message in (("a\ud800b", "lone surrogate"), ([], "non-empty list"), (None, "got NoneType"),
+                           ("x" * 10_001, "over the 10000 allowed")):
+        with pytest.raises(SettingsError, match=message):
+            model.search(query, index_name="sci")
+    with pytest.raises(SettingsError, match="k must be a whole number"):
+        model.search("a query", index_name="sci", k=-1)
+    with pytest.raises(SettingsError, match="force_fast sets ncells"):
+        model.search("a query", index_name="sci", force_fast=True, ncells=4)
+    assert model.rerank("a query", []) == []
+    with pytest.raises(SettingsError, match="lone surrogate"):
+        model.rerank("a\ud800", ["a text"])
