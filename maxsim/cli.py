@@ -382,17 +382,18 @@ def export_index(
 
 def _maintain_index(compact: Path | None, verify: Path | None, corpus, model, output) -> None:
     """``maxsim index --compact IX`` / ``--verify IX``."""
-    from maxsim.index import IndexData, compact_index
+    from maxsim.index import compact_index
+    from maxsim.index.store import verify_index
 
     if (compact is not None and verify is not None) or corpus is not None or model is not None or output is not None:
         _fail("--compact and --verify take an index folder and nothing else: give one of them alone")
     with _one_line_errors():
         if compact is not None:
             before, after = compact_index(compact)
-            typer.echo(f"{compact}: {before.n_documents} documents, {len(before.segments)} segments "
-                       f"({before.n_chunks} chunks stored) -> {len(after.segments)} segment ({after.n_chunks} chunks)")
+            typer.echo(f"{compact}: {before['documents']} documents, {before['segments']} segments "
+                       f"({before['chunks']} chunks stored) -> {len(after.segments)} segment ({after.n_chunks} chunks)")
             return
-        problems = IndexData.load(verify).verify()
+        problems = verify_index(verify)
     for problem in problems:
         typer.echo(f"error: {problem}", err=True)
     if problems:

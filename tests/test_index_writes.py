@@ -281,8 +281,8 @@ def test_an_add_writes_only_a_new_segment_and_a_delete_only_tombstones(retriever
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in first.iterdir()}
     written = []
     write = segment_module.Segment.write
-    monkeypatch.setattr(segment_module.Segment, "write", lambda self, root: written.append(self.n_documents)
-                        or write(self, root))
+    monkeypatch.setattr(segment_module.Segment, "write", lambda self, root, owner=None:
+                        written.append(self.n_documents) or write(self, root, owner))
     retriever.add(DOCS[9:10], document_ids=IDS[9:10])
     retriever.add(DOCS[10:13], document_ids=IDS[10:13])
     assert written == [1, 3]

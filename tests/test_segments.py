@@ -18,7 +18,7 @@ from test_index_writes import DOCS, IDS, checkpoint, retriever  # noqa: F401 - f
 from typer.testing import CliRunner
 
 from maxsim.cli import app
-from maxsim.index import IndexData, store
+from maxsim.index import IndexData, merge_policy, store
 from maxsim.index.documents import SqliteDocuments
 from maxsim.index.segment import Segment
 from maxsim.retriever import Retriever
@@ -66,16 +66,16 @@ def test_one_segment_or_many_give_the_same_rankings(retriever, tmp_path, monkeyp
     many = tmp_path / "many"
     shutil.copytree(one, many)
     Retriever.from_index(many).delete(IDS[-10:])
-    monkeypatch.setattr(store, "MERGE_FACTOR", 1000)  # no merge: eleven segments
+    monkeypatch.setattr(merge_policy, "SEGMENTS_PER_TIER", 1000)  # no merge: eleven segments
     for position in range(len(DOCS) - 10, len(DOCS)):
         add_as_stored(many, source, position)
     r = Retriever.from_index(many)
     assert len(r.index_data.segments) == 11 and r.index_data.n_documents == len(DOCS)
     assert_same_rankings(rankings(r), want)
-    monkeypatch.setattr(store, "MERGE_FACTOR", 10)  # the next write merges the ten small ones
+    monkeypatch.setattr(merge_policy, "SEGMENTS_PER_TIER", 10)  # the next write merges ten of the small ones
     r.add(["one more filler note"], document_ids=["extra"])
     r.delete(["extra"])
-    assert r.index_data.segments[0].n_documents == len(DOCS) and len(r.index_data.segments) <= 2
+    assert len(r.index_data.segments) <= 3 and r.index_data.n_documents == len(DOCS)
     assert_same_rankings(rankings(r), want)
     result = CliRunner().invoke(app, ["index", "--compact", str(many)])
     assert result.exit_code == 0, result.output
@@ -207,20 +207,54 @@ def test_segments_store_narrow_integers_and_the_wide_ones_written_before_still_r
     assert CliRunner().invoke(app, ["index", "--verify", str(wide)]).exit_code == 0
 
 
-def test_the_merge_policy_merges_runs_of_one_level_and_mostly_deleted_segments(monkeypatch):
-    def fake(tokens, documents=10, deleted=0):
-        segment = Segment.from_arrays(np.zeros(tokens, np.int64), np.zeros((tokens, 1), np.uint8), [tokens], [0],
-                                      [(0, 0)], [{"id": str(i), "content": "", "metadata": None}
-                                                 for i in range(documents)], 4)
-        return segment.with_deleted(np.arange(deleted)) if deleted else segment
+def fake_segment(tokens, documents=10, deleted=0):
+    segment = Segment.from_arrays(np.zeros(tokens, np.int64), np.zeros((tokens, 1), np.uint8), [tokens], [0],
+                                  [(0, 0)], [{"id": str(i), "content": "", "metadata": None}
+                                             for i in range(documents)], 4)
+    return segment.with_deleted(np.arange(deleted)) if deleted else segment
 
-    big = fake(5_000_000)
-    assert store.plan_merges([big] + [fake(300)] * 9) == []  # nine of a level: not yet
-    assert store.plan_merges([big] + [fake(300)] * 9 + [fake(150)]) == [(1, 11)]
-    assert store.plan_merges([big] + [fake(300)] * 3 + [fake(40)] * 10) == [(4, 14)]
-    assert store.plan_merges([big] * 10) == []  # too large to merge without --compact
-    assert store.plan_merges([big, fake(300, deleted=6)]) == [(1, 2)]  # more than half deleted
-    assert store.plan_merges([big, fake(300, deleted=5)]) == []
+
+class Sized:
+    """A segment as the policy sees it."""
+
+    def __init__(self, n_tokens, n_documents=1, deleted=()):
+        self.n_tokens, self.n_documents, self.deleted = n_tokens, n_documents, list(deleted)
+
+
+def apply_policy(segments: list) -> list:
+    """The index's merge loop, on sizes alone."""
+    while (chosen := merge_policy.plan_merge(segments)) is not None:
+        combined = Sized(sum(segments[i].n_tokens for i in chosen))
+        segments = [s for i, s in enumerate(segments) if i not in chosen] + [combined]
+    return segments
+
+
+@pytest.mark.parametrize("sizes", ["alternating", "random", "growing"])
+def test_the_merge_policy_bounds_the_segment_count_whatever_the_sizes_and_their_order(sizes):
+    """Adds alternating between 1 and 50 documents left 601 segments under the former policy
+    (it merged only ten adjacent segments of one size level); now the count stays within the
+    tiers' budget after every write, and the tokens are all kept."""
+    rng = random.Random(7)
+    segments, total = [], 0
+    for i in range(1_000):
+        tokens = {"alternating": (60, 3_000)[i % 2], "random": rng.randint(20, 5_000), "growing": 50 * (i + 1)}[sizes]
+        total += tokens
+        segments = apply_policy([*segments, Sized(tokens)])
+        mergeable = [s for s in segments if s.n_tokens <= merge_policy.AUTO_MERGE_MAX_TOKENS // 2]
+        assert len(mergeable) <= merge_policy.allowed_segments(sum(s.n_tokens for s in mergeable))
+    assert sum(s.n_tokens for s in segments) == total
+    assert len(segments) <= 40, len(segments)
+
+
+def test_the_merge_policy_rewrites_mostly_deleted_segments_and_leaves_large_ones():
+    big = fake_segment(5_000_000)
+    assert merge_policy.plan_merge([big] + [fake_segment(300)] * 10) is None  # within the budget
+    assert merge_policy.plan_merge([big] * 30) is None  # too large to merge without --compact
+    assert merge_policy.plan_merge([big, fake_segment(300, deleted=6)]) == [1]  # more than half deleted
+    assert merge_policy.plan_merge([big, fake_segment(300, deleted=5)]) is None
+    small = [Sized(n) for n in (100, 9_000, 100, 8_000, 100, 7_000, 100, 6_000, 100, 5_000, 100)]
+    chosen = merge_policy.plan_merge(small)  # over the budget: the ten smallest go together, not adjacent ones
+    assert chosen == [0, *range(2, 11)]  # (of two runs as even, the smaller)
 
 
 def write_legacy(data: IndexData, path) -> None:
@@ -309,3 +343,84 @@ def test_a_writer_killed_at_any_moment_leaves_the_last_complete_manifest(retriev
     manifest = json.loads((path / "index.json").read_text())
     assert segment_folders(path) == sorted(s["name"] for s in manifest["segments"])
     assert not [p for p in path.rglob(".tmp-*")]
+
+
+def test_compaction_opens_a_bounded_number_of_segments_at_once(retriever, tmp_path, monkeypatch):  # noqa: F811
+    """An index of more segments than a compaction opens at once (as the former merge policy
+    could leave: 601, and 9,021 open files) compacts in rounds, never opening them all."""
+    path = tmp_path / "ix"
+    retriever.index(DOCS[:30], path=path, document_ids=IDS[:30])
+    source = IndexData.load(path)
+    want = rankings(Retriever.from_index(path))
+    Retriever.from_index(path).delete(IDS[20:30])
+    monkeypatch.setattr(merge_policy, "SEGMENTS_PER_TIER", 1000)
+    for position in range(20, 30):
+        add_as_stored(path, source, position)
+    assert len(IndexData.load(path).segments) == 11
+    monkeypatch.setattr(store, "COMPACT_AT_ONCE", 3)
+    opened = []
+    open_segment = Segment.open
+    monkeypatch.setattr(Segment, "open", classmethod(lambda cls, root, entry: opened.append(entry["name"])
+                                                     or open_segment(root, entry)))
+    load_once = IndexData._load_once
+
+    def bounded(path, first=None):
+        data = load_once(path, first)
+        assert len(data.segments) <= 3, "a compaction step opened every segment"
+        return data
+
+    monkeypatch.setattr(IndexData, "_load_once", bounded)
+    result = CliRunner().invoke(app, ["index", "--compact", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "30 documents, 11 segments" in result.output
+    monkeypatch.setattr(IndexData, "_load_once", load_once)
+    compacted = IndexData.load(path)
+    assert len(compacted.segments) == 1 and compacted.n_documents == 30 and compacted.verify() == []
+    assert len(segment_folders(path)) == 1
+    assert_same_rankings(rankings(Retriever.from_index(path)), want)
+
+
+def test_a_hand_edited_manifest_with_a_repeated_or_foreign_segment_is_refused(retriever, tmp_path):  # noqa: F811
+    path, other = tmp_path / "ix", tmp_path / "other"
+    retriever.index(DOCS[:12], path=path, document_ids=IDS[:12])
+    retriever.index(DOCS[12:24], path=other, document_ids=IDS[12:24], seed=3)
+    meta = json.loads((path / "index.json").read_text())
+    original = json.dumps(meta)
+    meta["segments"].append(dict(meta["segments"][0]))
+    (path / "index.json").write_text(json.dumps(meta))
+    with pytest.raises(store.IndexLoadError, match="lists the segment seg-.* more than once"):
+        IndexData.load(path)
+    (path / "index.json").write_text(original)
+    foreign = json.loads((other / "index.json").read_text())["segments"][0]
+    shutil.copytree(other / foreign["name"], path / foreign["name"])
+    meta = json.loads(original)
+    meta["segments"].append(foreign)
+    (path / "index.json").write_text(json.dumps(meta))
+    with pytest.raises(store.IndexLoadError, match=f"lists the segment {foreign['name']}, which was written for "
+                                                   "another index"):
+        IndexData.load(path)
+    (path / "index.json").write_text(original)
+    assert IndexData.load(path).n_documents == 12
+
+
+def test_verify_while_a_writer_replaces_the_version_reports_no_false_damage(retriever, tmp_path,  # noqa: F811
+                                                                             monkeypatch):
+    """A merge between loading a version and reading its files deleted them under the
+    verification, which reported the index damaged; now the new version is verified instead."""
+    from maxsim.index import segment as segment_module
+
+    path = tmp_path / "ix"
+    retriever.index(DOCS[:12], path=path, document_ids=IDS[:12])
+    Retriever.from_index(path).add(["a late note"], document_ids=["late"])
+    real_verify, calls = segment_module.verify, []
+
+    def verify_meeting_a_writer(root, entry, *args):
+        calls.append(entry["name"])
+        if len(calls) == 1:
+            store.compact_index(root)  # another process: a new version, the old files deleted
+        return real_verify(root, entry, *args)
+
+    monkeypatch.setattr(store, "verify", verify_meeting_a_writer)
+    result = CliRunner().invoke(app, ["index", "--verify", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "no problem found" in result.output and len(calls) > 2

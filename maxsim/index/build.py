@@ -38,7 +38,14 @@ import numpy as np
 from maxsim import ranks
 from maxsim.errors import OutputExistsError
 from maxsim.files import atomic_write_text, publish_directory, real_path
-from maxsim.index.codec import CentroidSearch, Codec, n_centroids_for, nearest_centroids, train_centroids
+from maxsim.index.codec import (
+    CentroidSearch,
+    Codec,
+    centroids_fingerprint,
+    n_centroids_for,
+    nearest_centroids,
+    train_centroids,
+)
 from maxsim.index.segment import Segment
 from maxsim.index.store import IndexData, IndexSettings
 from maxsim.progress import progress
@@ -358,7 +365,7 @@ class StreamingBuild:
                                       np.concatenate(spans).reshape(-1, 2),
                                       self.records[self.bounds[start][0] : self.bounds[end - 1][1]], len(centroids),
                                       bm25_language=self.settings.bm25_language)
-        return segment.write(self.work)
+        return segment.write(self.work, centroids_fingerprint(centroids))
 
 
 def build(vectors: np.ndarray, doclens: np.ndarray, chunk_docs: np.ndarray, spans: list[tuple[int, int]],

@@ -7,6 +7,7 @@ values, and each bucket decodes to the median of its values.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -264,3 +265,19 @@ class Codec:
     def from_array(cls, array: np.ndarray, nbits: int) -> Codec:
         levels = 2**nbits
         return cls(nbits, array[: levels - 1], array[levels - 1 :])
+
+
+def centroids_fingerprint(centroids: np.ndarray) -> str:
+    """A short fingerprint of an index's centroids ((C, dim), as stored: float16), which each
+    segment keeps to say which index it was written for: the shape and the first and last 256
+    centroids, so that it costs the same whatever C is.
+
+    >>> c = np.arange(12, dtype=np.float32).reshape(6, 2)
+    >>> centroids_fingerprint(c) == centroids_fingerprint(c.astype(np.float16)) != centroids_fingerprint(c + 1)
+    True
+    """
+    stored = np.ascontiguousarray(centroids, dtype=np.float16)
+    digest = hashlib.sha256(repr(stored.shape).encode())
+    digest.update(stored[:256].tobytes())
+    digest.update(stored[-256:].tobytes())
+    return digest.hexdigest()[:32]

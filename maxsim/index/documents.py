@@ -31,11 +31,13 @@ DOCUMENTS_FILE = "documents.sqlite"
 LOOKUP_BATCH = 900
 
 
-def write_documents(path: Path, records: Iterable[dict]) -> tuple[int, list[str]]:
+def write_documents(path: Path, records: Iterable[dict], owner: str | None = None) -> tuple[int, list[str]]:
     """Write ``records`` ({"id", "content", "metadata"}) to a new SQLite file at ``path``, in
     order (the first is position 0); returns how many, and the top-level metadata fields any of
-    them has (sorted). The caller renames the folder that holds it into place, so the file needs
-    no journal."""
+    them has (sorted). ``owner``: the fingerprint of the index the segment is written for
+    (:func:`maxsim.index.codec.centroids_fingerprint`), kept in a table ``info`` so that a
+    segment copied into another index's manifest is refused. The caller renames the folder that
+    holds it into place, so the file needs no journal."""
     fields: set[str] = set()
 
     def rows():
@@ -53,6 +55,9 @@ def write_documents(path: Path, records: Iterable[dict]) -> tuple[int, list[str]
         connection.execute("CREATE TABLE documents (position INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, "
                            "content BLOB NOT NULL, metadata TEXT)")
         connection.executemany("INSERT INTO documents VALUES (?, ?, ?, ?)", rows())
+        if owner is not None:
+            connection.execute("CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT)")
+            connection.execute("INSERT INTO info VALUES ('owner', ?)", (owner,))
         connection.commit()
         (count,) = connection.execute("SELECT count(*) FROM documents").fetchone()
     finally:
@@ -130,6 +135,15 @@ class SqliteDocuments:
         (:class:`maxsim.index.filters.Filter`)."""
         rows = self._rows(f"SELECT position FROM documents WHERE {sql} ORDER BY position", list(parameters))
         return np.array([row[0] for row in rows], dtype=np.int64)
+
+    def owner(self) -> str | None:
+        """The fingerprint of the index this segment was written for (None: written before
+        segments kept one)."""
+        try:
+            row = self._rows("SELECT value FROM info WHERE key = 'owner'")
+        except sqlite3.OperationalError:  # no such table
+            return None
+        return row[0][0] if row else None
 
     def any_where(self, sql: str, parameters: Sequence) -> bool:
         """Whether the SQL condition holds for some document (stops at the first)."""

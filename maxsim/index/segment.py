@@ -216,16 +216,17 @@ class Segment:
         return np.isin(self.chunk_docs, positions), len(positions)
 
     # ------------------------------------------------------------------ writing
-    def write(self, root: Path) -> dict:
+    def write(self, root: Path, owner: str | None = None) -> dict:
         """Write this segment as a new folder under ``root`` (all of it, then one rename) and
-        return its manifest entry; its tombstones too, if it has any."""
+        return its manifest entry; its tombstones too, if it has any. ``owner``: the fingerprint
+        of the index's centroids (:func:`maxsim.index.codec.centroids_fingerprint`)."""
         name = new_segment_name()
         tmp = root / f".tmp-{name}"
         tmp.mkdir()
         try:
             files = {f"{array_name}.npy": save_array(tmp / f"{array_name}.npy", getattr(self, array_name))
                      for array_name in SEGMENT_ARRAYS}
-            count, fields = write_documents(tmp / DOCUMENTS_FILE, self.documents)
+            count, fields = write_documents(tmp / DOCUMENTS_FILE, self.documents, owner)
             files[DOCUMENTS_FILE] = {"documents": count, **file_record(tmp / DOCUMENTS_FILE)}
             bm25 = self.bm25.write(tmp) if self.bm25 is not None else None
             os.replace(tmp, root / name)

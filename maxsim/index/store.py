@@ -58,9 +58,10 @@ from maxsim.files import (
     recover_directory,
     remove_stale_temps_of,
 )
-from maxsim.index.codec import Codec, nearest_centroids
+from maxsim.index.codec import Codec, centroids_fingerprint, nearest_centroids
 from maxsim.index.filters import Filter, path_condition
 from maxsim.index.legacy import LEGACY_FORMAT, Changed, read_legacy
+from maxsim.index.merge_policy import plan_merge
 from maxsim.index.postings import POSTINGS_PREFIX, Postings
 from maxsim.index.segment import (
     Segment,
@@ -138,34 +139,6 @@ REQUIRED_KEYS = ("format", "files", "nbits", "dim", "split_documents", "max_docu
 SHARED_ARRAYS = ("centroids", "codec")
 LOAD_ATTEMPTS = 50  # a load that meets a write in progress starts again, up to this many times
 
-#: the automatic merge policy (logarithmic, as Lucene's LogMergePolicy): a segment's level is
-#: floor(log10(its tokens)); after a write, MERGE_FACTOR adjacent segments of one level are
-#: merged into one (a level up), as long as they hold at most AUTO_MERGE_MAX_TOKENS together,
-#: and a segment of at most that many tokens with more than half its documents deleted is
-#: rewritten without them. Larger merges are left to ``maxsim index --compact``.
-MERGE_FACTOR = 10
-AUTO_MERGE_MAX_TOKENS = 2_000_000
-
-
-def _level(segment: Segment) -> int:
-    return int(np.log10(max(segment.n_tokens, 1)) // 1)
-
-
-def plan_merges(segments: list[Segment]) -> list[tuple[int, int]]:
-    """The first run of segments the policy merges now, as [(start, end)], or []: the index
-    keeps about MERGE_FACTOR segments a level, so a search visits O(log N) of them and each
-    token is rewritten about log10(N) times over the index's life."""
-    for start in range(len(segments)):
-        run = segments[start : start + MERGE_FACTOR]
-        if (len(run) == MERGE_FACTOR and len({_level(s) for s in run}) == 1
-                and sum(s.n_tokens for s in run) <= AUTO_MERGE_MAX_TOKENS):
-            return [(start, start + MERGE_FACTOR)]
-    for i, segment in enumerate(segments):
-        if segment.n_tokens <= AUTO_MERGE_MAX_TOKENS and 2 * len(segment.deleted) > segment.n_documents:
-            return [(i, i + 1)]
-    return []
-
-
 #: filters whose results an index keeps (per loaded version)
 FILTERS_KEPT = 16
 
@@ -215,6 +188,12 @@ class IndexData:
     @property
     def dim(self) -> int:
         return int(self.centroids.shape[1])
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """:func:`~maxsim.index.codec.centroids_fingerprint` of this index's centroids, which its
+        segments keep."""
+        return centroids_fingerprint(self.centroids)
 
     @property
     def n_documents(self) -> int:
@@ -386,7 +365,7 @@ class IndexData:
 
         Where ``path`` holds the very version this object came from, only the new segments and
         tombstones are written, then ``index.json`` is replaced (one atomic rename: a crash at any
-        moment leaves the last complete manifest), then the merge policy runs (:func:`plan_merges`)
+        moment leaves the last complete manifest), then the merge policy runs (:mod:`~maxsim.index.merge_policy`)
         and what no manifest names any longer is deleted. Anywhere else (a new folder, an index
         being replaced, an index of the previous format) every file is written into a new folder
         that is swapped in whole. The caller holds :func:`index_lock` and has checked that ``path``
@@ -400,7 +379,7 @@ class IndexData:
         else:
             with atomic_directory(path) as tmp:
                 self.write_shared(tmp)
-                self.write_manifest(tmp, [segment.write(tmp) for segment in self.segments])
+                self.write_manifest(tmp, [segment.write(tmp, self.fingerprint) for segment in self.segments])
             self._reopen(path)
         return self.version
 
@@ -408,13 +387,14 @@ class IndexData:
         # the shared files are never rewritten in place: their digests and arrays stay as they are
         self.write_manifest(path, self._write_pending(path), self.shared_digests)
         self._reopen_written(path)
-        while merges := plan_merges(self.segments):
-            (start, end), = merges
-            for segment in self.segments[start:end]:
+        while (chosen := plan_merge(self.segments)) is not None:
+            parts = [self.segments[i] for i in chosen]
+            for segment in parts:
                 _verify_or_raise(path, self._entry(segment), self)
-            combined = merged(self.segments[start:end], len(self.centroids))
-            segments = [*self.segments[:start], *([combined] if combined.n_documents else []), *self.segments[end:]]
-            self.segments = segments
+            combined = merged(parts, len(self.centroids))
+            rest = [s for i, s in enumerate(self.segments) if i not in set(chosen)]
+            at = sum(1 for i in range(chosen[0]) if i not in set(chosen))  # where the first of them was
+            self.segments = [*rest[:at], *([combined] if combined.n_documents else []), *rest[at:]]
             self.write_manifest(path, self._write_pending(path), self.shared_digests)
             self._reopen_written(path)
         collect_garbage(path, self.manifest_entries)
@@ -423,7 +403,7 @@ class IndexData:
         entries = []
         for segment in self.segments:
             if segment.name is None:
-                entries.append(segment.write(path))
+                entries.append(segment.write(path, self.fingerprint))
                 continue
             entry = dict(self._entry(segment))
             if segment.tombstones_pending:
@@ -533,7 +513,9 @@ class IndexData:
             return None
 
     @classmethod
-    def _load_once(cls, path: Path) -> IndexData:
+    def _load_once(cls, path: Path, first: int | None = None) -> IndexData:
+        """One read of the index (``first``: open only its first segments, for a compaction in
+        rounds; ``manifest_entries`` still names them all)."""
         meta_path = path / "index.json"
         try:
             raw = meta_path.read_bytes()
@@ -559,7 +541,7 @@ class IndexData:
                 if hashlib.sha256(data).hexdigest() != meta["files"][f"{name}.npy"]:
                     raise SegmentError(f"{path / name}.npy is truncated or damaged (checksum mismatch)")
                 shared[name] = np.load(io.BytesIO(data), allow_pickle=False)
-            segments = [Segment.open(path, entry) for entry in meta["segments"]]
+            segments = [Segment.open(path, entry) for entry in meta["segments"][:first]]
         except FileNotFoundError as err:
             if not unchanged():
                 raise Changed from None
@@ -572,10 +554,15 @@ class IndexData:
                                  "index") from None
         _check_shared(meta, shared, path)
         width = meta["dim"] * meta["nbits"] // 8
+        fingerprint = centroids_fingerprint(shared["centroids"])
         for segment, entry in zip(segments, meta["segments"]):
             if segment.residuals.shape[1] != width:
                 raise IndexLoadError(f"{path / entry['name']} is damaged (residuals.npy rows are not {width} bytes): "
                                      "rebuild the index")
+            if segment.documents.owner() not in (None, fingerprint):
+                raise IndexLoadError(f"{path / 'index.json'} lists the segment {entry['name']}, which was written for "
+                                     "another index (its centroids are not this index's, so its vectors would be "
+                                     "read wrong): remove that entry from index.json, or rebuild the index")
         data = cls(settings, shared["centroids"].astype(np.float32),
                    Codec.from_array(shared["codec"], settings.nbits), segments, meta["version"], path)
         data.manifest_entries, data.shared_digests = meta["segments"], dict(meta["files"])
@@ -632,14 +619,75 @@ class IndexData:
         return torch.cat(vectors), torch.tensor(lengths, dtype=torch.int64)
 
 
-def compact_index(path: str | Path) -> tuple[IndexData, IndexData]:
+#: the most segments a compaction opens at once: more are merged this many at a time first, so
+#: that compacting an index of any number of segments holds a bounded number of open files
+COMPACT_AT_ONCE = 64
+
+
+def compact_index(path: str | Path) -> tuple[dict, IndexData]:
     """Merge every segment of the index at ``path`` into one, without its deleted documents,
-    under its writer lock, after checking every file; returns (the index before, after)."""
+    under its writer lock, after checking every file; returns (the index's counts before:
+    documents, segments, chunks; the index after). Past :data:`COMPACT_AT_ONCE` segments, they
+    are first merged that many at a time (each round a new manifest), so that no step opens
+    more."""
+    path = Path(path)
     with index_lock(path):
-        before = IndexData.load(path)
+        before = IndexData.load(path) if _segment_count(path) <= COMPACT_AT_ONCE else None
+        counts = _counts(path)
+        while before is None and _segment_count(path) > COMPACT_AT_ONCE:
+            _merge_first(path, COMPACT_AT_ONCE)
+        before = before or IndexData.load(path)
         after = before.compacted()
         after.save(path)
-    return before, after
+    return counts, after
+
+
+def _manifest(path: Path) -> dict:
+    return _parse_meta((path / "index.json").read_bytes(), path / "index.json", path)
+
+
+def _segment_count(path: Path) -> int:
+    return len(_manifest(path).get("segments", [None]))
+
+
+def _counts(path: Path) -> dict:
+    meta = _manifest(path)
+    return {"documents": meta.get("n_documents"), "segments": len(meta.get("segments", [None])),
+            "chunks": meta.get("n_chunks")}
+
+
+def _merge_first(path: Path, n: int) -> None:
+    """One round of a compaction: the first ``n`` segments merged into one (checked first), in
+    a new manifest; the others untouched and unopened."""
+    part = IndexData._load_once(path, first=n)
+    entries = part.manifest_entries
+    for entry in entries[:n]:
+        _verify_or_raise(path, entry, part)
+    combined = merged(part.segments, len(part.centroids))
+    written = [combined.write(path, part.fingerprint)] if combined.n_documents else []
+    part.write_manifest(path, [*written, *entries[n:]], part.shared_digests)
+    for segment in part.segments:
+        segment.documents.close()
+    collect_garbage(path, part.manifest_entries)
+
+
+#: verifications of one version that a writer's new version interrupts, before the next takes the lock
+VERIFY_ATTEMPTS = 3
+
+
+def verify_index(path: str | Path) -> list[str]:
+    """Every check there is on the index at ``path`` (:meth:`IndexData.verify`), on one version:
+    while writers go on, a version they replace (and whose old files they then delete) is not
+    reported as damaged but verified again as it is now; after ``VERIFY_ATTEMPTS`` such tries,
+    the last holds the writer lock, so writers wait for it. Returns the problems."""
+    for _ in range(VERIFY_ATTEMPTS):
+        data = IndexData.load(path)
+        problems = data.verify()
+        if not problems or IndexData.current_version(path) == data.version:
+            return problems
+        logger.info("%s changed while it was verified: verifying the new version", path)
+    with index_lock(path):
+        return IndexData.load(path).verify()
 
 
 def _contains(sorted_values: np.ndarray, value: int) -> bool:
@@ -745,6 +793,12 @@ def _parse_meta(raw: bytes, meta_path: Path, path: Path) -> dict:
         if not isinstance(meta["segments"], list) or not all(_entry_ok(e) for e in meta["segments"]):
             raise IndexLoadError(f"{meta_path} is damaged (its segment list is not one the index writes): rebuild "
                                  "the index")
+        names = [entry["name"] for entry in meta["segments"]]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise IndexLoadError(f"{meta_path} lists the segment {', '.join(repeated)} more than once (its documents "
+                                 "would be found twice): remove the repeated entry from index.json, or rebuild the "
+                                 "index")
     return meta
 
 
