@@ -21,6 +21,7 @@ folder), the storage and the MUVERA settings, and a model of other dimensions is
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,25 @@ class QdrantError(MaxsimError, ValueError):
     """A collection that maxsim cannot use as asked."""
 
 
+#: a collection name maxsim gives Qdrant: letters, digits, '_', '-' and '.', not starting with '.'
+COLLECTION_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,254}")
+
+
+def check_collection_name(name) -> str:
+    """``name`` if it is a collection name every Qdrant accepts (as a folder name in its
+    storage, it must stay one), else a SettingsError naming the fix.
+
+    >>> check_collection_name("../x")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    maxsim.errors.SettingsError: Qdrant collection name '../x' is not one maxsim uses: ...
+    """
+    if not isinstance(name, str) or not COLLECTION_NAME.fullmatch(name):
+        raise SettingsError(f"Qdrant collection name {name!r} is not one maxsim uses: give 1 to 255 letters, digits, "
+                            "'_', '-' or '.' (not first), such as 'scifact'")
+    return name
+
+
 def point_id(document_id: str, chunk: int) -> str:
     return str(uuid.uuid5(NAMESPACE, f"{document_id}\0{chunk}"))
 
@@ -61,7 +81,13 @@ def connect(target):
         return QdrantClient(url=target)
     if target == ":memory:":
         return QdrantClient(":memory:")
-    return QdrantClient(path=target)
+    try:
+        return QdrantClient(path=target)
+    except RuntimeError as err:
+        if "already accessed" not in str(err):
+            raise
+        raise QdrantError(f"the Qdrant folder {target} is open in another process (Qdrant's local mode allows one): "
+                          "stop that process, or run a Qdrant server and give its URL") from None
 
 
 @dataclass
@@ -83,6 +109,7 @@ class QdrantIndex:
     """One collection of a Qdrant client, as maxsim writes and searches it."""
 
     def __init__(self, client, collection: str) -> None:
+        check_collection_name(collection)
         self.client, self.collection = client, collection
         self._settings: QdrantSettings | None = None
         self._fields_seen: set[str] = set()  # metadata fields some point has (once seen, kept)

@@ -176,3 +176,16 @@ def test_a_filter_means_the_same_on_qdrant_and_on_the_index(retriever, client, t
         for spec in ({"nope": 1}, {"j.nope": 1}):
             with pytest.raises(Exception, match="no document of"):
                 r.search("stars", filter=spec)
+
+
+def test_bad_collection_names_and_a_held_folder_are_one_line_errors(retriever, tmp_path):  # noqa: F811
+    from maxsim.errors import SettingsError
+    from maxsim.qdrant import connect
+
+    for name in ("bad/name", "../x", "", ".hidden", "a" * 256, "tab\tname"):
+        with pytest.raises(SettingsError, match="is not one maxsim uses"):
+            retriever.index_to_qdrant(records(), ":memory:", name)
+    held = connect(tmp_path / "q")
+    with pytest.raises(QdrantError, match="is open in another process"):
+        connect(tmp_path / "q")
+    held.close()
