@@ -171,4 +171,4 @@ def test_list_valued_fields_match_on_any_element_and_numbers_as_numbers(retrieve
 
 def test_the_sql_of_a_filter_is_parameterised():
     condition = Filter({"source": "x'); DROP TABLE documents; --"})
-    assert "DROP" not in condition.sql and json.dumps(["x'); DROP TABLE documents; --"]) in condition.params
+    assert "DROP" not in condition.sql and "x'); DROP TABLE documents; --" in condition.params

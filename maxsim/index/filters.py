@@ -140,16 +140,18 @@ class Filter:
         numbers = [v for v in values if _json_type(v) == "number"]
         texts = [v for v in values if _json_type(v) == "text"]
         flags = sorted({_json_type(v) for v in values} & {"true", "false"})
-        checks = []
-        if numbers:
-            checks.append(f"(type IN {NUMBER} AND value IN (SELECT value FROM json_each(?)))")
-        if texts:
-            checks.append(f"(type IN {TEXT} AND value IN (SELECT value FROM json_each(?)))")
+        checks, values_params = [], []
+        for kind, part in ((NUMBER, numbers), (TEXT, texts)):
+            if len(part) == 1:  # (one value: compared directly)
+                checks.append(f"(type IN {kind} AND value = ?)")
+                values_params.append(part[0])
+            elif part:
+                checks.append(f"(type IN {kind} AND value IN (SELECT value FROM json_each(?)))")
+                values_params.append(json.dumps(part))
         if flags:
             checks.append(f"type IN ({', '.join(repr(f) for f in flags)})")
         if checks:
-            self.params.append(_path(key))
-            self.params += [json.dumps(part) for part in (numbers, texts) if part]
+            self.params += [_path(key), *values_params]
             parts.append(f"EXISTS (SELECT 1 FROM json_each(metadata, ?) WHERE typeof(key) != 'text' AND "
                          f"({' OR '.join(checks)}))")
         if any(v is None for v in values):
