@@ -221,3 +221,39 @@ def test_an_unusable_model_setting_is_an_error_line_not_an_index(checkpoint, tmp
     result = CliRunner().invoke(app, ["index", str(corpus), "--model", str(folder), "--output", str(tmp_path / "ix")])
     assert result.exit_code == 2 and "error: " in result.output and "dim" in result.output
     assert not (tmp_path / "ix").exists()
+
+
+def test_what_printed_a_traceback_is_one_line_naming_the_setting(small):
+    """Integers past 2**63 in metadata and filters, rrf_k 1e30, bad hybrid settings on the command
+    line, k=-1, [] and None as queries: each a SettingsError (Python), exit 2 with one line (CLI),
+    or a 422/400 (server, with a key), never a traceback or a 500."""
+    from fastapi.testclient import TestClient
+
+    from maxsim.serve import create_app
+
+    loaded = Retriever.from_index(small)
+    with pytest.raises(SettingsError, match="holds the integer 18446744073709551616, beyond the"):
+        loaded.add(["big"], ["big"], [{"n": 2**64}])
+    with pytest.raises(SettingsError, match="beyond \\+-2\\*\\*53"):
+        loaded.search("cells", filter={"n": 2**63})
+    with pytest.raises(SettingsError, match="hybrid setting rrf_k"):
+        loaded.search("cells", hybrid={"fusion": "rrf", "rrf_k": 1e30})
+    for queries in ([], None, 5):
+        with pytest.raises(SettingsError):
+            loaded.search(queries)
+    with pytest.raises(SettingsError, match="k must be a whole number"):
+        loaded.search("cells", k=-1)
+    assert [h.document_id for h in loaded.search("cells", hybrid="RRF")]  # (choices in any case)
+    for flags, message in ((["--fusion", "rrf", "--rrf-k", "1000000000000000000000000000000"], "hybrid setting rrf_k"),
+                           (["--fusion", "nope"], "hybrid setting fusion: Input should be 'rrf' or 'weighted'"),
+                           (["--fusion-weight", "1.5"], "hybrid setting weight")):
+        result = CliRunner().invoke(app, ["search", "--index", str(small), "cells", *flags])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+    with TestClient(create_app(loaded, api_key="k")) as client:
+        auth = {"Authorization": "Bearer k"}
+        for body in ({"queries": ["cells"], "hybrid": {"rrf_k": 1e30}}, {"queries": ["cells"], "filter": {"n": 2**64}}):
+            answer = client.post("/search", json=body, headers=auth)
+            assert answer.status_code in (400, 422) and "error" in answer.json(), (body, answer.text)
+        added = client.post("/documents", json={"documents": [{"id": "x", "text": "t", "metadata": {"n": 2**64}}]},
+                            headers=auth)
+        assert added.status_code == 422 and "beyond the" in added.json()["error"]

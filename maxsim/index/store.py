@@ -504,6 +504,12 @@ class IndexData:
         raise IndexLoadError(f"{path} kept changing while it was read ({LOAD_ATTEMPTS} tries): "
                              "another process is writing it without pause; try again")
 
+    @classmethod
+    def open_first(cls, path: str | Path, n: int) -> IndexData:
+        """The index at ``path`` with only its first ``n`` segments opened (its manifest entries
+        all named): for a compaction in rounds, under the writer lock."""
+        return cls._load_once(Path(path), first=n)
+
     @staticmethod
     def current_version(path: str | Path) -> str | None:
         """The version recorded in ``path/index.json`` now, or None if it cannot be read."""
@@ -659,7 +665,7 @@ def _counts(path: Path) -> dict:
 def _merge_first(path: Path, n: int) -> None:
     """One round of a compaction: the first ``n`` segments merged into one (checked first), in
     a new manifest; the others untouched and unopened."""
-    part = IndexData._load_once(path, first=n)
+    part = IndexData.open_first(path, n)
     entries = part.manifest_entries
     for entry in entries[:n]:
         _verify_or_raise(path, entry, part)
