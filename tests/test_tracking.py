@@ -125,6 +125,7 @@ def test_a_missing_library_or_name_is_an_error_before_training(tiny_model_dir, t
 
 
 def test_only_rank_0_reports(tiny_model_dir, tmp_path):
+    pytest.importorskip("tensorboard")
     cfg = _config(tiny_model_dir, make_training_folder(tmp_path / "data"), tmp_path / "run", report_to=("tensorboard",))
     trackers = Trackers(cfg, resuming=False, is_main=False)
     assert trackers.trackers == [] and not (tmp_path / "run").exists()

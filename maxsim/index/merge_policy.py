@@ -9,8 +9,8 @@ automatically (it is left to ``maxsim index --compact``). The others may number 
 
     allowed = 10 of the floor's size, 10 of ten times that, ..., and what is left over
 
-so that ``allowed`` grows with the logarithm of the index's tokens (about 20 at a million
-tokens). While there are more, the policy merges up to :data:`MERGE_AT_ONCE` segments of
+so that ``allowed`` grows with the logarithm of the index's tokens (19 at a million tokens,
+34 at fifty million). While there are more, the policy merges up to :data:`MERGE_AT_ONCE` segments of
 neighbouring sizes into one (of at most :data:`AUTO_MERGE_MAX_TOKENS` tokens), choosing among
 the runs of the size order the one most even in size and smallest in total (Lucene's score:
 its largest share times its total to the power 0.05). Segments need not be adjacent in the index:
@@ -45,7 +45,7 @@ def allowed_segments(total_tokens: int) -> int:
     """How many segments of mergeable size an index of ``total_tokens`` tokens may keep.
 
     >>> allowed_segments(5_000), allowed_segments(1_000_000), allowed_segments(50_000_000)
-    (10, 19, 37)
+    (10, 19, 34)
     """
     level, left, allowed = FLOOR_TOKENS, max(total_tokens, 0), 0
     while True:
