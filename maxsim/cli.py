@@ -383,7 +383,7 @@ def export_index(
 def _maintain_index(compact: Path | None, verify: Path | None, corpus, model, output) -> None:
     """``maxsim index --compact IX`` / ``--verify IX``."""
     from maxsim.index import compact_index
-    from maxsim.index.store import verify_index
+    from maxsim.index.compaction import verify_index
 
     if (compact is not None and verify is not None) or corpus is not None or model is not None or output is not None:
         _fail("--compact and --verify take an index folder and nothing else: give one of them alone")

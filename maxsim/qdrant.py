@@ -259,8 +259,9 @@ class QdrantIndex:
         encoder = self.settings.encoder() if first_stage else None
         condition = None
         if filter is not None:
-            condition = to_qdrant_filter(filter)
-            self.check_fields(Filter(filter))
+            checked = Filter(filter)
+            condition = to_qdrant_filter(checked)
+            self.check_fields(checked)
         out = []
         for vectors, mask in zip(np.asarray(q_vectors, dtype=np.float32), np.asarray(q_mask, dtype=bool)):
             tokens = vectors[mask]
@@ -286,7 +287,7 @@ class QdrantIndex:
         return out
 
 
-def to_qdrant_filter(spec: Mapping):
+def to_qdrant_filter(spec: Mapping | Filter):
     """A maxsim filter (:mod:`maxsim.index.filters`) as a Qdrant ``Filter`` over the payload,
     meaning what it means on maxsim's own index: metadata fields under ``metadata.``, ``id`` as
     ``document_id``; a number equals by value (a range from it to itself, so 1.0 matches 1), a
@@ -294,7 +295,7 @@ def to_qdrant_filter(spec: Mapping):
     has no text ranges); a text that is no date is refused."""
     from qdrant_client import models
 
-    condition = Filter(spec)  # the grammar and the values, checked as for maxsim's own index
+    condition = spec if isinstance(spec, Filter) else Filter(spec)  # checked as for maxsim's own index
     must, must_not = [], []
     for key, op, value in condition.conditions:
         field_key = "document_id" if key == "id" else f"metadata.{key}"

@@ -18,7 +18,7 @@ from test_index_writes import DOCS, IDS, checkpoint, retriever  # noqa: F401 - f
 from typer.testing import CliRunner
 
 from maxsim.cli import app
-from maxsim.index import IndexData, merge_policy, store
+from maxsim.index import IndexData, compaction, merge_policy, store
 from maxsim.index.documents import SqliteDocuments
 from maxsim.index.segment import Segment
 from maxsim.retriever import Retriever
@@ -357,7 +357,7 @@ def test_compaction_opens_a_bounded_number_of_segments_at_once(retriever, tmp_pa
     for position in range(20, 30):
         add_as_stored(path, source, position)
     assert len(IndexData.load(path).segments) == 11
-    monkeypatch.setattr(store, "COMPACT_AT_ONCE", 3)
+    monkeypatch.setattr(compaction, "COMPACT_AT_ONCE", 3)
     opened = []
     open_segment = Segment.open
     monkeypatch.setattr(Segment, "open", classmethod(lambda cls, root, entry: opened.append(entry["name"])
@@ -417,7 +417,7 @@ def test_verify_while_a_writer_replaces_the_version_reports_no_false_damage(retr
     def verify_meeting_a_writer(root, entry, *args):
         calls.append(entry["name"])
         if len(calls) == 1:
-            store.compact_index(root)  # another process: a new version, the old files deleted
+            compaction.compact_index(root)  # another process: a new version, the old files deleted
         return real_verify(root, entry, *args)
 
     monkeypatch.setattr(store, "verify", verify_meeting_a_writer)

@@ -16,13 +16,13 @@ model turns text into vectors, :class:`maxsim.retriever.Retriever` turns chunk i
 
 from maxsim.index.build import build
 from maxsim.index.codec import Codec, n_centroids_for, nearest_centroids, train_centroids
+from maxsim.index.compaction import compact_index
 from maxsim.index.ivf import build_ivf
 from maxsim.index.search import approximate_scores, best_chunks, chunk_scores, search, search_defaults, search_pool
 from maxsim.index.store import (
     IndexData,
     IndexLoadError,
     IndexSettings,
-    compact_index,
     index_lock,
     is_index,
     read_settings,

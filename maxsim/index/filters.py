@@ -61,11 +61,11 @@ def _json_type(value) -> str:
     return "text"
 
 
-def _elements(types: str, comparison: str = "") -> str:
+def _elements(condition: str) -> str:
     """A condition that holds when the field's value (``?``: its path), or one of its elements
-    when it is a list, is of ``types`` and meets ``comparison`` (over ``value``)."""
-    return (f"EXISTS (SELECT 1 FROM json_each(metadata, ?) WHERE typeof(key) != 'text' AND type IN {types}"
-            f"{' AND ' + comparison if comparison else ''})")
+    when it is a list, meets ``condition`` (over json_each's ``type`` and ``value``); an
+    object's members are not elements."""
+    return f"EXISTS (SELECT 1 FROM json_each(metadata, ?) WHERE typeof(key) != 'text' AND ({condition}))"
 
 
 class Filter:
@@ -129,7 +129,7 @@ class Filter:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise SettingsError(f"filter field {key!r}: {op!r} compares numbers or texts, got {value!r}")
         self.params += [_path(key), value]
-        return _elements(NUMBER if _json_type(value) == "number" else TEXT, f"value {RANGES[op]} ?")
+        return _elements(f"type IN {NUMBER if _json_type(value) == 'number' else TEXT} AND value {RANGES[op]} ?")
 
     def _member(self, key: str, values: list) -> str:
         """The condition that the field (or one of its elements) equals one of ``values``."""
@@ -152,8 +152,7 @@ class Filter:
             checks.append(f"type IN ({', '.join(repr(f) for f in flags)})")
         if checks:
             self.params += [_path(key), *values_params]
-            parts.append(f"EXISTS (SELECT 1 FROM json_each(metadata, ?) WHERE typeof(key) != 'text' AND "
-                         f"({' OR '.join(checks)}))")
+            parts.append(_elements(" OR ".join(checks)))
         if any(v is None for v in values):
             self.params.append(_path(key))
             parts.append("(coalesce(json_type(metadata, ?), '') = 'null')")

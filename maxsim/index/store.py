@@ -390,10 +390,10 @@ class IndexData:
         while (chosen := plan_merge(self.segments)) is not None:
             parts = [self.segments[i] for i in chosen]
             for segment in parts:
-                _verify_or_raise(path, self._entry(segment), self)
+                verify_or_raise(path, self._entry(segment), self)
             combined = merged(parts, len(self.centroids))
-            rest = [s for i, s in enumerate(self.segments) if i not in set(chosen)]
-            at = sum(1 for i in range(chosen[0]) if i not in set(chosen))  # where the first of them was
+            rest = [s for i, s in enumerate(self.segments) if i not in chosen]
+            at = chosen[0]  # where the first of them was (those before it all stay)
             self.segments = [*rest[:at], *([combined] if combined.n_documents else []), *rest[at:]]
             self.write_manifest(path, self._write_pending(path), self.shared_digests)
             self._reopen_written(path)
@@ -625,83 +625,13 @@ class IndexData:
         return torch.cat(vectors), torch.tensor(lengths, dtype=torch.int64)
 
 
-#: the most segments a compaction opens at once: more are merged this many at a time first, so
-#: that compacting an index of any number of segments holds a bounded number of open files
-COMPACT_AT_ONCE = 64
-
-
-def compact_index(path: str | Path) -> tuple[dict, IndexData]:
-    """Merge every segment of the index at ``path`` into one, without its deleted documents,
-    under its writer lock, after checking every file; returns (the index's counts before:
-    documents, segments, chunks; the index after). Past :data:`COMPACT_AT_ONCE` segments, they
-    are first merged that many at a time (each round a new manifest), so that no step opens
-    more."""
-    path = Path(path)
-    with index_lock(path):
-        before = IndexData.load(path) if _segment_count(path) <= COMPACT_AT_ONCE else None
-        counts = _counts(path)
-        while before is None and _segment_count(path) > COMPACT_AT_ONCE:
-            _merge_first(path, COMPACT_AT_ONCE)
-        before = before or IndexData.load(path)
-        after = before.compacted()
-        after.save(path)
-    return counts, after
-
-
-def _manifest(path: Path) -> dict:
-    return _parse_meta((path / "index.json").read_bytes(), path / "index.json", path)
-
-
-def _segment_count(path: Path) -> int:
-    return len(_manifest(path).get("segments", [None]))
-
-
-def _counts(path: Path) -> dict:
-    meta = _manifest(path)
-    return {"documents": meta.get("n_documents"), "segments": len(meta.get("segments", [None])),
-            "chunks": meta.get("n_chunks")}
-
-
-def _merge_first(path: Path, n: int) -> None:
-    """One round of a compaction: the first ``n`` segments merged into one (checked first), in
-    a new manifest; the others untouched and unopened."""
-    part = IndexData.open_first(path, n)
-    entries = part.manifest_entries
-    for entry in entries[:n]:
-        _verify_or_raise(path, entry, part)
-    combined = merged(part.segments, len(part.centroids))
-    written = [combined.write(path, part.fingerprint)] if combined.n_documents else []
-    part.write_manifest(path, [*written, *entries[n:]], part.shared_digests)
-    for segment in part.segments:
-        segment.documents.close()
-    collect_garbage(path, part.manifest_entries)
-
-
-#: verifications of one version that a writer's new version interrupts, before the next takes the lock
-VERIFY_ATTEMPTS = 3
-
-
-def verify_index(path: str | Path) -> list[str]:
-    """Every check there is on the index at ``path`` (:meth:`IndexData.verify`), on one version:
-    while writers go on, a version they replace (and whose old files they then delete) is not
-    reported as damaged but verified again as it is now; after ``VERIFY_ATTEMPTS`` such tries,
-    the last holds the writer lock, so writers wait for it. Returns the problems."""
-    for _ in range(VERIFY_ATTEMPTS):
-        data = IndexData.load(path)
-        problems = data.verify()
-        if not problems or IndexData.current_version(path) == data.version:
-            return problems
-        logger.info("%s changed while it was verified: verifying the new version", path)
-    with index_lock(path):
-        return IndexData.load(path).verify()
-
-
 def _contains(sorted_values: np.ndarray, value: int) -> bool:
     i = int(np.searchsorted(sorted_values, value))
     return i < len(sorted_values) and int(sorted_values[i]) == value
 
 
-def _verify_or_raise(path: Path, entry: dict, data: IndexData) -> None:
+def verify_or_raise(path: Path, entry: dict, data: IndexData) -> None:
+    """Check every byte of one segment (``entry``) before a merge reads it: damage never spreads."""
     problems = verify(path, entry, len(data.centroids), data.dim, data.settings.nbits)
     if problems:
         raise IndexLoadError(f"{path} is damaged, so it was not merged ({'; '.join(problems)}): restore the "
@@ -829,6 +759,12 @@ def _recover_if_idle(path: Path) -> None:
             pass
     except LockedError:
         pass
+
+
+def read_manifest(path: str | Path) -> dict:
+    """``path/index.json``, checked for the format and the keys every index has (nothing else read)."""
+    path = Path(path)
+    return _parse_meta((path / "index.json").read_bytes(), path / "index.json", path)
 
 
 def read_settings(path: str | Path) -> IndexSettings:
