@@ -15,7 +15,7 @@ random sizes.
   large"): its largest ``in`` that runs is timed instead, and the 10,000-value one reports the
   error.
 - segments: ``--adds`` adds of 1 to 50 documents each (random, 20 to 200 tokens a document)
-  through ``IndexData.with_documents(...).save`` under the writer lock, as ``Retriever.add``
+  through ``maxsim.index.writer.save`` under the writer lock, as ``Retriever.add``
   writes them; the segment count after every add (most, last), the files a fresh open holds,
   and the seconds an add takes (median, slowest). Beside it, the former policy (merge ten
   adjacent segments of one size level, floor(log10(tokens))) run on the same sizes, on the
@@ -27,6 +27,7 @@ Figures are printed and appended as JSON lines to bench/results/limits.jsonl.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import random
@@ -49,8 +50,9 @@ import results_log  # noqa: E402
 from maxsim.index import IndexData, index_lock  # noqa: E402
 from maxsim.index.codec import Codec  # noqa: E402
 from maxsim.index.filters import Filter  # noqa: E402
+from maxsim.index.manifest import IndexSettings  # noqa: E402
 from maxsim.index.segment import Segment  # noqa: E402
-from maxsim.index.store import IndexSettings  # noqa: E402
+from maxsim.index.writer import save  # noqa: E402
 
 RESULTS = HERE / "results" / "limits.jsonl"
 DIM, NBITS, CENTROIDS = 16, 2, 256
@@ -105,7 +107,7 @@ def bench_filters(n: int, path: Path, before: str) -> list[dict]:
     data = empty_index(np_rng)
     data.segments = [segment_of(records, [4] * n, np_rng)]
     with index_lock(path):
-        data.save(path)
+        save(data, path)
     filters = {
         "one equality": {"source": "pubmed"},
         "five conditions": {"year": {"gte": 2000, "lt": 2020}, "source": {"in": ["pubmed", "pmc"]}, "tags": "a",
@@ -191,7 +193,7 @@ def former_policy_count(sizes: list[int]) -> tuple[int, int]:
 def bench_segments(adds: int, path: Path) -> dict:
     rng, np_rng = random.Random(1), np.random.default_rng(1)
     with index_lock(path):
-        empty_index(np_rng).save(path)
+        save(empty_index(np_rng), path)
     counts, seconds, sizes, number = [], [], [], 0
     for _ in range(adds):
         n = rng.randint(1, 50)
@@ -203,7 +205,7 @@ def bench_segments(adds: int, path: Path) -> dict:
         started = time.perf_counter()
         with index_lock(path):
             data = IndexData.load(path)
-            data._with_segments([*data.segments, segment]).save(path)
+            save(dataclasses.replace(data, segments=[*data.segments, segment], _filters={}), path)
         seconds.append(time.perf_counter() - started)
         counts.append(len(IndexData.load(path).segments))
     data = IndexData.load(path)  # (the loads above have been collected: what this one holds is counted)

@@ -50,7 +50,7 @@ def main() -> None:
     q_vectors, q_mask = retriever.query_vectors(texts)
 
     def run(first_stage: bool, candidates: int | None):
-        retriever.first_stage = first_stage
+        retriever.backend.first_stage = first_stage
         times, hits = [], []
         for i in range(len(texts)):
             begin = time.perf_counter()
@@ -61,7 +61,7 @@ def main() -> None:
 
     exact, exact_ms = run(False, None)
     row = {"index": args.index, "queries": len(ids), "documents": retriever.document_count(),
-           "export_s": round(export_s, 1), "muvera": retriever.qdrant.settings.muvera,
+           "export_s": round(export_s, 1), "muvera": retriever.backend.collection.settings.muvera,
            "exact ndcg@10": round(evaluate_run(qrels, exact, ("ndcg@10",))["ndcg@10"], 4),
            "exact ms_p50 (local mode)": round(exact_ms, 1)}
     for candidates in args.candidates:

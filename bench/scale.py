@@ -126,13 +126,13 @@ class Writer:
         """Seconds for one write: the lock, the version check, the change, the save (with the
         merge policy)."""
         from maxsim.index import IndexData, index_lock
+        from maxsim.index.writer import save
 
         started = time.perf_counter()
         with index_lock(self.path):
             if IndexData.current_version(self.path) != self.data.version:
                 self.data = IndexData.load(self.path)
-            self.data = change(self.data)
-            self.data.save(self.path)
+            self.data = save(change(self.data), self.path)
         return time.perf_counter() - started
 
 
@@ -140,6 +140,7 @@ def child_measure(n: int, path: Path, exact_file: Path) -> dict:
     import torch
 
     from maxsim.index import IndexData, compact_index, search
+    from maxsim.index.writer import with_documents, without_documents
 
     opens = []
     for _ in range(5):
@@ -173,14 +174,14 @@ def child_measure(n: int, path: Path, exact_file: Path) -> dict:
 
         def change(index: IndexData) -> IndexData:
             codes, residuals = index.compress(vectors)
-            return index.with_documents(codes, residuals, np.full(end - start, TOKENS, dtype=np.int32), records,
+            return with_documents(index, codes, residuals, np.full(end - start, TOKENS, dtype=np.int32), records,
                                         np.arange(end - start), [(0, len(r["content"])) for r in records])
         return change
 
     adds = [writer.timed(adding(n + i, n + i + 1)) for i in range(20)]
     row.update(add_one_s=round(float(np.median(adds)), 4), add_one_max_s=round(max(adds), 4),
                add_1000_s=round(writer.timed(adding(n + 20, n + 1020)), 3))
-    deletes = [writer.timed(lambda index, i=i: index.without_documents(
+    deletes = [writer.timed(lambda index, i=i: without_documents(index,
         list(index.positions_of([f"p{i * 7}"]).values()))) for i in range(5)]
     row["delete_one_s"] = round(float(np.median(deletes)), 4)
     started = time.perf_counter()
@@ -207,7 +208,7 @@ def child_scifact(folder: Path, path: Path, model: str) -> dict:
     texts = [t for i, t in zip(queries.ids, queries.texts) if i in tested][:N_QUERIES]
     records = [{"id": i, "content": t, "metadata": None} for i, t in zip(corpus.ids, corpus.texts)]
     started = time.perf_counter()
-    vectors, doclens, chunk_docs, spans = retriever._encode_chunks(corpus.texts, True, None, 64)
+    vectors, doclens, chunk_docs, spans = retriever.encoder.chunks(corpus.texts, Chunking(True, None), 64)
     encode_s = time.perf_counter() - started
     offsets = np.concatenate([[0], np.cumsum(doclens, dtype=np.int64)])
     first_chunk = np.searchsorted(chunk_docs, np.arange(len(records) + 1))

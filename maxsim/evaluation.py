@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import numpy as np
 import pytrec_eval
 
 from maxsim.data.qrels import integer_gains
 from maxsim.errors import SettingsError
 from maxsim.exact_search import exact_search
-from maxsim.index import search
+from maxsim.lexical import DEFAULT_LANGUAGE
 from maxsim.model import ColBERT, pick_device
 from maxsim.ranking import Ranking
 
@@ -82,7 +81,7 @@ def run_from_ranking(query_ids: Sequence[str], doc_ids: Sequence[str], ranking: 
 
 
 def evaluation_corpus(query_texts: Sequence[str], judged: Iterable[str], corpus_ids: Sequence[str],
-                      corpus_texts: Sequence[str], size: int, language: str = "en") -> list[int]:
+                      corpus_texts: Sequence[str], size: int, language: str = DEFAULT_LANGUAGE) -> list[int]:
     """Corpus positions (ascending) of a smaller corpus to evaluate on, as NanoBEIR cuts BEIR: every
     judged document, then the queries' BM25 best documents taken rank by rank across the queries
     (each query's first, then each one's second, ...) until ``size`` documents. The hard
@@ -174,33 +173,7 @@ def evaluate_beir(
         check_trec_ids(corpus.ids, f"{data}/corpus.jsonl")
     depth = k + 1 if drop_self_hits else k
     if index is not None:
-        if model == "bm25":
-            raise SettingsError("--index searches with a ColBERT model, not bm25")
-        from maxsim.retriever import Retriever
-
-        colbert = None if model is None else ColBERT.from_pretrained(None if model == "base" else model,
-                                                                     device=device)
-        retriever = Retriever.from_index(index, model=colbert, allow_model_mismatch=allow_model_mismatch,
-                                         device=device)
-        known = set(corpus.ids)
-        held = dict(retriever.index_data.iter_documents())
-        strangers = [d["id"] for d in held.values() if d["id"] not in known]
-        if strangers:
-            raise SettingsError(f"the index {index} holds documents that are not in {data}'s corpus "
-                             f"(e.g. {strangers[0]!r}): build it from this corpus with `maxsim index {data}`")
-        position = {d: i for i, d in enumerate(corpus.ids)}
-        if hybrid is not None:
-            results = retriever.search(queries.texts, k=depth, hybrid=hybrid) if queries.texts else []
-            ranking = Ranking.from_rows([([position[h.document_id] for h in hits], [h.score for h in hits])
-                                         for hits in results], depth)
-            run = run_from_ranking(queries.ids, corpus.ids, ranking, drop_self_hits, k)
-            return evaluate_run(qrels, run, ("ndcg@10", "mrr@10", "recall@100", "map")), run
-        q_vectors, q_mask = retriever.query_vectors(queries.texts)
-        chunks = search(retriever.index_data, q_vectors, q_mask, depth)
-        of_document = {number: position[d["id"]] for number, d in held.items()}
-        owners = retriever.index_data.chunk_documents(chunks.positions.clip(0).ravel()).reshape(chunks.positions.shape)
-        in_corpus = np.vectorize(of_document.__getitem__, otypes=[np.int64])(owners) if owners.size else owners
-        ranking = Ranking(np.where(chunks.positions >= 0, in_corpus, -1), chunks.scores)
+        ranking = _index_ranking(index, model, device, allow_model_mismatch, data, queries, corpus, depth, hybrid)
     elif model == "bm25":
         from maxsim.data.mining import BM25Miner
 
@@ -211,3 +184,24 @@ def evaluate_beir(
         ranking = exact_search(colbert, queries.texts, tokens, depth, batch_size, progress)
     run = run_from_ranking(queries.ids, corpus.ids, ranking, drop_self_hits, k)
     return evaluate_run(qrels, run, ("ndcg@10", "mrr@10", "recall@100", "map")), run
+
+
+def _index_ranking(index, model: str | None, device: str, allow_model_mismatch: bool, data, queries, corpus,
+                   depth: int, hybrid) -> Ranking:
+    """The ``depth`` best corpus positions of each query through the index at ``index`` (built
+    from this corpus, as it checks), searched with ``model`` (None: the one that built it)."""
+    if model == "bm25":
+        raise SettingsError("--index searches with a ColBERT model, not bm25")
+    from maxsim.retriever import Retriever
+
+    colbert = None if model is None else ColBERT.from_pretrained(None if model == "base" else model, device=device)
+    retriever = Retriever.from_index(index, model=colbert, allow_model_mismatch=allow_model_mismatch, device=device)
+    known = set(corpus.ids)
+    strangers = [r["id"] for _, r in retriever.index_data.iter_documents() if r["id"] not in known]
+    if strangers:
+        raise SettingsError(f"the index {index} holds documents that are not in {data}'s corpus "
+                            f"(e.g. {strangers[0]!r}): build it from this corpus with `maxsim index build {data}`")
+    position = {d: i for i, d in enumerate(corpus.ids)}
+    results = retriever.search(queries.texts, k=depth, hybrid=hybrid) if queries.texts else []
+    return Ranking.from_rows([([position[h.document_id] for h in hits], [h.score for h in hits])
+                              for hits in results], depth)

@@ -175,6 +175,44 @@ def save_array(path: Path, array) -> dict:
     return {"dtype": array.dtype.str, "shape": list(array.shape), **file_record(path)}
 
 
+def open_array(path: Path, recorded: dict):
+    """The ``.npy`` file ``path`` memory-mapped, after checking it against what a manifest records
+    of it (:func:`save_array`'s size, dtype and shape): the cheap checks, no byte read but the
+    header. Raises FileNotFoundError for a missing file, ValueError saying what differs otherwise."""
+    import numpy as np
+
+    size = path.stat().st_size
+    if size != recorded["bytes"]:
+        raise ValueError(f"{path} holds {size} bytes, not the {recorded['bytes']} the manifest records: truncated "
+                         "or replaced")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as err:
+        raise ValueError(f"{path} is not a readable array ({err})") from None
+    if array.dtype.str != recorded["dtype"] or list(array.shape) != recorded["shape"]:
+        raise ValueError(f"{path} holds {array.dtype.str} {list(array.shape)}, not the {recorded['dtype']} "
+                         f"{recorded['shape']} the manifest records")
+    return array
+
+
+def json_object(text: str | bytes) -> dict:
+    """``text`` read as JSON, which must be an object; a ValueError saying why not otherwise.
+
+    >>> json_object('{"a": 1}')
+    {'a': 1}
+    >>> json_object("[1]")
+    Traceback (most recent call last):
+    ...
+    ValueError: not a JSON object
+    """
+    import json
+
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
 def checksum_problems(folder: Path, files: dict[str, dict]) -> list[str]:
     """Each of ``files`` ({name: {"sha256": ...}}) in ``folder`` that is missing or whose sha256
     differs, as a sentence."""

@@ -33,13 +33,12 @@ class Hybrid(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    fusion: Literal["rrf", "weighted"] = "weighted"  # (FUSIONS)
-    #: rrf's constant
-    rrf_k: int = Field(60, ge=1, le=MAX_RRF_K)
-    #: weighted: MaxSim's share of the sum (BM25 gets 1 - weight)
-    weight: float = Field(0.7, ge=0.0, le=1.0)
-    #: candidates taken from each ranking before fusing
-    depth: int = Field(100, ge=1, le=MAX_DEPTH)
+    fusion: Literal["rrf", "weighted"] = Field("weighted", description=(  # (FUSIONS)
+        "Hybrid fusion: weighted (min-max normalised scores, chosen on SciFact's dev slice) or rrf (reciprocal rank "
+        "fusion)."))
+    rrf_k: int = Field(60, ge=1, le=MAX_RRF_K, description="Reciprocal rank fusion's constant.")
+    weight: float = Field(0.7, ge=0.0, le=1.0, description="Weighted fusion: MaxSim's share, BM25 getting the rest.")
+    depth: int = Field(100, ge=1, le=MAX_DEPTH, description="Candidates taken from each ranking before fusing.")
 
 
 DEFAULT_HYBRID = Hybrid()

@@ -27,6 +27,9 @@ from maxsim.errors import SettingsError
 K1 = 1.5
 B = 0.75
 
+#: the language BM25 analyses texts in when none is named (ISO 639-1)
+DEFAULT_LANGUAGE = "en"
+
 #: ISO 639-1 code -> (PyStemmer's stemmer, bm25s's stop-word list or None where it has none)
 BM25_LANGUAGES = {
     "en": ("english", "en"), "fr": ("french", "fr"), "de": ("german", "de"), "es": ("spanish", "es"),
@@ -102,7 +105,7 @@ def impacts(indptr: np.ndarray, documents: np.ndarray, tfs: np.ndarray, lengths:
 class Analyzer:
     """bm25s's tokeniser with the stop words and stemmer of ``language`` (ISO 639-1)."""
 
-    def __init__(self, language: str = "en") -> None:
+    def __init__(self, language: str = DEFAULT_LANGUAGE) -> None:
         import bm25s
         import Stemmer
 

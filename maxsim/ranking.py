@@ -1,4 +1,5 @@
-"""One ranking type for every way of searching: exact MaxSim, BM25 and the compressed index."""
+"""One ranking type for every way of searching (exact MaxSim, BM25, every backend), and the
+hits a retriever makes of it."""
 
 from __future__ import annotations
 
@@ -16,11 +17,15 @@ class Ranking:
     scores: (Q, k) float32, the items' scores (-inf where ``positions`` is -1).
     positive_floor: (Q,) float32 or None: the lowest score among each query's known positives,
         when a miner was given them (for the false-negative margin; NaN for a query without any).
+    items: see below.
     """
 
     positions: np.ndarray
     scores: np.ndarray
     positive_floor: np.ndarray | None = None
+    #: where a searcher numbers no items of its own (a Qdrant collection): what each position
+    #: stands for, by position (a row's positions then index this list)
+    items: list | None = None
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -49,3 +54,31 @@ class Ranking:
         for i, (p, s) in enumerate(rows):
             positions[i, : len(p)], scores[i, : len(s)] = p, s
         return cls(positions, scores)
+
+
+@dataclass
+class Hit:
+    """One search result. ``rank`` starts at 1; ``content`` is the matching chunk's text.
+
+    A hybrid search's hit says both components: ``maxsim_score`` (its best chunk's MaxSim) and
+    ``bm25_score`` (its text's BM25, 0 when it holds no query term), ``score`` being the fused one.
+    """
+
+    document_id: str
+    score: float
+    rank: int
+    content: str
+    metadata: dict | None
+    maxsim_score: float | None = None
+    bm25_score: float | None = None
+
+    def to_dict(self) -> dict:
+        """The hit as a dict (its metadata the same object, not a copy); the component scores
+        only where the search had them."""
+        out = {"document_id": self.document_id, "score": self.score, "rank": self.rank, "content": self.content,
+               "metadata": self.metadata}
+        if self.maxsim_score is not None:
+            out["maxsim_score"] = self.maxsim_score
+        if self.bm25_score is not None:
+            out["bm25_score"] = self.bm25_score
+        return out

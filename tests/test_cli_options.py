@@ -8,7 +8,7 @@ import typer
 from typer.testing import CliRunner
 
 from maxsim.cli import TRAIN_FLAGS, app
-from maxsim.cli_options import help_text
+from maxsim.cli.options import help_text
 from maxsim.data.settings import PrepareSettings
 from maxsim.training.config import TrainConfig
 
@@ -16,7 +16,10 @@ PREPARE_FLAGS = {"positive_labels": "positive_label", "negative_labels": "negati
 
 
 def options_of(command: str) -> dict[str, object]:
-    click_command = typer.main.get_command(app).commands[command]
+    """The options of ``command`` ("index build" for a subcommand)."""
+    click_command = typer.main.get_command(app)
+    for name in command.split():
+        click_command = click_command.commands[name]
     return {param.name: param for param in click_command.params}
 
 
@@ -72,7 +75,7 @@ def test_prepare_refuses_a_bad_setting_in_one_line(tmp_path):
 
 
 def test_every_command_that_loads_a_model_has_the_same_device_option():
-    for command in ("prepare", "score", "eval", "index"):
+    for command in ("prepare", "score", "eval", "index build", "add"):
         option = options_of(command)["device"]
         assert option.opts == ["--device"] and option.default == "auto", command
         assert "cuda" in option.help and "auto" in option.help
@@ -83,7 +86,7 @@ def test_every_command_that_loads_a_model_has_the_same_device_option():
     ["score", "{tmp}/no-such-folder", "--teacher", "{tmp}/no-model", "--output", "{tmp}/out"],
     ["eval", "--data", "{tmp}/no-such-folder", "--model", "base"],
     ["prepare", "{tmp}/no-such.jsonl", "--output", "{tmp}/out", "--mine", "dense", "--miner-model", "{tmp}/m"],
-    ["index", "{tmp}/no-such.jsonl", "--model", "base", "--output", "{tmp}/out"],
+    ["index", "build", "{tmp}/no-such.jsonl", "--model", "base", "--output", "{tmp}/out"],
 ])
 def test_a_cuda_device_that_is_not_there_is_refused_before_any_work(tmp_path, command):
     """The inputs do not exist either: the device is checked first, in one line, not after reading them."""

@@ -60,7 +60,7 @@ def test_index_and_search_commands(tmp_path, tiny_model_dir):
     corpus = tmp_path / "corpus.jsonl"
     texts = [f"document {i} talks about topic number {i} and nothing else" for i in range(40)]
     corpus.write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": t}) + "\n" for i, t in enumerate(texts)))
-    built = CliRunner().invoke(app, ["index", str(corpus), "--model", str(tmp_path / "ckpt"), "--output",
+    built = CliRunner().invoke(app, ["index", "build", str(corpus), "--model", str(tmp_path / "ckpt"), "--output",
                                      str(tmp_path / "ix"), "--nbits", "4"])
     assert built.exit_code == 0, built.output
     found = CliRunner().invoke(app, ["search", "--index", str(tmp_path / "ix"), "topic number 7", "-k", "3", "--json"])

@@ -15,6 +15,7 @@ from maxsim.cli import app
 from maxsim.errors import SettingsError
 from maxsim.index import IndexData, IndexLoadError
 from maxsim.index.segment import Segment
+from maxsim.index.writer import save
 from maxsim.limits import MAX_METADATA_DEPTH
 from maxsim.retriever import Retriever
 
@@ -56,7 +57,7 @@ def test_an_index_that_already_holds_deep_metadata_still_answers(retriever, tmp_
     records[0] = {**records[0], "metadata": _nested(600)}
     data.segments[0] = Segment.from_arrays(old.codes, old.residuals, old.doclens, old.chunk_docs, old.spans, records,
                                            len(data.centroids))
-    data.save(path)
+    save(data, path)
     hits = Retriever.from_index(path).search(DOCS[0], k=12)
     assert len(hits) == 12 and {h.document_id for h in hits} == set(IDS[:12])
     assert next(h for h in hits if h.document_id == IDS[0]).metadata is None
@@ -169,7 +170,7 @@ def test_values_edited_with_valid_checksums_are_found_by_verify(small, name, cha
     _edit(small, name, change)
     problems = IndexData.load(small).verify()
     assert len(problems) == 1 and re.search(message, problems[0]), problems
-    result = CliRunner().invoke(app, ["index", "--verify", str(small)])
+    result = CliRunner().invoke(app, ["index", "verify", str(small)])
     assert result.exit_code == 1 and re.search(message, result.output), result.output
 
 
@@ -218,7 +219,7 @@ def test_an_unusable_model_setting_is_an_error_line_not_an_index(checkpoint, tmp
     (folder / "maxsim_config.json").write_text(json.dumps({**config, "dim": 0}))
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text(json.dumps({"_id": "a", "text": "some text"}) + "\n")
-    result = CliRunner().invoke(app, ["index", str(corpus), "--model", str(folder), "--output", str(tmp_path / "ix")])
+    result = CliRunner().invoke(app, ["index", "build", str(corpus), "--model", str(folder), "--output", str(tmp_path / "ix")])
     assert result.exit_code == 2 and "error: " in result.output and "dim" in result.output
     assert not (tmp_path / "ix").exists()
 

@@ -15,7 +15,7 @@ from maxsim.cli import app
 from maxsim.fusion import Hybrid, fuse, hybrid_settings, min_max
 from maxsim.index import IndexData, compact_index
 from maxsim.index.bm25_search import NoBM25Error, bm25_matches
-from maxsim.index.store import add_bm25
+from maxsim.index.writer import add_bm25
 from maxsim.lexical import Analyzer
 from maxsim.retriever import Retriever
 
@@ -121,11 +121,11 @@ def test_an_index_without_bm25_is_refused_with_the_fix_then_given_one(retriever,
     retriever.index(DOCS, path=without, document_ids=IDS, bm25_language=None)
     r = Retriever.from_index(without)
     assert not r.index_data.has_bm25
-    with pytest.raises(NoBM25Error, match=r"maxsim index --add-bm25"):
+    with pytest.raises(NoBM25Error, match=r"maxsim index add-bm25"):
         r.search("stars", hybrid=True)
     result = CliRunner().invoke(app, ["search", "stars", "--index", str(without), "--hybrid"])
-    assert result.exit_code != 0 and "--add-bm25" in result.output
-    result = CliRunner().invoke(app, ["index", "--add-bm25", str(without)])
+    assert result.exit_code != 0 and "add-bm25" in result.output
+    result = CliRunner().invoke(app, ["index", "add-bm25", str(without)])
     assert result.exit_code == 0, result.output
     a, b = Retriever.from_index(with_bm25), Retriever.from_index(without)
     assert b.index_data.verify() == []
@@ -157,7 +157,7 @@ def test_an_index_of_the_previous_format_gets_a_bm25_side(retriever, tmp_path): 
     path, old = tmp_path / "ix", tmp_path / "old"
     retriever.index(DOCS, path=path, document_ids=IDS)
     write_legacy(IndexData.load(path), old)
-    with pytest.raises(NoBM25Error, match="--add-bm25"):
+    with pytest.raises(NoBM25Error, match="add-bm25"):
         Retriever.from_index(old).search("stars", hybrid="rrf")
     data = add_bm25(old)
     assert data.has_bm25 and json.loads((old / "index.json").read_text())["format"] == "maxsim-plaid-3"

@@ -16,6 +16,7 @@ from conftest import TOPICS
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from maxsim.backends import local
 from maxsim.cli import app
 from maxsim.index import IndexData, IndexLoadError
 from maxsim.model import ColBERT
@@ -53,7 +54,7 @@ def test_index_never_replaces_a_folder_it_did_not_write(retriever, tmp_path, che
         retriever.index(DOCS[:5], path=run)
     with pytest.raises(FileExistsError, match="not a maxsim index"):
         retriever.index(DOCS[:5], path=run, overwrite=True)
-    result = CliRunner().invoke(app, ["index", str(_corpus(tmp_path)), "--model", str(checkpoint), "--output",
+    result = CliRunner().invoke(app, ["index", "build", str(_corpus(tmp_path)), "--model", str(checkpoint), "--output",
                                       str(run)])
     assert result.exit_code == 2 and "not a maxsim index" in result.output and "Traceback" not in result.output
     assert (run / "checkpoints" / "model.bin").read_text() == "weights"
@@ -65,7 +66,7 @@ def test_replacing_an_index_needs_overwrite(retriever, built, tmp_path, checkpoi
     assert len(IndexData.load(built).documents) == len(DOCS)
     retriever.index(DOCS[:5], path=built, overwrite=True)
     assert len(IndexData.load(built).documents) == 5
-    args = ["index", str(_corpus(tmp_path)), "--model", str(checkpoint), "--output", str(built)]
+    args = ["index", "build", str(_corpus(tmp_path)), "--model", str(checkpoint), "--output", str(built)]
     refused = CliRunner().invoke(app, args)
     assert refused.exit_code == 2 and "--overwrite" in refused.output
     assert CliRunner().invoke(app, args + ["--overwrite"]).exit_code == 0
@@ -185,10 +186,10 @@ def test_a_failed_add_changes_nothing(retriever, built, monkeypatch):
         r.add(["a text"], document_ids=["when"], metadata=[{"when": datetime.date(2026, 1, 1)}])
     assert len(r.index_data.documents) == len(DOCS) and IndexData.load(built).version == before
 
-    def full_disk(self, path):
+    def full_disk(data, path):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(IndexData, "save", full_disk)
+    monkeypatch.setattr(local, "save", full_disk)
     with pytest.raises(OSError):
         r.add(["zebrafish regenerate their fins"], document_ids=["zebra"])
     assert "zebra" not in {d["id"] for d in r.index_data.documents}
@@ -265,7 +266,7 @@ def test_an_edited_index_json_is_a_clear_error(built, edit, message):
 
 def test_index_command_checks_the_corpus_before_loading_a_model(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
-    result = CliRunner().invoke(app, ["index", str(tmp_path / "empty.jsonl"), "--model", str(tmp_path / "nope"),
+    result = CliRunner().invoke(app, ["index", "build", str(tmp_path / "empty.jsonl"), "--model", str(tmp_path / "nope"),
                                       "--output", str(tmp_path / "ix")])
     assert result.exit_code == 2 and f"{tmp_path / 'empty.jsonl'}: no documents" in result.output
 

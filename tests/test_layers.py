@@ -19,14 +19,15 @@ PACKAGE = ROOT / "maxsim"
 
 #: bottom to top; a module may import its own layer and those below, never those above
 LAYERS = [
-    ("text, ids, files and errors", ["maxsim.errors", "maxsim.ids", "maxsim.limits", "maxsim.files", "maxsim.progress", "maxsim.lexical", "maxsim.ranks",
+    ("text, ids, files and errors", ["maxsim.errors", "maxsim.ids", "maxsim.limits", "maxsim.files", "maxsim.progress", "maxsim.lexical", "maxsim.process_group", "maxsim.inputs",
                                        "maxsim.background"]),
     ("model", ["maxsim.model"]),
     ("scoring and losses", ["maxsim.scoring", "maxsim.losses", "maxsim.ranking", "maxsim.fusion", "maxsim.muvera"]),
-    ("index and search", ["maxsim.index", "maxsim.exact_search", "maxsim.retriever", "maxsim.qdrant"]),
+    ("index and search", ["maxsim.index", "maxsim.exact_search", "maxsim.backends", "maxsim.indexing", "maxsim.in_memory", "maxsim.text_encoder",
+                          "maxsim.retriever", "maxsim.qdrant"]),
     ("data and evaluation", ["maxsim.data", "maxsim.evaluation"]),
     ("training", ["maxsim.training"]),
-    ("adapters", ["maxsim.cli", "maxsim.cli_options", "maxsim.ragatouille", "maxsim.ragatouille_langchain", "maxsim.serve",
+    ("adapters", ["maxsim.cli", "maxsim.ragatouille", "maxsim.serve",
                   "maxsim.__main__", "maxsim"]),
 ]
 
@@ -172,3 +173,22 @@ def test_no_module_reaches_into_another_modules_private_names():
                         and ast.unparse(node) not in ALLOWED_PRIVATE:
                     wrong.append(f"{name}:{node.lineno} uses {ast.unparse(node)}")
     assert not wrong, "\n".join(wrong)
+
+
+#: the modules that search only through a retriever or a backend (maxsim.backends), never the index's own search
+THROUGH_THE_DOOR = ["maxsim.serve", "maxsim.evaluation", "maxsim.ragatouille", "maxsim.data.mining", "maxsim.cli",
+                    "maxsim.retriever"]
+
+
+def test_adapters_search_only_through_a_backend():
+    found = modules()
+    for name, path in found.items():
+        if not any(name == door or name.startswith(door + ".") for door in THROUGH_THE_DOOR):
+            continue
+        reached = imports_of(name, path, set(found))
+        assert "maxsim.index.search" not in reached, f"{name} imports maxsim.index.search: search through a backend"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "maxsim.index":
+                names = {alias.name for alias in node.names}
+                assert not names & {"search", "best_chunks", "chunk_scores", "approximate_scores"}, \
+                    f"{name} imports the index's search ({sorted(names)}): search through a backend"

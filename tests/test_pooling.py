@@ -32,7 +32,7 @@ def test_pooling_means_clusters_and_keeps_the_first_token():
 def test_an_index_stores_pooled_vectors_and_pools_its_adds(retriever, tmp_path):  # noqa: F811
     plain, pooled = tmp_path / "plain", tmp_path / "pooled"
     retriever.index(DOCS, path=plain, document_ids=IDS)
-    result = CliRunner().invoke(app, ["index", str(_corpus(tmp_path)), "--model", str(retriever.model_path),
+    result = CliRunner().invoke(app, ["index", "build", str(_corpus(tmp_path)), "--model", str(retriever.model_path),
                                       "--output", str(pooled), "--pool-factor", "2"])
     assert result.exit_code == 0, result.output
     before, after = IndexData.load(plain), IndexData.load(pooled)

@@ -394,7 +394,7 @@ def test_a_second_prepare_replaces_only_its_own_files(tmp_path):
 
 
 def test_an_interrupted_replacement_is_refused_by_train_and_redone_by_prepare(tmp_path):
-    from maxsim.data import prepare as prepare_module
+    from maxsim.data import training_output as prepare_module
 
     out = tmp_path / "out"
     prepare_training_data([_pairs_file(tmp_path)], out, all_documents=DOCS, mine="none", negatives=2)

@@ -32,7 +32,7 @@ def exact(r: Retriever, query: str, k: int) -> list[tuple[str, float]]:
 
 def test_without_the_first_stage_results_equal_exact_maxsim(retriever, client):  # noqa: F811
     q = retriever.index_to_qdrant(records(), client, "docs")
-    q.first_stage = False
+    q.backend.first_stage = False
     retriever.clear_encoded()
     retriever.encode(DOCS, document_ids=IDS)  # documents here fit one chunk (doc_maxlen 24 splits none of these)
     for query in QUERIES:
@@ -46,7 +46,7 @@ def test_int8_storage_makes_a_quantised_collection_that_searches(retriever, clie
     q = retriever.index_to_qdrant(records(), client, "docs8", storage="int8")
     config = client.get_collection("docs8").config.params.vectors["tokens"]
     assert config.quantization_config.scalar.type == qdrant_client.models.ScalarType.INT8
-    q.first_stage = False
+    q.backend.first_stage = False
     want = [h.document_id for h in retriever.index_to_qdrant(records(), client, "docs16").search("stars", k=5)]
     assert [h.document_id for h in q.search("stars", k=5)] == want  # (the local mode scores the float32 vectors)
 
@@ -55,9 +55,9 @@ def test_the_muvera_first_stage_recall_is_measured(retriever, client):  # noqa: 
     q = retriever.index_to_qdrant(records(), client, "docs", muvera={"k_sim": 3, "d_proj": 8, "repetitions": 10})
     recalls = []
     for query in QUERIES:
-        q.first_stage = False
+        q.backend.first_stage = False
         want = {h.document_id for h in q.search(query, k=10)}
-        q.first_stage = True
+        q.backend.first_stage = True
         got = {h.document_id for h in q.search(query, k=10, ndocs=20)}
         recalls.append(len(got & want) / 10)
     assert np.mean(recalls) >= 0.5, recalls  # (20 candidates of 40 documents; measured, not exact)
@@ -67,7 +67,7 @@ def test_the_muvera_first_stage_recall_is_measured(retriever, client):  # noqa: 
 
 def test_add_delete_and_filters_behave_as_on_the_index(retriever, client, tmp_path):  # noqa: F811
     q = retriever.index_to_qdrant(records(), client, "docs")
-    q.first_stage = False
+    q.backend.first_stage = False
     index = tmp_path / "ix"
     retriever.index(DOCS, path=index, document_ids=IDS, metadata=[r["metadata"] for r in records()])
     own = Retriever.from_index(index)
@@ -79,7 +79,7 @@ def test_add_delete_and_filters_behave_as_on_the_index(retriever, client, tmp_pa
         with pytest.raises(Exception, match="not in the"):
             r.delete(["doc0"])
     everyone = own.index_data.n_documents
-    assert q.qdrant.count() == everyone == len(DOCS) - 1
+    assert q.backend.count() == everyone == len(DOCS) - 1
     for query in QUERIES + ["stars and their light"]:
         ranked = [h.document_id for h in q.search(query, k=everyone)]
         assert len(ranked) == everyone and "doc0" not in ranked and "late" in ranked
@@ -116,7 +116,7 @@ def test_the_commands_and_the_service_over_a_local_collection(retriever, checkpo
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"_id": i, "text": d}) + "\n" for i, d in zip(IDS, DOCS)))
-    built = CliRunner().invoke(app, ["index", str(corpus), "--model", str(checkpoint), "--qdrant", str(tmp_path / "q"),
+    built = CliRunner().invoke(app, ["index", "build", str(corpus), "--model", str(checkpoint), "--qdrant", str(tmp_path / "q"),
                                      "--collection", "docs", "--no-muvera"])
     assert built.exit_code == 0 and f"{len(DOCS)} documents" in built.output, built.output
     retriever.index(DOCS, path=tmp_path / "ix", document_ids=IDS)
@@ -125,7 +125,7 @@ def test_the_commands_and_the_service_over_a_local_collection(retriever, checkpo
     assert exported.exit_code == 0 and f"{len(DOCS)} documents" in exported.output, exported.output
     gc.collect()  # (the commands' clients let go of the local folders)
     served = Retriever.from_qdrant(str(tmp_path / "q"), "docs")
-    served.first_stage = False
+    served.backend.first_stage = False
     want = [h.document_id for h in served.search("why do stars shine", k=3)]
     from_index = Retriever.from_qdrant(str(tmp_path / "q2"), "docs")
     assert len(from_index.search("why do stars shine", k=3)) == 3
@@ -165,7 +165,7 @@ def test_a_filter_means_the_same_on_qdrant_and_on_the_index(retriever, client, t
     n = len(PARITY_METADATA)
     rows = [{"id": IDS[i], "content": DOCS[i], "metadata": PARITY_METADATA[i]} for i in range(n)]
     q = retriever.index_to_qdrant(rows, client, "parity")
-    q.first_stage = False
+    q.backend.first_stage = False
     retriever.index(DOCS[:n], path=tmp_path / "ix", document_ids=IDS[:n], metadata=PARITY_METADATA)
     own = Retriever.from_index(tmp_path / "ix")
     for spec in PARITY_FILTERS:

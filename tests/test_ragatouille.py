@@ -168,7 +168,7 @@ def test_add_and_delete_also_after_from_index(rag):
 
 
 def test_past_the_limit_an_add_removes_the_side_files_and_says_how_to_write_them(rag, monkeypatch, caplog):
-    import maxsim.ragatouille as ragatouille
+    import maxsim.ragatouille.side_files as ragatouille
 
     model, path, *_ = rag
     monkeypatch.setattr(ragatouille, "SIDE_FILES_MAX_PASSAGES", 1)
@@ -263,7 +263,7 @@ def test_an_unknown_model_is_one_clear_error(tmp_path):
 
 def test_several_processes_run_under_torchrun_and_stream_the_log(tiny_model_dir, training_folder, tmp_path, capsys):
     """The multi-GPU path, run with 2 CPU processes (gloo): the command, the streamed log, the result."""
-    from maxsim.ragatouille import _torchrun
+    from maxsim.ragatouille.trainer import _torchrun
     from maxsim.training import TrainConfig
 
     config = TrainConfig(data=training_folder, output=tmp_path / "run", base_model=str(tiny_model_dir), dim=16,

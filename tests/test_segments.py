@@ -18,7 +18,7 @@ from test_index_writes import DOCS, IDS, checkpoint, retriever  # noqa: F401 - f
 from typer.testing import CliRunner
 
 from maxsim.cli import app
-from maxsim.index import IndexData, compaction, merge_policy, store
+from maxsim.index import IndexData, compaction, manifest, merge_policy, reader, writer
 from maxsim.index.documents import SqliteDocuments
 from maxsim.index.segment import Segment
 from maxsim.retriever import Retriever
@@ -48,11 +48,11 @@ def add_as_stored(path, source: IndexData, position: int) -> None:
     (segment,) = source.segments
     chunks = np.flatnonzero(segment.chunk_docs == position)
     tokens = segment.token_positions(chunks)
-    with store.index_lock(path):
+    with manifest.index_lock(path):
         data = IndexData.load(path)
-        data.with_documents(np.asarray(segment.codes[tokens]), np.asarray(segment.residuals[tokens]),
-                            np.asarray(segment.doclens[chunks]), source.documents_at([position]),
-                            np.zeros(len(chunks), dtype=np.int32), segment.spans[chunks].tolist()).save(path)
+        writer.save(writer.with_documents(data, np.asarray(segment.codes[tokens]), np.asarray(segment.residuals[tokens]),
+                                          np.asarray(segment.doclens[chunks]), source.documents_at([position]),
+                                          np.zeros(len(chunks), dtype=np.int32), segment.spans[chunks].tolist()), path)
 
 
 def test_one_segment_or_many_give_the_same_rankings(retriever, tmp_path, monkeypatch):  # noqa: F811
@@ -77,7 +77,7 @@ def test_one_segment_or_many_give_the_same_rankings(retriever, tmp_path, monkeyp
     r.delete(["extra"])
     assert len(r.index_data.segments) <= 3 and r.index_data.n_documents == len(DOCS)
     assert_same_rankings(rankings(r), want)
-    result = CliRunner().invoke(app, ["index", "--compact", str(many)])
+    result = CliRunner().invoke(app, ["index", "compact", str(many)])
     assert result.exit_code == 0, result.output
     compacted = Retriever.from_index(many)
     assert len(compacted.index_data.segments) == 1 and compacted.index_data.n_documents == len(DOCS)
@@ -130,8 +130,8 @@ def test_an_add_or_delete_opens_only_what_it_wrote_and_rehashes_no_shared_file(r
     r.add(["a late note about the tides"], document_ids=["late"])
     first, second = r.index_data.segments
     hashed, opened = [], []
-    real_digest, real_open = store.file_digest, Segment.open
-    monkeypatch.setattr(store, "file_digest", lambda f: hashed.append(f.name) or real_digest(f))
+    real_digest, real_open = manifest.file_digest, Segment.open
+    monkeypatch.setattr(manifest, "file_digest", lambda f: hashed.append(f.name) or real_digest(f))
     monkeypatch.setattr(IndexData, "load", classmethod(lambda cls, p: pytest.fail("the index was read again")))
     monkeypatch.setattr(Segment, "open", classmethod(lambda cls, root, entry: opened.append(entry["name"])
                                                        or real_open.__func__(cls, root, entry)))
@@ -185,7 +185,7 @@ def test_segments_store_narrow_integers_and_the_wide_ones_written_before_still_r
     (dense,) = IndexData.load(tmp_path / "dense").segments
     assert not len(dense.ivf_cells) and len(dense.ivf_offsets) == len(IndexData.load(narrow).centroids) + 1
     assert_same_rankings(rankings(Retriever.from_index(narrow)), rankings(Retriever.from_index(tmp_path / "dense")))
-    assert CliRunner().invoke(app, ["index", "--verify", str(tmp_path / "dense")]).exit_code == 0
+    assert CliRunner().invoke(app, ["index", "verify", str(tmp_path / "dense")]).exit_code == 0
 
     def widest(values, unsigned=True):
         return np.asarray(values).astype(np.int32 if unsigned else np.int64)
@@ -204,7 +204,7 @@ def test_segments_store_narrow_integers_and_the_wide_ones_written_before_still_r
     assert_same_rankings(rankings(Retriever.from_index(narrow)), rankings(Retriever.from_index(wide)))
     assert (wide / old.name / "doclens.npy").stat().st_size > (narrow / segment.name / "doclens.npy").stat().st_size
     Retriever.from_index(wide).add(["a late note"], document_ids=["late"])  # a new segment beside the old one
-    assert CliRunner().invoke(app, ["index", "--verify", str(wide)]).exit_code == 0
+    assert CliRunner().invoke(app, ["index", "verify", str(wide)]).exit_code == 0
 
 
 def fake_segment(tokens, documents=10, deleted=0):
@@ -287,7 +287,7 @@ def test_an_index_of_the_previous_format_is_read_and_converted_by_its_first_writ
     assert_same_rankings(rankings(r), want)
     r.add(["a late note about stars"], document_ids=["late"])  # the first write converts it
     meta = json.loads((old / "index.json").read_text())
-    assert meta["format"] == store.FORMAT and [s["n_documents"] for s in meta["segments"]] == [len(DOCS), 1]
+    assert meta["format"] == manifest.FORMAT and [s["n_documents"] for s in meta["segments"]] == [len(DOCS), 1]
     assert not (old / "codes.npy").exists() and not (old / "documents.jsonl.bz2").exists()
     r.delete(["late"])
     assert_same_rankings(rankings(Retriever.from_index(old)), want)
@@ -362,18 +362,18 @@ def test_compaction_opens_a_bounded_number_of_segments_at_once(retriever, tmp_pa
     open_segment = Segment.open
     monkeypatch.setattr(Segment, "open", classmethod(lambda cls, root, entry: opened.append(entry["name"])
                                                      or open_segment(root, entry)))
-    load_once = IndexData._load_once
+    load_once = reader._open_version
 
     def bounded(path, first=None):
         data = load_once(path, first)
         assert len(data.segments) <= 3, "a compaction step opened every segment"
         return data
 
-    monkeypatch.setattr(IndexData, "_load_once", bounded)
-    result = CliRunner().invoke(app, ["index", "--compact", str(path)])
+    monkeypatch.setattr(reader, "_open_version", bounded)
+    result = CliRunner().invoke(app, ["index", "compact", str(path)])
     assert result.exit_code == 0, result.output
     assert "30 documents, 11 segments" in result.output
-    monkeypatch.setattr(IndexData, "_load_once", load_once)
+    monkeypatch.setattr(reader, "_open_version", load_once)
     compacted = IndexData.load(path)
     assert len(compacted.segments) == 1 and compacted.n_documents == 30 and compacted.verify() == []
     assert len(segment_folders(path)) == 1
@@ -388,7 +388,7 @@ def test_a_hand_edited_manifest_with_a_repeated_or_foreign_segment_is_refused(re
     original = json.dumps(meta)
     meta["segments"].append(dict(meta["segments"][0]))
     (path / "index.json").write_text(json.dumps(meta))
-    with pytest.raises(store.IndexLoadError, match="lists the segment seg-.* more than once"):
+    with pytest.raises(manifest.IndexLoadError, match="lists the segment seg-.* more than once"):
         IndexData.load(path)
     (path / "index.json").write_text(original)
     foreign = json.loads((other / "index.json").read_text())["segments"][0]
@@ -396,7 +396,7 @@ def test_a_hand_edited_manifest_with_a_repeated_or_foreign_segment_is_refused(re
     meta = json.loads(original)
     meta["segments"].append(foreign)
     (path / "index.json").write_text(json.dumps(meta))
-    with pytest.raises(store.IndexLoadError, match=f"lists the segment {foreign['name']}, which was written for "
+    with pytest.raises(manifest.IndexLoadError, match=f"lists the segment {foreign['name']}, which was written for "
                                                    "another index"):
         IndexData.load(path)
     (path / "index.json").write_text(original)
@@ -407,12 +407,12 @@ def test_verify_while_a_writer_replaces_the_version_reports_no_false_damage(retr
                                                                              monkeypatch):
     """A merge between loading a version and reading its files deleted them under the
     verification, which reported the index damaged; now the new version is verified instead."""
-    from maxsim.index import segment as segment_module
+    from maxsim.index import segment_checks
 
     path = tmp_path / "ix"
     retriever.index(DOCS[:12], path=path, document_ids=IDS[:12])
     Retriever.from_index(path).add(["a late note"], document_ids=["late"])
-    real_verify, calls = segment_module.verify, []
+    real_verify, calls = segment_checks.verify, []
 
     def verify_meeting_a_writer(root, entry, *args):
         calls.append(entry["name"])
@@ -420,7 +420,7 @@ def test_verify_while_a_writer_replaces_the_version_reports_no_false_damage(retr
             compaction.compact_index(root)  # another process: a new version, the old files deleted
         return real_verify(root, entry, *args)
 
-    monkeypatch.setattr(store, "verify", verify_meeting_a_writer)
-    result = CliRunner().invoke(app, ["index", "--verify", str(path)])
+    monkeypatch.setattr(reader, "verify", verify_meeting_a_writer)
+    result = CliRunner().invoke(app, ["index", "verify", str(path)])
     assert result.exit_code == 0, result.output
     assert "no problem found" in result.output and len(calls) > 2

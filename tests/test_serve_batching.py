@@ -9,6 +9,7 @@ import pytest
 from test_serve import DOCS, index_path  # noqa: F401 - the index fixture
 
 from maxsim import serve
+from maxsim.backends import local
 from maxsim.errors import SettingsError
 from maxsim.retriever import Retriever
 
@@ -91,14 +92,14 @@ def test_one_client_never_waits_to_gather(index_path):  # noqa: F811
 
 def test_one_groups_error_is_its_own(index_path, monkeypatch):  # noqa: F811
     retriever = Retriever.from_index(index_path)
-    real_search = serve.search
+    real_search = local.search
 
     def search(data, q_vectors, q_mask, k, *rest):
         if k == 7:
             raise SettingsError("k 7 is refused here")
         return real_search(data, q_vectors, q_mask, k, *rest)
 
-    monkeypatch.setattr(serve, "search", search)
+    monkeypatch.setattr(local, "search", search)
     first_started, release = threading.Event(), threading.Event()
     refresh = retriever.refresh
     monkeypatch.setattr(retriever, "refresh", lambda: (first_started.set(), release.wait(30), refresh())[-1])
@@ -144,11 +145,10 @@ def test_a_job_runs_between_batches_on_the_workers_thread(index_path, monkeypatc
 
 
 def test_no_reload_from_disk_while_this_retriever_writes(index_path, monkeypatch):  # noqa: F811
-    from maxsim.index import IndexData
 
     retriever = Retriever.from_index(index_path)
     seen: list[tuple[bool, object]] = []
-    save = IndexData.save
+    save = local.save
 
     def save_then_look(data, path):  # the new version is on disk, not yet taken by the retriever
         version = save(data, path)
@@ -156,7 +156,7 @@ def test_no_reload_from_disk_while_this_retriever_writes(index_path, monkeypatch
         seen.append((retriever.refresh(), retriever.index_data is before))
         return version
 
-    monkeypatch.setattr(IndexData, "save", save_then_look)
+    monkeypatch.setattr(local, "save", save_then_look)
     retriever.add(["a document about otters"], ["otter"])
     assert seen == [(False, True)]  # a search meanwhile would not read the write's version back
     assert retriever.index_data.documents[-1]["id"] == "otter"
@@ -178,8 +178,8 @@ def test_a_batch_that_fails_is_answered_request_by_request(index_path, monkeypat
     worker = serve.IndexWorker(retriever, on_batch=sizes.append)
     assert worker.ready.wait(60)
     searches = []
-    real_search = serve.search
-    monkeypatch.setattr(serve, "search", lambda *args, **kwargs: (searches.append(len(args[1])),
+    real_search = local.search
+    monkeypatch.setattr(local, "search", lambda *args, **kwargs: (searches.append(len(args[1])),
                                                                   real_search(*args, **kwargs))[1])
     monkeypatch.setattr(retriever, "query_vectors", fails_on_poison)
     monkeypatch.setattr(retriever, "refresh", held_first_refresh)

@@ -156,7 +156,7 @@ class BM25Miner:
     #: queries ranked at a time by a caller that streams (prepare's mining): bounds memory
     query_block = 8192
 
-    def __init__(self, documents: Sequence[str], language: str = "en", workers: int = 1) -> None:
+    def __init__(self, documents: Sequence[str], language: str = lexical.DEFAULT_LANGUAGE, workers: int = 1) -> None:
         check_language(language, "use one of them, or mine with a dense model")
         self.analyzer = Analyzer(language)
         flat, lengths, vocabulary = self.analyzer.documents(documents)

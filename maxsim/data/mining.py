@@ -18,9 +18,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from maxsim import ranks
+from maxsim import process_group
 from maxsim.data.bm25 import BM25Miner
 from maxsim.errors import SettingsError
+from maxsim.index.manifest import default
 from maxsim.lexical import BM25_LANGUAGES
 from maxsim.ranking import Ranking
 
@@ -48,14 +49,14 @@ class DenseMiner:
     """
 
     def __init__(self, model, documents: Sequence[str], batch_size: int = 64, query_block: int = 4096,
-                 context: ranks.Context | None = None) -> None:
+                 context: process_group.Context | None = None) -> None:
         """Under torchrun (``context`` of several ranks) each rank holds and scores its own
         contiguous share of the documents, and :meth:`rank` merges every rank's top k into the
         ranking of the whole corpus (every rank gets it)."""
         self.model = model
         self.batch_size = batch_size
         self.query_block = query_block
-        self.context = context if context is not None else ranks.Context()
+        self.context = context if context is not None else process_group.Context()
         self.n_documents = len(documents)
         share = -(-len(documents) // self.context.world_size)
         self.offset = min(self.context.rank * share, len(documents))
@@ -132,7 +133,7 @@ class DenseMiner:
         local = Ranking(np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32),
                         np.full(len(queries), np.nan, np.float32) if positives is not None else None)
         if len(self.document_tokens):
-            context, self.context = self.context, ranks.Context()  # (this rank's share alone)
+            context, self.context = self.context, process_group.Context()  # (this rank's share alone)
             try:
                 local = self.rank(queries, min(depth, len(self.document_tokens)), mine)
             finally:
@@ -170,7 +171,7 @@ class IndexMiner:
     to score every document for every query. The index lives in a temporary folder for the
     miner's lifetime; documents are not split, so a chunk id is a corpus position."""
 
-    def __init__(self, model, documents: Sequence[str], batch_size: int = 64, nbits: int = 2) -> None:
+    def __init__(self, model, documents: Sequence[str], batch_size: int = 64, nbits: int = default("nbits")) -> None:
         import tempfile
         from pathlib import Path
 
@@ -189,10 +190,8 @@ class IndexMiner:
         """Each query's ``k`` best documents (one ``k`` per query: each searched as deep as the
         deepest; a row with fewer hits is padded with position -1); with ``positives`` (corpus
         positions per query), also the lowest score among them."""
-        from maxsim.index import search
-
         self._queries = self.retriever.query_vectors(queries, batch_size=self.batch_size)
-        ranking = search(self.retriever.index_data, *self._queries, k=_deepest(k))  # chunk id = corpus position
+        ranking = self.retriever.backend.search(*self._queries, k=_deepest(k))  # chunk id = corpus position
         ranking.positive_floor = _floors(self.score_of, positives)
         return ranking
 

@@ -9,11 +9,7 @@ same inputs and seed give byte-identical files.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
-import re
-import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -22,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from maxsim import ranks
+from maxsim import process_group
 from maxsim.data.bm25 import available_cpus
-from maxsim.data.collection import Collection, RowErrors, gather_inputs
+from maxsim.data.collection import Collection
 from maxsim.data.errors import DataError
+from maxsim.data.gather import RowErrors, gather_inputs
 from maxsim.data.mining import (
     EXACT_SEARCH_LIMIT,
     BM25Miner,
@@ -37,15 +34,12 @@ from maxsim.data.mining import (
     sample_negatives,
 )
 from maxsim.data.settings import PrepareSettings
-from maxsim.data.training_folder import INCOMPLETE_MARKER, document_text
-from maxsim.errors import OutputExistsError, SettingsError
-from maxsim.files import atomic_directory, check_replaceable, remove_stale_temps
+from maxsim.data.training_folder import document_text
+from maxsim.data.training_output import check_output, write_output, write_training_folder
+from maxsim.errors import SettingsError
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-#: what prepare writes in its output folder; anything else there is left alone
-OWNED = ("queries.jsonl", "corpus.jsonl", "triples.jsonl", "dev", "colbert", MANIFEST)
 
 
 # ----------------------------------------------------------------------------- the whole job
@@ -96,20 +90,39 @@ def prepare_training_data(
                                           tsvs)
     train_ids, dev_ids = split_dev(_queries_with_positives(collection, described, dropped), settings)
     doc_ids = list(collection.documents)
-    context = ranks.setup(device if settings.mine == "dense" else "cpu")
-    try:
-        mined = mine_negatives(collection, train_ids, doc_ids, settings if not collection.scores else
-                               settings.model_copy(update={"negatives": 0}), device, context)
-    finally:
-        ranks.teardown(context, completed=False)
-    if collection.scores:
-        mined.notes.append("scored inputs: the negatives are the scored documents, none mined (a teacher would "
-                           "have to score them: maxsim score --candidates N)")
+    mined, is_main = _mine(collection, train_ids, doc_ids, settings, device)
     triples = make_triples(collection, train_ids, doc_ids, mined.negatives, dropped, settings.max_lines_per_query)
     skew = skew_note(triples, settings.max_lines_per_query)
     if skew:
         mined.notes.append(skew)
-    manifest = {
+    manifest = manifest_of(described, settings, collection, train_ids, dev_ids, doc_ids, mined, triples, dropped)
+    if is_main:  # (under torchrun the other ranks only helped to mine)
+        write_output(output, lambda folder: write_training_folder(
+            folder, collection, train_ids, dev_ids, doc_ids, triples, manifest, settings.export))
+    return manifest
+
+
+def _mine(collection: Collection, train_ids: list[str], doc_ids: list[str], settings: PrepareSettings,
+          device: str) -> tuple[Mined, bool]:
+    """:func:`mine_negatives` in this process's place under torchrun (or alone): what was mined,
+    and whether this process writes the folder (rank 0). Scored inputs mine none."""
+    context = process_group.setup(device if settings.mine == "dense" else "cpu")
+    try:
+        mined = mine_negatives(collection, train_ids, doc_ids, settings if not collection.scores else
+                               settings.model_copy(update={"negatives": 0}), device, context)
+    finally:
+        process_group.teardown(context, completed=False)
+    if collection.scores:
+        mined.notes.append("scored inputs: the negatives are the scored documents, none mined (a teacher would "
+                           "have to score them: maxsim score --candidates N)")
+    return mined, context.is_main
+
+
+def manifest_of(described: list[dict], settings: PrepareSettings, collection: Collection, train_ids: list[str],
+                dev_ids: list[str], doc_ids: list[str], mined: Mined, triples: list[dict], dropped: Counter) -> dict:
+    """What ``manifest.json`` says: the inputs, the settings, the counts, what was dropped or
+    merged and how negatives were mined."""
+    return {
         "format": "maxsim training folder v1",
         "inputs": described,
         "settings": settings.manifest_entry(),
@@ -134,10 +147,6 @@ def prepare_training_data(
             "notes": mined.notes,
         },
     }
-    if context.is_main:  # (under torchrun the other ranks only helped to mine)
-        write_output(output, lambda folder: write_training_folder(
-            folder, collection, train_ids, dev_ids, doc_ids, triples, manifest, settings.export))
-    return manifest
 
 
 def _as_inputs(inputs) -> list:
@@ -192,8 +201,8 @@ class Mined:
     notes: list[str]
 
 
-def mine_negatives(collection: Collection, train_ids: list[str], doc_ids: list[str],
-                   settings: PrepareSettings, device: str = "auto", context: ranks.Context | None = None) -> Mined:
+def mine_negatives(collection: Collection, train_ids: list[str], doc_ids: list[str], settings: PrepareSettings,
+                   device: str = "auto", context: process_group.Context | None = None) -> Mined:
     """``settings.negatives`` negatives per training query from the miner's rank window (a dense
     miner's model on ``device``): each query ranked as deep as its window needs (``max_rank``
     plus its own positives, which are not counted), a block of queries at a time, so that memory
@@ -214,7 +223,7 @@ def mine_negatives(collection: Collection, train_ids: list[str], doc_ids: list[s
                 mined[q] = random_negatives(len(doc_ids), positives_of[q], settings.negatives, _rng(settings.seed, q))
         else:
             doc_texts = [document_text(*collection.documents[d]) for d in doc_ids]
-            miner = _miner(doc_texts, settings, notes, device, context or ranks.Context())
+            miner = _miner(doc_texts, settings, notes, device, context or process_group.Context())
             del doc_texts
             with_floor = settings.false_negative_margin is not None
             block = getattr(miner, "query_block", len(train_ids))
@@ -257,7 +266,8 @@ def window_report(windows: dict[str, tuple[int, int]], settings: PrepareSettings
             "max_rank_lowered_by": {"mean": round(float(ends.mean()), 2), "max": int(ends.max())}}
 
 
-def _miner(doc_texts: list[str], settings: PrepareSettings, notes: list[str], device: str, context: ranks.Context):
+def _miner(doc_texts: list[str], settings: PrepareSettings, notes: list[str], device: str,
+           context: process_group.Context):
     """The miner ``settings.mine`` asks for (bm25 or dense, exact or through an index; dense on
     ``device``, or under torchrun on each rank's own, each scoring its share exactly)."""
     if settings.mine == "bm25":
@@ -327,128 +337,8 @@ def skew_note(triples: list[dict], max_lines: int | None) -> str | None:
             f"the median query {median:g}: it weighs that many times more in training{fix}")
 
 
-def write_training_folder(folder: Path, collection: Collection, train_ids: list[str], dev_ids: list[str],
-                          doc_ids: list[str], triples: list[dict], manifest: dict, export: Sequence[str]) -> None:
-    """The training folder's files (and dev/, colbert/ when asked for), the manifest last."""
-    _write_jsonl(folder / "queries.jsonl", ({"_id": q, "text": collection.queries[q]} for q in train_ids))
-    _write_corpus(folder / "corpus.jsonl", collection, doc_ids)
-    _write_jsonl(folder / "triples.jsonl", triples)
-    if dev_ids:
-        dev = folder / "dev"
-        (dev / "qrels").mkdir(parents=True)
-        _write_jsonl(dev / "queries.jsonl", ({"_id": q, "text": collection.queries[q]} for q in dev_ids))
-        _write_corpus(dev / "corpus.jsonl", collection, doc_ids)
-        with (dev / "qrels" / "dev.tsv").open("w", encoding="utf-8", newline="") as handle:
-            handle.write("query-id\tcorpus-id\tscore\n")
-            for q in dev_ids:
-                for d in collection.positives[q]:
-                    handle.write(f"{q}\t{d}\t{_grade(collection.grades.get((q, d), 1))}\n")
-    if "colbert" in export:
-        export_colbert(folder, collection, train_ids, doc_ids, triples)
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def is_prepare_output(folder: Path) -> bool:
-    """Whether ``folder`` was written by prepare (a manifest, or the marker of an interrupted write)."""
-    return (folder / MANIFEST).is_file() or (folder / INCOMPLETE_MARKER).is_file()
-
-
-def check_output(output: Path, input_paths: Sequence[Path]) -> None:
-    """Refuse an output that is a file, a folder prepare did not write, or one holding an input."""
-    check_replaceable(output, is_prepare_output, "maxsim prepare output")
-    root = output.resolve()
-    for path in input_paths:
-        if path.resolve() == root or root in path.resolve().parents:
-            raise OutputExistsError(f"the input {path} is inside the output folder {output}: writing there could "
-                                  "replace it; choose an output folder outside the inputs")
-
-
-def write_output(output: Path, write) -> None:
-    """Run ``write(folder)`` into a temporary folder, then put its files at ``output``.
-
-    A new or empty ``output`` is swapped in whole. An earlier prepare output is updated in
-    place: only the entries prepare owns (:data:`OWNED`) are replaced or removed, so anything
-    else a user keeps there (notes, a training run) stays. While that happens a marker file
-    says the folder is incomplete, and ``maxsim train`` refuses it until a prepare finishes.
-    """
-    if not output.exists() or not any(output.iterdir()):
-        with atomic_directory(output) as tmp:
-            write(tmp)
-        return
-    remove_stale_temps(output)
-    with atomic_directory(output / ".tmp-prepare") as tmp:  # the finished files, not yet in place
-        write(tmp)
-    staged = output / ".tmp-prepare"
-    marker = output / INCOMPLETE_MARKER
-    marker.write_text("maxsim prepare is replacing this folder's files; if this stays, run prepare again\n")
-    for name in OWNED:  # the manifest last: a folder with a manifest and no marker is complete
-        old, new = output / name, staged / name
-        if old.is_dir():
-            shutil.rmtree(old)
-        elif old.exists():
-            old.unlink()
-        if new.exists():
-            os.replace(new, old)
-    marker.unlink()
-    shutil.rmtree(staged, ignore_errors=True)
-
-
-def _grade(value: float) -> str:
-    """A relevance grade as qrels write it: ``2``, ``0.5``.
-
-    >>> _grade(2.0), _grade(0.5)
-    ('2', '0.5')
-    """
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
 def _rng(seed: int, query_id: str) -> np.random.Generator:
     """A generator for one query that depends only on the seed and the query id."""
     return np.random.default_rng([seed, int(hashlib.sha256(query_id.encode()).hexdigest()[:15], 16)])
 
 
-def _write_jsonl(path: Path, rows) -> None:
-    with path.open("w", encoding="utf-8", newline="\n") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def _write_corpus(path: Path, collection: Collection, doc_ids: list[str]) -> None:
-    _write_jsonl(path, ({"_id": d, "title": collection.documents[d][0], "text": collection.documents[d][1]}
-                        for d in doc_ids))
-
-
-def _tsv(text: str) -> str:
-    return re.sub(r"[\t\r\n]+", " ", text)
-
-
-def export_colbert(folder: Path, collection: Collection, query_ids: list[str], doc_ids: list[str],
-                   triples: list[dict]) -> None:
-    """colbert-ai's files in ``folder/colbert``: queries.tsv, collection.tsv (pid = line number,
-    from 0), triples.jsonl (``[qid, pid+, pid-, ...]`` per line, or with teacher scores
-    ``[qid, [pid+, score], [pid-, score], ...]`` as colbert-ai's distillation reads them) and
-    ids.json mapping the integer ids back to maxsim's."""
-    out = folder / "colbert"
-    out.mkdir()
-    qid_of = {q: i for i, q in enumerate(query_ids)}
-    pid_of = {d: i for i, d in enumerate(doc_ids)}
-    with (out / "queries.tsv").open("w", encoding="utf-8", newline="\n") as handle:
-        for q in query_ids:
-            handle.write(f"{qid_of[q]}\t{_tsv(collection.queries[q])}\n")
-    with (out / "collection.tsv").open("w", encoding="utf-8", newline="\n") as handle:
-        for d in doc_ids:
-            handle.write(f"{pid_of[d]}\t{_tsv(document_text(*collection.documents[d]))}\n")
-    with (out / "triples.jsonl").open("w", encoding="utf-8", newline="\n") as handle:
-        for t in triples:  # colbert-ai's lines hold one positive: a line of several becomes several
-            negatives = [pid_of[n] for n in t["negative_ids"]]
-            n_positives = len(t["positive_ids"])
-            for i, positive in enumerate(t["positive_ids"]):
-                pids = [pid_of[positive]] + negatives
-                scores = [t["scores"][i]] + t["scores"][n_positives:] if "scores" in t else None
-                row = [qid_of[t["query_id"]]] + ([[p, s] for p, s in zip(pids, scores)] if scores else pids)
-                handle.write(json.dumps(row) + "\n")
-    (out / "ids.json").write_text(json.dumps({"queries": query_ids, "documents": doc_ids}) + "\n", encoding="utf-8")
-
-
-def read_manifest(folder: str | Path) -> dict:
-    return json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from maxsim.data.mining import BM25_LANGUAGES
 from maxsim.errors import SettingsError, validation_message
+from maxsim.lexical import DEFAULT_LANGUAGE
 
 Kind = Literal["pairs", "labelled", "triplets", "scored"]
 KINDS = ("pairs", "labelled", "triplets", "scored")
@@ -57,8 +58,8 @@ class PrepareSettings(BaseModel):
     workers: int | None = Field(
         None, gt=0, description="Threads that rank --mine bm25's queries [default: every CPU this "
         "process may use].")
-    bm25_language: str = Field("en", description="Language of --mine bm25's stop words and stemmer (ISO 639-1: en, "
-                               "fr, de, es, ...).")
+    bm25_language: str = Field(DEFAULT_LANGUAGE, description="Language of --mine bm25's stop words and stemmer "
+                               "(ISO 639-1: en, fr, de, es, ...).")
 
     @model_validator(mode="after")
     def _consistent(self) -> PrepareSettings:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maxsim import ranks
+from maxsim import process_group
 from maxsim.data.errors import DataError
 from maxsim.data.training_folder import TrainingData, data_digest
 from maxsim.errors import OutputExistsError, SettingsError
@@ -191,28 +191,28 @@ def score_training_folder(data_dir: str | Path, teacher: str, output: str | Path
     started = partial / "settings.json"
     if started.is_file():
         check_same_run(json.loads(started.read_text()), settings, output)
-    context = ranks.setup(device if teacher != "bm25" else "cpu")
+    context = process_group.setup(device if teacher != "bm25" else "cpu")
     try:
         if context.is_main:
             atomic_write_text(started, json.dumps(settings))
         model = load_teacher(teacher, data.corpus.texts, batch_size, _device_of(context, device))
         _score_chunks(data, model, partial, candidates, chunk_lines, show_progress and context.is_main, context)
-        ranks.barrier(context)  # every rank's chunks are written
+        process_group.barrier(context)  # every rank's chunks are written
         if not context.is_main:
             return settings
         manifest = _assemble(data_dir, output, partial, settings, model.kind, len(data.examples))
     finally:
-        ranks.teardown(context, completed=False)
+        process_group.teardown(context, completed=False)
     return manifest
 
 
-def _device_of(context: ranks.Context, device: str) -> str:
+def _device_of(context: process_group.Context, device: str) -> str:
     """Where this rank's teacher runs: its own GPU under torchrun, else as asked."""
     return str(context.device) if context.distributed and context.device.type == "cuda" else device
 
 
 def _score_chunks(data: TrainingData, model: Teacher, partial: Path, candidates: int | None, chunk_lines: int,
-                  show_progress: bool, context: ranks.Context) -> None:
+                  show_progress: bool, context: process_group.Context) -> None:
     """Score this rank's chunks of ``chunk_lines`` lines (chunk c goes to rank c % world size)
     that are not written yet, each into its own file, written whole."""
     n_chunks = (len(data.examples) + chunk_lines - 1) // chunk_lines

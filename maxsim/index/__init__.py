@@ -4,8 +4,13 @@
 - :mod:`~maxsim.index.ivf`: the inverted file (centroid -> chunks);
 - :mod:`~maxsim.index.documents`: a segment's documents (SQLite), fetched by position or id;
 - :mod:`~maxsim.index.segment`: one immutable segment's files, written once, memory-mapped;
-- :mod:`~maxsim.index.store`: :class:`IndexData` and :class:`IndexSettings`, the manifest, the
-  writer lock, one-version loads, the merge policy;
+- :mod:`~maxsim.index.manifest`: ``index.json`` (:class:`IndexSettings`, the segment entries),
+  its atomic replacement and the writer lock;
+- :mod:`~maxsim.index.reader`: :class:`IndexData`, one version's immutable view (numbering,
+  documents, decompression; :mod:`~maxsim.index.allowed`: what a filter lets through);
+- :mod:`~maxsim.index.writer`: changes (add, delete, compact) as new views, saved, then merged
+  as :mod:`~maxsim.index.merge_policy` plans; :mod:`~maxsim.index.cleanup` deletes what no
+  manifest names;
 - :mod:`~maxsim.index.legacy`: reading indexes of the previous format;
 - :mod:`~maxsim.index.build`: :func:`build`, from token vectors to an index;
 - :mod:`~maxsim.index.search`: :func:`search`, from query vectors to chunk ids and scores.
@@ -18,15 +23,9 @@ from maxsim.index.build import build
 from maxsim.index.codec import Codec, n_centroids_for, nearest_centroids, train_centroids
 from maxsim.index.compaction import compact_index
 from maxsim.index.ivf import build_ivf
+from maxsim.index.manifest import IndexLoadError, IndexSettings, index_lock, is_index, read_settings
+from maxsim.index.reader import IndexData
 from maxsim.index.search import approximate_scores, best_chunks, chunk_scores, search, search_defaults, search_pool
-from maxsim.index.store import (
-    IndexData,
-    IndexLoadError,
-    IndexSettings,
-    index_lock,
-    is_index,
-    read_settings,
-)
 
 __all__ = [
     "Codec",

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from maxsim.errors import SettingsError
-from maxsim.index.store import Allowed, IndexData
+from maxsim.index.allowed import Allowed
+from maxsim.index.reader import IndexData
 from maxsim.lexical import idf, term_weight
 from maxsim.ranking import Ranking
 
@@ -28,7 +29,7 @@ def require_bm25(data: IndexData, where: object = None) -> None:
     """Refuse an index without a BM25 side, saying how to add one."""
     if not data.has_bm25:
         raise NoBM25Error(f"{where or data.path or 'this index'} keeps no BM25 side (it was built before maxsim kept "
-                          "one, or without it), so it cannot search by BM25 or hybrid. Fix: `maxsim index --add-bm25 "
+                          "one, or without it), so it cannot search by BM25 or hybrid. Fix: `maxsim index add-bm25 "
                           f"{where or data.path or 'INDEX'}` (one pass over its texts, no re-encoding)")
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maxsim import ranks
+from maxsim import process_group
 from maxsim.errors import OutputExistsError
 from maxsim.files import atomic_write_text, publish_directory, real_path
 from maxsim.index.codec import (
@@ -46,8 +46,10 @@ from maxsim.index.codec import (
     nearest_centroids,
     train_centroids,
 )
+from maxsim.index.manifest import IndexSettings, write_manifest
+from maxsim.index.reader import IndexData
 from maxsim.index.segment import Segment
-from maxsim.index.store import IndexData, IndexSettings
+from maxsim.index.writer import write_shared
 from maxsim.progress import progress
 
 logger = logging.getLogger(__name__)
@@ -120,9 +122,9 @@ class StreamingBuild:
     def __init__(self, path: str | Path, records: Sequence[dict], settings: IndexSettings,
                  encode: Callable[[Sequence[dict]], Shard], shard_documents: int | None = None,
                  segment_tokens: int | None = None, show_progress: bool = False,
-                 context: ranks.Context | None = None) -> None:
+                 context: process_group.Context | None = None) -> None:
         self.path, self.records, self.settings, self.encode = Path(path), records, settings, encode
-        self.context = context if context is not None else ranks.Context()
+        self.context = context if context is not None else process_group.Context()
         self.bounds = shard_bounds(len(records), shard_documents or SHARD_DOCUMENTS)
         self.segment_tokens, self.show_progress = segment_tokens or SEGMENT_TOKENS, show_progress
         self.work = work_folder(self.path)
@@ -141,9 +143,8 @@ class StreamingBuild:
         return self._publish(centroids, codec, entries)
 
     def _publish(self, centroids: np.ndarray, codec: Codec, entries: list[dict]) -> IndexData:
-        data = IndexData(self.settings, centroids, codec, [], "", None)
-        data.write_shared(self.work)
-        data.write_manifest(self.work, entries)
+        write_shared(self.work, centroids, codec)
+        write_manifest(self.work, self.settings, entries, len(centroids))
         for child in self.work.iterdir():
             if child.name.startswith(("shard-", ".tmp-shard-")):
                 shutil.rmtree(child)
@@ -162,10 +163,10 @@ class StreamingBuild:
         context = self.context
         if context.is_main:
             self._start_or_resume()
-        ranks.barrier(context)
+        process_group.barrier(context)
         self.state = json.loads((self.work / "build.json").read_text())
         self._spill([i for i in range(context.rank, len(self.bounds), context.world_size)])
-        ranks.barrier(context)
+        process_group.barrier(context)
         centroids, codec = self._centroids_shared()
         groups = self._groups(0)
         assign = CentroidSearch(centroids, seed=self.settings.seed)
@@ -174,13 +175,13 @@ class StreamingBuild:
             if not record.is_file():
                 atomic_write_text(record, json.dumps(self._segment(*groups[g], assign, codec)))
                 release_freed_memory()
-        ranks.barrier(context)
+        process_group.barrier(context)
         if context.is_main:
             entries = [json.loads((self.work / f"segment-{g:05d}.json").read_text()) for g in range(len(groups))]
             for g in range(len(groups)):
                 (self.work / f"segment-{g:05d}.json").unlink()
             self._publish(centroids, codec, entries)
-        ranks.barrier(context)
+        process_group.barrier(context)
         return IndexData.load(self.path)
 
     def _centroids_shared(self) -> tuple[np.ndarray, Codec]:
@@ -371,7 +372,7 @@ class StreamingBuild:
 def build(vectors: np.ndarray, doclens: np.ndarray, chunk_docs: np.ndarray, spans: list[tuple[int, int]],
           documents: list[dict], settings: IndexSettings) -> IndexData:
     """An index in memory, of one segment, from every token vector at once (for small corpora and
-    tests; save it with :meth:`IndexData.save`, under :func:`index_lock`).
+    tests; save it with :func:`maxsim.index.writer.save`, under :func:`~maxsim.index.manifest.index_lock`).
 
     vectors: (T, dim) float32 unit vectors, the chunks' tokens back to back; doclens: (N,) int32
     tokens per chunk; chunk_docs: (N,) int32 position of each chunk's document in

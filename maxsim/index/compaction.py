@@ -7,8 +7,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from maxsim.index.cleanup import collect_garbage
+from maxsim.index.manifest import index_lock, read_manifest, write_manifest
+from maxsim.index.reader import IndexData
 from maxsim.index.segment import merged
-from maxsim.index.store import IndexData, collect_garbage, index_lock, read_manifest, verify_or_raise
+from maxsim.index.writer import compacted, save, verify_or_raise
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +31,7 @@ def compact_index(path: str | Path) -> tuple[dict, IndexData]:
         counts = _counts(path)
         while _segment_count(path) > COMPACT_AT_ONCE:
             _merge_first(path, COMPACT_AT_ONCE)
-        after = IndexData.load(path).compacted()
-        after.save(path)
+        after = save(compacted(IndexData.load(path)), path)
     return counts, after
 
 
@@ -52,10 +54,11 @@ def _merge_first(path: Path, n: int) -> None:
         verify_or_raise(path, entry, part)
     combined = merged(part.segments, len(part.centroids))
     written = [combined.write(path, part.fingerprint)] if combined.n_documents else []
-    part.write_manifest(path, [*written, *entries[n:]], part.shared_digests)
+    entries = [*written, *entries[n:]]
+    write_manifest(path, part.settings, entries, len(part.centroids), part.shared_digests)
     for segment in part.segments:
         segment.documents.close()
-    collect_garbage(path, part.manifest_entries)
+    collect_garbage(path, entries)
 
 
 #: verifications of one version that a writer's new version interrupts, before the next takes the lock

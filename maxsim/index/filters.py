@@ -37,6 +37,7 @@ import re
 from collections.abc import Mapping
 
 from maxsim.errors import SettingsError
+from maxsim.files import json_object
 from maxsim.limits import MAX_SAFE_INTEGER
 
 RANGES = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
@@ -197,11 +198,9 @@ def parse_where(conditions: list[str]) -> dict:
         text = condition.strip()
         if text.startswith("{"):
             try:
-                part = json.loads(text)
+                part = json_object(text)
             except ValueError as err:
                 raise SettingsError(f"--where {condition!r} is not a JSON object ({err})") from None
-            if not isinstance(part, dict):
-                raise SettingsError(f"--where {condition!r} is not a JSON object")
             for key, value in part.items():
                 spec.setdefault(key, {}).update(value if isinstance(value, dict) else {"eq": value})
             continue

@@ -2,7 +2,7 @@
 
 Such an index is read whole, as before: every file checked against its sha256, the texts
 decompressed, every array checked. It is served as one segment held in memory, and it is
-converted to the current format (:mod:`maxsim.index.store`) by its first write (an add, a
+converted to the current format (:mod:`maxsim.index.manifest`) by its first write (an add, a
 delete or a compaction), which rewrites the folder once, atomically.
 
 Files::

@@ -4,7 +4,7 @@ bounded whatever the sizes and order of the adds (a tiered policy, as Lucene's
 
 Segments are ranked by size (tokens stored). A segment smaller than :data:`FLOOR_TOKENS` counts
 as that size, and one over half of :data:`AUTO_MERGE_MAX_TOKENS` is too large to merge
-automatically (it is left to ``maxsim index --compact``). The others may number at most
+automatically (it is left to ``maxsim index compact``). The others may number at most
 :data:`SEGMENTS_PER_TIER` per tier, tiers growing by :data:`MERGE_AT_ONCE` from the floor::
 
     allowed = 10 of the floor's size, 10 of ten times that, ..., and what is left over

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from maxsim.errors import MaxsimError
-from maxsim.files import checksum_problems, save_array
+from maxsim.files import checksum_problems, open_array, save_array
 from maxsim.lexical import Analyzer, term_counts
 
 POSTINGS_PREFIX = "bm25-"
@@ -159,17 +159,12 @@ class Postings:
         arrays = {}
         for array_name in POSTINGS_ARRAYS:
             path = folder / f"{array_name}.npy"
-            recorded = record["files"][f"{array_name}.npy"]
-            if path.stat().st_size != recorded["bytes"]:
-                raise PostingsError(f"{path} is not the size the manifest records: truncated or replaced")
             try:
-                array = np.load(path, mmap_mode="r", allow_pickle=False)
+                array = open_array(path, record["files"][f"{array_name}.npy"])
             except ValueError as err:
-                raise PostingsError(f"{path} is not a readable array ({err})") from None
-            if array.dtype.str != recorded["dtype"] or list(array.shape) != recorded["shape"] or array.ndim != 1 \
-                    or array.dtype.kind not in "iu":
-                raise PostingsError(f"{path} holds {array.dtype.str} {list(array.shape)}, not the "
-                                    f"{recorded['dtype']} {recorded['shape']} the manifest records")
+                raise PostingsError(str(err)) from None
+            if array.ndim != 1 or array.dtype.kind not in "iu":
+                raise PostingsError(f"{path} holds {array.ndim}-d {array.dtype} values, not 1-d integers")
             arrays[array_name] = array
         if (len(arrays["lengths"]) != n_documents or len(arrays["indptr"]) != len(arrays["term_offsets"])
                 or len(arrays["documents"]) != len(arrays["tfs"])):

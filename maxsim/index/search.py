@@ -16,7 +16,9 @@ import numpy as np
 import torch
 
 from maxsim.errors import SettingsError
-from maxsim.index.store import Allowed, IndexData
+from maxsim.index.allowed import Allowed
+from maxsim.index.reader import IndexData
+from maxsim.inputs import CENTROID_SCORE_THRESHOLD, DEFAULT_K
 from maxsim.ranking import Ranking
 from maxsim.scoring import scatter_max, segment_maxsim
 
@@ -32,11 +34,11 @@ def search_defaults(n_chunks: int, k: int) -> tuple[int, float, int]:
     """
     ncells = 2 if n_chunks < 100_000 else 4
     ndocs = max(8 * k, 64 if n_chunks < 100_000 else 256)
-    return ncells, 0.4, ndocs
+    return ncells, CENTROID_SCORE_THRESHOLD, ndocs
 
 
-def search(data: IndexData, q_vectors: torch.Tensor, q_mask: torch.Tensor, k: int = 10, ncells: int | None = None,
-           centroid_score_threshold: float | None = None, ndocs: int | None = None,
+def search(data: IndexData, q_vectors: torch.Tensor, q_mask: torch.Tensor, k: int = DEFAULT_K,
+           ncells: int | None = None, centroid_score_threshold: float | None = None, ndocs: int | None = None,
            pool: Executor | None = None, filter: Mapping | None = None) -> Ranking:
     """The ``k`` best documents of each query, as the chunk id of each one's best chunk.
 

@@ -40,10 +40,10 @@ import numpy as np
 import torch
 
 from maxsim.errors import MaxsimError
-from maxsim.files import checksum_problems, file_digest, file_record, fsync_file, save_array
+from maxsim.files import file_digest, file_record, fsync_file, open_array, save_array
 from maxsim.index.documents import DOCUMENTS_FILE, ListDocuments, SqliteDocuments, write_documents
-from maxsim.index.ivf import cell_entries, dense_offsets, ranges, sparse_ivf
-from maxsim.index.postings import Postings, PostingsError, verify_postings
+from maxsim.index.ivf import cell_entries, ranges, sparse_ivf
+from maxsim.index.postings import Postings, PostingsError
 
 #: the arrays of a segment, in the order they are written
 SEGMENT_ARRAYS = ("codes", "residuals", "doclens", "chunk_docs", "spans", "ivf_cells", "ivf_offsets", "ivf_chunks")
@@ -248,18 +248,10 @@ class Segment:
         folder = root / entry["name"]
         arrays = {}
         for array_name in SEGMENT_ARRAYS:
-            path = folder / f"{array_name}.npy"
-            recorded = entry["files"][f"{array_name}.npy"]
-            if path.stat().st_size != recorded["bytes"]:
-                raise SegmentError(f"{path} holds {path.stat().st_size} bytes, not the {recorded['bytes']} the "
-                                   "manifest records: truncated or replaced")
             try:
-                array = np.load(path, mmap_mode="r", allow_pickle=False)
+                array = open_array(folder / f"{array_name}.npy", entry["files"][f"{array_name}.npy"])
             except ValueError as err:
-                raise SegmentError(f"{path} is not a readable array ({err})") from None
-            if array.dtype.str != recorded["dtype"] or list(array.shape) != recorded["shape"]:
-                raise SegmentError(f"{path} holds {array.dtype.str} {list(array.shape)}, not the "
-                                   f"{recorded['dtype']} {recorded['shape']} the manifest records")
+                raise SegmentError(str(err)) from None
             kinds, ndim = SEGMENT_KINDS[array_name]
             if array.dtype.kind not in kinds or array.ndim != ndim:
                 raise SegmentError(f"{array_name}.npy holds {array.ndim}-d {array.dtype} values, not {ndim}-d "
@@ -325,55 +317,6 @@ def read_tombstones(folder: Path, record: dict) -> np.ndarray:
     if path_array.dtype.kind not in "iu" or path_array.ndim != 1 or len(path_array) != record["count"]:
         raise SegmentError(f"{path} does not hold {record['count']} document positions")
     return path_array.astype(np.int32)
-
-
-def verify(root: Path, entry: dict, n_centroids: int, dim: int, nbits: int) -> list[str]:
-    """Everything :meth:`Segment.open` does not check: each file's sha256, and the values (codes
-    name centroids that exist, chunks name documents that exist, spans fall inside their
-    document's text, the inverted file lists every token). Returns the problems found."""
-    folder = root / entry["name"]
-    problems = checksum_problems(folder, entry["files"])
-    if entry.get("deleted"):
-        path = folder / entry["deleted"]["file"]
-        if not path.is_file() or file_digest(path) != entry["deleted"]["sha256"]:
-            problems.append(f"{path} is missing or damaged (checksum mismatch)")
-    if entry.get("bm25") and not problems:
-        problems += verify_postings(folder, entry["bm25"], entry["n_documents"])
-    if problems:
-        return problems
-    segment = Segment.open(root, entry)
-    try:
-        problems += _value_problems(segment, n_centroids, dim, nbits, folder)
-    finally:
-        segment.documents.close()
-    return problems
-
-
-def _value_problems(segment: Segment, n_centroids: int, dim: int, nbits: int, folder: Path) -> list[str]:
-    problems = []
-    n_docs = segment.n_documents
-    if segment.residuals.shape[1] != dim * nbits // 8:
-        problems.append(f"{folder}/residuals.npy rows are not {dim * nbits // 8} bytes")
-    if segment.n_tokens and int(segment.codes.max()) >= n_centroids:
-        problems.append(f"{folder}/codes.npy names a centroid outside 0..{n_centroids - 1}")
-    if segment.n_chunks and (segment.doclens.min() < 0 or int(segment.doclens.sum(dtype=np.int64)) != segment.n_tokens):
-        problems.append(f"{folder}/doclens.npy does not add up to the segment's tokens")
-    if segment.n_chunks and (segment.chunk_docs.min() < 0 or segment.chunk_docs.max() >= n_docs):
-        problems.append(f"{folder}/chunk_docs.npy names a document that is not stored")
-    elif segment.n_chunks:
-        lengths = np.array(segment.documents.content_lengths(), dtype=np.int64)[segment.chunk_docs]
-        spans = segment.spans
-        if (spans[:, 0] < 0).any() or (spans[:, 1] < spans[:, 0]).any() or (spans[:, 1] > lengths).any():
-            problems.append(f"{folder}/spans.npy holds a span outside its document's text")
-    if len(segment.deleted) and (segment.deleted.min() < 0 or segment.deleted.max() >= n_docs):
-        problems.append(f"{folder}: a tombstone names a document that is not stored")
-    if not problems and segment.n_chunks:
-        cells, offsets, chunks = sparse_ivf(segment.codes, segment.doclens, n_centroids)
-        stored = dense_offsets(segment.ivf_cells, segment.ivf_offsets, n_centroids)
-        if not (np.array_equal(dense_offsets(cells, offsets, n_centroids), stored)
-                and np.array_equal(chunks, segment.ivf_chunks)):
-            problems.append(f"{folder}: the inverted file does not match the tokens' codes")
-    return problems
 
 
 class MergedDocuments:

@@ -24,6 +24,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from maxsim.errors import validation_message
+from maxsim.files import json_object
 from maxsim.model.settings import SETTINGS_FILE, ColBERTSettings
 from maxsim.model.tokenization import ModelLoadError
 from maxsim.progress import quiet_transformers
@@ -197,11 +198,9 @@ def check_weights_fit(path: Path, not_encoder: Collection[str] = ()) -> None:
 
     config_file = path / "config.json"
     try:
-        raw = json.loads(config_file.read_text())
+        raw = json_object(config_file.read_text())
     except (OSError, ValueError) as err:
-        raise ModelLoadError(f"{config_file} cannot be read as JSON ({err})") from None
-    if not isinstance(raw, dict):
-        raise ModelLoadError(f"{config_file} is not a JSON object")
+        raise ModelLoadError(f"{config_file} cannot be read as a JSON object ({err})") from None
     for key in POSITIVE_SIZES:
         value = raw.get(key)
         if key in raw and (not isinstance(value, int) or isinstance(value, bool) or value < 1):

@@ -101,42 +101,9 @@ class ColBERT(nn.Module):
         overrides = {k: v for k, v in overrides.items() if v is not None}
         found = detect_format(path)
         if found is None:
-            encoder, tokenizer = load_encoder(path)
-            longest = getattr(encoder.config, "max_position_embeddings", None)
-            for name in ("query_maxlen", "doc_maxlen"):  # a default past the encoder's positions: its positions
-                default = ColBERTSettings.model_fields[name].default
-                if name not in overrides and isinstance(longest, int) and default > longest:
-                    logger.info("%s: %s %d (the encoder's positions) instead of the default %d", path, name,
-                                longest, default)
-                    overrides[name] = longest
-            settings = ColBERTSettings(dim=dim or 128, base_model=source, **overrides)
-            settings = choose_markers(tokenizer, encoder, settings)
-            projection = new_projection(encoder.config.hidden_size, settings.dim, seed)
+            encoder, tokenizer, settings, projection = _new_colbert(path, source, dim, overrides, seed)
         else:
-            if found == "maxsim":
-                settings, projection, encoder_path = read_settings(path), read_projection(path), path
-            elif found == "stanford":
-                fields, projection = read_stanford(path)
-                settings, encoder_path = ColBERTSettings(base_model=source, **fields), path
-            else:
-                fields, projection, encoder_path = read_pylate(path)
-                settings = ColBERTSettings(base_model=source, **fields)
-            if dim is not None and dim != settings.dim:
-                raise ModelLoadError(
-                    f"{path} ({found} format) was trained with dim={settings.dim}, but dim={dim} was asked for: "
-                    f"leave --dim out to keep the checkpoint's (or pass --dim {settings.dim})"
-                )
-            changed = {k: v for k, v in overrides.items() if getattr(settings, k) != v}
-            if changed:
-                logger.info("%s: using %s instead of the checkpoint's %s", path, changed,
-                            {k: getattr(settings, k) for k in changed})
-            settings = settings.model_copy(update=overrides)
-            projection_key = {"linear.weight"} if found == "stanford" else ()  # beside the encoder's weights
-            encoder, tokenizer = load_encoder(encoder_path, not_encoder=projection_key)
-            if found != "maxsim":
-                logger.info("%s: read a %s checkpoint (dim %d, query_maxlen %d, doc_maxlen %d, markers %r/%r)", path,
-                            found, settings.dim, settings.query_maxlen, settings.doc_maxlen, settings.query_marker,
-                            settings.document_marker)
+            encoder, tokenizer, settings, projection = _read_colbert(path, found, source, dim, overrides)
         check_fits(path, settings, projection, encoder)
         model = cls(encoder, tokenizer, settings, projection)
         model.source = source
@@ -326,3 +293,46 @@ def new_projection(hidden_size: int, dim: int, seed: int) -> nn.Linear:
     with torch.no_grad():
         projection.weight.uniform_(-bound, bound, generator=generator)
     return projection
+
+
+def _new_colbert(path: Path, source: str, dim: int | None, overrides: dict, seed: int) -> tuple:
+    """A new ColBERT on the encoder at ``path``: (encoder, tokenizer, settings, a new projection
+    to ``dim`` (default 128) from ``seed``); lengths past the encoder's positions are cut to them."""
+    encoder, tokenizer = load_encoder(path)
+    longest = getattr(encoder.config, "max_position_embeddings", None)
+    for name in ("query_maxlen", "doc_maxlen"):  # a default past the encoder's positions: its positions
+        default = ColBERTSettings.model_fields[name].default
+        if name not in overrides and isinstance(longest, int) and default > longest:
+            logger.info("%s: %s %d (the encoder's positions) instead of the default %d", path, name, longest, default)
+            overrides[name] = longest
+    settings = ColBERTSettings(dim=dim or 128, base_model=source, **overrides)
+    settings = choose_markers(tokenizer, encoder, settings)
+    return encoder, tokenizer, settings, new_projection(encoder.config.hidden_size, settings.dim, seed)
+
+
+def _read_colbert(path: Path, found: str, source: str, dim: int | None, overrides: dict) -> tuple:
+    """A ColBERT checkpoint in ``found``'s format (maxsim, stanford, pylate): (encoder, tokenizer,
+    its settings with ``overrides`` (logged), its projection); a ``dim`` other than its own is refused."""
+    if found == "maxsim":
+        settings, projection, encoder_path = read_settings(path), read_projection(path), path
+    elif found == "stanford":
+        fields, projection = read_stanford(path)
+        settings, encoder_path = ColBERTSettings(base_model=source, **fields), path
+    else:
+        fields, projection, encoder_path = read_pylate(path)
+        settings = ColBERTSettings(base_model=source, **fields)
+    if dim is not None and dim != settings.dim:
+        raise ModelLoadError(f"{path} ({found} format) was trained with dim={settings.dim}, but dim={dim} was asked "
+                             f"for: leave --dim out to keep the checkpoint's (or pass --dim {settings.dim})")
+    changed = {k: v for k, v in overrides.items() if getattr(settings, k) != v}
+    if changed:
+        logger.info("%s: using %s instead of the checkpoint's %s", path, changed,
+                    {k: getattr(settings, k) for k in changed})
+    settings = settings.model_copy(update=overrides)
+    projection_key = {"linear.weight"} if found == "stanford" else ()  # beside the encoder's weights
+    encoder, tokenizer = load_encoder(encoder_path, not_encoder=projection_key)
+    if found != "maxsim":
+        logger.info("%s: read a %s checkpoint (dim %d, query_maxlen %d, doc_maxlen %d, markers %r/%r)", path, found,
+                    settings.dim, settings.query_maxlen, settings.doc_maxlen, settings.query_marker,
+                    settings.document_marker)
+    return encoder, tokenizer, settings, projection

@@ -30,6 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from maxsim.files import json_object
 from maxsim.model.settings import SETTINGS_FILE, ColBERTSettings
 from maxsim.model.tokenization import ModelLoadError
 
@@ -73,12 +74,9 @@ def _json(path: Path) -> dict:
 
 def _read_json(path: Path) -> dict:
     try:
-        value = json.loads(path.read_text())
+        return json_object(path.read_text())
     except (OSError, ValueError) as err:
-        raise ModelLoadError(f"{path} cannot be read as JSON ({err})") from None
-    if not isinstance(value, dict):
-        raise ModelLoadError(f"{path} is not a JSON object")
-    return value
+        raise ModelLoadError(f"{path} cannot be read as a JSON object ({err})") from None
 
 
 def read_tensor(folder: Path, name: str) -> torch.Tensor:

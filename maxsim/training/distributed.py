@@ -1,5 +1,5 @@
 """torch.distributed helpers for training: gathers with gradients, gradient averaging (the process
-group itself: :mod:`maxsim.ranks`).
+group itself: :mod:`maxsim.process_group`).
 
 Launch with torchrun (``torchrun --nproc_per_node 2 -m maxsim train ...``); a plain process is
 world size 1 and none of this talks to anything.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from maxsim.ranks import Context, setup, teardown  # noqa: F401 - the trainer takes them from here
+from maxsim.process_group import Context, setup, teardown  # noqa: F401 - the trainer takes them from here
 
 
 class _GatherWithGrad(torch.autograd.Function):

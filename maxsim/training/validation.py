@@ -20,6 +20,7 @@ from maxsim.data.training_folder import Corpus, TrainingData, read_beir_split
 from maxsim.evaluation import evaluate_run, evaluation_corpus, run_from_ranking
 from maxsim.exact_search import exact_search
 from maxsim.files import atomic_write_text, sha256_of
+from maxsim.lexical import DEFAULT_LANGUAGE
 from maxsim.model import ColBERT
 from maxsim.model.inference import InferenceForward, cpu_computes_bf16
 from maxsim.training import checkpoints, distributed
@@ -115,7 +116,7 @@ def bm25_language(data: Path) -> str:
     try:
         return json.loads((data / "manifest.json").read_text())["settings"]["bm25_language"]
     except (OSError, ValueError, KeyError, TypeError):
-        return "en"
+        return DEFAULT_LANGUAGE
 
 
 def dev_forward(model: ColBERT, sample: list[list[int]]) -> tuple[InferenceForward | None, str]:

@@ -85,6 +85,16 @@ def options_from(model: type[BaseModel], flags: dict[str, str] | None = None,
     return out
 
 
+def option_for(model: type[BaseModel], name: str, *flags: str):
+    """The option of one field of ``model`` (flags: ``--field-name`` unless given), its help
+    the field's description and default, for a command whose other parameters are written out:
+    ``k: option_for(SearchSettings, "k", "-k", "--k") = DEFAULT_K``."""
+    field = model.model_fields[name]
+    kind = cli_type(field.annotation)
+    option = typer.Option(*(flags or (flag_name(name),)), help=help_text(field), show_default=False)
+    return Annotated[kind | None, option]
+
+
 def with_options(*parameters: inspect.Parameter) -> Callable[[Callable], Callable]:
     """Give a ``def command(**values)`` these parameters, for typer to read as its options."""
     def decorate(function: Callable) -> Callable:

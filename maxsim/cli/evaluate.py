@@ -1,0 +1,79 @@
+"""``maxsim eval``: a BEIR split's metrics, for exact MaxSim, an index or BM25."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from maxsim.cli.common import (
+    Device,
+    Fusion,
+    FusionWeight,
+    HybridDepth,
+    HybridFlag,
+    RrfK,
+    app,
+    fail,
+    hybrid_from,
+    one_line_errors,
+    quiet_libraries,
+)
+
+
+@app.command("eval")
+def evaluate(
+    data: Annotated[Path, typer.Option(help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.")],
+    model: Annotated[str | None, typer.Option(help="A maxsim checkpoint folder, a base model folder, 'base' (the untrained bundled MiniLM) or 'bm25' (the BM25 baseline) [default: with --index, the model that built it].")] = None,
+    index: Annotated[Path | None, typer.Option(help="Search through this index (made by maxsim index from the same corpus) instead of exact MaxSim over every document.")] = None,
+    split: Annotated[str, typer.Option(help="qrels split to evaluate.")] = "test",
+    output: Annotated[Path | None, typer.Option(help="Folder for run.trec and metrics.json.")] = None,
+    k: Annotated[int, typer.Option(help="Documents retrieved per query.")] = 100,
+    drop_self_hits: Annotated[bool, typer.Option("--drop-self-hits", help="Remove a document whose id equals the query id (ArguAna-style sets).")] = False,
+    batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse qrels that name documents the corpus lacks [default: warn, and count them as relevant and unretrievable, as BEIR does].")] = False,
+    allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch", help="With --index and --model: search the index with a model other than the one that built it.")] = False,
+    device: Device = "auto",
+    hybrid: HybridFlag = False,
+    fusion: Fusion = None,
+    fusion_weight: FusionWeight = None,
+    rrf_k: RrfK = None,
+    hybrid_depth: HybridDepth = None,
+) -> None:
+    """nDCG@10, MRR@10, Recall@100 and MAP (pytrec_eval) of exact MaxSim, an index (plain or --hybrid) or BM25 on a BEIR split.
+
+    The last line printed is the metrics as one JSON object.
+    """
+    import json
+
+    from maxsim.evaluation import evaluate_beir, write_trec_run
+    from maxsim.files import atomic_write_text
+    from maxsim.index import read_settings
+
+    if model is None and index is None:
+        fail("give --model (a checkpoint, 'base' or 'bm25') or --index")
+    if k < 1:
+        fail(f"--k must be 1 or more, got {k}")
+    if output is not None and output.exists() and not output.is_dir():
+        fail(f"--output {output} is a file: choose a folder for run.trec and metrics.json")
+    quiet_libraries()
+    with one_line_errors():
+        settings = hybrid_from(hybrid, fusion, fusion_weight, rrf_k, hybrid_depth)
+        if settings is not None and index is None:
+            fail("--hybrid searches an index: give --index (built by maxsim index, which keeps a BM25 side)")
+        metrics, run = evaluate_beir(model, data, split, k, drop_self_hits, batch_size, progress=True, index=index,
+                                     strict=strict, trec_output=output is not None,
+                                     allow_model_mismatch=allow_model_mismatch, device=device, hybrid=settings)
+    result = {"model": model, "data": str(data), "split": split, **{k_: round(v, 4) for k_, v in metrics.items()}}
+    if settings is not None:
+        result["hybrid"] = settings.model_dump()
+    if index is not None:
+        result["index"] = str(index)
+        if model is None:
+            result["model"] = read_settings(index).model_path
+    if output is not None:
+        with one_line_errors():
+            write_trec_run(run, output / "run.trec", tag="bm25" if model == "bm25" else "maxsim")
+            atomic_write_text(output / "metrics.json", json.dumps(result, indent=2) + "\n")
+    typer.echo(json.dumps(result))
