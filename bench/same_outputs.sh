@@ -4,6 +4,8 @@
 #
 #   bash bench/same_outputs.sh [BEIR_DIR] [WORK_DIR] > fingerprints.txt
 #
+# The lines are also appended, as one JSON line, to bench/results/same_outputs.jsonl.
+#
 # 1. `maxsim prepare` of the BEIR train split (10% dev slice): sha256 of every file written;
 # 2. a seeded 6-step training run: sha256 of the final weights and the logged losses;
 # 3. `maxsim index` of the first 2,000 documents with that checkpoint: sha256 of the documents
@@ -20,6 +22,7 @@ if [[ -e "$WORK" && ! -f "$WORK/.same-outputs-bench" ]]; then  # never delete a 
     exit 2
 fi
 rm -rf "$WORK" && mkdir -p "$WORK" && touch "$WORK/.same-outputs-bench"
+{
 maxsim prepare "$BEIR" --output "$WORK/prep" --dev-fraction 0.1 >/dev/null 2>"$WORK/prepare.log"
 (cd "$WORK/prep" && find . -type f | sort | xargs sha256sum | sed 's/^/prepare /')
 maxsim prepare "$BEIR" --output "$WORK/prep-nodev" >/dev/null 2>>"$WORK/prepare.log"
@@ -51,3 +54,16 @@ retriever.delete(held[::5])
 PY
 maxsim search --index "$WORK/index" --json -k 10 "${queries[@]}" 2>>"$WORK/search.log" > "$WORK/edited.json"
 echo "edited hits $(sha256sum "$WORK/edited.json" | cut -d' ' -f1) ($(count "$WORK/edited.json") hits)"
+} | tee "$WORK/fingerprints.txt"
+# the fingerprints, one JSON line in bench/results/same_outputs.jsonl
+python - "$WORK" "$@" <<'PY' >/dev/null
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path("bench").resolve()))
+import results_log  # noqa: E402
+
+work = Path(sys.argv[1])
+lines = (work / "fingerprints.txt").read_text().splitlines()
+results_log.record(Path("bench/results/same_outputs.jsonl"), {"fingerprints": lines})
+PY

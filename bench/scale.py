@@ -196,6 +196,7 @@ def child_scifact(folder: Path, path: Path, model: str) -> dict:
     so that recall measures the index alone. 200 test queries."""
     import torch
 
+    from maxsim.backends import Chunking
     from maxsim.data.training_folder import read_corpus, read_queries
     from maxsim.index import IndexData, IndexSettings, search
     from maxsim.index.build import Shard, StreamingBuild

@@ -14,8 +14,8 @@ if TYPE_CHECKING:
     from maxsim.data.prepare import prepare_training_data
     from maxsim.errors import MaxsimError
     from maxsim.model import ColBERT, ColBERTSettings, ModelLoadError, default_base_model
-    from maxsim.ranking import Ranking
-    from maxsim.retriever import Hit, Retriever
+    from maxsim.ranking import Hit, Ranking
+    from maxsim.retriever import Retriever
     from maxsim.scoring import maxsim
     from maxsim.training import TrainConfig, Trainer
 
@@ -24,7 +24,7 @@ _EXPORTS = {
     "ColBERT": "maxsim.model",
     "ColBERTSettings": "maxsim.model",
     "DataError": "maxsim.data.errors",
-    "Hit": "maxsim.retriever",
+    "Hit": "maxsim.ranking",
     "MaxsimError": "maxsim.errors",
     "ModelLoadError": "maxsim.model",
     "Ranking": "maxsim.ranking",

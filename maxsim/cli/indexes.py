@@ -21,16 +21,12 @@ from maxsim.cli.common import (
     one_line_errors,
     quiet_libraries,
 )
+from maxsim.cli.options import option_for
 from maxsim.index.manifest import DEFAULT_BM25_LANGUAGE, IndexSettings, default
 from maxsim.inputs import checked_ids
 
 #: ``maxsim index --compact IX`` and the like, as they were spelled before the subcommands
 FORMER_FLAGS = {"--compact": "compact", "--verify": "verify", "--add-bm25": "add-bm25"}
-
-
-def help_of(setting: str) -> str:
-    """The help of an index setting, from its declaration (:class:`IndexSettings`)."""
-    return f"{IndexSettings.model_fields[setting].description or ''} [default: {default(setting)}]"
 
 
 class IndexCommands(TyperGroup):
@@ -76,13 +72,13 @@ def build(
     corpus: Annotated[Path, typer.Argument(help="A corpus.jsonl (_id, title, text) or a BEIR folder.", show_default=False)],
     model: Annotated[str, typer.Option(help="maxsim checkpoint folder (or 'base' for the untrained bundled MiniLM).", show_default=False)],
     output: Annotated[Path | None, typer.Option(help="Index folder to write.", show_default=False)] = None,
-    nbits: Annotated[int, typer.Option(help=help_of("nbits"), show_default=False)] = default("nbits"),
-    max_document_tokens: Annotated[int | None, typer.Option(help="Split documents into chunks of at most this many tokens [default: the model's doc_maxlen].")] = None,
+    nbits: option_for(IndexSettings, "nbits") = default("nbits"),
+    max_document_tokens: option_for(IndexSettings, "max_document_tokens") = None,
     no_split: Annotated[bool, typer.Option("--no-split", help="Truncate long documents instead of splitting them.")] = False,
     batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the index already in --output (a folder holding anything else is never replaced).")] = False,
     device: Device = "auto",
-    pool_factor: Annotated[int, typer.Option("--pool-factor", min=1, help=help_of("pool_factor"), show_default=False)] = default("pool_factor"),
+    pool_factor: option_for(IndexSettings, "pool_factor") = default("pool_factor"),
     language: Annotated[str, typer.Option(help="Language of the BM25 side kept for hybrid search (its stop words and stemmer; ISO 639-1: en, fr, de, ...).")] = DEFAULT_BM25_LANGUAGE,
     no_bm25: Annotated[bool, typer.Option("--no-bm25", help="Keep no BM25 side (no hybrid search).")] = False,
     qdrant: QdrantTarget = None,
@@ -101,12 +97,14 @@ def build(
     from maxsim import process_group
     from maxsim.files import check_replaceable
     from maxsim.index import is_index
+    from maxsim.indexing import check_build_settings
     from maxsim.model import pick_device
     from maxsim.retriever import Retriever
 
     quiet_libraries()
     with one_line_errors():
-        check_replaceable(output, is_index, "maxsim index", overwrite)  # before any work
+        check_build_settings(nbits, pool_factor, None if no_bm25 else language)  # before any work
+        check_replaceable(output, is_index, "maxsim index", overwrite)
         if pick_device(device).type == "cuda" and process_group.launched():  # under torchrun: each rank its own GPU
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
         docs = _corpus(corpus)

@@ -68,7 +68,8 @@ class IndexSettings(BaseModel):
     model_settings: dict | None = None
     #: documents longer than ``max_document_tokens`` are split into chunks (else truncated)
     split_documents: bool = True
-    max_document_tokens: int
+    max_document_tokens: int = Field(description="Split documents into chunks of at most this many tokens "
+                                     "[default: the model's doc_maxlen].")
     #: the seed of the centroids' k-means
     seed: int = 0
     #: the precision documents were encoded in (``bfloat16``, ``float32``, ``bfloat16 autocast``)
