@@ -6,18 +6,32 @@ what it stands on, never data preparation or training (see ``tests/test_layers.p
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from maxsim.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from maxsim.data.errors import DataError
     from maxsim.data.prepare import prepare_training_data
-    from maxsim.errors import MaxsimError
+    from maxsim.errors import LockedError, MaxsimError, OutputExistsError, SettingsError, UnknownIdError
+    from maxsim.index.manifest import IndexLoadError
     from maxsim.model import ColBERT, ColBERTSettings, ModelLoadError, default_base_model
     from maxsim.ranking import Hit, Ranking
     from maxsim.retriever import Retriever
     from maxsim.scoring import maxsim
     from maxsim.training import TrainConfig, Trainer
+
+def _version() -> str:
+    """The version, declared once in pyproject.toml (as installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("maxsim")
+    except PackageNotFoundError:  # (run from a folder that was never installed)
+        return "unknown"
+
+
+__version__ = _version()
 
 #: public name -> the module that defines it
 _EXPORTS = {
@@ -25,6 +39,11 @@ _EXPORTS = {
     "ColBERTSettings": "maxsim.model",
     "DataError": "maxsim.data.errors",
     "Hit": "maxsim.ranking",
+    "IndexLoadError": "maxsim.index.manifest",
+    "LockedError": "maxsim.errors",
+    "OutputExistsError": "maxsim.errors",
+    "SettingsError": "maxsim.errors",
+    "UnknownIdError": "maxsim.errors",
     "MaxsimError": "maxsim.errors",
     "ModelLoadError": "maxsim.model",
     "Ranking": "maxsim.ranking",
@@ -40,26 +59,21 @@ __all__ = [
     "ColBERTSettings",
     "DataError",
     "Hit",
+    "IndexLoadError",
+    "LockedError",
     "MaxsimError",
     "ModelLoadError",
+    "OutputExistsError",
     "Ranking",
     "Retriever",
+    "SettingsError",
     "TrainConfig",
     "Trainer",
+    "UnknownIdError",
     "default_base_model",
     "maxsim",
     "prepare_training_data",
 ]
-__version__ = "0.1.0"
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'maxsim' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

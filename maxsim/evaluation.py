@@ -180,6 +180,7 @@ def evaluate_beir(
         ranking = BM25Miner(corpus.texts).rank(queries.texts, depth)
     else:
         colbert = ColBERT.from_pretrained(None if model in (None, "base") else model, device=device)
+        colbert.warn_if_untrained("evaluating")
         tokens = colbert.tokenize_documents(corpus.texts)
         ranking = exact_search(colbert, queries.texts, tokens, depth, batch_size, progress)
     run = run_from_ranking(queries.ids, corpus.ids, ranking, drop_self_hits, k)

@@ -32,7 +32,7 @@ from maxsim.errors import SettingsError
 from maxsim.fusion import Hybrid, hybrid_settings
 from maxsim.in_memory import EncodedSet, rerank
 from maxsim.index import IndexData, IndexLoadError
-from maxsim.index.manifest import DEFAULT_BM25_LANGUAGE, default
+from maxsim.index_settings import DEFAULT_BM25_LANGUAGE, default
 from maxsim.indexing import INDEX_ROOT, build_index, index_folder, settings_for
 from maxsim.inputs import DEFAULT_K, check_k, checked_ids, checked_queries, checked_records
 from maxsim.model import ColBERT, InferenceForward
@@ -59,6 +59,7 @@ class Retriever:
         self.model_path = model_path if model_path is not None else model.source
         self._encoded = EncodedSet()
         self.encoder = TextEncoder(model)
+        model.warn_if_untrained("searching")
         if backend is not None:
             check_dim(backend, model)
 

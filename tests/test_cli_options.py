@@ -95,3 +95,17 @@ def test_a_cuda_device_that_is_not_there_is_refused_before_any_work(tmp_path, co
     assert result.exit_code == 2, result.output
     assert "--device cuda: no CUDA GPU is visible" in result.output and "--device cpu" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+def test_the_command_line_starts_without_torch():
+    """``maxsim --help`` and every command's --help load neither torch nor transformers (they are
+    imported by the commands that run a model), so that they answer in well under a second."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from typer.main import get_command; from maxsim.cli import app; "
+            "get_command(app); print(sorted(m for m in ('torch', 'transformers', 'faiss', 'numba') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"
+    version = subprocess.run([sys.executable, "-m", "maxsim", "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.startswith("maxsim ")

@@ -36,9 +36,32 @@ def test_the_same_documents_as_read_corpus_in_any_slice(tmp_path):
     ('{"_id": "d9", "text": "lone \\ud800 surrogate"}', "surrogate"),
     ('{"_id": "d9"}', 'missing field "text"'),
     ('{"_id": "d9", "text": "x"', "malformed JSON"),
+    ('{"_id": "d9", "text": "x", "metadata": ["a list"]}', "is a list: give a dict"),
 ])
 def test_a_bad_line_is_named_when_the_file_is_opened(tmp_path, bad, message):
     path = _write(tmp_path / "corpus.jsonl", ['{"_id": "d0", "text": "first"}', '{"_id": "d1", "text": "second"}', bad])
     with pytest.raises(DataError, match=message) as caught:
         CorpusFile(path)
     assert "corpus.jsonl:3:" in str(caught.value)  # the file and the line
+
+
+def test_a_corpus_files_metadata_reaches_the_index_and_its_filters(tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from maxsim.cli import app
+    from maxsim.model import ColBERT
+
+    lines = [json.dumps({"_id": "1", "text": "statins lower cholesterol", "metadata": {"source": "pubmed"}}),
+             json.dumps({"_id": "2", "text": "statins and the liver", "metadata": {"source": "pmc"}}),
+             json.dumps({"_id": "3", "text": "a note on tides", "metadata": {}})]
+    path = _write(tmp_path / "corpus.jsonl", lines)
+    assert [r["metadata"] for r in CorpusFile(path)] == [{"source": "pubmed"}, {"source": "pmc"}, None]
+    model = ColBERT.from_pretrained(tiny_model_dir, dim=16, doc_maxlen=24).save(tmp_path / "model")
+    built = CliRunner().invoke(app, ["index", "build", str(path), "--model", str(model), "--output",
+                                     str(tmp_path / "ix")])
+    assert built.exit_code == 0, built.output
+    found = CliRunner().invoke(app, ["search", "--index", str(tmp_path / "ix"), "--json", "-k", "3",
+                                     "--where", "source=pubmed", "statins"])
+    assert found.exit_code == 0, found.output
+    hits = json.loads(found.output.strip().splitlines()[-1])
+    assert [(h["document_id"], h["metadata"]) for h in hits] == [("1", {"source": "pubmed"})]

@@ -19,11 +19,11 @@ PACKAGE = ROOT / "maxsim"
 
 #: bottom to top; a module may import its own layer and those below, never those above
 LAYERS = [
-    ("text, ids, files and errors", ["maxsim.errors", "maxsim.ids", "maxsim.limits", "maxsim.files", "maxsim.progress", "maxsim.lexical", "maxsim.process_group", "maxsim.inputs",
+    ("text, ids, files and errors", ["maxsim.errors", "maxsim.ids", "maxsim.limits", "maxsim.files", "maxsim.progress", "maxsim.lexical", "maxsim.process_group", "maxsim.inputs", "maxsim.lazy",
                                        "maxsim.background"]),
     ("model", ["maxsim.model"]),
     ("scoring and losses", ["maxsim.scoring", "maxsim.losses", "maxsim.ranking", "maxsim.fusion", "maxsim.muvera"]),
-    ("index and search", ["maxsim.index", "maxsim.exact_search", "maxsim.backends", "maxsim.indexing", "maxsim.in_memory", "maxsim.text_encoder",
+    ("index and search", ["maxsim.index", "maxsim.index_settings", "maxsim.exact_search", "maxsim.backends", "maxsim.indexing", "maxsim.in_memory", "maxsim.text_encoder",
                           "maxsim.retriever", "maxsim.qdrant"]),
     ("data and evaluation", ["maxsim.data", "maxsim.evaluation"]),
     ("training", ["maxsim.training"]),

@@ -55,7 +55,9 @@ def test_training_writes_cards_and_export_carries_them(tiny_model_dir, tmp_path)
     info = json.loads((best / "best.json").read_text())
     header, body = _header_and_body((best / "README.md").read_text())
     assert header["library_name"] == "maxsim" and "base_model" not in header  # a local folder: no hub name
-    assert f"Encoder: `{tiny_model_dir}`" in body
+    assert f"Encoder: `{tiny_model_dir.name}` (a local folder)" in body
+    assert str(tmp_path) not in body and str(tiny_model_dir) not in body  # nothing of this machine is published
+    assert "sentence-transformers" not in header["tags"]  # it cannot load this folder
     metrics = {m["type"]: m["value"] for m in header["model-index"][0]["results"][0]["metrics"]}
     assert metrics == {k: round(v, 4) for k, v in info["metrics"].items()}
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -239,3 +239,18 @@ def test_index_by_name_goes_under_the_index_root(tmp_path, tiny_model_dir, monke
     path = retriever.index([f"document {i} about topic {i}" for i in range(12)], name="notes")
     assert path == Path(".maxsim") / "indexes" / "notes" and (tmp_path / path / "index.json").is_file()
     assert Retriever.from_index(path, model=retriever.model).search("topic 3", k=2)[0].rank == 1
+
+
+def test_an_untrained_projection_is_said_once_with_the_fix(tiny_model_dir, caplog, tmp_path):
+    from maxsim.model import ColBERT
+
+    model = ColBERT.from_pretrained(tiny_model_dir, dim=16)  # a plain encoder: a new projection
+    assert model.untrained
+    with caplog.at_level("WARNING", logger="maxsim.model.colbert"):
+        retriever = Retriever(model)
+        retriever.rerank("a query", ["a document"])
+        Retriever(model)
+    said = [r.message for r in caplog.records if "untrained" in r.message]
+    assert len(said) == 1 and "maxsim train" in said[0] and "answerai-colbert-small-v1" in said[0]
+    assert not ColBERT.from_pretrained(model.save(tmp_path / "saved-colbert")).untrained
+    assert ColBERT.from_pretrained("base").untrained  # "base" is the bundled MiniLM everywhere

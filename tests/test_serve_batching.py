@@ -83,9 +83,12 @@ def test_a_batch_waits_for_as_many_requests_as_the_last_one_answered(index_path,
     assert sizes == [1, 3, 3]
 
 
-def test_one_client_never_waits_to_gather(index_path):  # noqa: F811
+def test_one_client_never_waits_to_gather(index_path, caplog):  # noqa: F811
     retriever = Retriever.from_index(index_path)
-    worker = serve.IndexWorker(retriever, gather_s=30)
+    with caplog.at_level("INFO", logger="maxsim.serve"):
+        worker = serve.IndexWorker(retriever, gather_s=30)
+        assert worker.ready.wait(60)
+    assert any(r.message.startswith("ready: searches are answered at speed") for r in caplog.records)
     for query in QUERIES:  # each one alone: had it waited to gather, this would take minutes
         assert len(worker.search([query], 2).result(20)[0]) == 2
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from maxsim.index import IndexLoadError
-from maxsim.index.manifest import default
+from maxsim.index_settings import default
 from maxsim.model import ColBERT
 from maxsim.ranking import Ranking
 

@@ -80,8 +80,19 @@ def one_line_errors():
         fail(no_space_message(err) or f"{where}{err.strerror or err}")
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        typer.echo(f"maxsim {version('maxsim')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print maxsim's version and exit.")] = False,
+) -> None:
     """maxsim: prepare data, train, index, search and evaluate ColBERT retrievers."""
 
 

@@ -29,7 +29,7 @@ def evaluate(
     index: Annotated[Path | None, typer.Option(help="Search through this index (made by maxsim index from the same corpus) instead of exact MaxSim over every document.")] = None,
     split: Annotated[str, typer.Option(help="qrels split to evaluate.")] = "test",
     output: Annotated[Path | None, typer.Option(help="Folder for run.trec and metrics.json.")] = None,
-    k: Annotated[int, typer.Option(help="Documents retrieved per query.")] = 100,
+    k: Annotated[int, typer.Option("-k", "--k", help="Documents retrieved per query.")] = 100,
     drop_self_hits: Annotated[bool, typer.Option("--drop-self-hits", help="Remove a document whose id equals the query id (ArguAna-style sets).")] = False,
     batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse qrels that name documents the corpus lacks [default: warn, and count them as relevant and unretrievable, as BEIR does].")] = False,

@@ -22,7 +22,7 @@ from maxsim.cli.common import (
     quiet_libraries,
 )
 from maxsim.cli.options import option_for
-from maxsim.index.manifest import DEFAULT_BM25_LANGUAGE, IndexSettings, default
+from maxsim.index_settings import DEFAULT_BM25_LANGUAGE, IndexSettings, default
 from maxsim.inputs import checked_ids
 
 #: ``maxsim index --compact IX`` and the like, as they were spelled before the subcommands

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from maxsim.cli.common import (
+    Device,
     QdrantCollection,
     QdrantTarget,
     app,
@@ -30,6 +31,8 @@ def serve(
     workers: Annotated[int, typer.Option(help="Worker processes (each holds the model and the index; writes take the index's writer lock).")] = 1,
     qdrant: QdrantTarget = None,
     collection: QdrantCollection = None,
+    device: Device = "auto",
+    allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch", help="Serve even if the index's model folder now holds another model (its weights changed since indexing).")] = False,
 ) -> None:
     """Serve an index (or a Qdrant collection) over HTTP: /search, /documents, /health, /ready, /metrics, docs at /docs."""
     import uvicorn
@@ -53,19 +56,24 @@ def serve(
             if qdrant is not None or collection is not None:
                 if qdrant is None or collection is None or workers > 1:
                     fail("--qdrant needs --collection, and serves with one worker (Qdrant shards the load)")
-                uvicorn.run(create_app(Retriever.from_qdrant(qdrant, collection), api_key=key, read_only=read_only),
+                served = Retriever.from_qdrant(qdrant, collection, device=device,
+                                               allow_model_mismatch=allow_model_mismatch)
+                uvicorn.run(create_app(served, api_key=key, read_only=read_only),
                             host=host, port=port, log_level="info")
                 return
             if not read_only:
                 held.enter_context(writer_lock(index))
             if workers > 1:  # each worker builds its own app (uvicorn needs an import string)
-                from maxsim.serve import ENV_API_KEY, ENV_INDEX, ENV_READ_ONLY
+                from maxsim.serve.process import ENV_ALLOW_MISMATCH, ENV_API_KEY, ENV_DEVICE, ENV_INDEX, ENV_READ_ONLY
 
-                Retriever.from_index(index)  # a bad index is one error line here, not one per worker
+                # a bad index is one error line here, not one per worker
+                Retriever.from_index(index, device=device, allow_model_mismatch=allow_model_mismatch)
                 os.environ.update({ENV_INDEX: str(index.resolve()), ENV_API_KEY: key or "",
-                                   ENV_READ_ONLY: "1" if read_only else "0"})
+                                   ENV_READ_ONLY: "1" if read_only else "0", ENV_DEVICE: device,
+                                   ENV_ALLOW_MISMATCH: "1" if allow_model_mismatch else "0"})
             else:
-                application = create_app(load_retriever(index), api_key=key, read_only=read_only)
+                application = create_app(load_retriever(index, device, allow_model_mismatch), api_key=key,
+                                         read_only=read_only)
         if workers > 1:
             uvicorn.run("maxsim.serve:app_from_environment", factory=True, workers=workers, host=host, port=port,
                         log_level="info")

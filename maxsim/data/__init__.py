@@ -1,6 +1,8 @@
 """Training data: the folder format, its checks, and batches built from cached tokens."""
 
-from maxsim.data.errors import DataError
-from maxsim.data.training_folder import TrainingData, read_beir_split
+from maxsim.lazy import lazy_exports
 
 __all__ = ["DataError", "TrainingData", "read_beir_split"]
+__getattr__, __dir__ = lazy_exports(globals(), {"DataError": "maxsim.data.errors",
+                                                "TrainingData": "maxsim.data.training_folder",
+                                                "read_beir_split": "maxsim.data.training_folder"})

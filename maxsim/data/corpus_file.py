@@ -12,12 +12,13 @@ from maxsim.data.errors import DataError, encoding_error
 from maxsim.data.jsonl import parse_line
 from maxsim.data.training_folder import corpus_line
 from maxsim.errors import SettingsError
-from maxsim.limits import check_text
+from maxsim.limits import check_metadata, check_text
 
 
 class CorpusFile(Sequence):
-    """The documents of a ``corpus.jsonl`` (``_id``, optional ``title``, ``text``) as index
-    records, ``{"id", "content", "metadata": None}``, in file order, without their texts in memory.
+    """The documents of a ``corpus.jsonl`` (``_id``, optional ``title``, ``text``, optional
+    ``metadata``, a JSON object as BEIR's corpora carry it) as index records, ``{"id", "content",
+    "metadata"}`` (an empty or absent ``metadata`` is None), in file order, without their texts in memory.
 
     Opening reads every line once and checks it as :func:`~maxsim.data.training_folder.read_corpus`
     does (valid JSON and UTF-8, an id and a text, ids unique), so that a bad line is an error
@@ -54,12 +55,14 @@ class CorpusFile(Sequence):
             raise encoding_error(self.path) from None
         if not line.strip():
             return None
-        doc_id, text = corpus_line(self.path, number, parse_line(self.path, number, line))
+        obj = parse_line(self.path, number, line)
+        doc_id, text = corpus_line(self.path, number, obj)
         try:
             check_text(doc_id, "the _id")
             check_text(text, "the text")
+            check_metadata(obj.get("metadata"), f"document {doc_id!r}")
         except SettingsError as err:
-            raise DataError(self.path, number, str(err), "fix this line's text") from None
+            raise DataError(self.path, number, str(err), "fix this line") from None
         return doc_id
 
     def __len__(self) -> int:
@@ -80,7 +83,7 @@ class CorpusFile(Sequence):
         with self.path.open("rb") as handle:
             for p in positions:
                 handle.seek(int(self._offsets[p]))
-                line = handle.readline().decode("utf-8")
-                doc_id, text = corpus_line(self.path, None, parse_line(self.path, None, line))
-                out.append({"id": doc_id, "content": text, "metadata": None})
+                obj = parse_line(self.path, None, handle.readline().decode("utf-8"))
+                doc_id, text = corpus_line(self.path, None, obj)
+                out.append({"id": doc_id, "content": text, "metadata": obj.get("metadata") or None})
         return out

@@ -21,7 +21,7 @@ import numpy as np
 from maxsim import process_group
 from maxsim.data.bm25 import BM25Miner
 from maxsim.errors import SettingsError
-from maxsim.index.manifest import default
+from maxsim.index_settings import default
 from maxsim.lexical import BM25_LANGUAGES
 from maxsim.ranking import Ranking
 

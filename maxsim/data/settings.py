@@ -9,9 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from maxsim.data.mining import BM25_LANGUAGES
 from maxsim.errors import SettingsError, validation_message
-from maxsim.lexical import DEFAULT_LANGUAGE
+from maxsim.lexical import BM25_LANGUAGES, DEFAULT_LANGUAGE
 
 Kind = Literal["pairs", "labelled", "triplets", "scored"]
 KINDS = ("pairs", "labelled", "triplets", "scored")

@@ -74,6 +74,7 @@ class ColBERTTeacher(Teacher):
         from maxsim.model import ColBERT
 
         self.model = ColBERT.from_pretrained(path, device=device)
+        self.model.warn_if_untrained("scoring as a teacher")
         self.model.eval()
         self.corpus, self.batch_size = list(corpus), batch_size
 

@@ -46,10 +46,11 @@ from maxsim.index.codec import (
     nearest_centroids,
     train_centroids,
 )
-from maxsim.index.manifest import IndexSettings, write_manifest
+from maxsim.index.manifest import write_manifest
 from maxsim.index.reader import IndexData
 from maxsim.index.segment import Segment
 from maxsim.index.writer import write_shared
+from maxsim.index_settings import IndexSettings
 from maxsim.progress import progress
 
 logger = logging.getLogger(__name__)

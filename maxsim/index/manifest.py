@@ -16,10 +16,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from maxsim.errors import MaxsimError
 from maxsim.files import (
@@ -36,7 +35,7 @@ from maxsim.index.documents import DOCUMENTS_FILE
 from maxsim.index.legacy import LEGACY_FORMAT
 from maxsim.index.postings import POSTINGS_PREFIX
 from maxsim.index.segment import SEGMENT_ARRAYS, is_segment_name
-from maxsim.lexical import DEFAULT_LANGUAGE
+from maxsim.index_settings import DEFAULT_BM25_LANGUAGE, IndexSettings, default  # noqa: F401 - named here too
 
 logger = logging.getLogger(__name__)
 
@@ -51,48 +50,6 @@ SHARED_ARRAYS = ("centroids", "codec")
 
 class IndexLoadError(MaxsimError, ValueError):
     """An index that cannot be used: damaged, truncated, or made for another model."""
-
-
-class IndexSettings(BaseModel):
-    """How an index was built; saved in ``index.json`` (beside the counts and checksums)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    nbits: Literal[1, 2, 4] = Field(2, description="Bits per dimension of each residual: 1, 2 or 4 (more: closer "
-                                    "to the encoded vectors, a larger index).")
-    dim: int
-    #: the folder the model was loaded from (None: a model held only in memory)
-    model_path: str | None = None
-    #: :meth:`maxsim.model.ColBERT.digest` of the model that encoded the documents
-    model_digest: str | None = None
-    model_settings: dict | None = None
-    #: documents longer than ``max_document_tokens`` are split into chunks (else truncated)
-    split_documents: bool = True
-    max_document_tokens: int = Field(description="Split documents into chunks of at most this many tokens "
-                                     "[default: the model's doc_maxlen].")
-    #: the seed of the centroids' k-means
-    seed: int = 0
-    #: the precision documents were encoded in (``bfloat16``, ``float32``, ``bfloat16 autocast``)
-    encoded_in: str | None = None
-    #: (:mod:`maxsim.index.pooling`; documents added later are pooled the same way)
-    pool_factor: int = Field(1, ge=1, description="Token pooling: store about 1/N of each chunk's vectors, "
-                             "clustered and mean-pooled (as PyLate's pool_factor; 1: none).")
-    #: the language of the BM25 side (:mod:`maxsim.index.postings`) kept for hybrid search; None:
-    #: the index has none (built before maxsim kept one, or without it): ``maxsim index add-bm25``
-    bm25_language: str | None = None
-
-
-#: the BM25 side's language of a new index
-DEFAULT_BM25_LANGUAGE = DEFAULT_LANGUAGE
-
-
-def default(setting: str):
-    """The default of one of :class:`IndexSettings`' fields, declared there once.
-
-    >>> default("nbits"), default("pool_factor")
-    (2, 1)
-    """
-    return IndexSettings.model_fields[setting].default
 
 
 def is_index(path: str | Path) -> bool:

@@ -24,8 +24,10 @@ CARD_FILE = "README.md"
 #: beside a trained model: what its card says about the run
 TRAINING_FILE = "maxsim_training.json"
 
-#: the hub's tags for this kind of model (PyLate's cards use the same words)
-TAGS = ["ColBERT", "late-interaction", "maxsim", "sentence-transformers", "sentence-similarity"]
+#: the hub's tags for this kind of model (PyLate's cards use the same words); only PyLate's
+#: folders load through sentence-transformers, so only they are tagged with it
+TAGS = ["ColBERT", "late-interaction", "maxsim", "sentence-similarity"]
+TAGS_OF_FORMAT = {"maxsim": TAGS, "stanford": TAGS, "pylate": [*TAGS, "sentence-transformers", "PyLate"]}
 
 #: how each folder format is loaded, by library
 LOADING = {
@@ -63,7 +65,7 @@ def model_card(settings: ColBERTSettings, folder_format: str = "maxsim", trainin
     """The README.md text of a model folder of ``folder_format`` (maxsim, pylate or stanford)."""
     header: dict = {"library_name": "maxsim" if folder_format == "maxsim" else
                     {"pylate": "PyLate", "stanford": "colbert-ai"}[folder_format],
-                    "tags": TAGS, "pipeline_tag": "sentence-similarity"}
+                    "tags": TAGS_OF_FORMAT[folder_format], "pipeline_tag": "sentence-similarity"}
     if hub_name(settings.base_model):
         header["base_model"] = hub_name(settings.base_model)
     if training is not None and training.dev_metrics:
@@ -76,7 +78,8 @@ def model_card(settings: ColBERTSettings, folder_format: str = "maxsim", trainin
              _summary(settings, training), ""]
     if training is not None:
         parts += _training_sections(training)
-    parts += ["## Model settings", "", "```json", json.dumps(settings.model_dump(), indent=2, sort_keys=True), "```",
+    public = {**settings.model_dump(), "base_model": public_name(settings.base_model)}
+    parts += ["## Model settings", "", "```json", json.dumps(public, indent=2, sort_keys=True), "```",
               "", *_loading(folder_format)]
     return "\n".join(parts).rstrip() + "\n"
 
@@ -98,6 +101,20 @@ def hub_name(base_model: str) -> str | None:
     return None
 
 
+def public_name(value):
+    """What a card may say of a path or name: the hub's name, or for a local path only its last
+    part, so that a card published with ``maxsim push`` tells nothing of the machine it was made on.
+
+    >>> public_name("/home/me/runs/run/best"), public_name("colbert-ir/colbertv2.0"), public_name(3)
+    ('best', 'colbert-ir/colbertv2.0', 3)
+    """
+    if not isinstance(value, str) or not value:
+        return value
+    if hub_name(value):
+        return hub_name(value)
+    return Path(value).name if Path(value).is_absolute() or Path(value).exists() else value
+
+
 def write_model_card(folder: str | Path, settings: ColBERTSettings, folder_format: str = "maxsim",
                      training: Training | None = None) -> Path:
     """Write :func:`model_card` as ``folder/README.md`` (atomically); returns its path."""
@@ -112,7 +129,8 @@ def _summary(settings: ColBERTSettings, training: Training | None) -> str:
             f"match among its tokens (MaxSim). Queries are {settings.query_maxlen} tokens, passages up to "
             f"{settings.doc_maxlen}.")
     if settings.base_model:
-        text += f" Encoder: `{settings.base_model}`."
+        local = "" if hub_name(settings.base_model) else " (a local folder)"
+        text += f" Encoder: `{public_name(settings.base_model)}`{local}."
     if training is not None:
         how = (f"chosen on the dev set by {training.metric}" if training.best and training.metric else
                "a checkpoint of the run, not chosen on a dev set")
@@ -178,9 +196,9 @@ def _plain(value):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if value is None or isinstance(value, (bool, int, float)):
         return value
-    return str(value)
+    return public_name(str(value))
 
 
 def save_training(folder: str | Path, training: Training) -> None:

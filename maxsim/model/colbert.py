@@ -58,6 +58,18 @@ class ColBERT(nn.Module):
         self.tokens = ColBERTTokenizer(tokenizer, settings)
         #: the folder (or hub name) the weights were loaded from; None for a model built in memory
         self.source: str | None = None
+        #: whether its projection was made here, untrained (a plain encoder, or ``base``): its
+        #: scores are near random until it is trained
+        self.untrained = False
+        self._told_untrained = False
+
+    def warn_if_untrained(self, what: str) -> None:
+        """Log once per model that ``what`` (searching, scoring) uses an untrained projection, and the fix."""
+        if self.untrained and not self._told_untrained:
+            self._told_untrained = True
+            logger.warning("%s with %s, whose ColBERT projection is new and untrained: its rankings are near random. "
+                           "Fix: train it first (maxsim train), or load a trained ColBERT checkpoint, such as "
+                           "answerdotai/answerai-colbert-small-v1", what, self.source or "a model in memory")
 
     @property
     def query_marker_id(self) -> int:
@@ -83,7 +95,7 @@ class ColBERT(nn.Module):
         """Load a ColBERT checkpoint, or start from any Hugging Face encoder.
 
         ``name_or_path``: a folder or a hub name (found in the local Hugging Face cache, else
-        downloaded); ``None`` loads the default base model (MiniLM-L6). A checkpoint in maxsim's,
+        downloaded); ``None`` or ``"base"`` loads the default base model (MiniLM-L6). A checkpoint in maxsim's,
         Stanford colbert-ai's or PyLate's format (:func:`~maxsim.model.formats.detect_format`)
         keeps its projection and every setting that changes encoding (lengths, markers, query
         expansion, skiplist); ``dim``, if given, must agree with it, and lengths given here
@@ -91,6 +103,8 @@ class ColBERT(nn.Module):
         (default 128), initialised from ``seed``. ``device``: None keeps it on the CPU; ``auto``,
         ``cpu``, ``cuda`` or ``cuda:N`` as :func:`~maxsim.model.checkpoint.pick_device` reads them.
         """
+        if name_or_path is not None and str(name_or_path) == "base" and not Path("base").exists():
+            name_or_path = None  # (the command line's name for the bundled MiniLM)
         path = resolve_model_path(name_or_path) if name_or_path is not None else default_base_model()
         source = str(path.resolve()) if Path(name_or_path or path).is_dir() else str(name_or_path)
         overrides = {
@@ -106,7 +120,7 @@ class ColBERT(nn.Module):
             encoder, tokenizer, settings, projection = _read_colbert(path, found, source, dim, overrides)
         check_fits(path, settings, projection, encoder)
         model = cls(encoder, tokenizer, settings, projection)
-        model.source = source
+        model.source, model.untrained = source, found is None
         if device is not None:
             model.to(pick_device(device))
         return model

@@ -16,7 +16,6 @@ from maxsim.inputs import DEFAULT_K, check_k, checked_queries
 from maxsim.limits import check_name
 from maxsim.model import ColBERT
 from maxsim.model.checkpoint import resolve_model_path
-from maxsim.model.formats import detect_format
 from maxsim.ragatouille.side_files import refresh_side_files, write_side_files
 from maxsim.ranking import Hit
 from maxsim.retriever import Retriever
@@ -54,11 +53,8 @@ class RAGPretrainedModel:
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, n_gpu: int = -1, verbose: int = 1,
                         index_root: str | None = None) -> RAGPretrainedModel:
         """A ColBERT checkpoint (maxsim, colbert-ai or PyLate format, a folder or a hub name); a
-        plain encoder gets a new projection, with a warning that it is untrained."""
+        plain encoder gets a new projection, with a warning that it is untrained (:class:`Retriever`'s)."""
         path = resolve_model_path(pretrained_model_name_or_path)
-        if detect_format(path) is None:
-            logger.warning("%s is not a ColBERT checkpoint: it gets a new, untrained projection (train it first, "
-                           "or load a ColBERT checkpoint)", pretrained_model_name_or_path)
         return cls(Retriever(ColBERT.from_pretrained(path, device=_device(n_gpu))), index_root)
 
     @classmethod

@@ -18,7 +18,7 @@ from maxsim.data.mining import BM25_LANGUAGES
 from maxsim.data.prepare import prepare_training_data
 from maxsim.data.training_folder import TrainingData
 from maxsim.errors import SettingsError
-from maxsim.index.manifest import default
+from maxsim.index_settings import default
 from maxsim.lexical import DEFAULT_LANGUAGE
 from maxsim.model.checkpoint import resolve_model_path
 from maxsim.model.formats import detect_format

@@ -102,6 +102,11 @@ class IndexWorker:
 
     def _serve(self) -> None:
         self._warm_up()
+        try:
+            held = f"{self.retriever.backend.location}, {self.retriever.document_count()} documents"
+        except Exception as err:  # noqa: BLE001 - the service answers anyway; its requests meet the error
+            held = f"the documents cannot be counted: {err}"
+        logger.info("ready: searches are answered at speed (%s)", held)
         self.ready.set()
         held: _Search | _Job | None = None  # a job taken while gathering a batch: it runs next
         expected = 1  # requests the last batch answered: under load, their clients come back together
@@ -224,10 +229,10 @@ def _settle(future: Future, run: Callable[[], Any]) -> None:
         future.set_exception(err)
 
 
-def load_retriever(index: str | Path) -> Retriever:
-    """``Retriever.from_index(index)`` run in a thread that then ends, so that the thread that
+def load_retriever(index: str | Path, device: str | None = None, allow_model_mismatch: bool = False) -> Retriever:
+    """``Retriever.from_index(index, ...)`` run in a thread that then ends, so that the thread that
     loads leaves no OpenMP pool behind (see :class:`IndexWorker`): for ``maxsim serve`` and for
     anyone building the app with :func:`create_app`."""
     with ThreadPoolExecutor(1) as loader:
-        return loader.submit(Retriever.from_index, index).result()
+        return loader.submit(Retriever.from_index, index, None, device, allow_model_mismatch).result()
 

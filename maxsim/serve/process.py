@@ -16,6 +16,7 @@ from maxsim.serve.batching import load_retriever
 
 #: how ``maxsim serve --workers N`` tells each worker process what to serve
 ENV_INDEX, ENV_API_KEY, ENV_READ_ONLY = "MAXSIM_SERVE_INDEX", "MAXSIM_SERVE_API_KEY", "MAXSIM_SERVE_READ_ONLY"
+ENV_DEVICE, ENV_ALLOW_MISMATCH = "MAXSIM_SERVE_DEVICE", "MAXSIM_SERVE_ALLOW_MODEL_MISMATCH"
 
 
 #: glibc's largest mmap threshold (64-bit), and a trim threshold far above what a search frees
@@ -44,7 +45,8 @@ def app_from_environment() -> FastAPI:
     ``MAXSIM_SERVE_INDEX``. Workers share the index on disk: a write takes the index's writer
     lock and every search picks up the newest version first."""
     keep_freed_memory()
-    retriever = load_retriever(os.environ[ENV_INDEX])
+    retriever = load_retriever(os.environ[ENV_INDEX], os.environ.get(ENV_DEVICE) or None,
+                               os.environ.get(ENV_ALLOW_MISMATCH) == "1")
     return create_app(retriever, api_key=os.environ.get(ENV_API_KEY) or None,
                       read_only=os.environ.get(ENV_READ_ONLY) == "1")
 
