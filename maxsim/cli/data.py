@@ -15,7 +15,7 @@ from maxsim.data.settings import PrepareSettings
 
 @app.command()
 @with_options(
-    parameter("inputs", Annotated[list[Path], typer.Argument(help="Files (.jsonl, .csv, .tsv, .parquet) of pairs, labelled pairs or triplets, and/or BEIR folders.", show_default=False, metavar="INPUT")], positional=True),
+    parameter("inputs", Annotated[list[Path], typer.Argument(help="Files (.jsonl, .csv, .tsv, .parquet) of pairs, labelled pairs or triplets, and/or BEIR folders (or a BEIR dataset's name, fetched by maxsim download).", show_default=False, metavar="INPUT")], positional=True),
     parameter("output", Annotated[Path, typer.Option(help="Training-data folder to write (queries.jsonl, corpus.jsonl, triples.jsonl, manifest.json).")]),
     parameter("corpus", Annotated[list[Path] | None, typer.Option(help="Extra documents (a corpus.jsonl, a table with a 'text' column, or a BEIR folder), only candidates for negatives. Repeatable.", metavar="<path>")], None),
     parameter("queries", Annotated[Path | None, typer.Option(help="colbert-ai's queries.tsv, for inputs that are colbert-ai triples ([qid, pid, ...] or [qid, [pid, score], ...] lines).")], None),
@@ -26,12 +26,14 @@ from maxsim.data.settings import PrepareSettings
 def prepare(inputs: list[Path], output: Path, corpus: list[Path] | None, queries: Path | None,
             collection: Path | None, device: str, **settings) -> None:
     """Turn pairs, labelled pairs, triplets or a BEIR folder into a checked training folder."""
+    from maxsim.data.datasets import resolve
     from maxsim.data.prepare import prepare_training_data
 
     quiet_libraries()
     with one_line_errors():
         options = PrepareSettings.checked(**{k: v for k, v in settings.items() if v is not None}).model_dump()
-        manifest = prepare_training_data(list(inputs), output, corpus=list(corpus or []), colbert_queries=queries,
+        inputs = [resolve(path) for path in inputs]  # (a dataset's name: its folder in the cache)
+        manifest = prepare_training_data(inputs, output, corpus=list(corpus or []), colbert_queries=queries,
                                          colbert_collection=collection, device=device, **options)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # (under torchrun rank 0 writes and reports)
@@ -68,3 +70,17 @@ def score(
         score_training_folder(data, teacher, output, candidates, batch_size, chunk_lines, device=device)
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(str(output))
+
+
+@app.command()
+def download(
+    name: Annotated[str, typer.Argument(help="A BEIR dataset's name: scifact, nfcorpus, fiqa, arguana, msmarco, ...", show_default=False)],
+    source: Annotated[Path | None, typer.Option("--from", help="Import this local copy (a BEIR folder, or its zip) instead of downloading.", show_default=False)] = None,
+) -> None:
+    """Fetch a BEIR dataset into the cache (checked against BEIR's md5) and print its folder;
+    then prepare, train --dev-data and eval --data take its name."""
+    from maxsim.data.datasets import download as fetch
+
+    quiet_libraries()
+    with one_line_errors():
+        typer.echo(str(fetch(name, source)))

@@ -24,7 +24,7 @@ from maxsim.cli.common import (
 
 @app.command("eval")
 def evaluate(
-    data: Annotated[Path, typer.Option(help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.")],
+    data: Annotated[Path, typer.Option(help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv), or a BEIR dataset's name (fetched by maxsim download).")],
     model: Annotated[str | None, typer.Option(help="A maxsim checkpoint folder, a base model folder, 'base' (the untrained bundled MiniLM) or 'bm25' (the BM25 baseline) [default: with --index, the model that built it].")] = None,
     index: Annotated[Path | None, typer.Option(help="Search through this index (made by maxsim index from the same corpus) instead of exact MaxSim over every document.")] = None,
     split: Annotated[str, typer.Option(help="qrels split to evaluate.")] = "test",
@@ -47,6 +47,7 @@ def evaluate(
     """
     import json
 
+    from maxsim.data.datasets import resolve
     from maxsim.evaluation import evaluate_beir, write_trec_run
     from maxsim.files import atomic_write_text
     from maxsim.index import read_settings
@@ -62,6 +63,7 @@ def evaluate(
         settings = hybrid_from(hybrid, fusion, fusion_weight, rrf_k, hybrid_depth)
         if settings is not None and index is None:
             fail("--hybrid searches an index: give --index (built by maxsim index, which keeps a BM25 side)")
+        data = resolve(data)  # (a dataset's name: its folder in the cache)
         metrics, run = evaluate_beir(model, data, split, k, drop_self_hits, batch_size, progress=True, index=index,
                                      strict=strict, trec_output=output is not None,
                                      allow_model_mismatch=allow_model_mismatch, device=device, hybrid=settings)

@@ -29,6 +29,11 @@ def train(config: Path | None, resume: bool, **values) -> None:
     from maxsim.training import Trainer
 
     output = values.get("output")
+    if values.get("dev_data") is not None:
+        from maxsim.data.datasets import resolve
+
+        with one_line_errors():
+            values["dev_data"] = resolve(values["dev_data"])  # (a dataset's name: its folder in the cache)
     if config is None and resume and output is not None and (output / "config.yaml").is_file():
         config = output / "config.yaml"  # a resume continues the run as it was set up
     try:

@@ -66,8 +66,8 @@ class TrainConfig(BaseModel):
     eval_every: int | None = Field(
         None, gt=0, description="Validate every N steps (always at the end, when there is a dev set).")
     dev_data: Path | None = Field(
-        None, description="BEIR folder whose --dev-split queries validate the run [default: DATA/dev when "
-        "maxsim prepare wrote one].")
+        None, description="BEIR folder (or a BEIR dataset's name) whose --dev-split queries validate the run "
+        "[default: DATA/dev when maxsim prepare wrote one].")
     dev_split: str = Field("dev", description="qrels split of --dev-data.")
     dev_fraction: float | None = Field(
         None, gt=0, lt=1, description="Hold out this share of training queries (chosen by --seed) for validation.")
