@@ -69,7 +69,7 @@ IndexFolder = Annotated[Path, typer.Argument(help="Index folder made by maxsim i
 
 @index_app.command("build")
 def build(
-    corpus: Annotated[Path, typer.Argument(help="A corpus.jsonl (_id, title, text) or a BEIR folder.", show_default=False)],
+    corpus: Annotated[Path, typer.Argument(help="A corpus.jsonl (_id, title, text, metadata), a BEIR folder, or a BEIR dataset's name (fetched by maxsim download).", show_default=False)],
     model: Annotated[str, typer.Option(help="maxsim checkpoint folder (or 'base' for the untrained bundled MiniLM).", show_default=False)],
     output: Annotated[Path | None, typer.Option(help="Index folder to write.", show_default=False)] = None,
     nbits: option_for(IndexSettings, "nbits") = default("nbits"),
@@ -120,8 +120,10 @@ def _corpus(corpus: Path):
     """The documents of a corpus.jsonl (or a BEIR folder's), every line checked now; the texts
     are read shard by shard as they are encoded."""
     from maxsim.data.corpus_file import CorpusFile
+    from maxsim.data.datasets import resolve
     from maxsim.data.errors import DataError
 
+    corpus = resolve(corpus)  # (a dataset's name: its folder in the cache)
     path = corpus / "corpus.jsonl" if corpus.is_dir() else corpus
     docs = CorpusFile(path)
     if not len(docs):

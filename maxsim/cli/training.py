@@ -14,7 +14,7 @@ from maxsim.cli.options import options_from, parameter, with_options
 from maxsim.errors import validation_message
 from maxsim.training.config import TrainConfig
 
-#: flags whose name is not the field's (RAGatouille's and the README's spelling)
+#: flags whose name is not the field's (RAGatouille's spelling)
 TRAIN_FLAGS = {"use_ib_negatives": "ib_negatives"}
 
 

@@ -4,7 +4,7 @@ As PyLate's ``pool_factor`` (after Answer.AI's "token pooling", 2024): a chunk's
 its first (the [CLS] token) left as it is, are clustered hierarchically (Ward linkage, scipy)
 into ``len // factor`` clusters; each cluster becomes the mean of its vectors, renormalised to
 unit length. Factor 2 halves the vectors an index stores, with little loss in retrieval
-quality (the README's table has SciFact's figures); factor 1 leaves them as they are.
+quality (docs/indexes.md has SciFact's figures); factor 1 leaves them as they are.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from maxsim.files import atomic_write_text
-from maxsim.model.checkpoint import default_base_model
+from maxsim.model.checkpoint import bundled_base_model
 from maxsim.model.settings import ColBERTSettings
 
 CARD_FILE = "README.md"
@@ -94,7 +94,7 @@ def hub_name(base_model: str) -> str | None:
     ``base_model`` out, since the hub accepts only its own names there)."""
     if not base_model:
         return None
-    if Path(base_model) == Path(default_base_model()):
+    if Path(base_model) == Path(bundled_base_model()):
         return BUNDLED_BASE_MODEL
     if re.fullmatch(r"[\w.-]+/[\w.-]+", base_model) and not Path(base_model).exists():
         return base_model

