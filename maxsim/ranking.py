@@ -71,14 +71,18 @@ class Hit:
     metadata: dict | None
     maxsim_score: float | None = None
     bm25_score: float | None = None
+    #: the chunk's place among its document's chunks (0: the first), and its characters
+    #: ``[start, end)`` in the document's text (:meth:`maxsim.Retriever.document` gives the whole)
+    chunk: int | None = None
+    start: int | None = None
+    end: int | None = None
 
     def to_dict(self) -> dict:
         """The hit as a dict (its metadata the same object, not a copy); the component scores
-        only where the search had them."""
+        and the chunk's place only where the search had them."""
         out = {"document_id": self.document_id, "score": self.score, "rank": self.rank, "content": self.content,
                "metadata": self.metadata}
-        if self.maxsim_score is not None:
-            out["maxsim_score"] = self.maxsim_score
-        if self.bm25_score is not None:
-            out["bm25_score"] = self.bm25_score
+        for name in ("maxsim_score", "bm25_score", "chunk", "start", "end"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         return out

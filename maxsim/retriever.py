@@ -28,7 +28,7 @@ from maxsim.backends.qdrant import (
     fill_collection,
     open_collection,
 )
-from maxsim.errors import SettingsError
+from maxsim.errors import SettingsError, UnknownIdError
 from maxsim.fusion import Hybrid, hybrid_settings
 from maxsim.in_memory import EncodedSet, rerank
 from maxsim.index import IndexData, IndexLoadError
@@ -59,7 +59,7 @@ class Retriever:
         self.model_path = model_path if model_path is not None else model.source
         self._encoded = EncodedSet()
         self.encoder = TextEncoder(model)
-        model.warn_if_untrained("searching")
+        model.warn_if_untrained("indexing or searching")
         if backend is not None:
             check_dim(backend, model)
 
@@ -285,10 +285,9 @@ class Retriever:
         """Hybrid search of queries (``texts``) already encoded (``q_vectors`` (Q, Lq, dim),
         ``q_mask`` (Q, Lq)), fused as ``settings`` say (:func:`maxsim.fusion.fuse`); the hits
         carry both component scores."""
-        backend = self._require_backend()
-        ranking, components = backend.search_hybrid(texts, q_vectors, q_mask, k, settings, filter, ncells, threshold,
-                                                    ndocs)
-        return self.hits(ranking, backend, components=components)
+        found = self._require_backend().search_hybrid(texts, q_vectors, q_mask, k, settings, filter, ncells,
+                                                       threshold, ndocs)
+        return self.hits(found[0], components=found[1])
 
     def search_bm25(self, queries: str | Sequence[str], k: int = DEFAULT_K, filter: Mapping | None = None):
         """The ``k`` best documents for each query by BM25 alone, over the index's BM25 side
@@ -309,7 +308,7 @@ class Retriever:
         documents, and ``content`` is the whole text); ``components``: a hybrid search's (MaxSim,
         BM25) scores of each item, per query."""
         backend = backend if backend is not None else self._require_backend()
-        results = [[Hit(p.document_id, score, rank, p.content, p.metadata)
+        results = [[Hit(p.document_id, score, rank, p.content, p.metadata, chunk=p.chunk, start=p.start, end=p.end)
                     for rank, (p, score) in enumerate(zip(passages, ranking.row(i)[1].tolist()), start=1)]
                    for i, passages in enumerate(backend.passages(ranking, whole))]
         for row, (maxsim_part, bm25_part) in zip(results, components or []):
@@ -317,13 +316,14 @@ class Retriever:
                 hit.maxsim_score, hit.bm25_score = float(m), float(b)
         return results
 
-    def exact_scores_of(self, q_vectors: torch.Tensor, q_mask: torch.Tensor, chunk_ids: Sequence[int]) -> torch.Tensor:
-        """Exact MaxSim of one encoded query ((1, Lq, dim), (1, Lq)) with some chunks of the
-        index, from their decompressed vectors: (n,) float32."""
-        backend = self._require_backend()
-        if not isinstance(backend, LocalIndex):
-            raise SettingsError(f"exact scores of chunks need maxsim's own index, not a {backend.kind} backend")
-        return backend.exact_scores(q_vectors, q_mask, chunk_ids)
+    def document(self, document_id: str) -> dict:
+        """A document's whole text and metadata, ``{"id", "content", "metadata"}`` (a hit is one of its
+        chunks: ``hit.chunk``, ``hit.start``, ``hit.end``); an id not held is an UnknownIdError."""
+        (wanted,) = checked_ids([document_id])
+        found = self._require_backend().document(wanted)
+        if found is None:
+            raise UnknownIdError(f"not in the index: {wanted!r}")
+        return {"id": found.document_id, "content": found.content, "metadata": found.metadata}
 
     # ------------------------------------------------------------------ in memory
     def rerank(self, query: str, documents: Sequence[str], k: int | None = None) -> list[Hit]:

@@ -254,3 +254,24 @@ def test_an_untrained_projection_is_said_once_with_the_fix(tiny_model_dir, caplo
     assert len(said) == 1 and "maxsim train" in said[0] and "answerai-colbert-small-v1" in said[0]
     assert not ColBERT.from_pretrained(model.save(tmp_path / "saved-colbert")).untrained
     assert ColBERT.from_pretrained("base").untrained  # "base" is the bundled MiniLM everywhere
+
+
+def test_a_hit_says_which_chunk_of_its_document_it_is(tiny_model_dir, tmp_path):
+    from maxsim.errors import UnknownIdError
+    from maxsim.model import ColBERT
+
+    retriever = Retriever(ColBERT.from_pretrained(tiny_model_dir, dim=16, doc_maxlen=24))
+    long_text = " ".join(f"sentence {i} about tides and the moon." for i in range(30))
+    retriever.index([long_text, "a short note on volcanoes"], path=tmp_path / "ix", document_ids=["long", "short"],
+                    metadata=[{"kind": "long"}, None])
+    hits = retriever.search("sentence 20 about tides", k=2)
+    for hit in hits:
+        whole = retriever.document(hit.document_id)["content"]
+        assert whole[hit.start : hit.end] == hit.content and hit.chunk >= 0
+    chunks = {h.chunk for h in retriever.search("tides", k=1)}
+    assert chunks <= set(range(30))
+    assert retriever.document("long") == {"id": "long", "content": long_text, "metadata": {"kind": "long"}}
+    with pytest.raises(UnknownIdError):
+        retriever.document("nobody")
+    places = retriever.index_data.chunk_places(np.arange(retriever.index_data.n_chunks))
+    assert (places == 0).sum() == 2 and places.max() >= 1  # each document's first chunk is 0; "long" has more

@@ -47,7 +47,7 @@ def test_shards_and_segments_rank_like_one_search(retriever, tmp_path, monkeypat
     for query, hits in zip(QUERIES, r.search(QUERIES, k=len(DOCS))):
         assert sorted(h.document_id for h in hits) == sorted(IDS)  # every document, once
         q, m = r.query_vectors([query])
-        scores = r.exact_scores_of(q, m, np.arange(data.n_chunks))
+        scores = r.backend.exact_scores(q, m, np.arange(data.n_chunks))
         best = {}
         for chunk, score in zip(data.chunk_documents(np.arange(data.n_chunks)).tolist(), scores.tolist()):
             best[chunk] = max(best.get(chunk, -1e9), score)

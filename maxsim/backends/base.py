@@ -44,11 +44,16 @@ class Chunking:
 @dataclass
 class Passage:
     """What a ranked item is: its document's id, the matching text (a chunk's, or the whole
-    document's) and the document's metadata."""
+    document's) and the document's metadata; for a chunk, its place among the document's chunks
+    (``chunk``, from 0) and its characters in the document's text (``start``, ``end``) where the
+    backend keeps them."""
 
     document_id: str
     content: str
     metadata: dict | None
+    chunk: int | None = None
+    start: int | None = None
+    end: int | None = None
 
 
 @dataclass
@@ -125,6 +130,9 @@ class Backend(Protocol):
 
     def passages(self, ranking: Ranking, whole: bool = False) -> list[list[Passage]]:
         """Each ranked item as a :class:`Passage` (``whole``: the ranking is of documents, not chunks)."""
+
+    def document(self, document_id: str) -> Passage | None:
+        """A document's whole text and metadata (None: not held)."""
 
     def prepare(self, encoded: EncodedDocuments) -> EncodedDocuments:
         """What can be done for an add before its write (compression, say), outside any lock."""

@@ -156,6 +156,7 @@ class LocalIndex:
         items = np.concatenate([np.zeros(0, dtype=np.int64), *(np.asarray(r, dtype=np.int64) for r in rows)])
         owners = items if whole else data.chunk_documents(items)
         spans = None if whole else data.chunk_spans(items).tolist()
+        places = None if whole else data.chunk_places(items).tolist()
         wanted = np.unique(owners)
         record_of = dict(zip(wanted.tolist(), data.documents_at(wanted.tolist())))  # one lookup per document
         out, at = [], 0
@@ -163,11 +164,22 @@ class LocalIndex:
             found = []
             for _ in range(len(row)):
                 record = record_of[int(owners[at])]
-                content = record["content"] if whole else record["content"][spans[at][0] : spans[at][1]]
-                found.append(Passage(record["id"], content, _returnable(record)))
+                if whole:
+                    found.append(Passage(record["id"], record["content"], _returnable(record)))
+                else:
+                    start, end = spans[at]
+                    found.append(Passage(record["id"], record["content"][start:end], _returnable(record), places[at],
+                                         start, end))
                 at += 1
             out.append(found)
         return out
+
+    def document(self, document_id: str) -> Passage | None:
+        position = self.data.positions_of([document_id]).get(document_id)
+        if position is None:
+            return None
+        (record,) = self.data.documents_at([position])
+        return Passage(record["id"], record["content"], _returnable(record))
 
     # ------------------------------------------------------------------ writing
     def prepare(self, encoded: EncodedDocuments) -> EncodedDocuments:

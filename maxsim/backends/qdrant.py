@@ -70,7 +70,7 @@ class QdrantBackend:
         items, rows = [], []
         for row in found:
             rows.append((list(range(len(items), len(items) + len(row))), [score for _, score, _ in row]))
-            items.extend(Passage(d, p.get("content", ""), p.get("metadata")) for d, _, p in row)
+            items.extend(Passage(d, p.get("content", ""), p.get("metadata"), p.get("chunk")) for d, _, p in row)
         ranking = Ranking.from_rows(rows, k)
         ranking.items = items
         return ranking
@@ -87,6 +87,10 @@ class QdrantBackend:
 
     def passages(self, ranking: Ranking, whole: bool = False) -> list[list[Passage]]:
         return [[ranking.items[p] for p in ranking.row(i)[0].tolist()] for i in range(len(ranking))]
+
+    def document(self, document_id: str) -> Passage | None:
+        raise SettingsError("a document's whole text is kept by maxsim's own index; a Qdrant collection holds its "
+                            "chunks, each hit's content")
 
     def prepare(self, encoded: EncodedDocuments) -> EncodedDocuments:
         self._refuse_present(encoded.records)

@@ -116,3 +116,4 @@ def quiet_libraries() -> None:
     for handler in logging.getLogger().handlers:  # (bm25s sets its own logger to DEBUG when imported)
         handler.addFilter(lambda record: not record.name.startswith("bm25s") or record.levelno >= logging.WARNING)
     hf_logging.set_verbosity_error()
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # (its loader logs each CPU feature it tries, as INFO)

@@ -199,7 +199,7 @@ class IndexMiner:
         assert self._queries is not None, "call rank() first"
         vectors, mask = self._queries
         q = slice(query_index, query_index + 1)
-        return self.retriever.exact_scores_of(vectors[q], mask[q], positions).numpy()
+        return self.retriever.backend.exact_scores(vectors[q], mask[q], positions).numpy()
 
 
 def _deepest(k: int | Sequence[int]) -> int:

@@ -56,8 +56,10 @@ def train_centroids(vectors: np.ndarray, k: int, seed: int = 0, max_points_per_c
     sample = np.ascontiguousarray(sample, dtype=np.float32)
     if k >= SEARCHED_KMEANS_FROM:
         return searched_kmeans(sample, k, seed, niter)
+    # (min_points_per_centroid only decides whether faiss prints a warning about a small sample;
+    # the sample is small on purpose, so it is kept quiet)
     kmeans = faiss.Kmeans(vectors.shape[1], k, niter=niter, seed=seed, spherical=True, verbose=False,
-                          max_points_per_centroid=max_points_per_centroid)
+                          max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=1)
     kmeans.train(sample)
     return kmeans.centroids.astype(np.float32)
 

@@ -181,6 +181,14 @@ class IndexData:
             out[where] = self.segments[s].spans[local]
         return out
 
+    def chunk_places(self, chunk_ids: np.ndarray) -> np.ndarray:
+        """(n,) int64 each chunk's place among its document's chunks (0: the first)."""
+        out = np.zeros(len(chunk_ids), dtype=np.int64)
+        for s, where, local in self.split(chunk_ids, self.chunk_base):
+            segment = self.segments[s]
+            out[where] = local - segment.first_chunks[np.asarray(segment.chunk_docs[local], dtype=np.int64)]
+        return out
+
     def chunks_of(self, positions: Sequence[int]) -> np.ndarray:
         """(n,) int64 numbers of every chunk of some documents, ascending."""
         parts = [np.zeros(0, dtype=np.int64)]

@@ -126,8 +126,10 @@ class ColBERTTokenizer:
         suffix = empty[len(prefix):]
         marker = self.document_marker_id
         window = max(1, max_tokens - (marker is not None) - len(empty))
+        # (verbose=False: the tokenizer's warning about texts longer than the model takes does not
+        # apply, since they are cut into windows here)
         encoded = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True,
-                                 return_attention_mask=False, return_token_type_ids=False)
+                                 return_attention_mask=False, return_token_type_ids=False, verbose=False)
         out = []
         for text, ids, offsets in zip(texts, encoded["input_ids"], encoded["offset_mapping"]):
             pieces = []

@@ -9,7 +9,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import generate_latest
 
-from maxsim.errors import MaxsimError
+from maxsim.errors import MaxsimError, UnknownIdError
 from maxsim.fusion import Hybrid
 from maxsim.inputs import DEFAULT_K
 from maxsim.limits import check_query
@@ -60,6 +60,15 @@ def add_search_routes(app: FastAPI, retriever: Retriever, worker: IndexWorker) -
         if not 1 <= k <= MAX_K:
             raise HTTPException(422, f"k must be between 1 and {MAX_K}")
         return JSONResponse({"results": await run_search([q], k)})
+
+    @app.get("/documents/{document_id}")
+    def document(document_id: str):
+        """A document's whole text and metadata, ``{"id", "content", "metadata"}`` (a hit is one of
+        its chunks); 404 for an id the index does not hold."""
+        try:
+            return retriever.document(document_id)
+        except UnknownIdError as err:
+            raise HTTPException(404, str(err.args[0] if err.args else err)) from None
 
 
 def add_document_routes(app: FastAPI, retriever: Retriever, worker: IndexWorker, writer: ThreadPoolExecutor,
