@@ -67,7 +67,7 @@ def test_index_and_search_commands(tmp_path, tiny_model_dir):
     assert found.exit_code == 0, found.output
     hits = json.loads(found.stdout.strip().splitlines()[-1])
     assert [h["rank"] for h in hits] == [1, 2, 3]
-    assert set(hits[0]) == {"document_id", "score", "rank", "content", "metadata"}
+    assert set(hits[0]) == {"document_id", "score", "rank", "content", "metadata", "chunk", "start", "end"}
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
     # the folder holding corpus.jsonl is a BEIR folder once it has queries and qrels
     (tmp_path / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": f"topic number {i}"}) + "\n" for i in range(10)))

@@ -9,6 +9,7 @@ Split so that training can tokenise every text once and pad cached ids per batch
 
 from __future__ import annotations
 
+import bisect
 import logging
 import string
 from collections.abc import Sequence
@@ -116,8 +117,13 @@ class ColBERTTokenizer:
     def document_chunks(self, texts: Sequence[str], split: bool = True,
                         max_tokens: int | None = None) -> list[list[Chunk]]:
         """Each document as chunks of at most ``max_tokens`` tokens (default ``doc_maxlen``), markers
-        and special tokens included, back to back without overlap, with the character span each
-        covers. With ``split=False`` each document is one chunk, truncated as :meth:`documents`."""
+        and special tokens included, with the character span each covers. With ``split=False``
+        each document is one chunk, truncated as :meth:`documents`.
+
+        A chunk ends where a word ends (never inside one, unless a single word is longer than a
+        chunk), and the next one starts :func:`overlap_of` tokens before it ends, at a word's
+        start: a sentence that a cut would halve is whole in one of the two chunks, which a
+        document's best chunk then finds (12.5% more tokens stored, at most 32 a cut)."""
         if not split:
             return [[(ids, (0, len(text)))] for ids, text in zip(self.documents(texts), texts)]
         max_tokens = max_tokens or self.settings.doc_maxlen
@@ -131,14 +137,13 @@ class ColBERTTokenizer:
         encoded = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True,
                                  return_attention_mask=False, return_token_type_ids=False, verbose=False)
         out = []
-        for text, ids, offsets in zip(texts, encoded["input_ids"], encoded["offset_mapping"]):
-            pieces = []
-            for start in range(0, max(1, len(ids)), window):
-                piece = ids[start : start + window]
-                full = self.with_marker(prefix + piece + suffix, marker)
-                span = (offsets[start][0], offsets[min(start + window, len(ids)) - 1][1]) if piece else (0, len(text))
-                pieces.append((full, span))
-            out.append(pieces)
+        for i, (text, ids, offsets) in enumerate(zip(texts, encoded["input_ids"], encoded["offset_mapping"])):
+            if not ids:
+                out.append([(self.with_marker(prefix + suffix, marker), (0, len(text)))])
+                continue
+            starts = word_starts(encoded.word_ids(i)) if encoded.is_fast else list(range(len(ids)))
+            out.append([(self.with_marker(prefix + ids[a:b] + suffix, marker), (offsets[a][0], offsets[b - 1][1]))
+                        for a, b in windows(starts, len(ids), window, overlap_of(window))])
         return out
 
     def pad_queries(self, token_ids: Sequence[Sequence[int]]) -> TokenBatch:
@@ -225,3 +230,42 @@ def punctuation_ids(tokenizer) -> set[int]:
             if len(encoded) == 1:
                 ids.add(encoded[0])
     return ids
+
+
+def overlap_of(window: int) -> int:
+    """Tokens two neighbouring chunks of ``window`` tokens share: an eighth of the window, at most 32.
+
+    >>> overlap_of(176), overlap_of(21)
+    (22, 2)
+    """
+    return min(32, window // 8)
+
+
+def word_starts(word_ids: Sequence[int | None]) -> list[int]:
+    """The token positions where a word starts (the tokenizer's word of each token).
+
+    >>> word_starts([0, 0, 1, 2, 2, 2])
+    [0, 2, 3]
+    """
+    return [i for i, word in enumerate(word_ids) if i == 0 or word is None or word != word_ids[i - 1]]
+
+
+def windows(starts: Sequence[int], n: int, window: int, overlap: int) -> list[tuple[int, int]]:
+    """[start, end) token ranges covering ``n`` tokens, each at most ``window`` long, ending where
+    a word starts (``starts``; or at ``n``) unless one word fills the window, the next beginning
+    ``overlap`` tokens back, at a word's start, and always further on than the one before.
+
+    >>> windows([0, 2, 3, 5, 6, 8], 9, 4, 1)
+    [(0, 3), (2, 6), (5, 9)]
+    """
+    out, at = [], 0
+    while True:
+        end = min(at + window, n)
+        if end < n:
+            cut = bisect.bisect_right(starts, end) - 1  # the last word start at or before end
+            end = starts[cut] if starts[cut] > at else end
+        out.append((at, end))
+        if end >= n:
+            return out
+        back = bisect.bisect_right(starts, max(end - overlap, at + 1)) - 1
+        at = starts[back] if starts[back] > at else end
