@@ -79,9 +79,15 @@ def test_every_readme_block_runs_as_pasted(tmp_path):
     env = {**os.environ, "MAXSIM_HOME": str(home), "MAXSIM_BASE_MODEL": str(tmp_path / "tiny-bert"),
            "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     shell = f'set -euo pipefail\nmaxsim() {{ "{sys.executable}" -m maxsim "$@"; }}\n'
-    for number, block in enumerate(blocks("bash") + blocks("python"), start=1):
-        command = ["bash", "-c", shell + block] if "maxsim " in block and "import" not in block \
-            else [sys.executable, "-c", block]
-        done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, f"README block {number} failed:\n{block}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    for number, block in enumerate(blocks("bash"), start=1):
+        done = subprocess.run(["bash", "-c", shell + block], cwd=work, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, f"README bash block {number} failed:\n{block}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    # the Python blocks one after the other in one interpreter, each in a namespace of its own (as
+    # pasted into a fresh session; one process spares loading torch three times)
+    runner = ("import sys\nfor number, code in enumerate(sys.argv[1:], start=1):\n"
+              "    exec(compile(code, f'README python block {number}', 'exec'), {'__name__': '__main__'})\n")
+    done = subprocess.run([sys.executable, "-c", runner, *blocks("python")], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, f"a README python block failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     assert (work / "runs" / "scifact" / "run" / "best").is_dir() and (work / "runs" / "scifact" / "index").is_dir()
