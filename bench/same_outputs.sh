@@ -56,7 +56,7 @@ maxsim search --index "$WORK/index" --json -k 10 "${queries[@]}" 2>>"$WORK/searc
 echo "edited hits $(sha256sum "$WORK/edited.json" | cut -d' ' -f1) ($(count "$WORK/edited.json") hits)"
 } | tee "$WORK/fingerprints.txt"
 # the fingerprints, one JSON line in bench/results/same_outputs.jsonl
-python - "$WORK" "$@" <<'PY' >/dev/null
+python - "$WORK" "bash $0 $*" <<'PY' >/dev/null
 import sys
 from pathlib import Path
 
@@ -65,5 +65,5 @@ import results_log  # noqa: E402
 
 work = Path(sys.argv[1])
 lines = (work / "fingerprints.txt").read_text().splitlines()
-results_log.record(Path("bench/results/same_outputs.jsonl"), {"fingerprints": lines})
+results_log.record(Path("bench/results/same_outputs.jsonl"), {"command": sys.argv[2], "fingerprints": lines})
 PY
