@@ -53,9 +53,15 @@ class LogProgress:
                     self.unit, extra)
 
 
+def in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (where tqdm draws its bars as widgets)."""
+    return "ipykernel" in sys.modules
+
+
 def progress(total: int | None, desc: str, unit: str = "it", enabled: bool = True, initial: int = 0,
              leave: bool = True):
-    """A tqdm bar on a terminal, a :class:`LogProgress` otherwise, or a silent one if not ``enabled``.
+    """A tqdm bar on a terminal or in a notebook, a :class:`LogProgress` otherwise, or a silent one
+    if not ``enabled``.
 
     ``leave=False`` (a bar inside another one) also leaves out the final log line when it is short.
     """
@@ -63,7 +69,7 @@ def progress(total: int | None, desc: str, unit: str = "it", enabled: bool = Tru
 
     if not enabled:
         return tqdm(total=total, disable=True)
-    if sys.stderr.isatty():
+    if sys.stderr.isatty() or in_notebook():
         return tqdm(total=total, desc=desc, unit=unit, initial=initial, leave=leave, dynamic_ncols=True)
     return LogProgress(total, desc, unit, initial, final_line=leave)
 

@@ -36,6 +36,7 @@ from maxsim.index_settings import DEFAULT_BM25_LANGUAGE, default
 from maxsim.indexing import INDEX_ROOT, build_index, index_folder, settings_for
 from maxsim.inputs import DEFAULT_K, check_k, checked_ids, checked_queries, checked_records
 from maxsim.model import ColBERT, InferenceForward
+from maxsim.progress import in_notebook
 from maxsim.ranking import Hit, Ranking
 from maxsim.text_encoder import TextEncoder
 
@@ -153,7 +154,7 @@ class Retriever:
               document_ids: Sequence[str] | None = None, metadata: Sequence[dict] | None = None,
               split_documents: bool = default("split_documents"), max_document_tokens: int | None = None,
               nbits: int = default("nbits"), seed: int = default("seed"), batch_size: int = 64,
-              name: str | None = None, overwrite: bool = False, show_progress: bool = False,
+              name: str | None = None, overwrite: bool = False, show_progress: bool | None = None,
               pool_factor: int = default("pool_factor"), bm25_language: str | None = DEFAULT_BM25_LANGUAGE) -> Path:
         """Encode, compress and write an index of ``documents``; returns its folder: ``path``, or
         ``INDEX_ROOT/name`` (``.maxsim/indexes/NAME``) for a ``name``, as RAGatouille's
@@ -161,8 +162,8 @@ class Retriever:
         folder holding anything else is never touched. Documents longer than
         ``max_document_tokens`` (default: the model's doc_maxlen) are split into chunks unless
         ``split_documents=False``; ``pool_factor`` N > 1 stores about 1/N of each chunk's vectors;
-        the BM25 side for ``search(hybrid=...)`` is kept in ``bm25_language`` (None: none).
-        :mod:`maxsim.indexing` says how a build streams, resumes and runs under torchrun."""
+        the BM25 side is kept in ``bm25_language`` (None: none); ``show_progress`` (default: in a
+        notebook) draws each stage. :mod:`maxsim.indexing` says how a build streams and resumes."""
         records = checked_records(documents, document_ids, metadata)
         return self.index_records(records, path, split_documents, max_document_tokens, nbits, seed, batch_size, name,
                                   overwrite, show_progress, pool_factor, bm25_language)
@@ -170,7 +171,7 @@ class Retriever:
     def index_records(self, records: Sequence[dict], path: str | Path | None = None,
                       split_documents: bool = default("split_documents"), max_document_tokens: int | None = None,
                       nbits: int = default("nbits"), seed: int = default("seed"), batch_size: int = 64,
-                      name: str | None = None, overwrite: bool = False, show_progress: bool = False,
+                      name: str | None = None, overwrite: bool = False, show_progress: bool | None = None,
                       pool_factor: int = default("pool_factor"),
                       bm25_language: str | None = DEFAULT_BM25_LANGUAGE) -> Path:
         """:meth:`index` of records already checked, ``{"id", "content", "metadata"}`` each: any
@@ -182,7 +183,7 @@ class Retriever:
                                 pool_factor=pool_factor, bm25_language=bm25_language)
         chunking = Chunking(split_documents, max_document_tokens, pool_factor)
         data = build_index(records, path, settings, lambda texts: self.encoder.chunks(texts, chunking, batch_size),
-                           self.model.device.type, overwrite, show_progress)
+                           self.model.device.type, overwrite, in_notebook() if show_progress is None else show_progress)
         self.backend = LocalIndex(data, path)
         return path
 

@@ -275,3 +275,21 @@ def test_a_hit_says_which_chunk_of_its_document_it_is(tiny_model_dir, tmp_path):
         retriever.document("nobody")
     places = retriever.index_data.chunk_places(np.arange(retriever.index_data.n_chunks))
     assert (places == 0).sum() == 2 and places.max() >= 1  # each document's first chunk is 0; "long" has more
+
+
+def test_in_a_notebook_indexing_shows_its_progress(tiny_model_dir, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    import maxsim.retriever as retriever_module
+    from maxsim import progress
+    from maxsim.model import ColBERT
+
+    shown, real = [], retriever_module.build_index
+    monkeypatch.setattr(retriever_module, "build_index", lambda *args: (shown.append(args[-1]), real(*args))[1])
+    retriever = Retriever(ColBERT.from_pretrained(tiny_model_dir, dim=16, doc_maxlen=24))
+    retriever.index(["a note on tides", "a note on volcanoes"], path=tmp_path / "plain")
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))  # as a Jupyter kernel has it
+    retriever.index(["a note on tides", "a note on volcanoes"], path=tmp_path / "notebook")
+    assert shown == [False, True]
+    assert not isinstance(progress.progress(3, "encoding"), progress.LogProgress)  # a tqdm bar, drawn as a widget
