@@ -3,7 +3,9 @@ RAGatouille layer): documents with their ids and metadata, queries, and ``k``.""
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,6 +31,38 @@ class SearchSettings(BaseModel):
         None, description=f"Centroids scoring under this are ignored in the first ranking [default: "
                           f"{CENTROID_SCORE_THRESHOLD}].")
     ndocs: int | None = Field(None, ge=1, description="Chunks decompressed and scored exactly [default: size-aware].")
+
+
+def literal_choices(annotation) -> list:
+    """The fixed choices of a ``Literal`` annotation (or of one in a union with None), else [].
+
+    >>> literal_choices(Literal["a", "b"] | None), literal_choices(int)
+    (['a', 'b'], [])
+    """
+    members = [annotation] if typing.get_origin(annotation) is Literal else typing.get_args(annotation)
+    return [c for arg in members if typing.get_origin(arg) is Literal for c in typing.get_args(arg)]
+
+
+def lowercase_choices(model: type[BaseModel], values):
+    """``values`` (a model's input) with each text given for a field of fixed lowercase choices
+    (a ``Literal``) lowercased, so that ``--loss Contrastive`` means ``contrastive``: for a
+    ``model_validator(mode="before")``.
+
+    >>> from typing import Literal
+    >>> class Demo(BaseModel):
+    ...     loss: Literal["contrastive", "distillation"] = "contrastive"
+    >>> lowercase_choices(Demo, {"loss": "Contrastive"})
+    {'loss': 'contrastive'}
+    """
+    if not isinstance(values, dict):
+        return values
+    out = dict(values)
+    for name, field in model.model_fields.items():
+        choices = literal_choices(field.annotation)
+        if choices and all(isinstance(c, str) and c == c.lower() for c in choices) \
+                and isinstance(out.get(name), str):
+            out[name] = out[name].lower()
+    return out
 
 
 def check_k(k: int) -> None:

@@ -109,3 +109,15 @@ def test_the_command_line_starts_without_torch():
     assert loaded == "[]"
     version = subprocess.run([sys.executable, "-m", "maxsim", "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.startswith("maxsim ")
+
+
+def test_choices_are_read_in_any_case_and_listed_in_help(tmp_path):
+    from maxsim.data.settings import PrepareSettings
+
+    assert PrepareSettings.checked(mine="BM25").mine == "bm25"
+    assert TrainConfig(data=tmp_path, output=tmp_path / "o", loss="Combined").loss == "combined"
+    assert "One of: bm25, dense, none." in options_of("prepare")["mine"].help
+    assert "One of: contrastive, distillation, combined." in options_of("train")["loss"].help
+    refused = CliRunner().invoke(app, ["prepare", str(tmp_path / "x.jsonl"), "--output", str(tmp_path / "o"),
+                                       "--mine", "bm26"])
+    assert refused.exit_code == 2 and "'bm25', 'dense' or 'none'" in refused.output and "Traceback" not in refused.output

@@ -17,6 +17,8 @@ from typing import Annotated, Literal, Union
 import typer
 from pydantic import BaseModel
 
+from maxsim.inputs import literal_choices
+
 
 def flag_name(name: str) -> str:
     """``--flag-name`` of a field name.
@@ -62,8 +64,11 @@ def default_text(field) -> str:
 
 
 def help_text(field) -> str:
-    """An option's help: the field's description and its default."""
-    return (field.description or "") + default_text(field)
+    """An option's help: the field's description, its choices (any case) and its default."""
+    choices = literal_choices(field.annotation)
+    listed = "" if not choices or "one of" in (field.description or "") else \
+        f" One of: {', '.join(map(str, choices))}."
+    return (field.description or "") + listed + default_text(field)
 
 
 def options_from(model: type[BaseModel], flags: dict[str, str] | None = None,

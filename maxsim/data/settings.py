@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from maxsim.errors import SettingsError, validation_message
+from maxsim.inputs import lowercase_choices
 from maxsim.lexical import BM25_LANGUAGES, DEFAULT_LANGUAGE
 
 Kind = Literal["pairs", "labelled", "triplets", "scored"]
@@ -20,6 +21,11 @@ class PrepareSettings(BaseModel):
     """The settings of a preparation run (saved in the manifest); checked when made."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _choices_in_any_case(cls, values):
+        return lowercase_choices(cls, values)
 
     kind: Kind | None = Field(
         None, description="Force the input kind: pairs, labelled, triplets or scored (PyLate's distillation rows: "

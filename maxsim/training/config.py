@@ -8,6 +8,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from maxsim.inputs import lowercase_choices
+
 
 class TrainConfig(BaseModel):
     """The settings of a training run. Defaults follow RAGatouille's ``train()``.
@@ -17,6 +19,11 @@ class TrainConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _choices_in_any_case(cls, values):
+        return lowercase_choices(cls, values)
 
     # where
     data: Path = Field(description="Training-data folder: queries.jsonl, corpus.jsonl, triples.jsonl.")
