@@ -318,13 +318,13 @@ class Retriever:
         return results
 
     def document(self, document_id: str) -> dict:
-        """A document's whole text and metadata, ``{"id", "content", "metadata"}`` (a hit is one of its
+        """A document's whole text and metadata, ``{"document_id", "content", "metadata"}`` (a hit is one of its
         chunks: ``hit.chunk``, ``hit.start``, ``hit.end``); an id not held is an UnknownIdError."""
         (wanted,) = checked_ids([document_id])
         found = self._require_backend().document(wanted)
         if found is None:
             raise UnknownIdError(f"not in the index: {wanted!r}")
-        return {"id": found.document_id, "content": found.content, "metadata": found.metadata}
+        return {"document_id": found.document_id, "content": found.content, "metadata": found.metadata}
 
     # ------------------------------------------------------------------ in memory
     def rerank(self, query: str, documents: Sequence[str], k: int | None = None) -> list[Hit]:

@@ -51,7 +51,7 @@ def test_a_corpus_files_metadata_reaches_the_index_and_its_filters(tmp_path, tin
     from maxsim.cli import app
     from maxsim.model import ColBERT
 
-    lines = [json.dumps({"_id": "1", "text": "statins lower cholesterol", "metadata": {"source": "pubmed"}}),
+    lines = [json.dumps({"document_id": "1", "text": "statins lower cholesterol", "metadata": {"source": "pubmed"}}),
              json.dumps({"_id": "2", "text": "statins and the liver", "metadata": {"source": "pmc"}}),
              json.dumps({"_id": "3", "text": "a note on tides", "metadata": {}})]
     path = _write(tmp_path / "corpus.jsonl", lines)

@@ -152,6 +152,14 @@ def torchrun_train_command(tiny_model_dir, training_folder, out, nproc: int, dev
             "--save-every", "2", "--dev-fraction", "0.25", "--eval-every", "2"]
 
 
+def kill_all(first: subprocess.Popen, marker) -> None:
+    """SIGKILL a torchrun launched in a session of its own, and its workers: they may run in process
+    groups of their own, so they are found by ``marker`` (a path only their command lines hold)
+    too; none is left behind holding the port and the cores."""
+    os.killpg(first.pid, signal.SIGKILL)
+    subprocess.run(["pkill", "-9", "-f", str(marker)], check=False)
+
+
 def kill_at_first_checkpoint_then_resume(command: list[str], out, env=None, timeout: float = 300):
     """Run ``command`` (a torchrun training), kill its whole process group with SIGKILL as soon as a
     checkpoint is on disk, then run it again with ``--resume`` (the run's own settings).
@@ -167,7 +175,7 @@ def kill_at_first_checkpoint_then_resume(command: list[str], out, env=None, time
         time.sleep(0.02)
     killed = first.poll() is None
     if killed:
-        os.killpg(first.pid, signal.SIGKILL)
+        kill_all(first, out)
     _, first_err = first.communicate()
     assert killed or first.returncode == 0, first_err[-3000:]
     second = subprocess.run(command + ["--resume"], capture_output=True, text=True, env=env, timeout=timeout)
@@ -255,7 +263,7 @@ def test_torchrun_two_processes_mine_dense_as_one_process_does(tiny_model_dir, t
     time.sleep(4)
     was_running = first.poll() is None
     if was_running:
-        os.killpg(first.pid, signal.SIGKILL)
+        kill_all(first, killed)
     first.wait()
     if was_running and (killed / "triples.jsonl").exists():
         assert (killed / "triples.jsonl").read_bytes() == (one / "triples.jsonl").read_bytes()
@@ -351,7 +359,7 @@ def test_torchrun_score_killed_midway_resumes_to_the_same_folder(tiny_model_dir,
         time.sleep(0.01)
     killed = first.poll() is None
     if killed:
-        os.killpg(first.pid, signal.SIGKILL)
+        kill_all(first, out)
     first.wait()
     for chunk in out.glob("*/chunk-*.jsonl"):  # whole lines only
         assert all(json.loads(line) for line in chunk.read_text().splitlines())

@@ -270,7 +270,8 @@ def test_a_hit_says_which_chunk_of_its_document_it_is(tiny_model_dir, tmp_path):
         assert whole[hit.start : hit.end] == hit.content and hit.chunk >= 0
     chunks = {h.chunk for h in retriever.search("tides", k=1)}
     assert chunks <= set(range(30))
-    assert retriever.document("long") == {"id": "long", "content": long_text, "metadata": {"kind": "long"}}
+    assert retriever.document("long") == {"document_id": "long", "content": long_text, "metadata": {"kind": "long"}}
+    assert [h.document_id for h in retriever.search("tides", k=2, filter={"document_id": "long"})] == ["long"]
     with pytest.raises(UnknownIdError):
         retriever.document("nobody")
     places = retriever.index_data.chunk_places(np.arange(retriever.index_data.n_chunks))

@@ -114,12 +114,13 @@ def test_add_then_find_delete_then_never(server):
     top = hits["results"][0][0]
     assert top["document_id"] == "zebra" and (top["chunk"], top["start"]) == (0, 0)
     whole = httpx.get(server.url + "/documents/zebra").json()
-    assert whole == {"id": "zebra", "content": "zebrafish regenerate heart muscle", "metadata": {"source": "test"}}
+    assert whole == {"document_id": "zebra", "content": "zebrafish regenerate heart muscle",
+                     "metadata": {"source": "test"}}
     deleted = httpx.request("DELETE", server.url + "/documents", json={"ids": ["zebra"]})
     assert deleted.status_code == 200
     hits = httpx.post(server.url + "/search", json={"queries": ["zebrafish regenerate heart muscle"], "k": 20}).json()
     assert "zebra" not in {h["document_id"] for h in hits["results"][0]}
-    missing = httpx.request("DELETE", server.url + "/documents", json={"ids": ["no-such"]})
+    missing = httpx.request("DELETE", server.url + "/documents", json={"document_ids": ["no-such"]})  # ids too
     assert missing.status_code == 404 and "error" in missing.json()
     assert httpx.get(server.url + "/documents/zebra").status_code == 404
 

@@ -85,10 +85,14 @@ def read_corpus(path: Path) -> Corpus:
     return corpus
 
 
+#: a corpus line's id field: BEIR's ``_id``, or maxsim's own name for it, ``document_id``, or ``id``
+ID_FIELDS = ("_id", "document_id", "id")
+
+
 def corpus_line(path: Path, number: int, obj: dict) -> tuple[str, str]:
     """(id, text: the title and the text as :func:`document_text` joins them) of one line of a
     ``corpus.jsonl``, or a DataError naming the line."""
-    doc_id = require_id(path, number, obj, "_id")
+    doc_id = require_id(path, number, obj, next((f for f in ID_FIELDS if f in obj), "_id"))
     text = require_text(path, number, obj, "text")
     title = obj.get("title") or ""
     if not isinstance(title, str):

@@ -9,7 +9,7 @@ A filter is a JSON object; every condition in it must hold (AND)::
     {"year": {"in": [2019, 2021]}}              membership
     {"source": {"ne": "arxiv"}}                 not equal (documents without the field too)
     {"journal.name": "Nature"}                  a nested field, by a dotted path
-    {"id": {"in": ["d1", "d7"]}}                document ids (the ``id`` key is the document's
+    {"id": {"in": ["d1", "d7"]}}                document ids (``id``, or ``document_id``, is the document's
                                                id, not a metadata field), as PyLate's subset=
 
 A value's type must match: ``{"year": "2020"}`` does not match the number 2020; numbers
@@ -78,7 +78,9 @@ class Filter:
         if not isinstance(spec, Mapping) or not spec:
             raise SettingsError(f"a filter is a non-empty JSON object of conditions, got {spec!r}: see "
                                 "maxsim.index.filters for the grammar")
-        self.spec = dict(spec)
+        if "id" in spec and "document_id" in spec:
+            raise SettingsError("a filter names the document's id twice (id and document_id): give one")
+        self.spec = {("id" if key == "document_id" else key): value for key, value in spec.items()}
         self.fields: set[str] = set()
         self.nested: set[str] = set()
         #: (field, operator, value or list of values) of each condition, values as compared

@@ -84,7 +84,8 @@ def add_document_routes(app: FastAPI, retriever: Retriever, worker: IndexWorker,
         """Add documents (written through the index's atomic swap and writer lock)."""
         writable()
         encoded = await asyncio.wrap_future(worker.run(lambda: retriever.encode_for_index(
-            [d.text for d in body.documents], [d.id for d in body.documents], [d.metadata for d in body.documents])))
+            [d.text for d in body.documents], [d.document_id for d in body.documents],
+            [d.metadata for d in body.documents])))
 
         def save():
             retriever.add_encoded(encoded)
@@ -98,7 +99,7 @@ def add_document_routes(app: FastAPI, retriever: Retriever, worker: IndexWorker,
         writable()
 
         def run():
-            removed = retriever.delete(body.ids)
+            removed = retriever.delete(body.document_ids)
             return {"deleted": removed, "documents": retriever.document_count()}
 
         try:

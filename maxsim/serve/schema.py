@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from maxsim.fusion import hybrid_settings
 from maxsim.index.filters import Filter
@@ -56,12 +56,13 @@ class SearchRequest(BaseModel):
 class Document(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(min_length=1)
+    #: the document's id (``id`` is read too)
+    document_id: str = Field(min_length=1, validation_alias=AliasChoices("document_id", "id"))
     text: str = Field(min_length=1)
     # (bounded before pydantic walks it: a nesting deep enough would overflow its stack)
     metadata: Any = None
 
-    @field_validator("id", "text", mode="before")
+    @field_validator("document_id", "text", mode="before")
     @classmethod
     def _text(cls, value, info):
         return check_text(value, f"document {info.field_name}") if isinstance(value, str) else value
@@ -81,5 +82,7 @@ class AddRequest(BaseModel):
 class DeleteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ids: list[str] = Field(min_length=1, max_length=MAX_DOCUMENTS)
+    #: the ids of the documents to delete (``ids`` is read too)
+    document_ids: list[str] = Field(min_length=1, max_length=MAX_DOCUMENTS,
+                                    validation_alias=AliasChoices("document_ids", "ids"))
 
