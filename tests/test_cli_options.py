@@ -121,3 +121,34 @@ def test_choices_are_read_in_any_case_and_listed_in_help(tmp_path):
     refused = CliRunner().invoke(app, ["prepare", str(tmp_path / "x.jsonl"), "--output", str(tmp_path / "o"),
                                        "--mine", "bm26"])
     assert refused.exit_code == 2 and "'bm25', 'dense' or 'none'" in refused.output and "Traceback" not in refused.output
+
+
+def test_indexing_prints_no_warning_that_does_not_apply(tmp_path, tiny_model_dir):
+    """faiss's loader lines and small-sample warning, and the tokenizer's long-text warning
+    (maxsim cuts long texts into chunks), stay out of what `maxsim index build` prints."""
+    import json
+    import subprocess
+    import sys
+
+    from maxsim.model import ColBERT
+
+    model = ColBERT.from_pretrained(tiny_model_dir, dim=16, doc_maxlen=24).save(tmp_path / "model")
+    long_text = " ".join(["tides and the moon"] * 300)  # past the tokenizer's 512 tokens
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n"
+                              for i, t in enumerate([long_text, "a short note", "volcanoes erupt"])))
+    done = subprocess.run([sys.executable, "-m", "maxsim", "index", "build", str(corpus), "--model", str(model),
+                           "--output", str(tmp_path / "ix")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for noise in ("faiss.loader", "please provide at least", "Token indices sequence length"):
+        assert noise not in done.stderr, noise
+
+
+def test_errors_and_the_version_are_had_from_maxsim():
+    import importlib.resources
+
+    import maxsim
+
+    assert issubclass(maxsim.IndexLoadError, maxsim.MaxsimError) and issubclass(maxsim.SettingsError, ValueError)
+    assert maxsim.UnknownIdError and maxsim.OutputExistsError and maxsim.LockedError
+    assert maxsim.__version__ != "unknown" and importlib.resources.files("maxsim").joinpath("py.typed").is_file()
