@@ -75,10 +75,11 @@ def test_prepare_refuses_a_bad_setting_in_one_line(tmp_path):
 
 
 def test_every_command_that_loads_a_model_has_the_same_device_option():
-    for command in ("prepare", "score", "eval", "index build", "add"):
+    for command in ("prepare", "score", "eval", "index build", "add", "serve"):
         option = options_of(command)["device"]
         assert option.opts == ["--device"] and option.default == "auto", command
         assert "cuda" in option.help and "auto" in option.help
+    assert options_of("serve")["allow_model_mismatch"].opts == ["--allow-model-mismatch"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal where no CUDA GPU is visible")
