@@ -214,21 +214,12 @@ def delete(
 ) -> None:
     """Delete documents from an index by id (an id it does not hold is an error, and nothing
     changes). Prints the index's document count."""
-    from maxsim.index import IndexData, index_lock
-    from maxsim.index.writer import save, without_documents
+    from maxsim.backends.local import LocalIndex
 
-    with one_line_errors():
-        wanted = checked_ids(ids)
-        with index_lock(index):  # (no model needed: a delete writes tombstones)
-            data = IndexData.load(index)
-            position = data.positions_of(wanted)
-            missing = [i for i in wanted if i not in position]
-            if missing:
-                from maxsim.errors import UnknownIdError
-
-                raise UnknownIdError(f"not in the index {index}: {missing[:5]}")
-            data = save(without_documents(data, {position[i] for i in wanted}), index)
-    typer.echo(f"{index}: deleted {len(wanted)} documents, {data.n_documents} in all")
+    with one_line_errors():  # (no model needed: a delete writes tombstones, under the writer lock)
+        backend = LocalIndex.open(index)
+        deleted = backend.delete(checked_ids(ids))
+    typer.echo(f"{index}: deleted {deleted} documents, {backend.count()} in all")
 
 
 @app.command("export-index")
