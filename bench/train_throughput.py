@@ -48,6 +48,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results_log import record
+
 HERE = Path(__file__).resolve().parent
 VENV = HERE / ".venv-pylate"
 PYLATE_REQUIREMENTS = [
@@ -168,18 +170,21 @@ def worker_maxsim(args) -> dict:
         for name, table in (("queries.jsonl", queries), ("corpus.jsonl", corpus)):
             (data / name).write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for t, i in table.items()))
         (data / "triples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        if args.dev_data:  # dev quality: the prepared folder itself (its dev/ validates), the same steps
+            data = Path(args.dev_data)
         cfg = TrainConfig(data=data, output=Path(tmp) / "out", base_model=args.base_model, batch_size=args.batch_size,
                           doc_maxlen=args.doc_maxlen, query_maxlen=args.query_maxlen,
-                          learning_rate=3e-5, max_steps=args.warmup + args.steps, progress_bar=False,
-                          device=args.device, seed=0)
+                          learning_rate=args.learning_rate, max_steps=args.warmup + args.steps, progress_bar=False,
+                          device=args.device, seed=0, attention_dropout=args.attention_dropout)
         started = time.perf_counter()
         Trainer(cfg).train()
         wall = time.perf_counter() - started
         rows = [json.loads(x) for x in (Path(tmp) / "out" / "metrics.jsonl").read_text().splitlines()]
-    timed = rows[args.warmup :]
+    dev = {f"dev_ndcg_at_10_step_{r['step']}": r["dev_ndcg@10"] for r in rows if "dev_ndcg@10" in r}
+    timed = [r for r in rows if "triplets_per_s" in r][args.warmup :]
     step_s = [args.batch_size / r["triplets_per_s"] for r in timed]
     return {"step_s": step_s, "tokens_per_s": statistics.median(r["tokens_per_s"] for r in timed),
-            "wall_s": wall, **gpu_peak(args.device)}
+            "wall_s": wall, **dev, **gpu_peak(args.device)}
 
 
 def gpu_peak(device: str) -> dict:
@@ -264,14 +269,29 @@ def random_weight_copy(base_model: str, folder: Path) -> str:
     return str(folder)
 
 
+#: the systems a run compares: maxsim in each training precision (MAXSIM_CPU_BF16 forces the path),
+#: maxsim with no attention dropout (the fused attention kernel), and PyLate
+SYSTEMS = {"maxsim-float32": ("maxsim", {"MAXSIM_CPU_BF16": "0"}, None),
+           "maxsim-bf16": ("maxsim", {"MAXSIM_CPU_BF16": "1"}, None),
+           "maxsim-bf16-attention-dropout-0": ("maxsim", {"MAXSIM_CPU_BF16": "1"}, 0.0),
+           "maxsim-float32-attention-dropout-0": ("maxsim", {"MAXSIM_CPU_BF16": "0"}, 0.0),
+           "maxsim": ("maxsim", {}, None), "pylate": ("pylate", {}, None)}
+
+
 def run_worker(python: str, system: str, args, data: Path, batch_size: int, extra_path: str | None) -> dict:
     out = Path(tempfile.mkstemp(suffix=".json")[1])
-    cmd = [python, __file__, "--worker", system, "--job", args.job, "--triplets", str(data), "--result", str(out),
+    worker, forced, attention_dropout = SYSTEMS[system]
+    cmd = [python, __file__, "--worker", worker, "--job", args.job, "--triplets", str(data), "--result", str(out),
            "--batch-sizes", str(batch_size), "--doc-maxlen", str(args.doc_maxlen),
            "--query-maxlen", str(args.query_maxlen), "--steps", str(args.steps), "--device", args.device,
            "--warmup", str(args.warmup), "--threads", str(args.threads), "--base-model", args.base_model]
+    if attention_dropout is not None:
+        cmd += ["--attention-dropout", str(attention_dropout)]
+    if args.dev_data and worker == "maxsim":
+        cmd += ["--dev-data", args.dev_data]
     path = [p for p in (extra_path, str(HERE.parent), os.environ.get("PYTHONPATH")) if p]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join(path))
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join(path),
+               **forced)
     if args.device == "cpu":  # the tokenizer's own threads would compete with the --threads given
         env["TOKENIZERS_PARALLELISM"] = "false"
     subprocess.run(cmd, check=True, env=env)
@@ -313,6 +333,12 @@ def main() -> None:
     parser.add_argument("--pylate-python",
                         help="interpreter for PyLate [default: bench/.venv-pylate, made on first use]")
     parser.add_argument("--pylate-path", help="put first on PyLate's PYTHONPATH (its own packages)")
+    parser.add_argument("--systems", nargs="+", default=["maxsim-float32", "maxsim-bf16", "pylate"],
+                        choices=list(SYSTEMS))
+    parser.add_argument("--learning-rate", type=float, default=3e-5)
+    parser.add_argument("--attention-dropout", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--dev-data", help="a folder made by maxsim prepare with a dev/ slice: maxsim trains on it "
+                        "and reports dev nDCG@10 after the same steps in each precision (PyLate: throughput only)")
     parser.add_argument("--output", default=str(HERE / "results" / "train_throughput.json"))
     parser.add_argument("--worker", choices=["maxsim", "pylate"], help=argparse.SUPPRESS)
     parser.add_argument("--job", choices=["train", "encode"], default="train", help=argparse.SUPPRESS)
@@ -330,7 +356,7 @@ def main() -> None:
         Path(args.result).write_text(json.dumps(result))
         return
 
-    pylate_python = args.pylate_python or str(ensure_pylate_env())
+    pylate_python = (args.pylate_python or str(ensure_pylate_env())) if "pylate" in args.systems else None
     scratch = Path(tempfile.mkdtemp())
     if args.random_weights:
         args.base_model = random_weight_copy(args.base_model, scratch / "random-base")
@@ -347,7 +373,8 @@ def main() -> None:
         for batch_size in args.batch_sizes:
             data = workload_data(args, workload, batch_size)
             rows = {}
-            systems = (("maxsim", sys.executable, None), ("pylate", pylate_python, args.pylate_path))
+            systems = [(name, pylate_python if name == "pylate" else sys.executable,
+                        args.pylate_path if name == "pylate" else None) for name in args.systems]
             for system, python, extra in systems:
                 args.job = job
                 r = run_worker(python, system, args, data, batch_size, extra)
@@ -357,13 +384,21 @@ def main() -> None:
                 gpu = f"  peak GPU {r['peak_gpu_gb']:.2f} GB" if "peak_gpu_gb" in r else ""
                 print(f"{workload:8s} batch {batch_size:4d} {system:7s} {r[unit]:8.1f} {unit.replace('_per_s', '/s')}  "
                       f"peak RSS {r['peak_rss_gb']:.2f} GB{gpu}", flush=True)
-            ratio = {"throughput": rows["maxsim"][unit] / rows["pylate"][unit],
-                     "peak_rss": rows["maxsim"]["peak_rss_gb"] / rows["pylate"]["peak_rss_gb"]}
-            if "peak_gpu_gb" in rows["pylate"]:
-                ratio["peak_gpu"] = rows["maxsim"]["peak_gpu_gb"] / rows["pylate"]["peak_gpu_gb"]
-            rows["maxsim_over_pylate"] = ratio
-            print(f"{workload:8s} batch {batch_size:4d} ratio   maxsim/PyLate "
-                  + ", ".join(f"{k} {v:.2f}x" for k, v in ratio.items()), flush=True)
+            first = args.systems[0]
+            for system in args.systems[1:]:
+                ratio = {"throughput": rows[system][unit] / rows[first][unit],
+                         "peak_rss": rows[system]["peak_rss_gb"] / rows[first]["peak_rss_gb"]}
+                rows[f"{system}_over_{first}"] = ratio
+                print(f"{workload:8s} batch {batch_size:4d} ratio   {system}/{first} "
+                      + ", ".join(f"{k} {v:.2f}x" for k, v in ratio.items()), flush=True)
+            for system in args.systems:
+                r = rows[system]
+                record(HERE / "results" / "train_throughput.jsonl", {
+                    "system": system, "workload": workload, "batch_size": batch_size, "device": args.device,
+                    "threads": args.threads, "steps": args.steps, "warmup_steps": args.warmup,
+                    unit: r[unit], "peak_rss_gb": r["peak_rss_gb"],
+                    f"{unit}_over_{first}": r[unit] / rows[first][unit],
+                    **{k: v for k, v in r.items() if k.startswith(("dev_", "peak_gpu"))}})
             report["results"][f"{workload}@{batch_size}"] = rows
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2))

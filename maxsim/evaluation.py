@@ -36,15 +36,18 @@ def evaluate_run(
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise SettingsError(f"unknown metrics {sorted(unknown)}; known: {sorted(METRICS)}")
+    return {name: sum(values.values()) / max(1, len(values)) for name in metrics
+            for values in [per_query(qrels, run, name)]}
+
+
+def per_query(qrels: dict[str, dict[str, float]], run: dict[str, dict[str, float]], metric: str) -> dict[str, float]:
+    """``metric`` of each query of ``qrels`` ({query_id: value}; a query absent from the run scores 0)."""
+    measure, cutoff = METRICS[metric]
     gains = integer_gains(qrels)
-    out = {}
-    for name in metrics:
-        measure, cutoff = METRICS[name]
-        scored = {q: _top(run.get(q, {}), cutoff) for q in gains}
-        scored = {q: docs if docs else {"__none__": 0.0} for q, docs in scored.items()}
-        per_query = pytrec_eval.RelevanceEvaluator(gains, {measure}).evaluate(scored)
-        out[name] = sum(v[measure] for v in per_query.values()) / max(1, len(gains))
-    return out
+    scored = {q: _top(run.get(q, {}), cutoff) for q in gains}
+    scored = {q: docs if docs else {"__none__": 0.0} for q, docs in scored.items()}
+    values = pytrec_eval.RelevanceEvaluator(gains, {measure}).evaluate(scored)
+    return {q: values[q][measure] for q in gains}
 
 
 def _top(docs: dict[str, float], cutoff: int | None) -> dict[str, float]:

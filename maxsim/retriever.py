@@ -28,8 +28,8 @@ from maxsim.backends.qdrant import (
     fill_collection,
     open_collection,
 )
-from maxsim.errors import SettingsError, UnknownIdError
-from maxsim.fusion import Hybrid, hybrid_settings
+from maxsim.errors import MaxsimError, SettingsError, UnknownIdError
+from maxsim.fusion import Hybrid
 from maxsim.in_memory import EncodedSet, rerank
 from maxsim.index import IndexData, IndexLoadError
 from maxsim.index_settings import DEFAULT_BM25_LANGUAGE, default
@@ -38,6 +38,7 @@ from maxsim.inputs import DEFAULT_K, check_k, checked_ids, checked_queries, chec
 from maxsim.model import ColBERT, InferenceForward
 from maxsim.progress import in_notebook
 from maxsim.ranking import Hit, Ranking
+from maxsim.search_config import SearchConfig, effective, read_choice, resolve
 from maxsim.text_encoder import TextEncoder
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,12 @@ class Retriever:
         model.warn_if_untrained("indexing or searching")
         if backend is not None:
             check_dim(backend, model)
+        #: the search configuration the model's folder carries (``search.json``; None: none)
+        self.search_choice = read_choice(self.model_path)
+        self._fallback_said = False
+        if self.search_choice is not None:
+            logger.info("%s; hybrid=False (--no-hybrid) searches with MaxSim alone",
+                        resolve(None, self.search_choice, self.model_path).line())
 
     @classmethod
     def from_pretrained(cls, checkpoint: str | Path | None = None, device: str | None = None) -> Retriever:
@@ -178,6 +185,10 @@ class Retriever:
         sequence whose slices are lists of them, such as :class:`maxsim.data.corpus_file.CorpusFile`,
         which reads a ``corpus.jsonl`` shard by shard instead of holding every text."""
         path = Path(path) if path is not None else index_folder(name)
+        if bm25_language is None and self.search_choice is not None and self.search_choice.settings() is not None:
+            logger.warning("the model's search.json chose %s on dev, which needs the index's BM25 side; this index "
+                           "gets none (--no-bm25), so its searches use MaxSim alone until one is added (maxsim index "
+                           "add-bm25)", self.search_choice.summary())
         settings = settings_for(self.model, self.model_path, self.encoder.precision(), nbits=nbits, seed=seed,
                                 split_documents=split_documents, max_document_tokens=max_document_tokens,
                                 pool_factor=pool_factor, bm25_language=bm25_language)
@@ -240,6 +251,23 @@ class Retriever:
     # ------------------------------------------------------------------ searching
     checked_queries = staticmethod(checked_queries)  # (kept for callers of Retriever.checked_queries)
 
+    def search_config(self, hybrid=None) -> SearchConfig:
+        """The configuration a search with ``hybrid`` uses, and where it came from
+        (:func:`maxsim.search_config.effective`): None follows the model's ``search.json``."""
+        config = effective(hybrid, self.model_path, self._has_bm25())
+        if hybrid is None and self.search_choice is not None and config.hybrid is None and \
+                self.search_choice.settings() is not None and not self._fallback_said:
+            self._fallback_said = True
+            logger.warning("searching with MaxSim alone: %s", config.source)
+        return config
+
+    def _has_bm25(self) -> bool:
+        try:
+            self._require_backend().require_bm25()
+        except MaxsimError:
+            return False
+        return True
+
     def search(self, queries: str | Sequence[str], k: int = DEFAULT_K, ncells: int | None = None,
                centroid_score_threshold: float | None = None, ndocs: int | None = None,
                filter: Mapping | None = None, hybrid: bool | str | Mapping | Hybrid | None = None):
@@ -249,14 +277,16 @@ class Retriever:
 
         ``filter`` limits the documents returned, by metadata or id, e.g. ``{"year": {"gte":
         2019}, "source": "pubmed"}`` (:mod:`maxsim.index.filters`); others are never scored.
-        ``hybrid`` fuses this ranking with BM25's over the texts: True (the default fusion,
-        :data:`maxsim.fusion.DEFAULT_HYBRID`), ``"rrf"``, ``"weighted"`` or a
+        ``hybrid`` fuses this ranking with BM25's over the texts: True (the model's fusion, else
+        the default one, :data:`maxsim.fusion.DEFAULT_HYBRID`), ``"rrf"``, ``"weighted"`` or a
         :class:`maxsim.fusion.Hybrid` (or a dict of its fields); each hit then says both
-        component scores. An index without a BM25 side refuses it, saying how to add one."""
+        component scores. An index without a BM25 side refuses it, saying how to add one.
+        False searches with MaxSim alone; None (the default) does what the model's
+        ``search.json`` chose on dev (:mod:`maxsim.search_config`), MaxSim alone without one."""
         backend = self._require_backend()
         texts = checked_queries(queries)
         check_k(k)
-        settings = hybrid_settings(hybrid)
+        settings = self.search_config(hybrid).hybrid
         if settings is not None:
             backend.require_bm25()
         if filter is not None:

@@ -24,6 +24,13 @@ from maxsim.training.trainer import forward_backward
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(autouse=True)
+def float32_training(monkeypatch):
+    """These tests compare gradients to 1e-5: float32 on every CPU, in the spawned processes too
+    (bf16 autocast training is tested in test_training.py)."""
+    monkeypatch.setenv("MAXSIM_CPU_BF16", "0")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

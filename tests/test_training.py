@@ -98,15 +98,24 @@ def test_kill_after_checkpoint_then_resume_matches_uninterrupted(
         assert ra["loss"] == pytest.approx(rb["loss"], abs=1e-6)
 
 
+def script_model_metric(monkeypatch, values, mrr_share=1.0):
+    """Make the dev evaluations report ``values`` in turn as the model's nDCG@10 (BM25 and the
+    fusions keep their real figures)."""
+    scripted, real = iter(values), validation.compare
+
+    def scripted_compare(*args, **kwargs):
+        comparison = real(*args, **kwargs)
+        value = next(scripted)
+        comparison.metrics["maxsim"] = {"ndcg@10": value, "mrr@10": value * mrr_share}
+        return comparison
+
+    monkeypatch.setattr(validation, "compare", scripted_compare)
+
+
 def test_best_checkpoint_is_the_step_with_the_best_dev_metric(
         tiny_model_dir, training_folder, tmp_path, monkeypatch):
-    scripted = iter([0.25, 0.30, 0.55, 0.41, 0.50, 0.2, 0.1])  # step 0 (the starting model), then 2, 4, ...
-
-    def fake_eval(qrels, run, metrics):
-        value = next(scripted)
-        return {"ndcg@10": value, "mrr@10": value / 2}
-
-    monkeypatch.setattr(validation, "evaluate_run", fake_eval)
+    # step 0 (the starting model), then 2, 4, ...
+    script_model_metric(monkeypatch, [0.25, 0.30, 0.55, 0.41, 0.50, 0.2, 0.1], mrr_share=0.5)
     cfg = _config(tiny_model_dir, training_folder, tmp_path / "run", epochs=4, dev_fraction=0.25,
                   eval_every=2, save_every=2, keep_checkpoints=2)
     # 12 training queries / 4 = 3 steps an epoch, 12 steps: evaluations at 2, 4, 6, ...
@@ -123,13 +132,8 @@ def test_best_checkpoint_is_the_step_with_the_best_dev_metric(
 
 def test_a_run_whose_best_is_worse_than_its_start_says_so(tiny_model_dir, training_folder, tmp_path, monkeypatch,
                                                           caplog):
-    scripted = iter([0.42, 0.11, 0.09])  # the starting model, then steps 3 and 6: training made it worse
-
-    def fake_eval(qrels, run, metrics):
-        value = next(scripted)
-        return {"ndcg@10": value, "mrr@10": value}
-
-    monkeypatch.setattr(validation, "evaluate_run", fake_eval)
+    # the starting model, then steps 3 and 6: training made it worse
+    script_model_metric(monkeypatch, [0.42, 0.11, 0.09])
     cfg = _config(tiny_model_dir, training_folder, tmp_path / "run", epochs=2, dev_fraction=0.25, eval_every=3)
     path = Trainer(cfg).train()
     info = json.loads((path / "best.json").read_text())

@@ -28,7 +28,7 @@ app = typer.Typer(
 Device = Annotated[str, typer.Option(help="Where the model runs: auto (a CUDA GPU where one is visible, in bf16 "
                                      "autocast; else the CPU), cpu, cuda or cuda:N.")]
 
-HybridFlag = Annotated[bool, typer.Option("--hybrid", help="Fuse MaxSim's ranking with BM25's over the texts (the index's BM25 side); any of the next options implies it.")]
+HybridFlag = Annotated[bool | None, typer.Option("--hybrid/--no-hybrid", help="Fuse MaxSim's ranking with BM25's over the texts (the index's BM25 side), or not; any of the next options implies --hybrid [default: what the model's search.json chose on dev; MaxSim alone without one].", show_default=False)]
 Fusion = option_for(Hybrid, "fusion")
 FusionWeight = option_for(Hybrid, "weight", "--fusion-weight")
 RrfK = option_for(Hybrid, "rrf_k")
@@ -46,14 +46,19 @@ QdrantStorage = Annotated[str, typer.Option("--qdrant-storage", help="Token vect
 NoMuvera = Annotated[bool, typer.Option("--no-muvera", help="No MUVERA first-stage vector: every search scores every point by MaxSim.")]
 
 
-def hybrid_from(hybrid: bool, fusion: str | None, weight: float | None, rrf_k: int | None, depth: int | None):
-    """The hybrid settings the options ask for (None: plain MaxSim)."""
+def hybrid_from(hybrid: bool | None, fusion: str | None, weight: float | None, rrf_k: int | None,
+                depth: int | None):
+    """What the options ask for, as ``Retriever.search`` takes it: None (nothing asked: the model's
+    own choice), False (``--no-hybrid``: MaxSim alone), True (``--hybrid`` alone: the model's
+    fusion, else the default one) or the hybrid settings the fusion options give."""
     from maxsim.fusion import hybrid_settings
 
     given = {name: value for name, value in (("fusion", fusion), ("weight", weight), ("rrf_k", rrf_k),
                                              ("depth", depth)) if value is not None}
-    if not hybrid and not given:
-        return None
+    if hybrid is False and given:
+        fail(f"--no-hybrid searches with MaxSim alone: leave out {', '.join('--' + k for k in given)}")
+    if not given:
+        return hybrid
     return hybrid_settings(given)
 
 

@@ -1,7 +1,9 @@
-"""``maxsim eval``: a BEIR split's metrics, for exact MaxSim, an index or BM25."""
+"""``maxsim eval``: a BEIR split's metrics, for exact MaxSim, an index or BM25; ``maxsim tune-search``:
+a model's search configuration chosen on a dev split."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +22,9 @@ from maxsim.cli.common import (
     one_line_errors,
     quiet_libraries,
 )
+from maxsim.index_settings import DEFAULT_BM25_LANGUAGE
+
+logger = logging.getLogger("maxsim")
 
 
 @app.command("eval")
@@ -35,7 +40,7 @@ def evaluate(
     strict: Annotated[bool, typer.Option("--strict", help="Refuse qrels that name documents the corpus lacks [default: warn, and count them as relevant and unretrievable, as BEIR does].")] = False,
     allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch", help="With --index and --model: search the index with a model other than the one that built it.")] = False,
     device: Device = "auto",
-    hybrid: HybridFlag = False,
+    hybrid: HybridFlag = None,
     fusion: Fusion = None,
     fusion_weight: FusionWeight = None,
     rrf_k: RrfK = None,
@@ -61,15 +66,19 @@ def evaluate(
     quiet_libraries()
     with one_line_errors():
         settings = hybrid_from(hybrid, fusion, fusion_weight, rrf_k, hybrid_depth)
-        if settings is not None and index is None:
+        if settings not in (None, False) and index is None:
             fail("--hybrid searches an index: give --index (built by maxsim index, which keeps a BM25 side)")
         data = resolve(data)  # (a dataset's name: its folder in the cache)
         metrics, run = evaluate_beir(model, data, split, k, drop_self_hits, batch_size, progress=True, index=index,
                                      strict=strict, trec_output=output is not None,
                                      allow_model_mismatch=allow_model_mismatch, device=device, hybrid=settings)
     result = {"model": model, "data": str(data), "split": split, **{k_: round(v, 4) for k_, v in metrics.items()}}
-    if settings is not None:
-        result["hybrid"] = settings.model_dump()
+    if index is not None:
+        from maxsim.search_config import effective
+
+        used = effective(settings, model if model not in (None, "base") else read_settings(index).model_path,
+                         read_settings(index).bm25_language is not None)
+        result["search"] = {"hybrid": None if used.hybrid is None else used.hybrid.model_dump(), "source": used.source}
     if index is not None:
         result["index"] = str(index)
         if model is None:
@@ -79,3 +88,45 @@ def evaluate(
             write_trec_run(run, output / "run.trec", tag="bm25" if model == "bm25" else "maxsim")
             atomic_write_text(output / "metrics.json", json.dumps(result, indent=2) + "\n")
     typer.echo(json.dumps(result))
+
+
+@app.command("tune-search")
+def tune_search(
+    model: Annotated[Path, typer.Option(help="A model folder (a maxsim checkpoint, or a PyLate or colbert-ai folder): search.json is written into it.")],
+    data: Annotated[Path, typer.Option(help="BEIR folder whose split chooses (dev queries, never test), or a BEIR dataset's name.")],
+    split: Annotated[str, typer.Option(help="qrels split to choose on.")] = "dev",
+    metric: Annotated[str, typer.Option(help="Metric that chooses: ndcg@10 or mrr@10.")] = "ndcg@10",
+    language: Annotated[str, typer.Option(help="BM25's language (ISO 639-1): the one the index's BM25 side uses.")] = DEFAULT_BM25_LANGUAGE,
+    batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,
+    device: Device = "auto",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report the choice without writing search.json.")] = False,
+) -> None:
+    """Choose a model's search configuration on dev queries, as maxsim train does for best/: the model alone, or fused with BM25 (rrf, or weighted at 0.1 ... 0.9), kept only when a paired test says it beats the model alone.
+
+    Writes MODEL/search.json, which index, search, serve, eval --index, Retriever and RAGPretrainedModel then use by default. The last line printed is the choice as one JSON object.
+    """
+    import json
+
+    from maxsim.data.datasets import resolve
+    from maxsim.lexical import check_language
+    from maxsim.search_config import write_choice
+    from maxsim.search_tuning import report, tune
+
+    if metric not in ("ndcg@10", "mrr@10"):
+        fail(f"--metric {metric}: choose ndcg@10 or mrr@10")
+    if not model.is_dir():
+        fail(f"--model {model} is not a folder here: tune-search writes search.json into the model's folder. Fix: "
+             "give a local folder (a hub model: download it first, e.g. huggingface-cli download NAME --local-dir "
+             "DIR)")
+    if split == "test":
+        logger.warning("choosing on the test split: its figures then no longer measure the choice honestly; "
+                       "choose on a dev split and report test once")
+    quiet_libraries()
+    with one_line_errors():
+        check_language(language, "pass one of them as --language")
+        choice = tune(model, resolve(data), split, metric, batch_size, device, language, progress=True)
+        for line in report(choice):
+            logger.info("%s", line)
+        if not dry_run:
+            logger.info("wrote %s", write_choice(model, choice))
+    typer.echo(json.dumps(choice.model_dump(mode="json")))

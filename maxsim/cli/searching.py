@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,8 @@ import typer
 from maxsim.cli import common
 from maxsim.cli.common import app, fail, hybrid_from, one_line_errors, quiet_libraries
 from maxsim.inputs import DEFAULT_K
+
+logger = logging.getLogger("maxsim")
 
 
 @app.command()
@@ -23,7 +26,7 @@ def search(
     ndocs: common.Ndocs = None,
     allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch", help="Search even if the index's model folder now holds another model (its weights changed since indexing).")] = False,
     where: Annotated[list[str] | None, typer.Option("--where", help="Return only documents where this holds: FIELD=VALUE, FIELD!=VALUE, FIELD>=VALUE (also >, <=, <), 'FIELD in A,B' or a JSON filter object; FIELD is a metadata field (dotted for nested ones) or id. Repeat to require several.", show_default=False)] = None,
-    hybrid: common.HybridFlag = False,
+    hybrid: common.HybridFlag = None,
     fusion: common.Fusion = None,
     fusion_weight: common.FusionWeight = None,
     rrf_k: common.RrfK = None,
@@ -46,6 +49,7 @@ def search(
         condition = parse_where(where) if where else None
         settings = hybrid_from(hybrid, fusion, fusion_weight, rrf_k, hybrid_depth)
         retriever = Retriever.from_index(index, allow_model_mismatch=allow_model_mismatch)
+        logger.info("%s", retriever.search_config(settings).line())
         results = retriever.search(list(queries), k=k, ncells=ncells, centroid_score_threshold=centroid_score_threshold,
                                    ndocs=ndocs, filter=condition, hybrid=settings)
     if as_json:

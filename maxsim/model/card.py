@@ -49,7 +49,8 @@ class Training:
     step: the optimizer step the weights are from; best: whether they were chosen on the dev set;
     metric: the dev metric that chose them; dev_metrics: their dev scores ({name: value}); curve:
     the ``metrics.jsonl`` rows with dev scores (``step`` and ``dev_*`` keys); settings: every
-    training setting ({name: value}); manifest: ``prepare``'s ``manifest.json`` (or None)."""
+    training setting ({name: value}); manifest: ``prepare``'s ``manifest.json`` (or None);
+    search: the search configuration chosen on dev (``search.json``'s content, or None)."""
 
     step: int
     best: bool = False
@@ -58,6 +59,7 @@ class Training:
     curve: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
     manifest: dict | None = None
+    search: dict | None = None
 
 
 def model_card(settings: ColBERTSettings, folder_format: str = "maxsim", training: Training | None = None,
@@ -156,6 +158,8 @@ def _training_sections(training: Training) -> list[str]:
     if training.dev_metrics:
         parts += ["## Dev metrics of these weights", "", "| metric | value |", "|---|---|",
                   *[f"| {key} | {value:.4f} |" for key, value in sorted(training.dev_metrics.items())], ""]
+    if training.search:
+        parts += _search_section(training.search)
     if training.curve:
         keys = sorted({k for row in training.curve for k in row if k.startswith("dev_")})
         parts += ["## Dev curve", "", "| step | " + " | ".join(k.removeprefix("dev_") for k in keys) + " |",
@@ -166,6 +170,23 @@ def _training_sections(training: Training) -> list[str]:
     if training.settings:
         parts += ["## Training settings", "", "```yaml",
                   yaml.safe_dump(_plain(training.settings), sort_keys=True, allow_unicode=True).strip(), "```", ""]
+    return parts
+
+
+def _search_section(search: dict) -> list[str]:
+    """The search configuration chosen on dev (``search.json``), with the figures behind it."""
+    dev, test = search.get("dev", {}), search.get("test", {})
+    metric = dev.get("metric", "ndcg@10")
+    hybrid = search.get("hybrid") or {}
+    how = ("MaxSim alone" if search.get("search") != "hybrid" else
+           f"MaxSim fused with BM25: {hybrid.get('fusion')} fusion" + (
+               f", MaxSim's weight {hybrid.get('weight')}" if hybrid.get("fusion") == "weighted" else ""))
+    rows = [("MaxSim alone", dev.get("maxsim", {}).get(metric)), ("BM25", dev.get("bm25", {}).get(metric)),
+            (f"best fusion ({dev.get('best_fusion', {}).get('name')})", dev.get("best_fusion", {}).get(metric))]
+    parts = ["## Search configuration", "", f"Chosen on {dev.get('queries', '?')} dev queries: **{how}** "
+             f"(paired test p = {test.get('p_value', '?')}, at {test.get('alpha', '?')}). It is kept in "
+             "`search.json`; maxsim's index, search, serve and retriever use it unless asked otherwise.", "",
+             f"| on dev | {metric} |", "|---|---|", *[f"| {name} | {_cell(value)} |" for name, value in rows], ""]
     return parts
 
 

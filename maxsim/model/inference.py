@@ -174,3 +174,33 @@ def autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
+
+
+#: the config attributes that hold an encoder's attention-probability dropout, by architecture
+ATTENTION_DROPOUT_ATTRIBUTES = ("attention_probs_dropout_prob", "attention_dropout")
+
+
+def set_attention_dropout(encoder: nn.Module, p: float) -> int:
+    """Set the dropout on an encoder's attention probabilities to ``p`` while it trains: its config
+    (BERT's ``attention_probs_dropout_prob``, ModernBERT's ``attention_dropout``) and every
+    attention module's dropout. Returns how many modules changed (0: none was found).
+
+    At 0 a CPU runs attention through PyTorch's fused kernel in training too, instead of
+    materialising every attention matrix to drop out of it: 2-4x the training pace on a CPU.
+    """
+    config = getattr(encoder, "config", None)
+    for name in ATTENTION_DROPOUT_ATTRIBUTES:
+        if config is not None and isinstance(getattr(config, name, None), float):
+            setattr(config, name, p)
+    changed = 0
+    for module in encoder.modules():
+        if "attention" not in type(module).__name__.lower():
+            continue
+        for name in ("dropout_prob", "attention_dropout"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, p)
+                changed += 1
+        if isinstance(getattr(module, "dropout", None), nn.Dropout):
+            module.dropout.p = p
+            changed += 1
+    return changed

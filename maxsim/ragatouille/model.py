@@ -155,7 +155,9 @@ class RAGPretrainedModel:
 
         Each result: ``content``, ``score``, ``rank``, ``document_id``, ``passage_id`` and, when the
         document has metadata, ``document_metadata``. ``doc_ids`` restricts the search to those
-        documents (scored exactly); ``force_fast`` probes fewer centroids.
+        documents (scored exactly); ``force_fast`` probes fewer centroids. The search follows the
+        model's ``search.json`` (fused with BM25 when it chose so on dev); ``hybrid=False`` searches
+        with MaxSim alone, ``hybrid=True`` or a fusion's settings fuse as asked.
         """
         self._use_index(index_name)
         single = isinstance(query, str)
@@ -165,14 +167,19 @@ class RAGPretrainedModel:
             raise SettingsError("force_fast sets ncells and ndocs itself: give force_fast=True, or ncells=/ndocs=, "
                                 "not both")
         backend = self.retriever.backend
+        hybrid = self.retriever.search_config(kwargs.pop("hybrid", None)).hybrid  # (the model's search.json)
         q_vectors, q_mask = self.retriever.query_vectors(texts)
+        components = None
         if doc_ids is not None:
             ranking = backend.search_among(q_vectors, q_mask, [str(d) for d in doc_ids], k)
         else:
             options = {"ncells": 1, "ndocs": max(2 * k, 32)} if force_fast else {}
-            ranking = backend.search(q_vectors, q_mask, k, **options, **kwargs)
+            if hybrid is None:
+                ranking = backend.search(q_vectors, q_mask, k, **options, **kwargs)
+            else:
+                ranking, components = backend.search_hybrid(texts, q_vectors, q_mask, k, hybrid, **options, **kwargs)
         results = []
-        for i, hits in enumerate(self.retriever.hits(ranking)):
+        for i, hits in enumerate(self.retriever.hits(ranking, components=components)):
             passages = ranking.row(i)[0].tolist()
             results.append([_result(hit, zero_index_ranks, passage_id=p) for hit, p in zip(hits, passages)])
         return results[0] if single else results

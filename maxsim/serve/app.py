@@ -38,8 +38,9 @@ def add_search_routes(app: FastAPI, retriever: Retriever, worker: IndexWorker) -
     """POST /search (the JSON body of :class:`SearchRequest`) and GET /search?q=...&k=..."""
 
     async def run_search(queries: list[str], k: int, ncells: int | None = None, ndocs: int | None = None,
-                         filter: dict | None = None, hybrid: Hybrid | None = None):
-        return await asyncio.wrap_future(worker.search(queries, k, ncells, ndocs, filter, hybrid))
+                         filter: dict | None = None, hybrid: Hybrid | bool | None = None):
+        settings = retriever.search_config(hybrid).hybrid  # (None: the model's search.json)
+        return await asyncio.wrap_future(worker.search(queries, k, ncells, ndocs, filter, settings))
 
     @app.post("/search")
     async def search_post(body: SearchRequest):

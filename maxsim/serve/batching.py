@@ -106,7 +106,7 @@ class IndexWorker:
             held = f"{self.retriever.backend.location}, {self.retriever.document_count()} documents"
         except Exception as err:  # noqa: BLE001 - the service answers anyway; its requests meet the error
             held = f"the documents cannot be counted: {err}"
-        logger.info("ready: searches are answered at speed (%s)", held)
+        logger.info("ready: searches are answered at speed (%s); %s", held, self.retriever.search_config().line())
         self.ready.set()
         held: _Search | _Job | None = None  # a job taken while gathering a batch: it runs next
         expected = 1  # requests the last batch answered: under load, their clients come back together
@@ -211,7 +211,7 @@ def check_search(retriever: Retriever, body: SearchRequest) -> None:
     another process has written a newer version than the one held (which may have the field),
     the request goes on to the worker, which reads it."""
     backend = retriever.backend
-    if body.hybrid is not None:
+    if body.hybrid not in (None, False):
         backend.require_bm25()
     if body.filter is None:
         return

@@ -25,8 +25,9 @@ class SearchRequest(BaseModel):
     ndocs: int | None = Field(None, ge=1, le=1 << 20)
     #: which documents may be returned (the grammar of maxsim.index.filters)
     filter: Any = None
-    #: fuse with BM25: true (the default fusion), "rrf", "weighted", or {"fusion", "weight",
-    #: "rrf_k", "depth"} (maxsim.fusion.Hybrid); each hit then has maxsim_score and bm25_score
+    #: fuse with BM25: true (the model's fusion, else the default one), "rrf", "weighted", or
+    #: {"fusion", "weight", "rrf_k", "depth"} (maxsim.fusion.Hybrid); each hit then has
+    #: maxsim_score and bm25_score. false: MaxSim alone. Absent: what the model's search.json chose
     hybrid: Any = None
 
     @field_validator("hybrid", mode="before")
@@ -34,7 +35,7 @@ class SearchRequest(BaseModel):
     def _hybrid(cls, value):
         if value is not None and not isinstance(value, (bool, str, dict)):
             raise ValueError("hybrid is true, false, \"rrf\", \"weighted\" or an object of fusion settings")
-        return hybrid_settings(value)
+        return value if value is None or isinstance(value, bool) else hybrid_settings(value)
 
     @field_validator("filter", mode="before")
     @classmethod

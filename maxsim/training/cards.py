@@ -14,11 +14,12 @@ MANIFEST_FILE = "manifest.json"
 
 
 def run_training(cfg: TrainConfig, step: int, best: bool = False,
-                 dev_metrics: dict[str, float] | None = None) -> Training:
+                 dev_metrics: dict[str, float] | None = None, search: dict | None = None) -> Training:
     """What the card of the weights at ``step`` says: the settings, ``prepare``'s manifest when the
     training folder has one, and the dev curve so far (``metrics.jsonl``'s dev rows, with
     ``dev_metrics`` as the row of ``step`` when it is not written yet; without ``dev_metrics``,
-    those of the row of ``step``, if it was evaluated)."""
+    those of the row of ``step``, if it was evaluated); ``search``: the search configuration chosen
+    on dev (``search.json``'s content)."""
     curve = [{k: v for k, v in row.items() if k == "step" or k.startswith("dev_")}
              for row in MetricsLog(Path(cfg.output) / "metrics.jsonl").rows()
              if any(k.startswith("dev_") for k in row)]
@@ -27,7 +28,8 @@ def run_training(cfg: TrainConfig, step: int, best: bool = False,
         curve.append({"step": step, **{f"dev_{k}": v for k, v in dev_metrics.items()}})
     if not dev_metrics:
         dev_metrics = {k.removeprefix("dev_"): v for row in curve if row["step"] == step
-                       for k, v in row.items() if k != "step"}
+                       for k, v in row.items() if k != "step" and isinstance(v, float)
+                       and not k.startswith(("dev_bm25_", "dev_fusion"))}  # (the model's own figures)
     manifest = None
     path = Path(cfg.data) / MANIFEST_FILE
     if path.is_file():
@@ -36,4 +38,4 @@ def run_training(cfg: TrainConfig, step: int, best: bool = False,
         except ValueError:
             manifest = None
     return Training(step=step, best=best, metric=cfg.metric, dev_metrics=dict(dev_metrics or {}), curve=curve,
-                    settings=cfg.model_dump(mode="json"), manifest=manifest)
+                    settings=cfg.model_dump(mode="json"), manifest=manifest, search=search)

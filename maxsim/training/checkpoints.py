@@ -21,6 +21,7 @@ from maxsim.errors import MaxsimError
 from maxsim.files import atomic_directory, atomic_write_text, recover_directory, remove_stale_temps
 from maxsim.model import ColBERT
 from maxsim.model.card import Training
+from maxsim.search_config import SearchChoice, write_choice
 
 STATE_FILE = "trainer_state.pt"
 POSITION_FILE = "training_state.json"
@@ -50,6 +51,21 @@ class Position:
     dev_digest: str | None = None
     #: the dev metric of the model before training (step 0), which best/ is compared with
     start_value: float | None = None
+    #: the run's length in steps once a time budget has set it (None: no budget, or not set yet)
+    planned_steps: int | None = None
+    #: seconds of the run so far, earlier attempts included (what a time budget counts)
+    spent_s: float = 0.0
+    #: seconds one dev evaluation took (what a time budget reserves for each)
+    eval_s: float = 0.0
+    #: dev evaluations in a row that failed to beat the best (early stopping's count)
+    bad_evals: int = 0
+    #: why the run ended before its last step ("early stopping", "time budget"), or None
+    stopped: str | None = None
+
+    def advance(self, epoch: int, batch_index: int, batches: int) -> None:
+        """One optimizer step done, on batch ``batch_index`` of ``batches`` of ``epoch``."""
+        self.step += 1
+        self.epoch, self.batch = (epoch, batch_index + 1) if batch_index + 1 < batches else (epoch + 1, 0)
 
 
 @dataclass(frozen=True)
@@ -168,11 +184,15 @@ def best_metrics(output: Path) -> dict[str, float]:
     return json.loads(path.read_text())["metrics"] if path.is_file() else {}
 
 
-def save_best(output: Path, model: ColBERT, info: dict, training: Training | None = None) -> Path:
+def save_best(output: Path, model: ColBERT, info: dict, training: Training | None = None,
+              search: SearchChoice | None = None) -> Path:
     """Replace ``best/`` with the current model, a ``best.json`` saying which step it is and,
-    with ``training``, its model card (README.md)."""
+    with ``training``, its model card (README.md); with ``search``, the search configuration
+    chosen on dev (``search.json``)."""
     path = output / "best"
     with atomic_directory(path) as tmp:
         model.save_to(tmp, training=training)
         atomic_write_text(tmp / BEST_FILE, json.dumps(info, indent=2) + "\n")
+        if search is not None:
+            write_choice(tmp, search)
     return path

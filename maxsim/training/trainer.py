@@ -10,13 +10,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import get_linear_schedule_with_warmup
 
 from maxsim.background import prefetched
 from maxsim.data.batches import (
@@ -32,16 +29,25 @@ from maxsim.data.training_folder import TrainingData, data_digest
 from maxsim.errors import SettingsError
 from maxsim.losses import candidate_mask_for_batch, contrastive_loss, distillation_loss
 from maxsim.model import ColBERT
+from maxsim.model.inference import set_attention_dropout
 from maxsim.progress import progress as progress_bar
 from maxsim.scoring import maxsim
-from maxsim.training import checkpoints, distributed, grad_cache
+from maxsim.training import checkpoints, distributed, grad_cache, precision
+from maxsim.training.budget import Budget, LinearSchedule, Schedule, check_stopping, fit_to_budget, out_of_time
 from maxsim.training.cards import run_training
 from maxsim.training.config import TrainConfig
 from maxsim.training.report import MetricsLog, plot_training
 from maxsim.training.run_folder import open_output
 from maxsim.training.stats import StepStats
 from maxsim.training.tracking import Trackers
-from maxsim.training.validation import dev_digest, dev_set, evaluate_start, validate, warn_if_worse_than_start
+from maxsim.training.validation import (
+    dev_digest,
+    dev_set,
+    evaluate_start,
+    report_search,
+    validate,
+    warn_if_worse_than_start,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,50 +77,56 @@ class Trainer:
     def _train(self, ctx: distributed.Context, resume: bool, held: contextlib.ExitStack) -> Path:
         cfg = self.config
         out = Path(cfg.output)
+        budget = Budget(cfg.max_time)  # (the clock of --max-time starts here)
 
         # ---- data: everything is checked before a model is loaded ---------------------------
         data = TrainingData.load(cfg.data, cfg.nway)
         objective = choose_objective(cfg, data)
         data, dev = dev_set(cfg, data)
-        check_world_size(cfg, data, ctx)
+        check_world_size(cfg, data, ctx), check_stopping(cfg, dev)
         digests = checkpoints.Digests(data_digest(cfg.data), dev_digest(cfg))
         resume_from, trackers = open_run(ctx, cfg, resume, digests, held)
 
         # ---- model, tokenised data -------------------------------------------------------------
         torch.manual_seed(cfg.seed)
         model = load_model(cfg, resume_from, ctx.device)
-        cache = TokenCache(model, data)  # every text tokenised once, here
-        positives_of = data.positives_of()
+        cache, positives_of = TokenCache(model, data), data.positives_of()  # every text tokenised once, here
         dev_tokens = model.tokenize_documents(dev.corpus.texts) if dev and ctx.is_main else None
 
         # ---- optimizer and schedule -------------------------------------------------------------
         plan = Schedule.of_run(cfg, len(data.examples), ctx.world_size)
-        total_steps, epochs = plan.total_steps, plan.epochs
         parameters = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(parameters, cfg)
-        scheduler = get_linear_schedule_with_warmup(optimizer, plan.warmup, total_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule := LinearSchedule(plan.warmup,
+                                                                                          plan.total_steps))
         metrics_log = MetricsLog(out / "metrics.jsonl", also=trackers.log)
         position = start_position(ctx, resume_from, optimizer, scheduler, digests, metrics_log)
-        logger.info("%d examples, %d steps per epoch, %d steps, %d warmup, world size %d",
-                    len(data.examples), plan.steps_per_epoch, total_steps, plan.warmup, ctx.world_size)
+        budget.spent_before, total_steps = position.spent_s, position.planned_steps or plan.total_steps
+        known = plan.known or position.planned_steps is not None
+        logger.info("%d examples, %d steps per epoch, %s steps, %d warmup, world size %d; training in %s",
+                    len(data.examples), plan.steps_per_epoch, total_steps if known else "(set by --max-time)",
+                    schedule.warmup, ctx.world_size, precision.describe(ctx.device))
         if dev is not None and position.step == 0:  # the model before training: what best/ must beat
-            position.start_value = evaluate_start(ctx, cfg, model, dev, dev_tokens, metrics_log)
+            evaluate_start(ctx, cfg, model, dev, dev_tokens, metrics_log, position)
 
-        def save(pos: checkpoints.Position) -> None:
+        def save(pos: checkpoints.Position) -> int:
+            pos.spent_s = budget.spent()
             if ctx.is_main:
                 checkpoints.save_checkpoint(out, model, optimizer, scheduler, pos, cfg.keep_checkpoints, cfg.to_yaml(),
                                             run_training(cfg, pos.step))
                 plot_training(metrics_log.rows(), out / "training.png", cfg.metric)
             distributed.barrier(ctx)
+            return pos.step
 
         # ---- the loop ----------------------------------------------------------------------------
-        progress = progress_bar(total_steps, "training", "step", enabled=ctx.is_main and cfg.progress_bar,
-                                initial=position.step)
+        progress = progress_bar(total_steps if known else None, "training", "step",
+                                enabled=ctx.is_main and cfg.progress_bar, initial=position.step)
         model.train()
         on_gpu, ahead = ctx.device.type == "cuda", builds_ahead(ctx)
-        last_saved = None
+        last_saved, first_step, step_times = None, position.step, []
         epoch, start_batch = position.epoch, position.batch
-        while position.step < total_steps and epoch < epochs:
+        ending = position.stopped is not None or position.step >= total_steps
+        while not ending and epoch < plan.epochs:
             batches = global_batches(epoch_order(len(data.examples), cfg.seed, epoch),
                                      cfg.batch_size, ctx.world_size)
             steps = range(start_batch, min(len(batches), start_batch + total_steps - position.step))
@@ -122,9 +134,9 @@ class Trainer:
                                       epoch=epoch)
             inputs_of_steps = step_batches(build, batches, steps, cfg.accumulation_steps, ctx.rank, ctx.world_size,
                                            pin=on_gpu)
-            # on a GPU the host pads the next steps' batches while the GPU runs this one
             started = time.perf_counter()  # a step's time: getting its batches, forward, backward, update
-            for batch_index, inputs in prefetched(inputs_of_steps) if ahead else inputs_of_steps:
+            for batch_index, inputs in prefetched(inputs_of_steps) if ahead else inputs_of_steps:  # (ahead: on a GPU
+                # the host pads the next steps' batches while the GPU runs this one)
                 batch = batches[batch_index]
                 optimizer.zero_grad(set_to_none=True)
                 stats = StepStats()
@@ -133,32 +145,26 @@ class Trainer:
                 grad_norm = apply_gradients(ctx, parameters, optimizer, scheduler, cfg.max_grad_norm)
                 stats = stats.summed(ctx)
                 elapsed = time.perf_counter() - started
-                position.step += 1
-                position.epoch, position.batch = epoch, batch_index + 1
-                if position.batch == len(batches):
-                    position.epoch, position.batch = epoch + 1, 0
+                position.advance(epoch, batch_index, len(batches))
                 progress.update(1)
+                step_times.append(elapsed)
+                if cfg.max_time is not None and position.planned_steps is None:  # the pace sets the length
+                    total_steps = fit_to_budget(ctx, cfg, budget, position, schedule, step_times, plan.total_steps,
+                                                progress) or total_steps
 
-                row = {}
-                if position.step % cfg.log_every == 0 or position.step == total_steps:
-                    row = stats.row(position.step, epoch + (batch_index + 1) / len(batches), len(batch),
-                                    scheduler.get_last_lr()[0], float(grad_norm), elapsed)
-                    progress.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
-                                         trip_s=f"{row['triplets_per_s']:.1f}")
-                due_eval = dev is not None and (
-                    position.step == total_steps
-                    or (cfg.eval_every is not None and position.step % cfg.eval_every == 0))
-                if due_eval:
-                    scores = validate(ctx, cfg, model, dev, dev_tokens, position)
-                    if scores:
-                        row.setdefault("step", position.step)
-                        row.update({f"dev_{k}": v for k, v in scores.items()})
+                row = {} if position.step % cfg.log_every and position.step != total_steps else step_row(
+                    stats, position.step, epoch + (batch_index + 1) / len(batches), len(batch),
+                    scheduler.get_last_lr()[0], float(grad_norm), elapsed, progress)
+                ending = position.step >= total_steps or out_of_time(ctx, budget, position)
+                if dev is not None and (ending or (cfg.eval_every and position.step % cfg.eval_every == 0)):
+                    row = with_dev(row, position.step, validate(ctx, cfg, model, dev, dev_tokens, position))
+                    ending = ending or position.stopped is not None
                 if row and ctx.is_main:
                     metrics_log.append(row)
-                if (cfg.save_every is not None and position.step % cfg.save_every == 0) or (
-                        position.step == total_steps):
-                    save(position)
-                    last_saved = position.step
+                if ending or (cfg.save_every is not None and position.step % cfg.save_every == 0):
+                    last_saved = save(position)
+                if ending:
+                    break
                 started = time.perf_counter()
             epoch, start_batch = epoch + 1, 0
         progress.close()
@@ -167,7 +173,20 @@ class Trainer:
         if position.step not in (last_saved, 0) and not checkpoints.checkpoint_dir(out, position.step).is_dir():
             save(position)
         trackers.close(checkpoints.best_metrics(out) if dev is not None else {})  # (the best dev metrics as summary)
-        return chosen_checkpoint(cfg, dev is not None, position)
+        return chosen_checkpoint(cfg, dev is not None, position, first_step)
+
+
+def step_row(stats: StepStats, step: int, epoch: float, batch_size: int, lr: float, grad_norm: float,
+             seconds: float, progress) -> dict:
+    """A step's ``metrics.jsonl`` row (:meth:`StepStats.row`), also shown beside the progress bar."""
+    row = stats.row(step, epoch, batch_size, lr, grad_norm, seconds)
+    progress.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", trip_s=f"{row['triplets_per_s']:.1f}")
+    return row
+
+
+def with_dev(row: dict, step: int, scores: dict[str, float]) -> dict:
+    """A metrics row with a step's dev scores (``dev_`` + name) added, if any."""
+    return {**row, "step": step, **{f"dev_{k}": v for k, v in scores.items()}} if scores else row
 
 
 def builds_ahead(ctx: distributed.Context) -> bool:
@@ -222,12 +241,16 @@ def open_run(ctx: distributed.Context, cfg: TrainConfig, resume: bool, digests: 
     return resume_from, held.enter_context(Trackers(cfg, resuming=resume_from is not None, is_main=ctx.is_main))
 
 
-def chosen_checkpoint(cfg: TrainConfig, has_dev: bool, position: checkpoints.Position) -> Path:
+def chosen_checkpoint(cfg: TrainConfig, has_dev: bool, position: checkpoints.Position, first_step: int) -> Path:
     """``best/`` when there is a dev set, else the last checkpoint."""
     out = Path(cfg.output)
+    if position.stopped is not None:
+        logger.info("the run %s at step %d (%s)", "ended" if first_step < position.step else
+                    "had already ended: nothing to continue;", position.step, position.stopped)
     if has_dev and position.best_step is not None:
         logger.info("best checkpoint: step %d, dev %s %.4f", position.best_step, cfg.metric, position.best_value)
         warn_if_worse_than_start(cfg, position)
+        report_search(cfg)
         return out / "best"
     if not has_dev:
         logger.info("no dev set: returning the last checkpoint (pass --dev-fraction or "
@@ -247,12 +270,20 @@ def apply_gradients(ctx: distributed.Context, parameters: list[torch.nn.Paramete
 
 
 def load_model(cfg: TrainConfig, resume_from: Path | None, device: torch.device) -> ColBERT:
-    """The checkpoint to resume from, or the base model with a new projection (seeded)."""
+    """The checkpoint to resume from, or the base model with a new projection (seeded); with
+    ``cfg.attention_dropout``, that dropout on its attention probabilities."""
     if resume_from is not None:
-        return ColBERT.from_pretrained(resume_from, dim=cfg.dim, device=device)
-    return ColBERT.from_pretrained(
-        cfg.base_model, dim=cfg.dim, query_maxlen=cfg.query_maxlen, doc_maxlen=cfg.doc_maxlen,
-        attend_to_expansion_tokens=cfg.attend_to_expansion_tokens, seed=cfg.seed, device=device)
+        model = ColBERT.from_pretrained(resume_from, dim=cfg.dim, device=device)
+    else:
+        model = ColBERT.from_pretrained(
+            cfg.base_model, dim=cfg.dim, query_maxlen=cfg.query_maxlen, doc_maxlen=cfg.doc_maxlen,
+            attend_to_expansion_tokens=cfg.attend_to_expansion_tokens, seed=cfg.seed, device=device)
+    if cfg.attention_dropout is not None:
+        if not set_attention_dropout(model.encoder, cfg.attention_dropout):
+            raise SettingsError(f"--attention-dropout: no attention dropout was found in this encoder "
+                                f"({type(model.encoder).__name__}) to set. Fix: leave out --attention-dropout")
+        logger.info("attention dropout while training: %g (--attention-dropout)", cfg.attention_dropout)
+    return model
 
 
 def make_optimizer(parameters: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
@@ -265,32 +296,6 @@ def make_optimizer(parameters: list[torch.nn.Parameter], cfg: TrainConfig) -> to
         lr=cfg.learning_rate, eps=1e-8,
         fused=True if parameters and parameters[0].is_cuda else None,  # one kernel for all tensors on a GPU
     )
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """How long a run is: optimizer steps per epoch, in all, the epochs that takes, and warmup."""
-
-    steps_per_epoch: int
-    total_steps: int
-    epochs: int
-    warmup: int
-
-    @classmethod
-    def of_run(cls, cfg: TrainConfig, n_examples: int, world_size: int) -> Schedule:
-        """``max_steps``, when given, is the number of steps, as in Hugging Face's Trainer: the
-        data is repeated (fresh shuffles) as often as needed, and it overrides ``epochs``.
-        Otherwise the run is ``epochs`` passes. Warmup ``auto`` is 10% of the steps."""
-        steps_per_epoch = len(global_batches(range(n_examples), cfg.batch_size, world_size))
-        if cfg.max_steps is None:
-            total, epochs = cfg.epochs * steps_per_epoch, cfg.epochs
-        else:
-            total, epochs = cfg.max_steps, math.ceil(cfg.max_steps / steps_per_epoch)
-            logger.info("max_steps %d at %d steps per epoch: %d epoch%s%s", cfg.max_steps, steps_per_epoch, epochs,
-                        "" if epochs == 1 else "s", f" (max_steps overrides epochs={cfg.epochs})" if
-                        cfg.epochs not in (1, epochs) else "")
-        warmup = round(0.1 * total) if cfg.warmup_steps == "auto" else cfg.warmup_steps
-        return cls(steps_per_epoch, total, epochs, warmup)
 
 
 def forward_backward(
@@ -314,8 +319,7 @@ def forward_backward(
     """
     queries, documents = batch.queries.to(ctx.device), batch.documents.to(ctx.device)
 
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx.device.type == "cuda")
+    autocast = functools.partial(precision.training_autocast, ctx.device)
 
     chunk = cfg.grad_cache_chunk
     with autocast():
