@@ -31,11 +31,11 @@ def commit() -> str:
     return f"{head}-dirty" if changed else head  # (-dirty: measured with changes not yet committed)
 
 
-def record(results: Path, row: dict) -> None:
-    """Append ``row`` to ``results`` (a .jsonl file) with the date, machine, commit and command,
-    and print it."""
+def record(results: Path, row: dict, command: str | None = None) -> None:
+    """Append ``row`` to ``results`` (a .jsonl file) with the date, machine, commit and command
+    (this process's, unless ``command`` names the one that ran it), and print it."""
     row = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
-           "commit": commit(), "command": " ".join([Path(sys.executable).name, *sys.argv]), **row}
+           "commit": commit(), "command": command or " ".join([Path(sys.executable).name, *sys.argv]), **row}
     results.parent.mkdir(exist_ok=True)
     with results.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(row) + "\n")

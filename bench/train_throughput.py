@@ -151,6 +151,54 @@ def encode_pylate(args) -> dict:
     return {"documents_per_s": len(texts) / seconds, "seconds": seconds, **gpu_peak(args.device)}
 
 
+def training_folder(triplets: list[dict], data: Path) -> None:
+    """The triplets as a maxsim training folder (queries, corpus, triples)."""
+    data.mkdir()
+    queries, corpus, lines = {}, {}, []
+    for t in triplets:
+        qid = queries.setdefault(t["query"], f"q{len(queries)}")
+        pid = corpus.setdefault(t["positive"], f"d{len(corpus)}")
+        nid = corpus.setdefault(t["negative"], f"d{len(corpus)}")
+        lines.append({"query_id": qid, "positive_ids": [pid], "negative_ids": [nid]})
+    for name, table in (("queries.jsonl", queries), ("corpus.jsonl", corpus)):
+        (data / name).write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for t, i in table.items()))
+    (data / "triples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def profile_maxsim(args) -> None:
+    """Where one maxsim training step's CPU time goes (torch.profiler, after two warm steps),
+    in the precision MAXSIM_CPU_BF16 sets: the table, by self CPU time."""
+    import numpy as np
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from maxsim.data.batches import TokenCache, build_batch
+    from maxsim.data.training_folder import TrainingData
+    from maxsim.model import ColBERT
+    from maxsim.model.inference import set_attention_dropout
+    from maxsim.training import TrainConfig
+    from maxsim.training.distributed import Context
+    from maxsim.training.trainer import forward_backward
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        training_folder(json.loads(Path(args.triplets).read_text()), Path(tmp) / "data")
+        data = TrainingData.load(Path(tmp) / "data", 2)
+        model = ColBERT.from_pretrained(args.base_model, doc_maxlen=args.doc_maxlen, query_maxlen=args.query_maxlen)
+        if args.attention_dropout is not None:
+            set_attention_dropout(model.encoder, args.attention_dropout)
+        model.train()
+        cfg = TrainConfig(data=Path(tmp) / "data", output=Path(tmp) / "out", batch_size=args.batch_size)
+        cache, positives = TokenCache(model, data), data.positives_of()
+        batches = [build_batch(model, data, cache, positives, np.arange(i * args.batch_size, (i + 1) * args.batch_size),
+                               2, 0, 0) for i in range(3)]
+        for batch in batches[:2]:
+            forward_backward(model, batch, Context(), cfg, 0, args.batch_size)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            forward_backward(model, batches[2], Context(), cfg, 0, args.batch_size)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), flush=True)
+
+
 def worker_maxsim(args) -> dict:
     import torch
 
@@ -160,16 +208,7 @@ def worker_maxsim(args) -> dict:
     triplets = json.loads(Path(args.triplets).read_text())
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        data.mkdir()
-        queries, corpus, lines = {}, {}, []
-        for t in triplets:
-            qid = queries.setdefault(t["query"], f"q{len(queries)}")
-            pid = corpus.setdefault(t["positive"], f"d{len(corpus)}")
-            nid = corpus.setdefault(t["negative"], f"d{len(corpus)}")
-            lines.append({"query_id": qid, "positive_ids": [pid], "negative_ids": [nid]})
-        for name, table in (("queries.jsonl", queries), ("corpus.jsonl", corpus)):
-            (data / name).write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for t, i in table.items()))
-        (data / "triples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        training_folder(triplets, data)
         if args.dev_data:  # dev quality: the prepared folder itself (its dev/ validates), the same steps
             data = Path(args.dev_data)
         cfg = TrainConfig(data=data, output=Path(tmp) / "out", base_model=args.base_model, batch_size=args.batch_size,
@@ -295,11 +334,11 @@ def run_worker(python: str, system: str, args, data: Path, batch_size: int, extr
     if args.device == "cpu":  # the tokenizer's own threads would compete with the --threads given
         env["TOKENIZERS_PARALLELISM"] = "false"
     subprocess.run(cmd, check=True, env=env)
-    return json.loads(out.read_text())
+    return json.loads(out.read_text()) if args.job != "profile" else {}
 
 
-WORKERS = {("train", "maxsim"): worker_maxsim, ("train", "pylate"): worker_pylate,
-           ("encode", "maxsim"): encode_maxsim, ("encode", "pylate"): encode_pylate}
+WORKERS = {("profile", "maxsim"): profile_maxsim, ("train", "maxsim"): worker_maxsim,
+           ("train", "pylate"): worker_pylate, ("encode", "maxsim"): encode_maxsim, ("encode", "pylate"): encode_pylate}
 
 
 def workload_data(args, workload: str, batch_size: int) -> Path:
@@ -341,7 +380,9 @@ def main() -> None:
                         "and reports dev nDCG@10 after the same steps in each precision (PyLate: throughput only)")
     parser.add_argument("--output", default=str(HERE / "results" / "train_throughput.json"))
     parser.add_argument("--worker", choices=["maxsim", "pylate"], help=argparse.SUPPRESS)
-    parser.add_argument("--job", choices=["train", "encode"], default="train", help=argparse.SUPPRESS)
+    parser.add_argument("--job", choices=["train", "encode", "profile"], default="train", help=argparse.SUPPRESS)
+    parser.add_argument("--profile", action="store_true", help="print where one step of each maxsim system spends "
+                        "its CPU time (torch.profiler) instead of timing the systems")
     parser.add_argument("--triplets", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -352,6 +393,8 @@ def main() -> None:
     if args.worker:
         args.batch_size = args.batch_sizes[0]
         result = WORKERS[args.job, args.worker](args)
+        if result is None:  # (the profile prints its table)
+            return
         result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         Path(args.result).write_text(json.dumps(result))
         return
@@ -367,6 +410,13 @@ def main() -> None:
         machine += f", {torch.cuda.get_device_name()}"
     hidden = {"worker", "job", "triplets", "result"}
     report = {"machine": machine, "settings": {k: v for k, v in vars(args).items() if k not in hidden}, "results": {}}
+    if args.profile:
+        args.job = "profile"
+        data = workload_data(args, args.workloads[0], args.batch_sizes[0])
+        for system in (name for name in args.systems if SYSTEMS[name][0] == "maxsim"):
+            print(f"# {system}", flush=True)
+            run_worker(sys.executable, system, args, data, args.batch_sizes[0], None)
+        return
     for workload in args.workloads:
         job = "encode" if workload == "encode" else "train"
         unit = "documents_per_s" if job == "encode" else "triplets_per_s"

@@ -20,12 +20,13 @@ PACKAGE = ROOT / "maxsim"
 #: bottom to top; a module may import its own layer and those below, never those above
 LAYERS = [
     ("text, ids, files and errors", ["maxsim.errors", "maxsim.ids", "maxsim.limits", "maxsim.files", "maxsim.progress", "maxsim.lexical", "maxsim.process_group", "maxsim.inputs", "maxsim.lazy",
-                                       "maxsim.background"]),
+                                       "maxsim.background", "maxsim.durations"]),
     ("model", ["maxsim.model"]),
-    ("scoring and losses", ["maxsim.scoring", "maxsim.losses", "maxsim.ranking", "maxsim.fusion", "maxsim.muvera"]),
+    ("scoring and losses", ["maxsim.scoring", "maxsim.losses", "maxsim.ranking", "maxsim.fusion", "maxsim.muvera",
+                            "maxsim.search_config"]),
     ("index and search", ["maxsim.index", "maxsim.index_settings", "maxsim.exact_search", "maxsim.backends", "maxsim.indexing", "maxsim.in_memory", "maxsim.text_encoder",
                           "maxsim.retriever", "maxsim.qdrant"]),
-    ("data and evaluation", ["maxsim.data", "maxsim.evaluation"]),
+    ("data and evaluation", ["maxsim.data", "maxsim.evaluation", "maxsim.search_tuning"]),
     ("training", ["maxsim.training"]),
     ("adapters", ["maxsim.cli", "maxsim.ragatouille", "maxsim.serve",
                   "maxsim.__main__", "maxsim"]),

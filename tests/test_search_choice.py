@@ -117,6 +117,8 @@ def test_a_run_where_bm25_wins_on_dev_says_so_and_chooses_fusion(tiny_model_dir,
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     start = next(r for r in rows if r["step"] == 0)
     assert start["dev_bm25_ndcg@10"] == choice.dev["bm25"]["ndcg@10"] and isinstance(start["dev_fusion"], str)
+    assert info["baselines"]["step_0"] == {"maxsim": start["dev_ndcg@10"], "fusion": start["dev_fusion_ndcg@10"],
+                                           "fusion_name": start["dev_fusion"]}
     assert all("dev_fusion_ndcg@10" in r for r in rows if "dev_ndcg@10" in r)
     assert "WORSE than BM25" in caplog.text and "(step 0: " in caplog.text
     assert "## Search configuration" in (best / "README.md").read_text()
@@ -166,6 +168,17 @@ def test_every_search_follows_the_model_choice_unless_told_otherwise(hybrid_mode
     assert json.loads(auto.stdout.strip().splitlines()[-1])[0].get("bm25_score") is not None
     refused = runner.invoke(app, ["search", "q", "--index", str(tmp_path / "ix"), "--no-hybrid", "--fusion", "rrf"])
     assert refused.exit_code != 0 and "--no-hybrid" in refused.output
+    # the service: a request without "hybrid" follows search.json, "hybrid": false does not
+    from fastapi.testclient import TestClient
+
+    from maxsim.serve import create_app
+
+    with TestClient(create_app(retriever)) as http:
+        auto_hits = http.post("/search", json={"queries": ["basalt things"], "k": 2}).json()["results"][0]
+        plain_hits = http.post("/search", json={"queries": ["basalt things"], "k": 2, "hybrid": False}).json()
+        browser = http.get("/search", params={"q": "basalt things", "k": 2}).json()
+    assert auto_hits[0].get("bm25_score") is not None and plain_hits["results"][0][0].get("bm25_score") is None
+    assert str(browser).count("bm25_score") == 2
     # RAGatouille's search follows it too
     from maxsim.ragatouille import RAGPretrainedModel
 

@@ -78,7 +78,9 @@ def evaluate(
 
         used = effective(settings, model if model not in (None, "base") else read_settings(index).model_path,
                          read_settings(index).bm25_language is not None)
-        result["search"] = {"hybrid": None if used.hybrid is None else used.hybrid.model_dump(), "source": used.source}
+        if used.hybrid is not None:
+            result["hybrid"] = used.hybrid.model_dump()
+        result["search"] = used.line()
     if index is not None:
         result["index"] = str(index)
         if model is None:

@@ -19,16 +19,21 @@ def export(
     """Write a checkpoint in another library's format; prints the folder.
 
     A model that library would encode differently (a tokenizer without [CLS], say) is refused
-    with the reason, rather than written wrong.
+    with the reason, rather than written wrong. The search configuration chosen on dev
+    (search.json) goes with it.
     """
     from maxsim.model import ColBERT
     from maxsim.model.card import load_training
+    from maxsim.search_config import read_choice, write_choice
 
     quiet_libraries()
     with one_line_errors():
         model = ColBERT.from_pretrained(None if checkpoint == "base" else checkpoint)
         source = None if checkpoint == "base" else Path(checkpoint)
         model.save(output, format=format, training=load_training(source) if source and source.is_dir() else None)
+        choice = read_choice(source)
+        if choice is not None:
+            write_choice(output, choice)
     typer.echo(str(output))
 
 

@@ -103,9 +103,9 @@ class Trainer:
         position = start_position(ctx, resume_from, optimizer, scheduler, digests, metrics_log)
         budget.spent_before, total_steps = position.spent_s, position.planned_steps or plan.total_steps
         known = plan.known or position.planned_steps is not None
-        logger.info("%d examples, %d steps per epoch, %s steps, %d warmup, world size %d; training in %s",
-                    len(data.examples), plan.steps_per_epoch, total_steps if known else "(set by --max-time)",
-                    schedule.warmup, ctx.world_size, precision.describe(ctx.device))
+        logger.info("%d examples, %d steps per epoch, %s, world size %d; training in %s", len(data.examples),
+                    plan.steps_per_epoch, f"{total_steps} steps, {schedule.warmup} warmup" if known else
+                    "steps and warmup set by --max-time", ctx.world_size, precision.describe(ctx.device))
         if dev is not None and position.step == 0:  # the model before training: what best/ must beat
             evaluate_start(ctx, cfg, model, dev, dev_tokens, metrics_log, position)
 

@@ -227,6 +227,14 @@ def warn_if_worse_than_start(cfg: TrainConfig, position: checkpoints.Position) -
         atomic_write_text(best_file, json.dumps(info, indent=2) + "\n")
 
 
+def step_zero(cfg: TrainConfig) -> dict:
+    """The step-0 dev figures (the model before training, and its best fusion with BM25) from
+    ``metrics.jsonl``: ``{"maxsim": ..., "fusion": ..., "fusion_name": ...}`` for ``cfg.metric``."""
+    start = next((row for row in MetricsLog(Path(cfg.output) / "metrics.jsonl").rows() if row.get("step") == 0), {})
+    keys = (("maxsim", f"dev_{cfg.metric}"), ("fusion", f"dev_fusion_{cfg.metric}"), ("fusion_name", "dev_fusion"))
+    return {name: start[key] for name, key in keys if key in start}
+
+
 def report_search(cfg: TrainConfig) -> None:
     """The end of a run with a dev set: the model alone, BM25 and the best fusion on dev, with the
     step-0 figures beside them, and the search configuration written into ``best/``; a warning,
@@ -234,10 +242,7 @@ def report_search(cfg: TrainConfig) -> None:
     choice = read_choice(Path(cfg.output) / "best")
     if choice is None:
         return
-    start = next((row for row in MetricsLog(Path(cfg.output) / "metrics.jsonl").rows() if row.get("step") == 0), {})
-    keys = (("maxsim", f"dev_{cfg.metric}"), ("fusion", f"dev_fusion_{cfg.metric}"))
-    before = {name: start[key] for name, key in keys if isinstance(start.get(key), float)}
-    lines = search_report(choice, before)
+    lines = search_report(choice, step_zero(cfg))
     for line in lines[:2]:
         logger.info("%s", line)
     for line in lines[2:]:
@@ -270,7 +275,8 @@ def validate(ctx: distributed.Context, cfg: TrainConfig, model: ColBERT, dev: De
                 "step": position.step, "metric": cfg.metric, "value": value, "metrics": scores,
                 "start_value": position.start_value, "worse_than_start": (
                     position.start_value is not None and value < position.start_value),
-                "baselines": {"bm25": choice.dev["bm25"], "best_fusion": choice.dev["best_fusion"]},
+                "baselines": {"bm25": choice.dev["bm25"], "best_fusion": choice.dev["best_fusion"],
+                              "step_0": step_zero(cfg)},
                 "search": choice.summary()},
                 run_training(cfg, position.step, best=True, dev_metrics=scores, search=choice.model_dump(mode="json")),
                 search=choice)
