@@ -86,3 +86,17 @@ class Hit:
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         return out
+
+
+def hits_of(ranking: Ranking, passages: list[list], components: list | None = None) -> list[list[Hit]]:
+    """The hits of each query's row of ``ranking``: ``passages`` (one list a query, in the row's
+    order: objects with ``document_id``, ``content``, ``metadata``, ``chunk``, ``start`` and
+    ``end``) with the row's scores and ranks from 1; ``components``: a hybrid search's (MaxSim,
+    BM25) scores of each item, per query."""
+    results = [[Hit(p.document_id, score, rank, p.content, p.metadata, chunk=p.chunk, start=p.start, end=p.end)
+                for rank, (p, score) in enumerate(zip(row, ranking.row(i)[1].tolist()), start=1)]
+               for i, row in enumerate(passages)]
+    for row, (maxsim_part, bm25_part) in zip(results, components or []):
+        for hit, m, b in zip(row, maxsim_part, bm25_part):
+            hit.maxsim_score, hit.bm25_score = float(m), float(b)
+    return results

@@ -28,7 +28,7 @@ from maxsim.backends.qdrant import (
     fill_collection,
     open_collection,
 )
-from maxsim.errors import MaxsimError, SettingsError, UnknownIdError
+from maxsim.errors import SettingsError, UnknownIdError
 from maxsim.fusion import Hybrid
 from maxsim.in_memory import EncodedSet, rerank
 from maxsim.index import IndexData, IndexLoadError
@@ -37,8 +37,8 @@ from maxsim.indexing import INDEX_ROOT, build_index, index_folder, settings_for
 from maxsim.inputs import DEFAULT_K, check_k, checked_ids, checked_queries, checked_records
 from maxsim.model import ColBERT, InferenceForward
 from maxsim.progress import in_notebook
-from maxsim.ranking import Hit, Ranking
-from maxsim.search_config import SearchConfig, effective, read_choice, resolve
+from maxsim.ranking import Hit, Ranking, hits_of
+from maxsim.search_config import ModelSearch, SearchConfig
 from maxsim.text_encoder import TextEncoder
 
 logger = logging.getLogger(__name__)
@@ -64,12 +64,8 @@ class Retriever:
         model.warn_if_untrained("indexing or searching")
         if backend is not None:
             check_dim(backend, model)
-        #: the search configuration the model's folder carries (``search.json``; None: none)
-        self.search_choice = read_choice(self.model_path)
-        self._fallback_said = False
-        if self.search_choice is not None:
-            logger.info("%s; hybrid=False (--no-hybrid) searches with MaxSim alone",
-                        resolve(None, self.search_choice, self.model_path).line())
+        #: the search configuration the model's folder carries (``search.json``)
+        self.model_search = ModelSearch(self.model_path)
 
     @classmethod
     def from_pretrained(cls, checkpoint: str | Path | None = None, device: str | None = None) -> Retriever:
@@ -185,10 +181,8 @@ class Retriever:
         sequence whose slices are lists of them, such as :class:`maxsim.data.corpus_file.CorpusFile`,
         which reads a ``corpus.jsonl`` shard by shard instead of holding every text."""
         path = Path(path) if path is not None else index_folder(name)
-        if bm25_language is None and self.search_choice is not None and self.search_choice.settings() is not None:
-            logger.warning("the model's search.json chose %s on dev, which needs the index's BM25 side; this index "
-                           "gets none (--no-bm25), so its searches use MaxSim alone until one is added (maxsim index "
-                           "add-bm25)", self.search_choice.summary())
+        if bm25_language is None:
+            self.model_search.warn_without_bm25()
         settings = settings_for(self.model, self.model_path, self.encoder.precision(), nbits=nbits, seed=seed,
                                 split_documents=split_documents, max_document_tokens=max_document_tokens,
                                 pool_factor=pool_factor, bm25_language=bm25_language)
@@ -252,21 +246,8 @@ class Retriever:
     checked_queries = staticmethod(checked_queries)  # (kept for callers of Retriever.checked_queries)
 
     def search_config(self, hybrid=None) -> SearchConfig:
-        """The configuration a search with ``hybrid`` uses, and where it came from
-        (:func:`maxsim.search_config.effective`): None follows the model's ``search.json``."""
-        config = effective(hybrid, self.model_path, self._has_bm25())
-        if hybrid is None and self.search_choice is not None and config.hybrid is None and \
-                self.search_choice.settings() is not None and not self._fallback_said:
-            self._fallback_said = True
-            logger.warning("searching with MaxSim alone: %s", config.source)
-        return config
-
-    def _has_bm25(self) -> bool:
-        try:
-            self._require_backend().require_bm25()
-        except MaxsimError:
-            return False
-        return True
+        """The configuration a search with ``hybrid`` uses (None: the model's ``search.json``), and why."""
+        return self.model_search.config(hybrid, self.backend)
 
     def search(self, queries: str | Sequence[str], k: int = DEFAULT_K, ncells: int | None = None,
                centroid_score_threshold: float | None = None, ndocs: int | None = None,
@@ -276,13 +257,10 @@ class Retriever:
         come back only when the index holds (or ``filter`` passes) fewer.
 
         ``filter`` limits the documents returned, by metadata or id, e.g. ``{"year": {"gte":
-        2019}, "source": "pubmed"}`` (:mod:`maxsim.index.filters`); others are never scored.
-        ``hybrid`` fuses this ranking with BM25's over the texts: True (the model's fusion, else
-        the default one, :data:`maxsim.fusion.DEFAULT_HYBRID`), ``"rrf"``, ``"weighted"`` or a
-        :class:`maxsim.fusion.Hybrid` (or a dict of its fields); each hit then says both
-        component scores. An index without a BM25 side refuses it, saying how to add one.
-        False searches with MaxSim alone; None (the default) does what the model's
-        ``search.json`` chose on dev (:mod:`maxsim.search_config`), MaxSim alone without one."""
+        2019}}`` (:mod:`maxsim.index.filters`); others are never scored. ``hybrid`` None (the
+        default) does what the model's ``search.json`` chose on dev (:mod:`maxsim.search_config`);
+        False: MaxSim alone; True, ``"rrf"``, ``"weighted"`` or a :class:`maxsim.fusion.Hybrid`:
+        fused with BM25 (each hit then says both component scores)."""
         backend = self._require_backend()
         texts = checked_queries(queries)
         check_k(k)
@@ -334,18 +312,10 @@ class Retriever:
 
     def hits(self, ranking: Ranking, backend: Backend | None = None, whole: bool = False,
              components: list | None = None) -> list[list[Hit]]:
-        """The hits of a ranking of the backend's items (default the backend held now): each
-        item's document, with the matching text as ``content`` (``whole``: the ranking is of
-        documents, and ``content`` is the whole text); ``components``: a hybrid search's (MaxSim,
-        BM25) scores of each item, per query."""
+        """The hits of a ranking of the backend's items (default the backend held now), as
+        :func:`maxsim.ranking.hits_of` makes them (``whole``: the ranking is of documents)."""
         backend = backend if backend is not None else self._require_backend()
-        results = [[Hit(p.document_id, score, rank, p.content, p.metadata, chunk=p.chunk, start=p.start, end=p.end)
-                    for rank, (p, score) in enumerate(zip(passages, ranking.row(i)[1].tolist()), start=1)]
-                   for i, passages in enumerate(backend.passages(ranking, whole))]
-        for row, (maxsim_part, bm25_part) in zip(results, components or []):
-            for hit, m, b in zip(row, maxsim_part, bm25_part):
-                hit.maxsim_score, hit.bm25_score = float(m), float(b)
-        return results
+        return hits_of(ranking, backend.passages(ranking, whole), components)
 
     def document(self, document_id: str) -> dict:
         """A document's whole text and metadata, ``{"document_id", "content", "metadata"}`` (a hit is one of its

@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from maxsim.errors import validation_message
+from maxsim.errors import MaxsimError, validation_message
 from maxsim.files import atomic_write_text
 from maxsim.fusion import Hybrid, hybrid_settings
 
@@ -132,3 +132,45 @@ def effective(requested, model_folder: str | Path | None, has_bm25: bool) -> Sea
         return SearchConfig(None, f"the model's search.json chose {describe(config.hybrid)}, which needs a BM25 "
                                   "side this index lacks; add one with maxsim index add-bm25")
     return config
+
+
+class ModelSearch:
+    """A model folder's ``search.json`` as the searches of one retriever use it: read once (the
+    log says what it chose), then :meth:`config` for each search, saying once when an index
+    without a BM25 side makes a hybrid choice fall back to MaxSim alone."""
+
+    def __init__(self, model_folder: str | Path | None) -> None:
+        self.folder = model_folder
+        self.choice = read_choice(model_folder)
+        self._fallback_said = False
+        if self.choice is not None:
+            logger.info("%s; hybrid=False (--no-hybrid) searches with MaxSim alone",
+                        resolve(None, self.choice, model_folder).line())
+
+    def config(self, requested, backend=None) -> SearchConfig:
+        """The configuration a search asking for ``requested`` uses over ``backend`` (one with a
+        BM25 side or not: :meth:`require_bm25` says)."""
+        config = effective(requested, self.folder, has_bm25(backend))
+        if requested is None and self.choice is not None and self.choice.settings() is not None and \
+                config.hybrid is None and not self._fallback_said:
+            self._fallback_said = True
+            logger.warning("searching with MaxSim alone: %s", config.source)
+        return config
+
+    def warn_without_bm25(self) -> None:
+        """Say, at a build without a BM25 side, that the model's hybrid choice will not be followed."""
+        if self.choice is not None and self.choice.settings() is not None:
+            logger.warning("the model's search.json chose %s on dev, which needs the index's BM25 side; this index "
+                           "gets none (--no-bm25), so its searches use MaxSim alone until one is added (maxsim index "
+                           "add-bm25)", self.choice.summary())
+
+
+def has_bm25(backend) -> bool:
+    """Whether ``backend`` (None: none) can search BM25 (its ``require_bm25`` does not refuse)."""
+    if backend is None:
+        return False
+    try:
+        backend.require_bm25()
+    except MaxsimError:
+        return False
+    return True

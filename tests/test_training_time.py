@@ -136,6 +136,7 @@ def test_cpu_training_precision_follows_the_cpu(tiny_model_dir, training_folder,
         trainer_module.forward_backward = saved
     assert set(seen) == {torch.bfloat16 if cpu_bf16 else torch.float32}
     assert ("training in bf16 autocast" in caplog.text) is cpu_bf16
+    assert "--attention-dropout 0 trains several times faster" in caplog.text  # (the hint, on a CPU)
     from safetensors.torch import load_file
 
     assert all(t.dtype == torch.float32 for t in load_file(str(path / "model.safetensors")).values())

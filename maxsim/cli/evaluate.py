@@ -55,7 +55,6 @@ def evaluate(
     from maxsim.data.datasets import resolve
     from maxsim.evaluation import evaluate_beir, write_trec_run
     from maxsim.files import atomic_write_text
-    from maxsim.index import read_settings
 
     if model is None and index is None:
         fail("give --model (a checkpoint, 'base' or 'bm25') or --index")
@@ -74,22 +73,25 @@ def evaluate(
                                      allow_model_mismatch=allow_model_mismatch, device=device, hybrid=settings)
     result = {"model": model, "data": str(data), "split": split, **{k_: round(v, 4) for k_, v in metrics.items()}}
     if index is not None:
-        from maxsim.search_config import effective
-
-        used = effective(settings, model if model not in (None, "base") else read_settings(index).model_path,
-                         read_settings(index).bm25_language is not None)
-        if used.hybrid is not None:
-            result["hybrid"] = used.hybrid.model_dump()
-        result["search"] = used.line()
-    if index is not None:
-        result["index"] = str(index)
-        if model is None:
-            result["model"] = read_settings(index).model_path
+        result.update(searched_with(index, model, settings))
     if output is not None:
         with one_line_errors():
             write_trec_run(run, output / "run.trec", tag="bm25" if model == "bm25" else "maxsim")
             atomic_write_text(output / "metrics.json", json.dumps(result, indent=2) + "\n")
     typer.echo(json.dumps(result))
+
+
+def searched_with(index: Path, model: str | None, settings) -> dict:
+    """What ``eval --index`` reports of its search: the index, the model (None: the one that built
+    it) and the search configuration used (the hybrid settings, if fused, and the log's line)."""
+    from maxsim.index import read_settings
+    from maxsim.search_config import effective
+
+    built = read_settings(index)
+    used = effective(settings, model if model not in (None, "base") else built.model_path,
+                     built.bm25_language is not None)
+    out = {"index": str(index), "model": model if model is not None else built.model_path, "search": used.line()}
+    return out | ({"hybrid": used.hybrid.model_dump()} if used.hybrid is not None else {})
 
 
 @app.command("tune-search")

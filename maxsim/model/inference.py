@@ -180,6 +180,13 @@ def autocast(device: torch.device):
 ATTENTION_DROPOUT_ATTRIBUTES = ("attention_probs_dropout_prob", "attention_dropout")
 
 
+def attention_dropout_of(encoder: nn.Module) -> float:
+    """The dropout an encoder's config puts on its attention probabilities (0 if it names none)."""
+    config = getattr(encoder, "config", None)
+    return next((float(getattr(config, name)) for name in ATTENTION_DROPOUT_ATTRIBUTES
+                 if isinstance(getattr(config, name, None), float)), 0.0)
+
+
 def set_attention_dropout(encoder: nn.Module, p: float) -> int:
     """Set the dropout on an encoder's attention probabilities to ``p`` while it trains: its config
     (BERT's ``attention_probs_dropout_prob``, ModernBERT's ``attention_dropout``) and every

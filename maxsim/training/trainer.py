@@ -29,7 +29,7 @@ from maxsim.data.training_folder import TrainingData, data_digest
 from maxsim.errors import SettingsError
 from maxsim.losses import candidate_mask_for_batch, contrastive_loss, distillation_loss
 from maxsim.model import ColBERT
-from maxsim.model.inference import set_attention_dropout
+from maxsim.model.inference import attention_dropout_of, set_attention_dropout
 from maxsim.progress import progress as progress_bar
 from maxsim.scoring import maxsim
 from maxsim.training import checkpoints, distributed, grad_cache, precision
@@ -278,6 +278,10 @@ def load_model(cfg: TrainConfig, resume_from: Path | None, device: torch.device)
         model = ColBERT.from_pretrained(
             cfg.base_model, dim=cfg.dim, query_maxlen=cfg.query_maxlen, doc_maxlen=cfg.doc_maxlen,
             attend_to_expansion_tokens=cfg.attend_to_expansion_tokens, seed=cfg.seed, device=device)
+    if cfg.attention_dropout is None and device.type == "cpu" and attention_dropout_of(model.encoder):
+        logger.info("attention dropout %g (the base model's): on a CPU, --attention-dropout 0 trains several times "
+                    "faster (the fused attention kernel; BENCHMARKS.md); compare the two on dev",
+                    attention_dropout_of(model.encoder))
     if cfg.attention_dropout is not None:
         if not set_attention_dropout(model.encoder, cfg.attention_dropout):
             raise SettingsError(f"--attention-dropout: no attention dropout was found in this encoder "
