@@ -123,11 +123,11 @@ def resolve(requested, choice: SearchChoice | None, where: str | Path | None = N
     return SearchConfig(settings, "as asked")
 
 
-def effective(requested, model_folder: str | Path | None, has_bm25: bool) -> SearchConfig:
-    """:func:`resolve` for a model folder's own ``search.json`` and an index that has a BM25 side
-    or not: the model's choice of hybrid search over an index without one falls back to MaxSim
-    alone, and says so (what is asked for explicitly is refused by the index instead)."""
-    config = resolve(requested, read_choice(model_folder), model_folder)
+def effective(requested, choice: SearchChoice | None, where: str | Path | None, has_bm25: bool) -> SearchConfig:
+    """:func:`resolve` for a model's ``choice`` (read from ``where``) and an index that has a BM25
+    side or not: the model's choice of hybrid search over an index without one falls back to
+    MaxSim alone, and says so (what is asked for explicitly is refused by the index instead)."""
+    config = resolve(requested, choice, where)
     if requested is None and config.hybrid is not None and not has_bm25:
         return SearchConfig(None, f"the model's search.json chose {describe(config.hybrid)}, which needs a BM25 "
                                   "side this index lacks; add one with maxsim index add-bm25")
@@ -150,7 +150,7 @@ class ModelSearch:
     def config(self, requested, backend=None) -> SearchConfig:
         """The configuration a search asking for ``requested`` uses over ``backend`` (one with a
         BM25 side or not: :meth:`require_bm25` says)."""
-        config = effective(requested, self.folder, has_bm25(backend))
+        config = effective(requested, self.choice, self.folder, has_bm25(backend))  # (read once, not per search)
         if requested is None and self.choice is not None and self.choice.settings() is not None and \
                 config.hybrid is None and not self._fallback_said:
             self._fallback_said = True

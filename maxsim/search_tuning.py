@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maxsim.evaluation import evaluate_run, per_query, run_from_ranking
+from maxsim.evaluation import per_query, run_from_ranking
 from maxsim.fusion import Hybrid, fuse
 from maxsim.lexical import DEFAULT_LANGUAGE
 from maxsim.ranking import Ranking
@@ -86,13 +86,14 @@ def compare(query_ids: Sequence[str], doc_ids: Sequence[str], qrels: dict[str, d
     runs = {"maxsim": model, "bm25": bm25}
     settings = dict(fusions())
     runs.update({name: fused_ranking(model, bm25, s) for name, s in settings.items()})
-    judged = {q: docs for q, docs in qrels.items() if q in set(query_ids)}
+    asked = set(query_ids)
+    judged = {q: docs for q, docs in qrels.items() if q in asked}
     names, metrics, values = list(runs), {}, []
     for name in names:
         run = run_from_ranking(query_ids, doc_ids, runs[name], k=DEPTH)
-        metrics[name] = evaluate_run(judged, run, tuple(dict.fromkeys((*REPORTED, metric))))
-        by_query = per_query(judged, run, metric)
-        values.append(np.array([by_query[q] for q in sorted(by_query)], dtype=np.float64))
+        by_metric = {m: per_query(judged, run, m) for m in dict.fromkeys((*REPORTED, metric))}
+        metrics[name] = {m: sum(v.values()) / max(1, len(v)) for m, v in by_metric.items()}  # (as evaluate_run)
+        values.append(np.array([by_metric[metric][q] for q in sorted(by_metric[metric])], dtype=np.float64))
     return Comparison(metric, names, settings, metrics, np.stack(values))
 
 

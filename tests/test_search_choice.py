@@ -92,7 +92,7 @@ def test_search_json_round_trip_and_resolution(tmp_path, caplog):
     assert resolve(False, choice, tmp_path).hybrid is None
     assert "instead of the model's own choice" in resolve("rrf", choice, tmp_path).source
     assert resolve(None, None).hybrid is None and resolve(True, None).hybrid == Hybrid()
-    fallback = effective(None, tmp_path, has_bm25=False)
+    fallback = effective(None, read_choice(tmp_path), tmp_path, has_bm25=False)
     assert fallback.hybrid is None and "add-bm25" in fallback.source
     (tmp_path / SEARCH_FILE).write_text('{"search": "sometimes"}')
     with caplog.at_level(logging.WARNING):

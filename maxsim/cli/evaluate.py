@@ -85,11 +85,11 @@ def searched_with(index: Path, model: str | None, settings) -> dict:
     """What ``eval --index`` reports of its search: the index, the model (None: the one that built
     it) and the search configuration used (the hybrid settings, if fused, and the log's line)."""
     from maxsim.index import read_settings
-    from maxsim.search_config import effective
+    from maxsim.search_config import effective, read_choice
 
     built = read_settings(index)
-    used = effective(settings, model if model not in (None, "base") else built.model_path,
-                     built.bm25_language is not None)
+    folder = model if model not in (None, "base") else built.model_path
+    used = effective(settings, read_choice(folder), folder, built.bm25_language is not None)
     out = {"index": str(index), "model": model if model is not None else built.model_path, "search": used.line()}
     return out | ({"hybrid": used.hybrid.model_dump()} if used.hybrid is not None else {})
 
