@@ -15,7 +15,7 @@ from maxsim.limits import check_metadata, check_query, check_text
 
 #: how many hits a search returns when not told
 DEFAULT_K = 10
-#: centroids scoring under this for every query token are left out of a search's first ranking
+#: a query token skips the centroids scoring under this for it (its missing similarity stands in)
 CENTROID_SCORE_THRESHOLD = 0.4
 
 
@@ -28,9 +28,10 @@ class SearchSettings(BaseModel):
     k: int = Field(DEFAULT_K, ge=1, description="Hits per query.")
     ncells: int | None = Field(None, ge=1, description="Centroids probed per query token [default: size-aware].")
     centroid_score_threshold: float | None = Field(
-        None, description=f"Centroids scoring under this are ignored in the first ranking [default: "
+        None, description=f"A query token skips the centroids scoring under this for it [default: "
                           f"{CENTROID_SCORE_THRESHOLD}].")
-    ndocs: int | None = Field(None, ge=1, description="Chunks decompressed and scored exactly [default: size-aware].")
+    ndocs: int | None = Field(None, ge=0, description="The best chunks decompressed and scored again exactly; 0: "
+                                                      "none [default: size-aware].")
 
 
 def literal_choices(annotation) -> list:

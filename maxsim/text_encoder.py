@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from maxsim.backends.base import Chunking
+from maxsim.errors import SettingsError
 from maxsim.index.pooling import pool_tokens
 from maxsim.model import ColBERT, InferenceForward
 
@@ -16,17 +17,35 @@ from maxsim.model import ColBERT, InferenceForward
 class TextEncoder:
     """A ColBERT model's encoding of texts. On a CPU it encodes through a frozen bf16/traced
     copy (:class:`~maxsim.model.InferenceForward`); set ``inference_forward`` to None to encode
-    with the model itself in float32."""
+    with the model itself in float32.
 
-    def __init__(self, model: ColBERT) -> None:
+    Queries may be encoded in a precision of their own (``query_precision``: ``auto``, the
+    documents' copy; ``float32``, ``bf16`` or ``int8``, a frozen copy of their own, made once)."""
+
+    def __init__(self, model: ColBERT, query_precision: str = "auto") -> None:
         self.model = model
         self.inference_forward: InferenceForward | None = (
             InferenceForward(model) if model.device.type == "cpu" else None)
+        self._query_forward: InferenceForward | None = None
+        self.query_precision = query_precision
+
+    @property
+    def query_precision(self) -> str:
+        """``auto`` (as documents), ``float32``, ``bf16`` or ``int8``."""
+        return self._query_precision
+
+    @query_precision.setter
+    def query_precision(self, precision: str) -> None:
+        if precision != "auto" and self.model.device.type != "cpu":
+            raise SettingsError(f"query precision {precision!r} is for encoding on a CPU; this model is on "
+                                f"{self.model.device}: leave it at auto")
+        self._query_forward = None if precision == "auto" else InferenceForward.for_precision(self.model, precision)
+        self._query_precision = precision
 
     def queries(self, texts: Sequence[str], batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
         """(Q, query_maxlen, dim) float32 CPU vectors and their (Q, query_maxlen) bool mask."""
-        return self.model.encode_queries(list(texts), batch_size=batch_size, padded=True,
-                                         forward=self.inference_forward)
+        forward = self._query_forward if self._query_forward is not None else self.inference_forward
+        return self.model.encode_queries(list(texts), batch_size=batch_size, padded=True, forward=forward)
 
     def documents(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, L, dim) float32 CPU vectors of whole documents (truncated to doc_maxlen) and their (N, L) mask."""

@@ -81,8 +81,8 @@ def test_lone_surrogates_are_refused_at_the_door(small):
 def test_a_huge_k_is_clamped_and_bad_search_settings_are_errors(small):
     loaded = Retriever.from_index(small)
     assert len(loaded.search("cats", k=10**12)) == 12  # at once, without sizing anything by k
-    for setting, value in (("ncells", -1), ("ncells", 0), ("ndocs", -5)):
-        with pytest.raises(SettingsError, match=f"{setting} must be a whole number of 1 or more"):
+    for setting, value, least in (("ncells", -1, 1), ("ncells", 0, 1), ("ndocs", -5, 0)):
+        with pytest.raises(SettingsError, match=f"{setting} must be a whole number of {least} or more"):
             loaded.search("cats", **{setting: value})
     runner = CliRunner()
     result = runner.invoke(app, ["search", "--index", str(small), "-k", "1000000000", "--json", "cats"])

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from maxsim.cli import app
 from maxsim.fusion import Hybrid, fuse, hybrid_settings, min_max
-from maxsim.index import IndexData, compact_index
+from maxsim.index import IndexData, compact_index, manifest
 from maxsim.index.bm25_search import NoBM25Error, bm25_matches
 from maxsim.index.writer import add_bm25
 from maxsim.lexical import Analyzer
@@ -84,7 +84,7 @@ def test_hybrid_hits_carry_both_scores_and_follow_the_fusion(retriever, tmp_path
     n = r.index_data.n_documents
     for settings in (Hybrid(fusion="rrf", depth=12), Hybrid(fusion="weighted", weight=0.3, depth=12)):
         for query in QUERIES:
-            dense = r.search(query, k=12)
+            dense = r.search(query, k=12, ndocs=12)  # as the fusion's MaxSim side: its 12 best rescored exactly
             lexical = r.search_bm25(query, k=12)
             hits = r.search(query, k=5, hybrid=settings)
             assert len(hits) == 5 and [h.rank for h in hits] == [1, 2, 3, 4, 5]
@@ -95,7 +95,8 @@ def test_hybrid_hits_carry_both_scores_and_follow_the_fusion(retriever, tmp_path
             np.testing.assert_allclose([h.score for h in hits], fused[:5], rtol=1e-6)
             dense_score = {h.document_id: h.score for h in dense}
             lexical_score = {h.document_id: h.score for h in r.search_bm25(query, k=n)}  # every matching one
-            everything = {h.document_id: h.score for h in r.search(query, k=n)}  # every document's best chunk
+            everything = {h.document_id: h.score  # every document's best chunk, exactly
+                          for h in r.search(query, k=n, ndocs=10 * n)}
             for hit in hits:
                 assert hit.maxsim_score == pytest.approx(dense_score.get(hit.document_id, everything[hit.document_id]),
                                                          rel=1e-4, abs=1e-4)
@@ -160,6 +161,6 @@ def test_an_index_of_the_previous_format_gets_a_bm25_side(retriever, tmp_path): 
     with pytest.raises(NoBM25Error, match="add-bm25"):
         Retriever.from_index(old).search("stars", hybrid="rrf")
     data = add_bm25(old)
-    assert data.has_bm25 and json.loads((old / "index.json").read_text())["format"] == "maxsim-plaid-3"
+    assert data.has_bm25 and json.loads((old / "index.json").read_text())["format"] == manifest.FORMAT
     assert_bm25_matches_one_bm25(IndexData.load(old))
     assert IndexData.load(old).verify() == []

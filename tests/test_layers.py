@@ -191,5 +191,5 @@ def test_adapters_search_only_through_a_backend():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module == "maxsim.index":
                 names = {alias.name for alias in node.names}
-                assert not names & {"search", "best_chunks", "chunk_scores", "approximate_scores"}, \
+                assert not names & {"search", "best_chunks", "chunk_scores", "warp_scores"}, \
                     f"{name} imports the index's search ({sorted(names)}): search through a backend"

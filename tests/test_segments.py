@@ -262,7 +262,8 @@ def write_legacy(data: IndexData, path) -> None:
     (segment,) = data.segments
     path.mkdir()
     arrays = {"centroids": data.centroids.astype(np.float16), "codec": data.codec.to_array(),
-              "codes": np.asarray(segment.codes), "residuals": np.asarray(segment.residuals),
+              "codes": segment.codes_in_chunk_order(),  # that format's rows: chunk after chunk
+              "residuals": np.asarray(segment.residuals)[np.asarray(segment.token_rows, dtype=np.int64)],
               "doclens": np.asarray(segment.doclens), "chunk_docs": np.asarray(segment.chunk_docs),
               "spans": np.asarray(segment.spans)}
     for name, array in arrays.items():

@@ -19,7 +19,7 @@ import torch
 from maxsim.backends.base import Chunking, EncodedDocuments, Passage, check_model
 from maxsim.errors import SettingsError, UnknownIdError
 from maxsim.fusion import Hybrid, fuse
-from maxsim.index import IndexData, IndexLoadError, chunk_scores, index_lock, search, search_defaults, search_pool
+from maxsim.index import IndexData, IndexLoadError, chunk_scores, index_lock, search, search_pool
 from maxsim.index.bm25_search import bm25_matches, bm25_top, require_bm25, scores_of
 from maxsim.index.search import best_chunks
 from maxsim.index.writer import save, with_documents, without_documents
@@ -124,8 +124,8 @@ class LocalIndex:
         data = self.data
         require_bm25(data, self.path)
         depth = max(k, settings.depth)
-        if ndocs is None:  # as many exactly scored as a plain search of k, or as cover ``depth`` documents
-            ndocs = search_defaults(data.n_chunks, k)[2]
+        if ndocs is None:  # MaxSim's candidates scored exactly, as those only BM25 brings are
+            ndocs = depth
         dense = search(data, q_vectors, q_mask, depth, ncells, centroid_score_threshold, ndocs, filter=filter)
         allowed = data.allowed(filter) if filter is not None else None
         analyzer = self._analyzer(data.settings.bm25_language)

@@ -28,6 +28,9 @@ app = typer.Typer(
 Device = Annotated[str, typer.Option(help="Where the model runs: auto (a CUDA GPU where one is visible, in bf16 "
                                      "autocast; else the CPU), cpu, cuda or cuda:N.")]
 
+#: how a command encodes queries on a CPU (:attr:`maxsim.text_encoder.TextEncoder.query_precision`)
+QueryPrecision = Annotated[str, typer.Option(help="Query encoding on a CPU: auto (bf16 where the CPU computes it natively, else float32), float32, bf16 or int8 (dynamic quantisation of the linear layers).")]
+
 HybridFlag = Annotated[bool | None, typer.Option("--hybrid/--no-hybrid", help="Fuse MaxSim's ranking with BM25's over the texts (the index's BM25 side), or not; any of the next options implies --hybrid [default: what the model's search.json chose on dev; MaxSim alone without one].", show_default=False)]
 Fusion = option_for(Hybrid, "fusion")
 FusionWeight = option_for(Hybrid, "weight", "--fusion-weight")

@@ -24,6 +24,7 @@ def search(
     ncells: common.Ncells = None,
     centroid_score_threshold: common.CentroidScoreThreshold = None,
     ndocs: common.Ndocs = None,
+    query_precision: common.QueryPrecision = "auto",
     allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch", help="Search even if the index's model folder now holds another model (its weights changed since indexing).")] = False,
     where: Annotated[list[str] | None, typer.Option("--where", help="Return only documents where this holds: FIELD=VALUE, FIELD!=VALUE, FIELD>=VALUE (also >, <=, <), 'FIELD in A,B' or a JSON filter object; FIELD is a metadata field (dotted for nested ones) or id. Repeat to require several.", show_default=False)] = None,
     hybrid: common.HybridFlag = None,
@@ -49,6 +50,7 @@ def search(
         condition = parse_where(where) if where else None
         settings = hybrid_from(hybrid, fusion, fusion_weight, rrf_k, hybrid_depth)
         retriever = Retriever.from_index(index, allow_model_mismatch=allow_model_mismatch)
+        retriever.encoder.query_precision = query_precision
         logger.info("%s", retriever.search_config(settings).line())
         results = retriever.search(list(queries), k=k, ncells=ncells, centroid_score_threshold=centroid_score_threshold,
                                    ndocs=ndocs, filter=condition, hybrid=settings)

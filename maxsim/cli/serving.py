@@ -13,6 +13,7 @@ from maxsim.cli.common import (
     Device,
     QdrantCollection,
     QdrantTarget,
+    QueryPrecision,
     app,
     fail,
     one_line_errors,
@@ -32,6 +33,7 @@ def serve(
     qdrant: QdrantTarget = None,
     collection: QdrantCollection = None,
     device: Device = "auto",
+    query_precision: QueryPrecision = "auto",
     allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch", help="Serve even if the index's model folder now holds another model (its weights changed since indexing).")] = False,
 ) -> None:
     """Serve an index (or a Qdrant collection) over HTTP: /search, /documents, /health, /ready, /metrics, docs at /docs."""
@@ -56,24 +58,26 @@ def serve(
             if qdrant is not None or collection is not None:
                 if qdrant is None or collection is None or workers > 1:
                     fail("--qdrant needs --collection, and serves with one worker (Qdrant shards the load)")
-                served = Retriever.from_qdrant(qdrant, collection, device=device,
-                                               allow_model_mismatch=allow_model_mismatch)
+                served = Retriever.from_qdrant(qdrant, collection, device=device, allow_model_mismatch=allow_model_mismatch)
+                served.encoder.query_precision = query_precision
                 uvicorn.run(create_app(served, api_key=key, read_only=read_only),
                             host=host, port=port, log_level="info")
                 return
             if not read_only:
                 held.enter_context(writer_lock(index))
             if workers > 1:  # each worker builds its own app (uvicorn needs an import string)
-                from maxsim.serve.process import ENV_ALLOW_MISMATCH, ENV_API_KEY, ENV_DEVICE, ENV_INDEX, ENV_READ_ONLY
+                from maxsim.serve import process
 
-                # a bad index is one error line here, not one per worker
-                Retriever.from_index(index, device=device, allow_model_mismatch=allow_model_mismatch)
-                os.environ.update({ENV_INDEX: str(index.resolve()), ENV_API_KEY: key or "",
-                                   ENV_READ_ONLY: "1" if read_only else "0", ENV_DEVICE: device,
-                                   ENV_ALLOW_MISMATCH: "1" if allow_model_mismatch else "0"})
+                # a bad index or setting is one error line here, not one per worker
+                Retriever.from_index(index, device=device, allow_model_mismatch=allow_model_mismatch
+                                     ).encoder.query_precision = query_precision
+                os.environ.update({process.ENV_INDEX: str(index.resolve()), process.ENV_API_KEY: key or "",
+                                   process.ENV_READ_ONLY: "1" if read_only else "0", process.ENV_DEVICE: device,
+                                   process.ENV_ALLOW_MISMATCH: "1" if allow_model_mismatch else "0",
+                                   process.ENV_QUERY_PRECISION: query_precision})
             else:
-                application = create_app(load_retriever(index, device, allow_model_mismatch), api_key=key,
-                                         read_only=read_only)
+                application = create_app(load_retriever(index, device, allow_model_mismatch, query_precision),
+                                         api_key=key, read_only=read_only)
         if workers > 1:
             uvicorn.run("maxsim.serve:app_from_environment", factory=True, workers=workers, host=host, port=port,
                         log_level="info")

@@ -25,14 +25,13 @@ from maxsim.index.compaction import compact_index
 from maxsim.index.ivf import build_ivf
 from maxsim.index.manifest import IndexLoadError, IndexSettings, index_lock, is_index, read_settings
 from maxsim.index.reader import IndexData
-from maxsim.index.search import approximate_scores, best_chunks, chunk_scores, search, search_defaults, search_pool
+from maxsim.index.search import best_chunks, chunk_scores, search, search_defaults, search_pool
 
 __all__ = [
     "Codec",
     "IndexData",
     "IndexLoadError",
     "IndexSettings",
-    "approximate_scores",
     "best_chunks",
     "build",
     "build_ivf",

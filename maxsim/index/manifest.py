@@ -34,12 +34,14 @@ from maxsim.files import (
 from maxsim.index.documents import DOCUMENTS_FILE
 from maxsim.index.legacy import LEGACY_FORMAT
 from maxsim.index.postings import POSTINGS_PREFIX
-from maxsim.index.segment import SEGMENT_ARRAYS, is_segment_name
+from maxsim.index.segment import ROW_ARRAYS, SEGMENT_ARRAYS, is_segment_name
 from maxsim.index_settings import DEFAULT_BM25_LANGUAGE, IndexSettings, default  # noqa: F401 - named here too
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "maxsim-plaid-3"
+#: the format written; a segment written before cell order (maxsim-plaid-3) is read as it is
+FORMAT = "maxsim-warp-4"
+SEGMENT_FORMATS = (FORMAT, "maxsim-plaid-3")
 #: what index.json holds besides the settings: written on save, not part of IndexSettings
 RECORDED = ("format", "version", "n_documents", "n_chunks", "n_tokens", "n_centroids", "files", "segments")
 #: index.json keys every index has
@@ -147,16 +149,17 @@ def parse_manifest(raw: bytes, meta_path: Path, path: Path) -> dict:
         meta = json_object(raw)
     except ValueError as err:
         raise IndexLoadError(f"{meta_path} is damaged ({err}): rebuild the index") from None
-    if meta.get("format") not in (FORMAT, LEGACY_FORMAT):
-        raise IndexLoadError(f"{path}: index format {meta.get('format')!r} is not {FORMAT!r}, the one this "
-                             "maxsim reads: rebuild the index with `maxsim index`")
-    missing = [key for key in REQUIRED_KEYS + (("segments", "version") if meta["format"] == FORMAT else ())
+    if meta.get("format") not in (*SEGMENT_FORMATS, LEGACY_FORMAT):
+        raise IndexLoadError(f"{path}: index format {meta.get('format')!r} is not one this maxsim reads "
+                             f"({', '.join((*SEGMENT_FORMATS, LEGACY_FORMAT))}): rebuild the index with `maxsim "
+                             "index`, or open it with the maxsim that wrote it")
+    missing = [key for key in REQUIRED_KEYS + (("segments", "version") if meta["format"] in SEGMENT_FORMATS else ())
                if key not in meta]
     if missing:
         raise IndexLoadError(f"{meta_path} is damaged (no {', '.join(missing)}): rebuild the index")
     if meta["nbits"] not in (1, 2, 4):
         raise IndexLoadError(f"{meta_path} is damaged (nbits {meta['nbits']!r} is not 1, 2 or 4): rebuild the index")
-    if meta["format"] == FORMAT:
+    if meta["format"] in SEGMENT_FORMATS:
         _check_lists(meta, meta_path)
     return meta
 
@@ -180,7 +183,8 @@ def entry_ok(entry) -> bool:
     """Whether a manifest's segment entry has the shape the index writes."""
     return (isinstance(entry, dict) and is_segment_name(str(entry.get("name", "")))
             and isinstance(entry.get("files"), dict)
-            and set(entry["files"]) == {f"{n}.npy" for n in SEGMENT_ARRAYS} | {DOCUMENTS_FILE}
+            and set(entry["files"]) - {f"{n}.npy" for n in ROW_ARRAYS}  # (absent: written before cell order)
+            == {f"{n}.npy" for n in SEGMENT_ARRAYS} | {DOCUMENTS_FILE}
             and all(isinstance(entry.get(k), int) for k in ("n_documents", "n_chunks", "n_tokens"))
             and (entry.get("deleted") is None or isinstance(entry["deleted"], dict))
             and (entry.get("bm25") is None or (isinstance(entry["bm25"], dict)

@@ -54,6 +54,7 @@ from maxsim.index.manifest import (
 )
 from maxsim.index.segment import Segment, SegmentError
 from maxsim.index.segment_checks import verify
+from maxsim.model import cpu_computes_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -236,6 +237,13 @@ class IndexData:
     def centroid_vectors(self) -> torch.Tensor:
         """The centroids as a (C, dim) float32 tensor (made once per loaded version)."""
         return torch.from_numpy(np.ascontiguousarray(self.centroids, dtype=np.float32))
+
+    @cached_property
+    def selection_centroids(self) -> torch.Tensor:
+        """The centroids as a search compares every query token with them: (C, dim), bf16 where
+        the CPU multiplies bf16 natively (about 2.5 times faster at 65,536 centroids; only the
+        choice of centroids to probe is made in it), else float32."""
+        return self.centroid_vectors.bfloat16() if cpu_computes_bf16() else self.centroid_vectors
 
     @cached_property
     def residual_table(self) -> torch.Tensor:

@@ -4,8 +4,11 @@ inverted file, written once into a folder of its own and then only read (memory-
 Files of a segment folder ``seg-<32 hex>/`` (their sizes, array headers and sha256 are in the
 index's manifest)::
 
-    codes.npy        (T,) uint16 (int32 past 65,536 centroids) centroid id of each token
-    residuals.npy    (T, dim * nbits / 8) uint8, packed residual bucket ids
+    codes.npy        (T,) uint16 (int32 past 65,536 centroids) centroid id of each token, in
+                     cell order: ascending, so that each centroid's tokens are one run of rows
+    residuals.npy    (T, dim * nbits / 8) uint8, packed residual bucket ids, in the same order
+    token_rows.npy   (T,) the row (in codes and residuals) of each token, chunk after chunk
+    row_chunks.npy   (T,) the chunk of each row
     doclens.npy      (N,) uint16 (int32 past 65,535) tokens per chunk
     chunk_docs.npy   (N,) uint16 (int32 past 65,535) position of each chunk's document here
     spans.npy        (N, 2) uint16 (int32 past 65,535) character span (start, end) of each
@@ -20,6 +23,10 @@ index's manifest)::
                      a delete writes a new file and the manifest names the current one)
 
 Chunk and document numbers here are local to the segment; the index adds each segment's base.
+Rows in cell order let a search score a centroid's tokens as one contiguous run
+(:mod:`maxsim.index.warp`); ``token_rows`` gives each chunk's tokens back in their order.
+Segments written before cell order hold codes and residuals chunk after chunk and neither
+``token_rows`` nor ``row_chunks``; a search orders their rows in memory on first use.
 Segments written before 2026-12-04 hold int32 doclens, chunk_docs and spans, int64
 ivf_offsets and sparse cells however many there are; they are read as they are (any integer
 type, either form of cells).
@@ -27,9 +34,10 @@ type, either form of cells).
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,18 +47,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maxsim.errors import MaxsimError
-from maxsim.files import file_digest, file_record, fsync_file, open_array, save_array
+from maxsim.files import file_record, open_array, save_array
 from maxsim.index.documents import DOCUMENTS_FILE, ListDocuments, SqliteDocuments, write_documents
 from maxsim.index.ivf import cell_entries, ranges, sparse_ivf
 from maxsim.index.postings import Postings, PostingsError
+from maxsim.index.rows import cell_order
+from maxsim.index.segment_files import (
+    ROW_ARRAYS,
+    SEGMENT_ARRAYS,
+    SEGMENT_KINDS,
+    SegmentError,
+    check_counts,
+    read_tombstones,
+    write_tombstones,
+)
 
-#: the arrays of a segment, in the order they are written
-SEGMENT_ARRAYS = ("codes", "residuals", "doclens", "chunk_docs", "spans", "ivf_cells", "ivf_offsets", "ivf_chunks")
+logger = logging.getLogger(__name__)
+
 SEGMENT_PREFIX = "seg-"
-#: the kind of number each array must hold ("iu": integers, "u": unsigned) and its dimensions
-SEGMENT_KINDS = {"codes": ("iu", 1), "residuals": ("u", 2), "doclens": ("iu", 1), "chunk_docs": ("iu", 1),
-                 "spans": ("iu", 2), "ivf_cells": ("iu", 1), "ivf_offsets": ("iu", 1), "ivf_chunks": ("iu", 1)}
 
 
 def narrowest(values: np.ndarray, unsigned: bool = True) -> np.ndarray:
@@ -70,8 +84,7 @@ def narrowest(values: np.ndarray, unsigned: bool = True) -> np.ndarray:
     return values.astype(np.int32 if top < 1 << 31 else np.int64)
 
 
-class SegmentError(MaxsimError, ValueError):
-    """A segment's files do not match what the manifest says of them."""
+
 
 
 def new_segment_name() -> str:
@@ -110,27 +123,35 @@ class Segment:
     fields: list[str] | None = None
     #: its documents' BM25 postings (None: the index has no BM25 side)
     bm25: Postings | None = None
+    #: (T,) the row of each token, chunk after chunk (None: rows are chunk after chunk, the
+    #: layout of segments written before cell order)
+    token_rows: np.ndarray | None = None
+    #: (T,) the chunk of each row (None: as ``token_rows``)
+    row_chunks: np.ndarray | None = None
 
     @classmethod
     def from_arrays(cls, codes: np.ndarray, residuals: np.ndarray, doclens: np.ndarray, chunk_docs: np.ndarray,
                     spans: np.ndarray, documents: SqliteDocuments | ListDocuments | Sequence[dict],
                     n_centroids: int, bm25_language: str | None = None, bm25: Postings | None = None) -> Segment:
-        """A segment in memory (not yet written) from its tokens' codes and residuals, its chunks'
-        lengths, documents and spans; its inverted file is made here, and its BM25 postings in
-        ``bm25_language``'s analysis unless ``bm25`` gives them (neither: no BM25 side)."""
+        """A segment in memory (not yet written) from its tokens' codes and residuals (chunk
+        after chunk), its chunks' lengths, documents and spans; its rows are put in cell order
+        and its inverted file is made here, and its BM25 postings in ``bm25_language``'s
+        analysis unless ``bm25`` gives them (neither: no BM25 side)."""
         code_type = np.uint16 if n_centroids <= 1 << 16 else np.int32
         codes = np.asarray(codes).astype(code_type, copy=False)
         doclens = np.asarray(doclens, dtype=np.int32)
         cells, offsets, chunks = sparse_ivf(codes, doclens, n_centroids)
+        order, token_rows, row_chunks = cell_order(codes, doclens)
         chunk_type = np.uint16 if len(doclens) <= 1 << 16 else np.int32
         if not isinstance(documents, (SqliteDocuments, ListDocuments)):
             documents = ListDocuments(documents)
         if bm25 is None and bm25_language is not None:
             bm25 = Postings.from_texts([record["content"] for record in documents], bm25_language)
         spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
-        return cls(codes, np.asarray(residuals, dtype=np.uint8), narrowest(doclens), narrowest(chunk_docs),
-                   narrowest(spans), cells, narrowest(offsets, unsigned=False), chunks.astype(chunk_type),
-                   documents, bm25=bm25)
+        return cls(codes[order], np.asarray(residuals, dtype=np.uint8)[order], narrowest(doclens),
+                   narrowest(chunk_docs), narrowest(spans), cells, narrowest(offsets, unsigned=False),
+                   chunks.astype(chunk_type), documents, bm25=bm25, token_rows=narrowest(token_rows),
+                   row_chunks=narrowest(row_chunks))
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -181,8 +202,33 @@ class Segment:
         return self.ivf_chunks[where].astype(np.int64), cell_of
 
     def token_positions(self, chunk_ids: np.ndarray) -> np.ndarray:
-        """Positions (in codes/residuals) of every token of some chunks, chunk after chunk."""
-        return ranges(self.offsets[chunk_ids], self.doclens[chunk_ids])
+        """Rows (in codes/residuals) of every token of some chunks, chunk after chunk."""
+        tokens = ranges(self.offsets[chunk_ids], self.doclens[chunk_ids])
+        return tokens if self.token_rows is None else np.asarray(self.token_rows[tokens], dtype=np.int64)
+
+    @property
+    def cell_ordered(self) -> bool:
+        """Whether rows are in cell order (written so); else chunk after chunk."""
+        return self.row_chunks is not None
+
+    @cached_property
+    def cell_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(codes (T,), residuals (T, W), the chunk of each row (T,)) in cell order: as stored, or,
+        for a segment written before cell order, ordered in memory on first use (logged: a
+        compaction or rebuild writes it in cell order)."""
+        if self.cell_ordered:
+            return self.codes, self.residuals, self.row_chunks
+        started = time.perf_counter()
+        order, _, row_chunks = cell_order(self.codes, self.doclens)
+        rows = (np.asarray(self.codes)[order], np.asarray(self.residuals)[order], narrowest(row_chunks))
+        logger.warning("segment %s was written before rows in cell order: ordered in memory for search (%d tokens, "
+                       "%.1f s); `maxsim index compact` rewrites it in cell order", self.name or "(unsaved)",
+                       self.n_tokens, time.perf_counter() - started)
+        return rows
+
+    def codes_in_chunk_order(self) -> np.ndarray:
+        """(T,) the centroid of each token, chunk after chunk (reads every code: for checks)."""
+        return np.asarray(self.codes if self.token_rows is None else self.codes[np.asarray(self.token_rows)])
 
     def codes_at(self, index: np.ndarray) -> torch.Tensor:
         """(T,) int64 centroid ids of the tokens at ``index``."""
@@ -199,7 +245,7 @@ class Segment:
         deleted = np.union1d(self.deleted, np.asarray(positions, dtype=np.int32)).astype(np.int32)
         return Segment(self.codes, self.residuals, self.doclens, self.chunk_docs, self.spans, self.ivf_cells,
                        self.ivf_offsets, self.ivf_chunks, self.documents, deleted, self.name, None, True, self.fields,
-                       self.bm25)
+                       self.bm25, self.token_rows, self.row_chunks)
 
     def metadata_fields(self) -> set[str]:
         """The top-level metadata fields of this segment's documents."""
@@ -225,7 +271,7 @@ class Segment:
         tmp.mkdir()
         try:
             files = {f"{array_name}.npy": save_array(tmp / f"{array_name}.npy", getattr(self, array_name))
-                     for array_name in SEGMENT_ARRAYS}
+                     for array_name in SEGMENT_ARRAYS + ROW_ARRAYS if getattr(self, array_name) is not None}
             count, fields = write_documents(tmp / DOCUMENTS_FILE, self.documents, owner)
             files[DOCUMENTS_FILE] = {"documents": count, **file_record(tmp / DOCUMENTS_FILE)}
             bm25 = self.bm25.write(tmp) if self.bm25 is not None else None
@@ -247,7 +293,9 @@ class Segment:
         (a writer may have just replaced the segment) and :class:`SegmentError` otherwise."""
         folder = root / entry["name"]
         arrays = {}
-        for array_name in SEGMENT_ARRAYS:
+        for array_name in SEGMENT_ARRAYS + ROW_ARRAYS:
+            if array_name in ROW_ARRAYS and f"{array_name}.npy" not in entry["files"]:
+                continue  # written before cell order
             try:
                 array = open_array(folder / f"{array_name}.npy", entry["files"][f"{array_name}.npy"])
             except ValueError as err:
@@ -257,7 +305,7 @@ class Segment:
                 raise SegmentError(f"{array_name}.npy holds {array.ndim}-d {array.dtype} values, not {ndim}-d "
                                    f"{'unsigned ' if kinds == 'u' else ''}integers")
             arrays[array_name] = array
-        _check_counts(arrays, entry, folder)
+        check_counts(arrays, entry, folder)
         documents_path = folder / DOCUMENTS_FILE
         if documents_path.stat().st_size != entry["files"][DOCUMENTS_FILE]["bytes"]:
             raise SegmentError(f"{documents_path} is not the size the manifest records: truncated or replaced")
@@ -274,49 +322,6 @@ class Segment:
         documents = SqliteDocuments(documents_path, entry["n_documents"])
         return cls(**arrays, documents=documents, deleted=deleted, name=entry["name"],
                    deleted_file=deleted_file, fields=entry.get("fields"), bm25=bm25)
-
-
-def _check_counts(arrays: dict[str, np.ndarray], entry: dict, folder: Path) -> None:
-    """The arrays' lengths agree with one another and with the manifest's counts."""
-    n_tokens, n_chunks = entry["n_tokens"], entry["n_chunks"]
-    problems = []
-    if len(arrays["codes"]) != n_tokens or len(arrays["residuals"]) != n_tokens:
-        problems.append(f"codes.npy and residuals.npy do not hold {n_tokens} tokens")
-    for name in ("doclens", "chunk_docs", "spans"):
-        if len(arrays[name]) != n_chunks:
-            problems.append(f"{name}.npy does not hold {n_chunks} chunks")
-    if arrays["spans"].ndim != 2 or arrays["spans"].shape[1] != 2:
-        problems.append("spans.npy does not hold (start, end) pairs")
-    if len(arrays["ivf_cells"]) and len(arrays["ivf_offsets"]) != len(arrays["ivf_cells"]) + 1:
-        problems.append("ivf_offsets.npy does not hold one more entry than ivf_cells.npy")
-    if not len(arrays["ivf_offsets"]):
-        problems.append("ivf_offsets.npy is empty")
-    if problems:
-        raise SegmentError(f"{folder} is damaged ({'; '.join(problems)}): rebuild the index")
-
-
-def write_tombstones(folder: Path, deleted: np.ndarray) -> dict:
-    """Write a segment's deleted positions as a new file in its folder; returns the manifest's
-    record of it."""
-    name = f"deleted-{uuid.uuid4().hex}.npy"
-    tmp = folder / f".tmp-{name}"
-    np.save(tmp, np.asarray(deleted, dtype=np.int32), allow_pickle=False)
-    fsync_file(tmp)
-    os.replace(tmp, folder / name)
-    return {"file": name, "count": int(len(deleted)), "bytes": (folder / name).stat().st_size,
-            "sha256": file_digest(folder / name)}
-
-
-def read_tombstones(folder: Path, record: dict) -> np.ndarray:
-    """A segment's deleted positions, checked whole (the file grows with the deletions only)."""
-    path = folder / record["file"]
-    raw = path.read_bytes()
-    if hashlib.sha256(raw).hexdigest() != record["sha256"]:
-        raise SegmentError(f"{path} is damaged (checksum mismatch): restore the index from a copy")
-    path_array = np.load(path, allow_pickle=False)
-    if path_array.dtype.kind not in "iu" or path_array.ndim != 1 or len(path_array) != record["count"]:
-        raise SegmentError(f"{path} does not hold {record['count']} document positions")
-    return path_array.astype(np.int32)
 
 
 class MergedDocuments:

@@ -53,10 +53,26 @@ def _value_problems(segment: Segment, n_centroids: int, dim: int, nbits: int, fo
             problems.append(f"{folder}/spans.npy holds a span outside its document's text")
     if len(segment.deleted) and (segment.deleted.min() < 0 or segment.deleted.max() >= n_docs):
         problems.append(f"{folder}: a tombstone names a document that is not stored")
+    if not problems and segment.cell_ordered:
+        problems += _row_problems(segment, folder)
     if not problems and segment.n_chunks:
-        cells, offsets, chunks = sparse_ivf(segment.codes, segment.doclens, n_centroids)
+        cells, offsets, chunks = sparse_ivf(segment.codes_in_chunk_order(), segment.doclens, n_centroids)
         stored = dense_offsets(segment.ivf_cells, segment.ivf_offsets, n_centroids)
         if not (np.array_equal(dense_offsets(cells, offsets, n_centroids), stored)
                 and np.array_equal(chunks, segment.ivf_chunks)):
             problems.append(f"{folder}: the inverted file does not match the tokens' codes")
     return problems
+
+
+def _row_problems(segment: Segment, folder: Path) -> list[str]:
+    """Rows in cell order: codes ascending, ``token_rows`` a permutation of the rows, and
+    ``row_chunks`` the chunk of each token as the chunk lengths place it."""
+    codes, rows = np.asarray(segment.codes), np.asarray(segment.token_rows, dtype=np.int64)
+    if len(codes) > 1 and (np.diff(codes.astype(np.int64)) < 0).any():
+        return [f"{folder}/codes.npy is not in cell order (ascending)"]
+    if len(rows) and (rows.min() < 0 or rows.max() >= len(rows) or len(np.unique(rows)) != len(rows)):
+        return [f"{folder}/token_rows.npy is not an order of the segment's rows"]
+    expected = np.repeat(np.arange(segment.n_chunks, dtype=np.int64), np.asarray(segment.doclens, dtype=np.int64))
+    if not np.array_equal(np.asarray(segment.row_chunks, dtype=np.int64)[rows], expected):
+        return [f"{folder}/row_chunks.npy does not name each row's chunk"]
+    return []

@@ -90,6 +90,8 @@ def packed_copy(module: nn.Module, rows: int) -> nn.Module | None:
 
 #: inputs of up to this many rows get a trace of their own shape; more rows share one
 TRACE_MAX_ROWS = 1
+#: the precisions a frozen copy encodes in (:meth:`InferenceForward.for_precision`)
+PRECISIONS = ("auto", "float32", "bf16", "int8")
 
 
 class InferenceForward:
@@ -109,13 +111,35 @@ class InferenceForward:
     """
 
     def __init__(self, model: nn.Module, dtype: torch.dtype | None = None, trace: bool = True,
-                 max_traces: int = 8) -> None:
+                 max_traces: int = 8, int8: bool = False) -> None:
         if dtype is None:
-            dtype = torch.bfloat16 if model.device.type == "cpu" and cpu_computes_bf16() else torch.float32
-        self.dtype = dtype
+            dtype = torch.bfloat16 if model.device.type == "cpu" and cpu_computes_bf16() and not int8 else torch.float32
+        if int8 and dtype != torch.float32:
+            raise SettingsError(f"int8 quantisation starts from float32 weights, not {dtype}")
+        self.dtype, self.int8 = dtype, int8
         self.module = FrozenForward(copy.deepcopy(model.encoder), copy.deepcopy(model.linear)).to(dtype).eval()
+        if int8:  # linear layers' weights in int8 (a scale per output channel), activations quantised per call
+            quantization = torch.ao.quantization
+            with warnings.catch_warnings():  # torch's note that its quantised tensor types will move
+                warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+                self.module = quantization.quantize_dynamic(
+                    self.module, {nn.Linear: quantization.per_channel_dynamic_qconfig}, dtype=torch.qint8)
         self.trace, self.max_traces = trace, max_traces
         self._traces: dict[tuple[int, ...], Callable] = {}
+
+    @classmethod
+    def for_precision(cls, model: nn.Module, precision: str) -> InferenceForward:
+        """A copy in one of :data:`PRECISIONS`: ``auto`` (bf16 where the CPU computes it natively,
+        else float32), ``float32``, ``bf16`` (emulated, and slow, where not native) or ``int8``."""
+        if precision not in PRECISIONS:
+            raise SettingsError(f"query precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        dtype = {"auto": None, "float32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}[precision]
+        return cls(model, dtype, int8=precision == "int8")
+
+    @property
+    def precision(self) -> str:
+        """``float32``, ``bf16`` or ``int8``: what this copy computes in."""
+        return "int8" if self.int8 else ("bf16" if self.dtype == torch.bfloat16 else "float32")
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  fixed_shape: bool = False) -> torch.Tensor:
@@ -145,7 +169,7 @@ class InferenceForward:
                 # one query: MKL's packed GEMM first (about 1.4x optimize_for_inference, which is
                 # about 1.3x the plain frozen trace); its packed weights are kept for one shape only
                 makers = [lambda: torch.jit.optimize_for_inference(frozen()), frozen]
-                packed = packed_copy(self.module, input_ids.numel()) if len(input_ids) == 1 else None
+                packed = packed_copy(self.module, input_ids.numel()) if len(input_ids) == 1 and not self.int8 else None
                 if packed is not None:
                     makers.insert(0, lambda: frozen(packed))
                 checks = [(input_ids, example_mask), (input_ids, attention_mask)]

@@ -173,7 +173,7 @@ class RAGPretrainedModel:
         if doc_ids is not None:
             ranking = backend.search_among(q_vectors, q_mask, [str(d) for d in doc_ids], k)
         else:
-            options = {"ncells": 1, "ndocs": max(2 * k, 32)} if force_fast else {}
+            options = {"ncells": 1, "ndocs": 0} if force_fast else {}
             if hybrid is None:
                 ranking = backend.search(q_vectors, q_mask, k, **options, **kwargs)
             else:

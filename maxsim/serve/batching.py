@@ -229,10 +229,16 @@ def _settle(future: Future, run: Callable[[], Any]) -> None:
         future.set_exception(err)
 
 
-def load_retriever(index: str | Path, device: str | None = None, allow_model_mismatch: bool = False) -> Retriever:
-    """``Retriever.from_index(index, ...)`` run in a thread that then ends, so that the thread that
-    loads leaves no OpenMP pool behind (see :class:`IndexWorker`): for ``maxsim serve`` and for
-    anyone building the app with :func:`create_app`."""
+def load_retriever(index: str | Path, device: str | None = None, allow_model_mismatch: bool = False,
+                   query_precision: str = "auto") -> Retriever:
+    """``Retriever.from_index(index, ...)`` (queries encoded in ``query_precision``) run in a thread
+    that then ends, so that the thread that loads leaves no OpenMP pool behind (see
+    :class:`IndexWorker`): for ``maxsim serve`` and for anyone building the app with :func:`create_app`."""
+    def load() -> Retriever:
+        retriever = Retriever.from_index(index, None, device, allow_model_mismatch)
+        retriever.encoder.query_precision = query_precision
+        return retriever
+
     with ThreadPoolExecutor(1) as loader:
-        return loader.submit(Retriever.from_index, index, None, device, allow_model_mismatch).result()
+        return loader.submit(load).result()
 

@@ -17,6 +17,7 @@ from maxsim.serve.batching import load_retriever
 #: how ``maxsim serve --workers N`` tells each worker process what to serve
 ENV_INDEX, ENV_API_KEY, ENV_READ_ONLY = "MAXSIM_SERVE_INDEX", "MAXSIM_SERVE_API_KEY", "MAXSIM_SERVE_READ_ONLY"
 ENV_DEVICE, ENV_ALLOW_MISMATCH = "MAXSIM_SERVE_DEVICE", "MAXSIM_SERVE_ALLOW_MODEL_MISMATCH"
+ENV_QUERY_PRECISION = "MAXSIM_SERVE_QUERY_PRECISION"
 
 
 #: glibc's largest mmap threshold (64-bit), and a trim threshold far above what a search frees
@@ -46,7 +47,8 @@ def app_from_environment() -> FastAPI:
     lock and every search picks up the newest version first."""
     keep_freed_memory()
     retriever = load_retriever(os.environ[ENV_INDEX], os.environ.get(ENV_DEVICE) or None,
-                               os.environ.get(ENV_ALLOW_MISMATCH) == "1")
+                               os.environ.get(ENV_ALLOW_MISMATCH) == "1",
+                               os.environ.get(ENV_QUERY_PRECISION) or "auto")
     return create_app(retriever, api_key=os.environ.get(ENV_API_KEY) or None,
                       read_only=os.environ.get(ENV_READ_ONLY) == "1")
 

@@ -22,7 +22,7 @@ class SearchRequest(BaseModel):
     queries: list[str] = Field(min_length=1, max_length=MAX_QUERIES)
     k: int = Field(DEFAULT_K, ge=1, le=MAX_K)
     ncells: int | None = Field(None, ge=1, le=1 << 16)
-    ndocs: int | None = Field(None, ge=1, le=1 << 20)
+    ndocs: int | None = Field(None, ge=0, le=1 << 20)
     #: which documents may be returned (the grammar of maxsim.index.filters)
     filter: Any = None
     #: fuse with BM25: true (the model's fusion, else the default one), "rrf", "weighted", or

@@ -1,0 +1,78 @@
+"""Choosing the index's default search settings on SciFact's dev slice (never on test).
+
+    python bench/search_defaults.py --model runs/journey/run/best --dev runs/journey/data/dev
+
+Encodes the dev queries and the dev corpus with ``--model`` (as ``bench/search_engines.py``
+prepares a corpus), builds maxsim's index of it at each ``--nbits``, ranks every document by exact
+MaxSim over the float32 vectors, then searches the index one query at a time on one thread at
+each setting of the grid (``ncells`` x ``centroid_score_threshold`` x ``ndocs``). Per setting:
+p50 ms, recall@10 (and @100 at k=100) against exact MaxSim, and nDCG@10 beside exact MaxSim's.
+The defaults (:func:`maxsim.index.search_defaults`) are the fastest setting whose nDCG@10 is
+within 0.005 of exact and whose recall@10 is above 0.90. Appends each row to
+bench/results/search_defaults.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from results_log import record  # noqa: E402
+from search_engines import MaxsimEngine, prepare, quality  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--dev", required=True, help="a BEIR folder with a dev split (DATA/dev of maxsim prepare)")
+    parser.add_argument("--workdir", default="runs/search-defaults")
+    parser.add_argument("--nbits", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--k", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--ncells", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64])
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.3, 0.4, 0.5])
+    parser.add_argument("--ndocs", type=int, nargs="+", default=[0, 32])
+    args = parser.parse_args()
+    from maxsim.index import IndexData, search
+
+    torch.set_num_threads(1)
+    folder = Path(args.workdir) / "scifact-dev"
+    prepare("scifact", folder, Path(args.dev), args.model, "base", split="dev")
+    meta = json.loads((folder / "meta.json").read_text())
+    q, mask = torch.from_numpy(np.load(folder / "queries.npy")), torch.from_numpy(np.load(folder / "query_mask.npy"))
+    exact = quality(folder, np.load(folder / "exact.npy"))
+    print(f"exact MaxSim: {exact}", flush=True)
+    for nbits in args.nbits:
+        path = folder / f"maxsim-{nbits}"
+        if not path.exists():
+            MaxsimEngine(path, nbits).build(folder, meta)
+        data = IndexData.load(path)
+        for k, ncells, threshold, ndocs in itertools.product(args.k, args.ncells, args.thresholds, args.ndocs):
+            for i in range(3):
+                search(data, q[i : i + 1], mask[i : i + 1], k, ncells, threshold, ndocs)
+            latencies, found = [], []
+            for i in range(len(q)):
+                started = time.perf_counter()
+                ranking = search(data, q[i : i + 1], mask[i : i + 1], k, ncells, threshold, ndocs)
+                latencies.append(time.perf_counter() - started)
+                found.append(np.pad(data.chunk_documents(ranking.positions[0]), (0, k - len(ranking.positions[0])),
+                                    constant_values=-1))
+            figures = {"corpus": "scifact-dev", "queries": len(q), "documents": meta["passages"], "nbits": nbits,
+                       "k": k, "ncells": ncells, "centroid_score_threshold": threshold, "ndocs": ndocs,
+                       "search_p50_ms": round(1e3 * float(np.percentile(latencies, 50)), 3),
+                       **quality(folder, np.stack(found)), "exact_ndcg_at_10": exact["ndcg_at_10"]}
+            record(HERE / "results" / "search_defaults.jsonl", figures,
+                   command="python bench/search_defaults.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""The compiled loops of :mod:`maxsim.index.warp`: scoring a segment's rows from lookup tables,
+and adding up partial scores by chunk (numba, compiled on first use and cached on disk).
+
+Shapes: a query's probed (query token, centroid) pairs come as flat arrays, grouped by query
+token in ascending order: ``pair_token`` (P,) int64, ``pair_start``/``pair_end`` (P,) int64 the
+run of rows of that centroid in the segment (rows are in cell order), ``pair_score`` (P,)
+float32 the centroid's score for that token. ``luts`` (Lq, W, 256) float32: for query token
+``t``, byte position ``b`` and byte value ``v``, the inner product of the token with the
+residual dimensions that byte holds. ``residuals`` (T, W) uint8; ``row_chunks`` (T,) integers;
+``allowed`` (N,) bool over the segment's chunks, or empty for all of them.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(nogil=True, cache=True)
+def score_rows(pair_token, pair_start, pair_end, pair_score, luts, residuals, row_chunks, allowed, n_chunks,
+               missing):
+    """Each chunk reached by a probed pair, with its gain: the sum, over the query tokens that
+    reached it, of (its best row's score for that token - ``missing[token]``). A row's score is
+    its centroid's score plus its residual's, read byte by byte from the token's lookup table:
+    the inner product with the stored vector, never decompressed.
+
+    Returns (chunks (M,) int64 local numbers, in the order first reached; gains (M,) float32).
+    """
+    n_pairs = len(pair_token)
+    n_rows = 0
+    for p in range(n_pairs):
+        n_rows += pair_end[p] - pair_start[p]
+    capacity = min(n_rows, n_chunks)
+    slot = np.full(n_chunks, -1, np.int32)
+    chunks = np.empty(capacity, np.int64)
+    gains = np.zeros(capacity, np.float32)
+    best = np.empty(capacity, np.float32)
+    last = np.empty(capacity, np.int64)  # the query token that last reached each candidate
+    touched = np.empty(capacity, np.int64)
+    check = len(allowed) > 0
+    width = residuals.shape[1]
+    m = 0
+    n_touched = 0
+    token = -1
+    for p in range(n_pairs):
+        t = pair_token[p]
+        if t != token:
+            for u in range(n_touched):
+                j = touched[u]
+                gains[j] += best[j] - missing[token]
+            n_touched = 0
+            token = t
+        lut = luts[t]
+        base = pair_score[p]
+        for r in range(pair_start[p], pair_end[p]):
+            c = row_chunks[r]
+            if check and not allowed[c]:
+                continue
+            s = base
+            row = residuals[r]
+            for b in range(width):
+                s += lut[b, row[b]]
+            j = slot[c]
+            if j < 0:
+                j = m
+                slot[c] = m
+                chunks[m] = c
+                last[m] = -1
+                m += 1
+            if last[j] != t:
+                last[j] = t
+                best[j] = s
+                touched[n_touched] = j
+                n_touched += 1
+            elif s > best[j]:
+                best[j] = s
+    for u in range(n_touched):
+        j = touched[u]
+        gains[j] += best[j] - missing[token]
+    return chunks[:m], gains[:m]
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _keep(values, index, t, x, c, depth):
+    """Insert score ``x`` of centroid ``c`` into token ``t``'s best ``depth`` (sorted, best first)."""
+    j = depth - 1
+    while j > 0 and values[t, j - 1] < x:
+        values[t, j] = values[t, j - 1]
+        index[t, j] = index[t, j - 1]
+        j -= 1
+    values[t, j] = x
+    index[t, j] = c
+
+
+@numba.njit(nogil=True, cache=True)
+def top_cells(scores, depth):
+    """Each query token's ``depth`` best centroids: scores (C, Lq) float32 -> (values (Lq, depth)
+    float32, centroids (Lq, depth) int64), best first (one pass over the scores, in their order)."""
+    n_cells, n_tokens = scores.shape
+    values = np.full((n_tokens, depth), -np.inf, np.float32)
+    index = np.full((n_tokens, depth), -1, np.int64)
+    low = np.full(n_tokens, -np.inf, np.float32)
+    for c in range(n_cells):
+        for t in range(n_tokens):
+            x = scores[c, t]
+            if x > low[t]:
+                _keep(values, index, t, x, c, depth)
+                low[t] = values[t, depth - 1]
+    return values, index
+
+
+@numba.njit(nogil=True, cache=True)
+def top_cells_bf16(bits, table, depth):
+    """:func:`top_cells` of bf16 scores given as their bits ((C, Lq) uint16), read through
+    ``table`` ((65536,) float32, the value of each bit pattern)."""
+    n_cells, n_tokens = bits.shape
+    values = np.full((n_tokens, depth), -np.inf, np.float32)
+    index = np.full((n_tokens, depth), -1, np.int64)
+    low = np.full(n_tokens, -np.inf, np.float32)
+    for c in range(n_cells):
+        for t in range(n_tokens):
+            x = table[bits[c, t]]
+            if x > low[t]:
+                _keep(values, index, t, x, c, depth)
+                low[t] = values[t, depth - 1]
+    return values, index
