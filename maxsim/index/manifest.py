@@ -58,7 +58,7 @@ def is_index(path: str | Path) -> bool:
     """Whether ``path`` is a maxsim index folder (of any format version)."""
     meta = Path(path) / "index.json"
     try:
-        return str(json.loads(meta.read_text()).get("format", "")).startswith("maxsim-plaid")
+        return str(json.loads(meta.read_text()).get("format", "")).startswith(("maxsim-plaid", "maxsim-warp"))
     except (OSError, ValueError, AttributeError):
         return False
 
