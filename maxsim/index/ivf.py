@@ -68,29 +68,6 @@ def dense_offsets(cells: np.ndarray, offsets: np.ndarray, n_centroids: int) -> n
     return np.concatenate([[0], np.cumsum(counts)])
 
 
-def cell_entries(cells: np.ndarray, offsets: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Where the chunks of each of ``wanted`` (centroid ids) lie in an inverted file stored by
-    :func:`sparse_ivf` (either form): (positions into its chunks, (E,) int64, cell after
-    cell; the centroid of each, (E,) int64). Centroids it does not hold contribute nothing.
-
-    >>> cell_entries(np.array([0, 4]), np.array([0, 1, 3]), np.array([1, 4])) [0].tolist()
-    [1, 2]
-    >>> cell_entries(np.array([], dtype=np.int32), np.array([0, 1, 1, 1, 1, 3]), np.array([1, 4])) [0].tolist()
-    [1, 2]
-    """
-    wanted = np.asarray(wanted, dtype=np.int64)
-    if not len(cells):  # dense: cell c is row c (an empty segment has no row)
-        where = centroid = wanted[(wanted >= 0) & (wanted < len(offsets) - 1)]
-    elif not len(wanted):
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    else:
-        where = np.searchsorted(cells, wanted).clip(max=len(cells) - 1)
-        held = cells[where] == wanted
-        where, centroid = where[held], wanted[held]
-    lengths = (offsets[where + 1] - offsets[where]).astype(np.int64)
-    return ranges(offsets[where], lengths), np.repeat(centroid, lengths)
-
-
 def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """The concatenation of ``arange(start, start + length)`` for each pair: (sum(lengths),) int64.
 

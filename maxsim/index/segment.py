@@ -49,7 +49,7 @@ import torch
 
 from maxsim.files import file_record, open_array, save_array
 from maxsim.index.documents import DOCUMENTS_FILE, ListDocuments, SqliteDocuments, write_documents
-from maxsim.index.ivf import cell_entries, ranges, sparse_ivf
+from maxsim.index.ivf import ranges, sparse_ivf
 from maxsim.index.postings import Postings, PostingsError
 from maxsim.index.rows import cell_order
 from maxsim.index.segment_files import (
@@ -196,11 +196,6 @@ class Segment:
         return np.setdiff1d(np.arange(self.n_documents), self.deleted)
 
     # ------------------------------------------------------------------ reading
-    def chunks_in(self, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(chunk of each inverted-file entry of ``cells``, (E,) int64; its centroid, (E,) int64)."""
-        where, cell_of = cell_entries(self.ivf_cells, self.ivf_offsets, cells)
-        return self.ivf_chunks[where].astype(np.int64), cell_of
-
     def token_positions(self, chunk_ids: np.ndarray) -> np.ndarray:
         """Rows (in codes/residuals) of every token of some chunks, chunk after chunk."""
         tokens = ranges(self.offsets[chunk_ids], self.doclens[chunk_ids])
