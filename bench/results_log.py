@@ -17,7 +17,21 @@ HERE = Path(__file__).resolve().parent
 def machine() -> str:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return f"{platform.machine()}, {os.cpu_count()} cores, {model}"
+    return f"{platform.machine()}, {os.cpu_count()} cores, {model}{vector_units()}"
+
+
+def vector_units() -> str:
+    """The CPU's widest vector instructions, as they change the figures (the same model name
+    comes with and without AVX-512 on rented machines): ', AMX-BF16', ', AVX512-BF16', ', AVX-512'
+    or ', AVX2' (empty where /proc/cpuinfo does not say)."""
+    info = Path("/proc/cpuinfo")
+    flags = next((set(line.split(":", 1)[1].split()) for line in info.read_text().splitlines()
+                  if line.startswith("flags")), set()) if info.exists() else set()
+    for flag, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX-512"),
+                       ("avx2", "AVX2")):
+        if flag in flags:
+            return f", {name}"
+    return ""
 
 
 def commit() -> str:

@@ -7,7 +7,8 @@ client count runs that many clients, each sending one test query at a time to PO
 Each client is a process of its own, as separate applications are (clients that were threads
 of one process took turns at its GIL: the last of 16 answered together sent its next query some
 50 ms after the first, which measured the harness rather than the server).
-Prints and writes (bench/results/serve.json) requests/s, p50/p95/p99 latency and errors.
+Prints requests/s, p50/p95/p99 latency and errors, and appends each row to
+``bench/results/serve.jsonl``.
 The clients run on the same machine as the server, so they share its cores. Before and after
 every row, the library's own search of one query is timed in a process of its own
 (``library_ms_before`` and ``library_ms_after``): on a machine whose speed drifts (this 2-core VM
@@ -26,7 +27,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 import httpx
+from results_log import record
 
 HERE = Path(__file__).resolve().parent
 
@@ -213,11 +214,8 @@ def main() -> None:
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait()
-    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "docs": args.docs, "seconds": args.seconds,
-              "rows": rows}
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "serve.json").write_text(json.dumps(result, indent=2))
-
+    for row in rows:
+        record(HERE / "results" / "serve.jsonl", {"docs": args.docs, "seconds": args.seconds, **row})
 
 if __name__ == "__main__":
     main()

@@ -70,7 +70,7 @@ def test_documents_outside_the_filter_are_never_decompressed(r, monkeypatch):
     data = r.index_data
     allowed = {i for i in range(len(DOCS)) if passes(i, lambda m: m.get("source") == "arxiv")}
     touched = []
-    real = IndexData.vectors_of
+    real = IndexData.unit_vectors_of
 
     def noting(self, segment, index):
         s = self.segments.index(segment)
@@ -78,7 +78,7 @@ def test_documents_outside_the_filter_are_never_decompressed(r, monkeypatch):
         touched.extend((segment.chunk_docs[chunk_of_row] + self.doc_base[s]).tolist())
         return real(self, segment, index)
 
-    monkeypatch.setattr(IndexData, "vectors_of", noting)
+    monkeypatch.setattr(IndexData, "unit_vectors_of", noting)
     monkeypatch.setattr(search_module, "EXACT_FILTER_CHUNKS", 0)
     for ndocs in (4, None):
         r.search([QUERY, "cells dividing", "volcanoes"], k=5, filter={"source": "arxiv"}, ndocs=ndocs)

@@ -39,6 +39,7 @@ import torch
 
 from maxsim.files import old_path
 from maxsim.index.allowed import Allowed, allowed_by, check_fields
+from maxsim.index.centroid_selection import CentroidSelector, selection_precision
 from maxsim.index.codec import Codec, centroids_fingerprint, nearest_centroids
 from maxsim.index.filters import Filter
 from maxsim.index.legacy import LEGACY_FORMAT, Changed, read_legacy
@@ -54,7 +55,7 @@ from maxsim.index.manifest import (
 )
 from maxsim.index.segment import Segment, SegmentError
 from maxsim.index.segment_checks import verify
-from maxsim.model import cpu_computes_bf16
+from maxsim.index.warp_kernels import decode_unit
 
 logger = logging.getLogger(__name__)
 
@@ -239,11 +240,11 @@ class IndexData:
         return torch.from_numpy(np.ascontiguousarray(self.centroids, dtype=np.float32))
 
     @cached_property
-    def selection_centroids(self) -> torch.Tensor:
-        """The centroids as a search compares every query token with them: (C, dim), bf16 where
-        the CPU multiplies bf16 natively (about 2.5 times faster at 65,536 centroids; only the
-        choice of centroids to probe is made in it), else float32."""
-        return self.centroid_vectors.bfloat16() if cpu_computes_bf16() else self.centroid_vectors
+    def selector(self) -> CentroidSelector:
+        """How a search chooses the centroids each query token probes: every centroid scored in
+        the precision this CPU is fastest at (:func:`~maxsim.index.centroid_selection.selection_precision`;
+        made once per loaded version)."""
+        return CentroidSelector(self.centroid_vectors, selection_precision())
 
     @cached_property
     def residual_table(self) -> torch.Tensor:
@@ -256,6 +257,12 @@ class IndexData:
         vectors = self.centroid_vectors.index_select(0, segment.codes_at(index))
         vectors += segment.residuals_at(index, self.residual_table, self.dim)
         return vectors
+
+    def unit_vectors_of(self, segment: Segment, index: np.ndarray) -> torch.Tensor:
+        """(T, dim) float32 stored vectors of the tokens at ``index`` in ``segment``, renormalised
+        to unit length as they were encoded (decoded one row at a time, compiled)."""
+        return torch.from_numpy(decode_unit(self.centroid_vectors.numpy(), segment.codes, segment.residuals,
+                                            self.codec.table, np.asarray(index, dtype=np.int64)))
 
     def decompress(self, chunk_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Token vectors of some chunks (by number) back to back, as stored: ((T, dim) float32,

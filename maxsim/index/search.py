@@ -20,9 +20,9 @@ from maxsim.errors import SettingsError
 from maxsim.index.allowed import Allowed
 from maxsim.index.reader import IndexData
 from maxsim.index.warp import warp_scores
+from maxsim.index.warp_kernels import chunk_max_sum
 from maxsim.inputs import CENTROID_SCORE_THRESHOLD, DEFAULT_K
 from maxsim.ranking import Ranking
-from maxsim.scoring import segment_maxsim
 
 #: the fewest queries for which :func:`search` makes a pool of its own
 POOL_MIN_QUERIES = 8
@@ -180,13 +180,10 @@ def chunk_scores(data: IndexData, q_vectors: torch.Tensor, q_mask: torch.Tensor,
     from their decompressed vectors (centroid + residual) renormalised to unit length, as they
     were encoded: (n,) float32. ``centroid_scores`` is accepted and not needed."""
     chunk_ids = np.asarray(chunk_ids, dtype=np.int64)
-    query = q_vectors[0][q_mask[0]]  # (Lq', dim)
+    query = q_vectors[0][q_mask[0]].float()  # (Lq', dim)
     out = torch.zeros(len(chunk_ids), dtype=torch.float32)
     for s, where, local in data.split(chunk_ids, data.chunk_base):
         segment = data.segments[s]
-        vectors = data.vectors_of(segment, segment.token_positions(local))  # (T, dim)
-        sim = vectors @ query.T
-        sim /= torch.linalg.vector_norm(vectors, dim=1).clamp_min_(1e-12)[:, None]
-        lengths = torch.from_numpy(segment.doclens[local].astype(np.int64))
-        out[torch.from_numpy(where)] = segment_maxsim(sim, lengths)
+        unit = data.unit_vectors_of(segment, segment.token_positions(local))  # (T, dim)
+        out[torch.from_numpy(where)] = torch.from_numpy(chunk_max_sum((unit @ query.T).numpy(), segment.doclens[local]))
     return out

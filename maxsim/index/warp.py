@@ -3,10 +3,11 @@
 WARP (Scheerer et al., SIGIR 2025) scores a query against a compressed multi-vector index in
 three steps, which this module follows:
 
-1. **Selection** (:func:`probes`). Each query token probes its ``ncells`` best centroids (those
-   scoring under ``threshold`` for it are skipped). The best centroid it did not probe gives its
-   *missing similarity*: the score imputed to a chunk none of whose tokens lies in a probed
-   centroid, an upper estimate of what that chunk's best token would have scored.
+1. **Selection** (:mod:`maxsim.index.centroid_selection`, :func:`probes`). Each query token
+   probes its ``ncells`` best centroids (those scoring under ``threshold`` for it are skipped).
+   The best centroid it did not probe gives its *missing similarity*: the score imputed to a
+   chunk none of whose tokens lies in a probed centroid, an upper estimate of what that chunk's
+   best token would have scored.
 2. **Implicit decompression** (:func:`lookup_tables`, :func:`maxsim.index.warp_kernels.score_rows`).
    A stored token is its centroid plus a residual of ``nbits`` per dimension, packed into
    bytes. Its inner product with a query token is the centroid's score (computed once per
@@ -24,7 +25,6 @@ vectors (centroid + residual).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +32,7 @@ import torch
 
 from maxsim.index.reader import IndexData
 from maxsim.index.segment import Segment
-from maxsim.index.warp_kernels import score_rows, top_cells, top_cells_bf16
+from maxsim.index.warp_kernels import score_rows
 
 
 @dataclass
@@ -49,26 +49,20 @@ class Probes:
     missing: np.ndarray
 
 
-def probes(token_scores: torch.Tensor, ncells: int, threshold: float) -> Probes:
+def probes(values: np.ndarray, cells: np.ndarray, ncells: int, threshold: float) -> Probes:
     """Each query token's ``ncells`` best centroids that score at least ``threshold`` for it,
     and its missing similarity: the score of its best centroid not probed (0 when every
     centroid is probed; then no chunk misses the token).
 
-    token_scores: (C, Lq), every centroid against every query token (float32, or bf16 where
-    the CPU multiplies it natively: the pairs' scores are then computed again in float32 by
-    :func:`exact_pair_scores`).
+    values, cells: (Lq, depth) each query token's best centroids and their scores, best first
+    (:meth:`~maxsim.index.centroid_selection.CentroidSelector.top`), with depth ``ncells + 1``
+    or every centroid where there are fewer.
 
-    >>> p = probes(torch.tensor([[0.9, 0.5, 0.2], [0.1, 0.3, 0.8]]).T, 2, 0.25)
+    >>> p = probes(np.array([[0.9, 0.5], [0.8, 0.3]]), np.array([[0, 1], [2, 1]]), 1, 0.25)
     >>> p.token.tolist(), p.cell.tolist(), p.missing.tolist()
-    ([0, 0, 1, 1], [0, 1, 2, 1], [0.20000000298023224, 0.10000000149011612])
+    ([0, 1], [0, 2], [0.5, 0.30000001192092896])
     """
-    n_cells, n_tokens = token_scores.shape
-    depth = min(ncells + 1, n_cells)
-    if token_scores.dtype == torch.bfloat16:  # read as bits: numba has no bf16
-        bits = token_scores.contiguous().view(torch.int16).numpy().view(np.uint16)
-        values, cells = top_cells_bf16(bits, bf16_values(), depth)  # (Lq, depth), best first
-    else:
-        values, cells = top_cells(np.ascontiguousarray(token_scores.float().numpy()), depth)
+    n_tokens, depth = values.shape
     taken = np.zeros(values.shape, dtype=bool)
     taken[:, :ncells] = values[:, :ncells] >= threshold
     taken &= np.cumsum(~taken, axis=1) == 0  # a run from the best: a centroid after a skipped one is skipped
@@ -78,26 +72,12 @@ def probes(token_scores: torch.Tensor, ncells: int, threshold: float) -> Probes:
     return Probes(token, cells[taken].astype(np.int64), values[taken].astype(np.float32), missing.astype(np.float32))
 
 
-@functools.cache
-def bf16_values() -> np.ndarray:
-    """(65536,) float32 the value of each bf16 bit pattern (a constant table, made once)."""
-    return torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).float().numpy()
-
-
 def exact_pair_scores(found: Probes, query: torch.Tensor, centroids: torch.Tensor) -> Probes:
     """``found`` with each pair's centroid score computed in float32 (query: (Lq, dim); centroids:
     (C, dim) float32)."""
     token, cell = torch.from_numpy(found.token), torch.from_numpy(found.cell)
     score = (query.index_select(0, token) * centroids.index_select(0, cell)).sum(dim=1)
     return Probes(found.token, found.cell, score.numpy().astype(np.float32), found.missing)
-
-
-def token_scores(data: IndexData, query: torch.Tensor) -> torch.Tensor:
-    """(C, Lq) every centroid against every query token ((Lq, dim) float32), in
-    :attr:`~maxsim.index.reader.IndexData.selection_centroids`' precision (centroids on the left:
-    the faster orientation of this product, about 1.5x in bf16)."""
-    centroids = data.selection_centroids
-    return centroids @ query.to(centroids.dtype).T
 
 
 def lookup_tables(query: torch.Tensor, table: np.ndarray, width: int) -> np.ndarray:
@@ -141,8 +121,8 @@ def warp_scores(data: IndexData, query: torch.Tensor, ncells: int, threshold: fl
     bool the chunks a filter lets through (None: every live chunk). Returns (chunk numbers (M,)
     int64, scores (M,) float32), in no order.
     """
-    found = probes(token_scores(data, query), ncells, threshold)
-    if data.selection_centroids.dtype != torch.float32:
+    found = probes(*data.selector.top(query, ncells + 1), ncells, threshold)
+    if data.selector.precision != "float32":
         found = exact_pair_scores(found, query, data.centroid_vectors)
     luts = lookup_tables(query, data.codec.table, data.dim * data.settings.nbits // 8)
     chunks, scores = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.float32)]

@@ -1,5 +1,6 @@
-"""The compiled loops of :mod:`maxsim.index.warp`: scoring a segment's rows from lookup tables,
-and adding up partial scores by chunk (numba, compiled on first use and cached on disk).
+"""The compiled loops of the index's search (numba, compiled on first use and cached on disk):
+probe selection and scoring a segment's rows from lookup tables (:mod:`maxsim.index.warp`), and
+decoding rows for exact rescoring (:func:`maxsim.index.search.chunk_scores`).
 
 Shapes: a query's probed (query token, centroid) pairs come as flat arrays, grouped by query
 token in ascending order: ``pair_token`` (P,) int64, ``pair_start``/``pair_end`` (P,) int64 the
@@ -124,3 +125,72 @@ def top_cells_bf16(bits, table, depth):
                 _keep(values, index, t, x, c, depth)
                 low[t] = values[t, depth - 1]
     return values, index
+
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True)
+def decode_unit(centroids, codes, residuals, table, rows):
+    """The stored vectors of some rows, decoded (centroid + residual) and renormalised to unit
+    length, as they were encoded: (R, dim) float32.
+
+    centroids (C, dim) float32; codes (T,) and residuals (T, W) a segment's stored arrays; table
+    (256, 8 / nbits) float32 the codec's byte -> residual values; rows (R,) int64.
+    """
+    dim = centroids.shape[1]
+    width, per_byte = residuals.shape[1], table.shape[1]
+    out = np.empty((len(rows), dim), np.float32)
+    vector = np.empty(width * per_byte, np.float32)
+    for i in range(len(rows)):
+        row = rows[i]
+        for b in range(width):
+            byte = residuals[row, b]
+            for j in range(per_byte):
+                vector[b * per_byte + j] = table[byte, j]
+        centroid = centroids[codes[row]]
+        norm = np.float32(0.0)
+        for d in range(dim):
+            x = vector[d] + centroid[d]
+            vector[d] = x
+            norm += x * x
+        scale = np.float32(1.0) / max(np.sqrt(norm), np.float32(1e-12))
+        for d in range(dim):
+            out[i, d] = vector[d] * scale
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def chunk_max_sum(similarities, lengths):
+    """MaxSim from token similarities of chunks stored back to back: similarities (R, Lq)
+    float32, chunk after chunk; lengths (n,) rows per chunk, summing to R. Returns (n,) float32,
+    each chunk's sum over query tokens of its best row's similarity (0 for a chunk of no rows)."""
+    n_query = similarities.shape[1]
+    out = np.zeros(len(lengths), np.float32)
+    best = np.empty(n_query, np.float32)
+    r = 0
+    for c in range(len(lengths)):
+        if lengths[c] == 0:
+            continue
+        best[:] = similarities[r]
+        for i in range(r + 1, r + lengths[c]):
+            for t in range(n_query):
+                if similarities[i, t] > best[t]:
+                    best[t] = similarities[i, t]
+        r += lengths[c]
+        out[c] = best.sum()
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def top_cells_rows(scores, offset, values, index):
+    """Merge a block of centroid scores into each query token's best so far, in place: scores
+    (Lq, B) float32 for centroids ``offset .. offset + B - 1``; values (Lq, depth) float32 and
+    index (Lq, depth) int64, best first (-inf and -1 where nothing is kept yet)."""
+    n_tokens, n_cells = scores.shape
+    depth = values.shape[1]
+    for t in range(n_tokens):
+        low = values[t, depth - 1]
+        for c in range(n_cells):
+            x = scores[t, c]
+            if x > low:
+                _keep(values, index, t, x, offset + c, depth)
+                low = values[t, depth - 1]
