@@ -23,21 +23,26 @@ def score_rows(pair_token, pair_start, pair_end, pair_score, luts, residuals, ro
     """Each chunk reached by a probed pair, with its gain: the sum, over the query tokens that
     reached it, of (its best row's score for that token - ``missing[token]``). A row's score is
     its centroid's score plus its residual's, read byte by byte from the token's lookup table:
-    the inner product with the stored vector, never decompressed.
+    the inner product with the stored vector, never decompressed. A probed run's chunk slots are
+    read ahead of its rows, as independent loads the CPU overlaps (at a million chunks the slot
+    table outgrows the caches, and reading each slot as its row came cost a third of the time).
 
     Returns (chunks (M,) int64 local numbers, in the order first reached; gains (M,) float32).
     """
     n_pairs = len(pair_token)
     n_rows = 0
+    longest = 0
     for p in range(n_pairs):
         n_rows += pair_end[p] - pair_start[p]
+        longest = max(longest, pair_end[p] - pair_start[p])
     capacity = min(n_rows, n_chunks)
     slot = np.full(n_chunks, -1, np.int32)
     chunks = np.empty(capacity, np.int64)
     gains = np.zeros(capacity, np.float32)
     best = np.empty(capacity, np.float32)
-    last = np.empty(capacity, np.int64)  # the query token that last reached each candidate
-    touched = np.empty(capacity, np.int64)
+    last = np.empty(capacity, np.int32)  # the query token that last reached each candidate
+    touched = np.empty(capacity, np.int32)
+    found = np.empty(longest, np.int32)  # a run's slots, read ahead of its rows
     check = len(allowed) > 0
     width = residuals.shape[1]
     m = 0
@@ -53,7 +58,10 @@ def score_rows(pair_token, pair_start, pair_end, pair_score, luts, residuals, ro
             token = t
         lut = luts[t]
         base = pair_score[p]
-        for r in range(pair_start[p], pair_end[p]):
+        first = pair_start[p]
+        for r in range(first, pair_end[p]):  # the run's slots first: independent loads that overlap
+            found[r - first] = slot[row_chunks[r]]
+        for r in range(first, pair_end[p]):
             c = row_chunks[r]
             if check and not allowed[c]:
                 continue
@@ -61,13 +69,15 @@ def score_rows(pair_token, pair_start, pair_end, pair_score, luts, residuals, ro
             row = residuals[r]
             for b in range(width):
                 s += lut[b, row[b]]
-            j = slot[c]
+            j = found[r - first]
             if j < 0:
-                j = m
-                slot[c] = m
-                chunks[m] = c
-                last[m] = -1
-                m += 1
+                j = slot[c]  # (an earlier row of this run may have given it one)
+                if j < 0:
+                    j = m
+                    slot[c] = m
+                    chunks[m] = c
+                    last[m] = -1
+                    m += 1
             if last[j] != t:
                 last[j] = t
                 best[j] = s
