@@ -38,7 +38,8 @@ def commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
                               check=True).stdout.strip()
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                  ":(top,exclude)bench/results"], cwd=HERE,  # (figures appended are not code)
                                  capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
