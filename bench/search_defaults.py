@@ -41,8 +41,11 @@ def main() -> None:
     parser.add_argument("--ncells", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64])
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.3, 0.4, 0.5])
     parser.add_argument("--ndocs", type=int, nargs="+", default=[0, 32])
+    parser.add_argument("--missing-scales", type=float, nargs="+", default=[None],
+                        help="shares of the missing similarity imputed (maxsim.index.warp.MISSING_SCALE; "
+                        "default: its own)")
     args = parser.parse_args()
-    from maxsim.index import IndexData, search
+    from maxsim.index import IndexData, search, warp
 
     torch.set_num_threads(1)
     folder = Path(args.workdir) / "scifact-dev"
@@ -56,7 +59,10 @@ def main() -> None:
         if not path.exists():
             MaxsimEngine(path, nbits).build(folder, meta)
         data = IndexData.load(path)
-        for k, ncells, threshold, ndocs in itertools.product(args.k, args.ncells, args.thresholds, args.ndocs):
+        own_scale = warp.MISSING_SCALE
+        grid = itertools.product(args.k, args.ncells, args.thresholds, args.ndocs, args.missing_scales)
+        for k, ncells, threshold, ndocs, scale in grid:
+            warp.MISSING_SCALE = own_scale if scale is None else scale
             for i in range(3):
                 search(data, q[i : i + 1], mask[i : i + 1], k, ncells, threshold, ndocs)
             latencies, found = [], []
@@ -68,6 +74,7 @@ def main() -> None:
                                     constant_values=-1))
             figures = {"corpus": "scifact-dev", "queries": len(q), "documents": meta["passages"], "nbits": nbits,
                        "k": k, "ncells": ncells, "centroid_score_threshold": threshold, "ndocs": ndocs,
+                       "missing_scale": warp.MISSING_SCALE,
                        "search_p50_ms": round(1e3 * float(np.percentile(latencies, 50)), 3),
                        **quality(folder, np.stack(found)), "exact_ndcg_at_10": exact["ndcg_at_10"]}
             record(HERE / "results" / "search_defaults.jsonl", figures,

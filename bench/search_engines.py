@@ -65,18 +65,20 @@ def prepare(corpus: str, folder: Path, beir: Path, model: str, sentence_model: s
     exact.npy (Q, DEPTH) document positions by exact MaxSim; for real corpora also
     doc_vectors.npy (T, dim) float32, doclens.npy (N,), query_texts.json and, with judgements,
     qrels.json ({query position: {document position: relevance}})."""
-    if (folder / "meta.json").is_file():
+    if (folder / "meta.json").is_file() and (folder / "exact.npy").is_file():
         return
     folder.mkdir(parents=True, exist_ok=True)
     if corpus in SYNTHETIC:
+        # queries and meta first, so that an engine's child may build while exact MaxSim runs
         synthetic = Synthetic(SYNTHETIC[corpus])
         queries, _ = synthetic.queries(SYNTHETIC_QUERIES)
         np.save(folder / "queries.npy", queries)
         np.save(folder / "query_mask.npy", np.ones(queries.shape[:2], dtype=bool))
-        np.save(folder / "exact.npy", exact_top(synthetic, queries, DEPTH))
         meta = {"passages": synthetic.n, "tokens": synthetic.n * TOKENS, "dim": DIM, "model": "synthetic"}
-    else:
-        meta = _prepare_text(corpus, folder, beir, model if corpus == "scifact" else sentence_model, split)
+        (folder / "meta.json").write_text(json.dumps(meta))
+        np.save(folder / "exact.npy", exact_top(synthetic, queries, DEPTH))
+        return
+    meta = _prepare_text(corpus, folder, beir, model if corpus == "scifact" else sentence_model, split)
     (folder / "meta.json").write_text(json.dumps(meta))
 
 

@@ -14,13 +14,14 @@ from maxsim.index.build import build
 from maxsim.index.centroid_selection import (
     INT8_BLOCK,
     SELECTION_PRECISIONS,
+    CentroidGroups,
     CentroidSelector,
     selection_precision,
     top_of,
 )
 from maxsim.index.search import chunk_scores, search
 from maxsim.index.segment import Segment
-from maxsim.index.warp import lookup_tables, probes, warp_scores
+from maxsim.index.warp import cell_runs, lookup_tables, probes, warp_scores
 from maxsim.index.writer import without_documents
 from maxsim.index_settings import IndexSettings
 
@@ -114,6 +115,33 @@ def test_every_selection_precision_finds_nearly_the_best_centroids(precision):
     assert overlap >= (1.0 if precision == "float32" else 0.8), overlap
 
 
+def test_grouped_selection_finds_each_tokens_best_centroid_among_its_groups():
+    rng = np.random.default_rng(6)
+    centroids = torch.from_numpy(unit(rng.normal(size=(4096, DIM))))  # 64 groups, 16 probed: a quarter scored
+    source = rng.choice(len(centroids), 64, replace=False)
+    query = torch.from_numpy(unit(centroids.numpy()[source] + 0.05 * rng.normal(size=(64, DIM))))
+    groups = CentroidGroups(centroids)
+    assert len(groups.centres) == 64 and sorted(groups.ids.tolist()) == list(range(4096))
+    values, cells = groups.top(query, 9)
+    exact = (query @ centroids.T).numpy()
+    assert (np.diff(values, axis=1) <= 0).all() and all(len(set(row)) == 9 for row in cells.tolist())
+    np.testing.assert_allclose(values, np.take_along_axis(exact, cells, axis=1), atol=0.02)  # int8 scores
+    assert np.mean(cells[:, 0] == source) >= 0.95
+    # more centroids asked for than a token's groups hold: every centroid scored, in float32
+    values, cells = CentroidSelector(centroids, "int8", grouped=True).top(query, 4096)
+    np.testing.assert_array_equal(np.sort(cells, axis=1), np.tile(np.arange(4096), (64, 1)))
+    np.testing.assert_allclose(values, -np.sort(-exact, axis=1), atol=1e-6)
+
+
+def test_each_probed_centroid_finds_its_run_of_rows(index):
+    segment = index.segments[0]
+    codes = np.asarray(segment.cell_rows[0])
+    cells = np.arange(len(index.centroids) + 3)  # and centroids past the last one used
+    start, end = cell_runs(segment.cell_starts, cells)
+    np.testing.assert_array_equal(end - start, np.bincount(codes, minlength=len(cells))[: len(cells)])
+    assert all((codes[a:b] == c).all() for c, a, b in zip(cells, start, end))
+
+
 def test_lookup_tables_give_the_residuals_inner_products(index):
     rng = np.random.default_rng(3)
     query = torch.from_numpy(unit(rng.normal(size=(4, DIM))))
@@ -168,12 +196,15 @@ def test_ndocs_rescores_the_best_chunks_exactly(index):
         np.testing.assert_allclose(ranking.scores[i], np.sort(best)[::-1][:10], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("precision", SELECTION_PRECISIONS)
-def test_centroid_selection_in_any_precision_ranks_alike(index, precision):
-    """bf16 and int8 only choose the centroids to probe: the probed pairs are scored in float32,
-    so with every centroid probed the scores are exact, and with a few the rankings barely move."""
+@pytest.mark.parametrize("precision, grouped", [(p, False) for p in SELECTION_PRECISIONS] + [("int8", True)])
+def test_centroid_selection_in_any_precision_ranks_alike(index, precision, grouped, monkeypatch):
+    """bf16, int8 and groups only choose the centroids to probe: the probed pairs are scored in
+    float32, so with every centroid probed the scores are exact, and with a few the rankings
+    barely move."""
+    monkeypatch.setattr("maxsim.index.reader.GROUPED_FROM", 1 if grouped else 1 << 30)
     data = IndexData(index.settings, index.centroids, index.codec, index.segments)
-    data.selector = CentroidSelector(data.centroid_vectors, precision)
+    assert (data.selector.groups is not None) == grouped  # the index's own choice, by its centroids
+    data.selector = CentroidSelector(data.centroid_vectors, precision, grouped)
     exact_choice = IndexData(index.settings, index.centroids, index.codec, index.segments)
     exact_choice.selector = CentroidSelector(data.centroid_vectors, "float32")
     q, mask = queries()

@@ -39,7 +39,7 @@ import torch
 
 from maxsim.files import old_path
 from maxsim.index.allowed import Allowed, allowed_by, check_fields
-from maxsim.index.centroid_selection import CentroidSelector, selection_precision
+from maxsim.index.centroid_selection import GROUPED_FROM, CentroidSelector, selection_precision
 from maxsim.index.codec import Codec, centroids_fingerprint, nearest_centroids
 from maxsim.index.filters import Filter
 from maxsim.index.legacy import LEGACY_FORMAT, Changed, read_legacy
@@ -242,9 +242,11 @@ class IndexData:
     @cached_property
     def selector(self) -> CentroidSelector:
         """How a search chooses the centroids each query token probes: every centroid scored in
-        the precision this CPU is fastest at (:func:`~maxsim.index.centroid_selection.selection_precision`;
-        made once per loaded version)."""
-        return CentroidSelector(self.centroid_vectors, selection_precision())
+        the precision this CPU is fastest at (:func:`~maxsim.index.centroid_selection.selection_precision`),
+        or, from ``GROUPED_FROM`` centroids, those of each token's best groups (made once per
+        loaded version)."""
+        return CentroidSelector(self.centroid_vectors, selection_precision(),
+                                grouped=len(self.centroids) >= GROUPED_FROM)
 
     @cached_property
     def residual_table(self) -> torch.Tensor:

@@ -221,6 +221,17 @@ class Segment:
                        self.n_tokens, time.perf_counter() - started)
         return rows
 
+    @cached_property
+    def cell_starts(self) -> np.ndarray:
+        """(K + 1,) int64 where each centroid's run of :attr:`cell_rows` starts (the last entry:
+        the rows), K the highest centroid used + 1; made on first use, about 5 ms for 4 million
+        rows (a binary search per centroid, so a probe finds its run without one)."""
+        codes = self.cell_rows[0]
+        if not len(codes):
+            return np.zeros(1, dtype=np.int64)
+        cells = np.arange(int(codes[-1]) + 1, dtype=codes.dtype)  # (codes' type: numpy would convert every code)
+        return np.append(np.searchsorted(codes, cells, side="left"), len(codes)).astype(np.int64)
+
     def codes_in_chunk_order(self) -> np.ndarray:
         """(T,) the centroid of each token, chunk after chunk (reads every code: for checks)."""
         return np.asarray(self.codes if self.token_rows is None else self.codes[np.asarray(self.token_rows)])

@@ -34,6 +34,9 @@ from maxsim.index.reader import IndexData
 from maxsim.index.segment import Segment
 from maxsim.index.warp_kernels import score_rows
 
+#: the share of the best unprobed centroid's score imputed to a chunk that misses a query token
+MISSING_SCALE = 1.0
+
 
 @dataclass
 class Probes:
@@ -68,6 +71,7 @@ def probes(values: np.ndarray, cells: np.ndarray, ncells: int, threshold: float)
     taken &= np.cumsum(~taken, axis=1) == 0  # a run from the best: a centroid after a skipped one is skipped
     first_left = taken.sum(axis=1)
     missing = np.where(first_left < depth, values[np.arange(n_tokens), np.minimum(first_left, depth - 1)], 0.0)
+    missing = missing * MISSING_SCALE
     token = np.repeat(np.arange(n_tokens, dtype=np.int64), first_left)
     return Probes(token, cells[taken].astype(np.int64), values[taken].astype(np.float32), missing.astype(np.float32))
 
@@ -93,21 +97,26 @@ def lookup_tables(query: torch.Tensor, table: np.ndarray, width: int) -> np.ndar
     return torch.matmul(padded.reshape(len(query), width, per_byte), torch.from_numpy(table).T).numpy()
 
 
-def cell_runs(codes: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The (start, end) rows (each (P,) int64) of each of ``cells`` in cell-ordered ``codes``."""
-    keys = cells.astype(codes.dtype)  # (the same type: else numpy converts every code first)
-    return (np.searchsorted(codes, keys, side="left").astype(np.int64),
-            np.searchsorted(codes, keys, side="right").astype(np.int64))
+def cell_runs(starts: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (start, end) rows (each (P,) int64) of each of ``cells`` in a segment's cell-ordered
+    rows, from its :attr:`~maxsim.index.segment.Segment.cell_starts` (a centroid past its last
+    one: an empty run).
+
+    >>> cell_runs(np.array([0, 2, 2, 5]), np.array([0, 1, 2, 7]))
+    (array([0, 2, 2, 5]), array([2, 2, 5, 5]))
+    """
+    last = len(starts) - 1
+    return starts[np.minimum(cells, last)], starts[np.minimum(cells + 1, last)]
 
 
 def segment_gains(segment: Segment, found: Probes, luts: np.ndarray,
                   allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`~maxsim.index.warp_kernels.score_rows` over one segment: (local chunk numbers (M,)
     int64, gains (M,) float32). ``allowed``: (N,) bool over its chunks, or None for its live ones."""
-    codes, residuals, row_chunks = segment.cell_rows
+    _, residuals, row_chunks = segment.cell_rows
     if allowed is None and segment.dead_chunks is not None:
         allowed = ~segment.dead_chunks
-    start, end = cell_runs(codes, found.cell)
+    start, end = cell_runs(segment.cell_starts, found.cell)
     mask = np.zeros(0, dtype=bool) if allowed is None else allowed
     return score_rows(found.token, start, end, found.score, luts, residuals, row_chunks, mask, segment.n_chunks,
                       found.missing)
@@ -122,7 +131,7 @@ def warp_scores(data: IndexData, query: torch.Tensor, ncells: int, threshold: fl
     int64, scores (M,) float32), in no order.
     """
     found = probes(*data.selector.top(query, ncells + 1), ncells, threshold)
-    if data.selector.precision != "float32":
+    if not data.selector.exact:
         found = exact_pair_scores(found, query, data.centroid_vectors)
     luts = lookup_tables(query, data.codec.table, data.dim * data.settings.nbits // 8)
     chunks, scores = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.float32)]

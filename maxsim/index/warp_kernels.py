@@ -204,3 +204,36 @@ def top_cells_rows(scores, offset, values, index):
             if x > low:
                 _keep(values, index, t, x, offset + c, depth)
                 low = values[t, depth - 1]
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True)
+def top_cells_grouped(query, pair_token, pair_group, starts, members, scales, ids, depth):
+    """Each query token's ``depth`` best centroids among those of the groups it probes:
+    query (Lq, dim) float32; pair_token, pair_group (P,) int64 the (token, group) pairs, sorted
+    by group; starts (G + 1,) int64 where each group's rows start in ``members`` (C, dim) int8,
+    each row a centroid at a scale of its own (``scales`` (C,) float32), ``ids`` (C,) int64 its
+    centroid id. A group's rows are read once for all the tokens that probe it. Returns (values
+    (Lq, depth) float32, centroids (Lq, depth) int64), best first; -inf and -1 where a token's
+    groups hold fewer than ``depth`` centroids."""
+    n_tokens, dim = query.shape
+    values = np.full((n_tokens, depth), -np.inf, np.float32)
+    index = np.full((n_tokens, depth), -1, np.int64)
+    n_pairs = len(pair_token)
+    p = 0
+    while p < n_pairs:
+        group = pair_group[p]
+        end = p
+        while end < n_pairs and pair_group[end] == group:
+            end += 1
+        for r in range(starts[group], starts[group + 1]):
+            for j in range(p, end):
+                t = pair_token[j]
+                acc = np.float32(0.0)
+                for d in range(dim):
+                    acc += query[t, d] * np.float32(members[r, d])
+                x = acc * scales[r]
+                if x > values[t, depth - 1]:
+                    _keep(values, index, t, x, ids[r], depth)
+        p = end
+    return values, index
+
