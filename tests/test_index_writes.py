@@ -284,9 +284,12 @@ def test_an_add_writes_only_a_new_segment_and_a_delete_only_tombstones(retriever
     write = segment_module.Segment.write
     monkeypatch.setattr(segment_module.Segment, "write", lambda self, root, owner=None:
                         written.append(self.n_documents) or write(self, root, owner))
+    retriever.search(DOCS[0], k=1)
+    selector = retriever.backend.data.selector
     retriever.add(DOCS[9:10], document_ids=IDS[9:10])
     retriever.add(DOCS[10:13], document_ids=IDS[10:13])
     assert written == [1, 3]
+    assert retriever.backend.data.selector is selector  # the same centroids: their selection is kept
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in first.iterdir()} == before
     retriever.delete(["doc1"])
     assert written == [1, 3]  # no segment rewritten

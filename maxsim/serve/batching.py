@@ -92,11 +92,13 @@ class IndexWorker:
         return request.future
 
     def _warm_up(self) -> None:
-        """Make the query encoder's traces (one query, several) before the first requests, which
-        wait behind this rather than one of them paying about a second for each."""
+        """Make the query encoder's traces (one query, several) and what the index makes on its
+        first search (centroid groups and tables: about a second at a million passages) before
+        the first requests, which wait behind this rather than one of them paying for it."""
         try:
             for n in (1, 2):
                 self.retriever.query_vectors(["warm-up"] * n)
+            self.retriever.search("warm-up", k=1, hybrid=False)
         except Exception:  # noqa: BLE001 - a request that meets the same error answers it
             logger.warning("warming up the query encoder failed", exc_info=True)
 
