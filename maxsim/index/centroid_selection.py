@@ -19,7 +19,7 @@ read once for every token that probes it: a sixteenth of the work at 65,536 cent
 can miss its best centroid where it lies in a group it did not probe (about 4% of tokens on
 SciFact sentences at 16,384 centroids); measured through the whole search, recall@10 against
 exact MaxSim moved from 0.669 to 0.666 there, and stayed 1.00 on a million synthetic passages,
-while a search took 20% and 28% less time (``bench/centroid_selection.py``).
+while a search took 14% and 32% less time (``bench/centroid_selection.py``, one AVX2 core).
 
 Only the choice is made in that precision: the chosen pairs are scored again in float32
 (:func:`maxsim.index.warp.exact_pair_scores`). The scores of the best centroids a token does not
