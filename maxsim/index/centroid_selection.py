@@ -30,7 +30,6 @@ probe (its *missing similarity*) keep the selection precision's error: about 0.0
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 
 import numpy as np
@@ -38,7 +37,7 @@ import torch
 from torch import nn
 
 from maxsim.errors import SettingsError
-from maxsim.index.codec import nearest_centroids, train_centroids
+from maxsim.index.codec import centroid_groups
 from maxsim.index.warp_kernels import top_cells, top_cells_bf16, top_cells_grouped, top_cells_rows
 from maxsim.model import cpu_computes_bf16
 
@@ -112,13 +111,10 @@ class CentroidGroups:
 
     def __init__(self, centroids: torch.Tensor) -> None:
         vectors = np.ascontiguousarray(centroids.float().numpy())
-        n_groups = 2 ** round(math.log2(math.sqrt(len(vectors))))
-        self.centres = torch.from_numpy(train_centroids(vectors, n_groups, max_points_per_centroid=len(vectors)))
-        group_of = nearest_centroids(vectors, self.centres.numpy(), dtype=torch.float32)
-        order = np.argsort(group_of, kind="stable")
+        centres, order, bounds = centroid_groups(vectors, dtype=torch.float32)
+        self.centres = torch.from_numpy(centres)
         #: (G + 1,) int64 where each group starts in ``members``; (C,) int64 the centroid of each row
-        self.starts = np.searchsorted(group_of[order], np.arange(n_groups + 1)).astype(np.int64)
-        self.ids = order.astype(np.int64)
+        self.starts, self.ids = bounds, order
         rows = vectors[order]
         self.scales = np.maximum(np.abs(rows).max(axis=1), 1e-12).astype(np.float32) / np.float32(127)
         self.members = np.round(rows / self.scales[:, None]).astype(np.int8)

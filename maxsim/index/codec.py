@@ -113,6 +113,20 @@ def nearest_centroids(vectors: np.ndarray, centroids: np.ndarray, batch: int = 1
     return out
 
 
+def centroid_groups(centroids: np.ndarray, groups: int | None = None, seed: int = 0,
+                    dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The centroids clustered into ``groups`` (default 2 ** round(log2(sqrt(C)))) by spherical
+    k-means over the centroids, each in the group of its nearest centre (``dtype``: as
+    :func:`nearest_centroids` takes it). centroids: (C, dim) float32. Returns (centres (G, dim)
+    float32, order (C,) int64 the centroid ids group after group, bounds (G + 1,) int64 where
+    each group starts in ``order``)."""
+    groups = groups or 2 ** round(math.log2(math.sqrt(len(centroids))))
+    centres = train_centroids(centroids, groups, seed, max_points_per_centroid=len(centroids))
+    group_of = nearest_centroids(centroids, centres, dtype=dtype)
+    order = np.argsort(group_of, kind="stable").astype(np.int64)
+    return centres, order, np.searchsorted(group_of[order], np.arange(groups + 1)).astype(np.int64)
+
+
 #: rows of the matrix products of :class:`CentroidSearch`, rounded up to a multiple of these
 #: (oneDNN compiles a kernel for each new shape: 0.5 ms each, more than the product itself)
 GROUP_ROUNDING, PAIR_ROUNDING = 32, 256
@@ -152,11 +166,7 @@ class CentroidSearch:
         self.exhaustive = len(centroids) < self.EXACT_BELOW
         if self.exhaustive:
             return
-        groups = groups or 2 ** round(math.log2(math.sqrt(len(centroids))))
-        self.group_centres = train_centroids(self.centroids, groups, seed, max_points_per_centroid=len(centroids))
-        group_of = nearest_centroids(self.centroids, self.group_centres)
-        order = np.argsort(group_of, kind="stable")  # centroid ids, group after group
-        bounds = np.searchsorted(group_of[order], np.arange(groups + 1))
+        self.group_centres, order, bounds = centroid_groups(self.centroids, groups, seed)
         members = [order[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
         padded = [np.resize(m, _round_up(len(m), GROUP_ROUNDING)) for m in members]
         #: centroid ids, group after group, each group padded with repeats of its own ids

@@ -236,4 +236,3 @@ def top_cells_grouped(query, pair_token, pair_group, starts, members, scales, id
                     _keep(values, index, t, x, ids[r], depth)
         p = end
     return values, index
-

@@ -100,7 +100,7 @@ class IndexWorker:
                 self.retriever.query_vectors(["warm-up"] * n)
             self.retriever.search("warm-up", k=1, hybrid=False)
         except Exception:  # noqa: BLE001 - a request that meets the same error answers it
-            logger.warning("warming up the query encoder failed", exc_info=True)
+            logger.warning("warming up (query encoder, first search) failed", exc_info=True)
 
     def _serve(self) -> None:
         self._warm_up()
