@@ -7,10 +7,23 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# The suite runs in worker processes (pytest-xdist: -n in pyproject.toml). Each takes its share of
+# the cores for its thread pools (torch's, MKL's, numba's), and so do the processes it starts, so
+# that workers do not fight over the cores; a test that needs more threads asks for them.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(_name, str(max(1, CORES // WORKERS)))
+
+import torch  # noqa: E402 - after the thread settings above, which torch reads as it loads
+
+if WORKERS > 1:
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 TOPICS = [
     ("cats", "what do cats eat", "cats eat fish and mice every day"),

@@ -120,6 +120,13 @@ LOADED = r"""
 import importlib, json, os, sys
 import numpy, torch, transformers, pydantic  # shared by every child: loaded once, before forking
 from transformers import AutoModel, AutoTokenizer
+# other libraries' modules too (only maxsim's are checked): each child then loads only maxsim's
+for library in ("numba", "fastapi", "uvicorn", "httpx", "langchain_core.retrievers", "safetensors.torch", "typer",
+                "huggingface_hub", "qdrant_client", "tqdm", "yaml", "bm25s", "faiss", "scipy.stats", "tokenizers"):
+    try:
+        importlib.import_module(library)
+    except ImportError:
+        pass
 results = {}
 for name in sys.argv[1:]:
     read, write = os.pipe()

@@ -37,21 +37,29 @@ def built(tmp_path_factory, corpus):
     return retriever, path
 
 
-def _exact_top(retriever, queries, corpus, k):
-    q, qm = retriever.query_vectors(queries)
-    chunks = retriever.model.tokenize_document_chunks([t for _, t in corpus], True, 128)
+@pytest.fixture(scope="module")
+def exact_documents(built, corpus):
+    """Every chunk of the corpus encoded by the model itself: (C, L, 128) vectors, (C, L) mask and
+    each chunk's document position (C,) (encoded once for every test that ranks exactly)."""
+    model = built[0].model
+    chunks = model.tokenize_document_chunks([t for _, t in corpus], True, 128)
     tokens = [c for doc in chunks for c, _ in doc]
     owner = [i for i, doc in enumerate(chunks) for _ in doc]
-    d, dm = retriever.model.pad_documents(tokens).input_ids, None
     vectors = torch.zeros(len(tokens), max(map(len, tokens)), 128)
     mask = torch.zeros(len(tokens), vectors.shape[1], dtype=torch.bool)
-    for positions, v, m in retriever.model.encode_batches(tokens, False):
+    for positions, v, m in model.encode_batches(tokens, False):
         vectors[positions, : v.shape[1]], mask[positions, : m.shape[1]] = v, m
+    return vectors, mask, owner
+
+
+def _exact_top(retriever, queries, exact_documents, k):
+    """(Q, k) positions in the corpus of each query's best documents by exact MaxSim."""
+    vectors, mask, owner = exact_documents
+    q, qm = retriever.query_vectors(queries)
     scores = maxsim(q, qm, vectors, mask)
-    doc_scores = torch.full((len(queries), len(corpus)), -1e9)
+    doc_scores = torch.full((len(queries), max(owner) + 1), -1e9)
     for j, o in enumerate(owner):
         doc_scores[:, o] = torch.maximum(doc_scores[:, o], scores[:, j])
-    del d, dm
     return doc_scores.topk(k, dim=1).indices
 
 
@@ -67,11 +75,11 @@ def test_index_files_and_size(built):
     assert per_token < 64, per_token
 
 
-def test_query_from_a_document_finds_it_first(built, corpus):
+def test_query_from_a_document_finds_it_first(built, corpus, exact_documents):
     retriever, _ = built
     picks = [3, 17, 42, 77, 101]
     queries = [" ".join(corpus[i][1].split()[5:25]) for i in picks]
-    exact = _exact_top(retriever, queries, corpus, 1)[:, 0].tolist()
+    exact = _exact_top(retriever, queries, exact_documents, 1)[:, 0].tolist()
     hits = retriever.search(queries, k=5)
     assert [h[0].document_id for h in hits] == [corpus[i][0] for i in exact]
     assert [h[0].document_id for h in hits] == [corpus[i][0] for i in picks]
@@ -80,7 +88,7 @@ def test_query_from_a_document_finds_it_first(built, corpus):
 
 
 @pytest.mark.parametrize("nbits, floor", [(2, 0.5), (4, 0.5)])
-def test_recall_against_exact_maxsim(built, corpus, tmp_path, nbits, floor):
+def test_recall_against_exact_maxsim(built, corpus, exact_documents, tmp_path, nbits, floor):
     # the untrained model scores documents close together (top 15 within 1.5 of 13.7), so
     # residual noise (mean reconstruction cosine 0.96 at 2 bits, 0.99 at 4) and the imputed
     # similarities of unprobed centroids reorder the tail of the top 10; measured overlaps with
@@ -89,12 +97,14 @@ def test_recall_against_exact_maxsim(built, corpus, tmp_path, nbits, floor):
     # against 0.7215 exact, recall@10 0.836)
     retriever, _ = built
     if nbits != 2:
+        forward = retriever.inference_forward  # its traces made once, shared
         retriever = Retriever(retriever.model)
+        retriever.inference_forward = forward
         retriever.index([t for _, t in corpus], path=tmp_path / "ix", document_ids=[i for i, _ in corpus],
                         max_document_tokens=128, nbits=nbits)
     queries = ["effects of vitamin D on bone density", "cancer cell proliferation and apoptosis",
                "antibiotic resistance in bacteria", "neural stem cells in the brain", "blood pressure and diet"]
-    exact = _exact_top(retriever, queries, corpus, 10)
+    exact = _exact_top(retriever, queries, exact_documents, 10)
     hits = retriever.search(queries, k=10)
     overlap = np.mean([len({corpus[i][0] for i in exact[q].tolist()} & {h.document_id for h in hits[q]}) / 10
                        for q in range(len(queries))])
@@ -108,6 +118,7 @@ def test_add_delete_and_reload(built, corpus, tmp_path):
 
     shutil.copytree(path, copy)
     r = Retriever.from_index(copy, model=retriever.model)
+    r.inference_forward = retriever.inference_forward  # the model's query traces, made once
     before = r.search("antibiotic resistance in bacteria", k=5)
     new_text = "Zebrafish regenerate their fins through blastema formation after amputation."
     r.add([new_text], document_ids=["zebra"], metadata=[{"source": "test"}])
@@ -118,6 +129,7 @@ def test_add_delete_and_reload(built, corpus, tmp_path):
     assert "zebra" not in after and before[0].document_id not in after
     assert after[:4] == [h.document_id for h in before[1:5]]
     again = Retriever.from_index(copy, model=retriever.model)
+    again.inference_forward = retriever.inference_forward
     fresh, carried = again.search("antibiotic resistance in bacteria", k=5), r.search("antibiotic resistance in bacteria", k=5)
     assert [h.document_id for h in fresh] == [h.document_id for h in carried]
     assert [h.score for h in fresh] == pytest.approx([h.score for h in carried], rel=1e-6)
@@ -161,8 +173,13 @@ def test_queries_searched_on_a_pool_rank_as_one_by_one(built, monkeypatch):
     monkeypatch.setattr(search_module, "search_pool", lambda *a: made.append(1) or real_pool(*a))
     with search_pool(2) as pool:
         given = search(data, q, qm, 5, pool=pool)  # the caller's pool
-    own = search(data, q, qm, 5)  # 9 queries >= POOL_MIN_QUERIES: a pool of its own, where torch has 2+ threads
-    assert made == ([1] if torch.get_num_threads() > 1 else [])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # (a test worker may hold one core's share)
+    try:
+        own = search(data, q, qm, 5)  # 9 queries >= POOL_MIN_QUERIES: a pool of its own, where torch has 2+ threads
+    finally:
+        torch.set_num_threads(threads)
+    assert made == [1]
     for ranking in (given, own):
         assert ranking.positions.tolist() == [a.positions[0].tolist() for a in alone]
         np.testing.assert_allclose(ranking.scores, np.concatenate([a.scores for a in alone]), rtol=1e-5, atol=1e-5)
