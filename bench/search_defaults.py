@@ -47,9 +47,9 @@ def main() -> None:
     args = parser.parse_args()
     from maxsim.index import IndexData, search, warp
 
-    torch.set_num_threads(1)
     folder = Path(args.workdir) / "scifact-dev"
-    prepare("scifact", folder, Path(args.dev), args.model, "base", split="dev")
+    prepare("scifact", folder, Path(args.dev), args.model, "base", split="dev")  # encodes on every core
+    torch.set_num_threads(1)  # searches are timed on one thread
     meta = json.loads((folder / "meta.json").read_text())
     q, mask = torch.from_numpy(np.load(folder / "queries.npy")), torch.from_numpy(np.load(folder / "query_mask.npy"))
     exact = quality(folder, np.load(folder / "exact.npy"))
