@@ -27,7 +27,22 @@ class TextEncoder:
         self.inference_forward: InferenceForward | None = (
             InferenceForward(model) if model.device.type == "cpu" else None)
         self._query_forward: InferenceForward | None = None
+        self._trace_queries = True
         self.query_precision = query_precision
+
+    @property
+    def trace_queries(self) -> bool:
+        """Whether queries run through a trace of their shape on a CPU. A trace is made once per
+        shape (0.5-1 s) and pays back over many queries (a server, a loop); a process that
+        encodes a few queries and exits (``maxsim search``) is faster without."""
+        return self._trace_queries
+
+    @trace_queries.setter
+    def trace_queries(self, on: bool) -> None:
+        self._trace_queries = on
+        for forward in (self.inference_forward, self._query_forward):
+            if forward is not None:
+                forward.trace = on
 
     @property
     def query_precision(self) -> str:
@@ -40,6 +55,8 @@ class TextEncoder:
             raise SettingsError(f"query precision {precision!r} is for encoding on a CPU; this model is on "
                                 f"{self.model.device}: leave it at auto")
         self._query_forward = None if precision == "auto" else InferenceForward.for_precision(self.model, precision)
+        if self._query_forward is not None:
+            self._query_forward.trace = self._trace_queries
         self._query_precision = precision
 
     def queries(self, texts: Sequence[str], batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:

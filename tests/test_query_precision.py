@@ -46,3 +46,17 @@ def test_the_query_copy_is_made_once_and_kept(retriever):
 def test_an_unknown_precision_is_refused_by_name(retriever):
     with pytest.raises(SettingsError, match="fp8.*auto, float32, bf16, int8"):
         retriever.encoder.query_precision = "fp8"
+
+
+@pytest.mark.parametrize("precision", ["auto", "int8"])
+def test_queries_encode_untraced_alike_and_make_no_trace(tiny_model_dir, precision):
+    traced = Retriever(ColBERT.from_pretrained(str(tiny_model_dir), dim=16))
+    plain = Retriever(traced.model)
+    plain.encoder.trace_queries = False
+    for retriever in (traced, plain):
+        retriever.encoder.query_precision = precision  # a new copy keeps the choice
+    forward = traced.encoder._query_forward or traced.inference_forward
+    untraced = plain.encoder._query_forward or plain.inference_forward
+    (a, mask), (b, same_mask) = traced.query_vectors(QUERIES[:1]), plain.query_vectors(QUERIES[:1])
+    assert torch.equal(mask, same_mask) and torch.allclose(a, b, atol=1e-3)
+    assert len(forward._traces) == 1 and not untraced._traces and not untraced.trace

@@ -51,6 +51,7 @@ def search(
         settings = hybrid_from(hybrid, fusion, fusion_weight, rrf_k, hybrid_depth)
         retriever = Retriever.from_index(index, allow_model_mismatch=allow_model_mismatch)
         retriever.encoder.query_precision = query_precision
+        retriever.encoder.trace_queries = False  # these queries are all this process encodes
         logger.info("%s", retriever.search_config(settings).line())
         results = retriever.search(list(queries), k=k, ncells=ncells, centroid_score_threshold=centroid_score_threshold,
                                    ndocs=ndocs, filter=condition, hybrid=settings)
