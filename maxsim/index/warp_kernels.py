@@ -148,23 +148,22 @@ def decode_unit(centroids, codes, residuals, table, rows):
     """
     dim = centroids.shape[1]
     width, per_byte = residuals.shape[1], table.shape[1]
+    flat = table.ravel()  # byte b's residual values at b * per_byte onwards
     out = np.empty((len(rows), dim), np.float32)
-    vector = np.empty(width * per_byte, np.float32)
     for i in range(len(rows)):
         row = rows[i]
-        for b in range(width):
-            byte = residuals[row, b]
-            for j in range(per_byte):
-                vector[b * per_byte + j] = table[byte, j]
         centroid = centroids[codes[row]]
+        vector = out[i]
+        for b in range(width):  # residual and centroid added in one pass
+            start, at = residuals[row, b] * per_byte, b * per_byte
+            for j in range(per_byte):
+                vector[at + j] = flat[start + j] + centroid[at + j]
         norm = np.float32(0.0)
         for d in range(dim):
-            x = vector[d] + centroid[d]
-            vector[d] = x
-            norm += x * x
+            norm += vector[d] * vector[d]
         scale = np.float32(1.0) / max(np.sqrt(norm), np.float32(1e-12))
         for d in range(dim):
-            out[i, d] = vector[d] * scale
+            vector[d] *= scale
     return out
 
 
