@@ -49,7 +49,8 @@ def test_an_unknown_precision_is_refused_by_name(retriever):
 
 
 @pytest.mark.parametrize("precision", ["auto", "int8"])
-def test_queries_encode_untraced_alike_and_make_no_trace(tiny_model_dir, precision):
+def test_queries_encode_untraced_alike_and_make_no_trace(tiny_model_dir, precision, cpu_bf16):
+    # (auto follows the CPU: cpu_bf16 runs it in bf16 and in float32, on any CPU)
     traced = Retriever(ColBERT.from_pretrained(str(tiny_model_dir), dim=16))
     plain = Retriever(traced.model)
     plain.encoder.trace_queries = False
