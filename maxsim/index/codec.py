@@ -2,7 +2,9 @@
 
 Every token vector is stored as the id of its nearest centroid plus its residual (vector minus
 centroid) quantised to ``nbits`` per dimension: bucket cutoffs are quantiles of all residual
-values, and each bucket decodes to the median of its values.
+values, and each bucket decodes to the mean of its values (for those cutoffs, the value with
+the least squared error: on SciFact's dev slice at 2 bits, recall@10 against exact MaxSim with
+every chunk scored 0.880 -> 0.905 against the middle quantile, and no change at 4 bits).
 """
 
 from __future__ import annotations
@@ -238,13 +240,23 @@ class Codec:
 
     @classmethod
     def fit(cls, residuals: np.ndarray, nbits: int, sample: int = 1 << 22, seed: int = 0) -> Codec:
-        """Cutoffs and values from the quantiles of (at most ``sample``) residual values."""
+        """Cutoffs at the quantiles of (at most ``sample``) residual values, each bucket's value
+        the mean of those in it (its middle quantile where it holds none).
+
+        >>> Codec.fit(np.array([[0.0, 0.1, 0.2, 0.9]]), 1).values.astype(float).round(3).tolist()
+        [0.05, 0.55]
+        """
         levels = 2**nbits
-        flat = residuals.reshape(-1)
+        flat = np.asarray(residuals, dtype=np.float32).reshape(-1)
         if len(flat) > sample:
             flat = flat[np.random.default_rng(seed).choice(len(flat), sample, replace=False)]
         cutoffs = np.quantile(flat, np.arange(1, levels) / levels).astype(np.float32)
         values = np.quantile(flat, (np.arange(levels) + 0.5) / levels).astype(np.float32)
+        bucket = np.searchsorted(cutoffs, flat, side="right")
+        counts = np.bincount(bucket, minlength=levels)
+        sums = np.bincount(bucket, weights=flat, minlength=levels)
+        held = counts > 0
+        values[held] = (sums[held] / counts[held]).astype(np.float32)
         return cls(nbits, cutoffs, values)
 
     def encode(self, residuals: np.ndarray, block: int = 1 << 15) -> np.ndarray:
