@@ -24,6 +24,7 @@ from maxsim.errors import SettingsError
 from maxsim.files import check_replaceable
 from maxsim.index import IndexData, IndexSettings, index_lock, is_index
 from maxsim.index.build import Shard, StreamingBuild
+from maxsim.index_settings import nbits_for
 from maxsim.lexical import check_language
 from maxsim.limits import check_name
 from maxsim.model import ColBERT
@@ -55,7 +56,7 @@ def index_folder(name: str | None) -> Path:
 
 def check_build_settings(nbits, pool_factor, bm25_language) -> None:
     """Refuse settings an index cannot be built with, before any work."""
-    if nbits not in (1, 2, 4):
+    if nbits is not None and nbits not in (1, 2, 4):  # (None: by the corpus's size)
         raise SettingsError("nbits must be 1, 2 or 4")
     if not isinstance(pool_factor, int) or isinstance(pool_factor, bool) or pool_factor < 1:
         raise SettingsError(f"pool_factor must be a whole number of 1 or more (1: no pooling), got {pool_factor!r}")
@@ -63,13 +64,14 @@ def check_build_settings(nbits, pool_factor, bm25_language) -> None:
         check_language(bm25_language, "pass one of them as the language (--language), or None for no BM25 side")
 
 
-def settings_for(model: ColBERT, model_path: str | None, encoded_in: str, nbits: int, seed: int,
+def settings_for(model: ColBERT, model_path: str | None, encoded_in: str, nbits: int | None, seed: int,
                  split_documents: bool, max_document_tokens: int | None, pool_factor: int,
-                 bm25_language: str | None) -> IndexSettings:
-    """What an index built with ``model`` records (settings checked first: a bad one is refused
-    before any work)."""
+                 bm25_language: str | None, n_documents: int) -> IndexSettings:
+    """What an index of ``n_documents`` built with ``model`` records (settings checked first: a
+    bad one is refused before any work; ``nbits`` None: :func:`~maxsim.index_settings.nbits_for`)."""
     check_build_settings(nbits, pool_factor, bm25_language)
-    return IndexSettings(nbits=nbits, dim=model.settings.dim, model_path=model_path, model_digest=model.digest(),
+    return IndexSettings(nbits=nbits_for(n_documents) if nbits is None else nbits, dim=model.settings.dim,
+                         model_path=model_path, model_digest=model.digest(),
                          model_settings=model.settings.model_dump(), split_documents=split_documents,
                          max_document_tokens=max_document_tokens or model.settings.doc_maxlen, seed=seed,
                          encoded_in=encoded_in, pool_factor=pool_factor, bm25_language=bm25_language)

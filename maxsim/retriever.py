@@ -156,7 +156,7 @@ class Retriever:
     def index(self, documents: Sequence[str], path: str | Path | None = None,
               document_ids: Sequence[str] | None = None, metadata: Sequence[dict] | None = None,
               split_documents: bool = default("split_documents"), max_document_tokens: int | None = None,
-              nbits: int = default("nbits"), seed: int = default("seed"), batch_size: int = 64,
+              nbits: int | None = None, seed: int = default("seed"), batch_size: int = 64,
               name: str | None = None, overwrite: bool = False, show_progress: bool | None = None,
               pool_factor: int = default("pool_factor"), bm25_language: str | None = DEFAULT_BM25_LANGUAGE) -> Path:
         """Encode, compress and write an index of ``documents``; returns its folder: ``path``, or
@@ -164,7 +164,8 @@ class Retriever:
         ``index_name``. An index already there is replaced only with ``overwrite=True``, and a
         folder holding anything else is never touched. Documents longer than
         ``max_document_tokens`` (default: the model's doc_maxlen) are split into chunks unless
-        ``split_documents=False``; ``pool_factor`` N > 1 stores about 1/N of each chunk's vectors;
+        ``split_documents=False``; ``nbits`` default: 4 under 10,000 documents, else 2 (``nbits_for``);
+        ``pool_factor`` N > 1 stores about 1/N of each chunk's vectors;
         the BM25 side is kept in ``bm25_language`` (None: none); ``show_progress`` (default: in a
         notebook) draws each stage. :mod:`maxsim.indexing` says how a build streams and resumes."""
         records = checked_records(documents, document_ids, metadata)
@@ -173,7 +174,7 @@ class Retriever:
 
     def index_records(self, records: Sequence[dict], path: str | Path | None = None,
                       split_documents: bool = default("split_documents"), max_document_tokens: int | None = None,
-                      nbits: int = default("nbits"), seed: int = default("seed"), batch_size: int = 64,
+                      nbits: int | None = None, seed: int = default("seed"), batch_size: int = 64,
                       name: str | None = None, overwrite: bool = False, show_progress: bool | None = None,
                       pool_factor: int = default("pool_factor"),
                       bm25_language: str | None = DEFAULT_BM25_LANGUAGE) -> Path:
@@ -185,7 +186,7 @@ class Retriever:
             self.model_search.warn_without_bm25()
         settings = settings_for(self.model, self.model_path, self.encoder.precision(), nbits=nbits, seed=seed,
                                 split_documents=split_documents, max_document_tokens=max_document_tokens,
-                                pool_factor=pool_factor, bm25_language=bm25_language)
+                                pool_factor=pool_factor, bm25_language=bm25_language, n_documents=len(records))
         chunking = Chunking(split_documents, max_document_tokens, pool_factor)
         data = build_index(records, path, settings, lambda texts: self.encoder.chunks(texts, chunking, batch_size),
                            self.model.device.type, overwrite, in_notebook() if show_progress is None else show_progress)

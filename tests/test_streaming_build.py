@@ -105,7 +105,7 @@ def test_a_build_of_other_settings_starts_over_and_says_why(retriever, tmp_path,
     path = tmp_path / "ix"
     monkeypatch.setattr(StreamingBuild, "_segment", lambda self, *a: (_ for _ in ()).throw(Killed()))
     with pytest.raises(Killed):
-        retriever.index(DOCS, path=path, document_ids=IDS)
+        retriever.index(DOCS, path=path, document_ids=IDS, nbits=2)
     monkeypatch.undo()
     small_shards(monkeypatch)
     with caplog.at_level(logging.WARNING):

@@ -72,7 +72,7 @@ def build(
     corpus: Annotated[Path, typer.Argument(help="A corpus.jsonl (_id, title, text, metadata), a BEIR folder, or a BEIR dataset's name (fetched by maxsim download).", show_default=False)],
     model: Annotated[str, typer.Option(help="maxsim checkpoint folder (or 'base' for the untrained bundled MiniLM).", show_default=False)],
     output: Annotated[Path | None, typer.Option(help="Index folder to write.", show_default=False)] = None,
-    nbits: option_for(IndexSettings, "nbits") = default("nbits"),
+    nbits: option_for(IndexSettings, "nbits") = None,
     max_document_tokens: option_for(IndexSettings, "max_document_tokens") = None,
     no_split: Annotated[bool, typer.Option("--no-split", help="Truncate long documents instead of splitting them.")] = False,
     batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,

@@ -21,7 +21,6 @@ import numpy as np
 from maxsim import process_group
 from maxsim.data.bm25 import BM25Miner
 from maxsim.errors import SettingsError
-from maxsim.index_settings import default
 from maxsim.lexical import BM25_LANGUAGES
 from maxsim.ranking import Ranking
 
@@ -171,7 +170,7 @@ class IndexMiner:
     to score every document for every query. The index lives in a temporary folder for the
     miner's lifetime; documents are not split, so a chunk id is a corpus position."""
 
-    def __init__(self, model, documents: Sequence[str], batch_size: int = 64, nbits: int = default("nbits")) -> None:
+    def __init__(self, model, documents: Sequence[str], batch_size: int = 64, nbits: int | None = None) -> None:
         import tempfile
         from pathlib import Path
 

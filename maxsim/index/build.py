@@ -41,6 +41,7 @@ from maxsim.files import atomic_write_text, publish_directory, real_path
 from maxsim.index.codec import (
     CentroidSearch,
     Codec,
+    as_stored,
     centroids_fingerprint,
     n_centroids_for,
     nearest_centroids,
@@ -287,7 +288,7 @@ class StreamingBuild:
 
     def _fit(self, sample: np.ndarray, k: int) -> tuple[np.ndarray, Codec]:
         """``k`` centroids and the codec trained on ``sample``, saved in the work folder."""
-        centroids = train_centroids(sample, k, self.settings.seed, POINTS_PER_CENTROID)
+        centroids = as_stored(train_centroids(sample, k, self.settings.seed, POINTS_PER_CENTROID))
         codes = CentroidSearch(centroids, seed=self.settings.seed).nearest(sample)
         codec = Codec.fit(sample - centroids[codes], self.settings.nbits, seed=self.settings.seed)
         np.save(self.work / "codec.npy", codec.to_array(), allow_pickle=False)
@@ -382,7 +383,7 @@ def build(vectors: np.ndarray, doclens: np.ndarray, chunk_docs: np.ndarray, span
     ``settings.seed``, and residuals quantised to ``settings.nbits`` bits per dimension.
     """
     k = n_centroids_for(len(vectors))
-    centroids = train_centroids(vectors, k, settings.seed)
+    centroids = as_stored(train_centroids(vectors, k, settings.seed))
     codes = nearest_centroids(vectors, centroids)
     residual = vectors - centroids[codes]
     codec = Codec.fit(residual, settings.nbits)

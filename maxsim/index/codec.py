@@ -115,6 +115,17 @@ def nearest_centroids(vectors: np.ndarray, centroids: np.ndarray, batch: int = 1
     return out
 
 
+def as_stored(centroids: np.ndarray) -> np.ndarray:
+    """Centroids ((C, dim)) as an index stores them, float16, back in float32: a build assigns
+    tokens and takes their residuals against these, so that a reader decodes what was encoded
+    and a document added later is stored as the same document built in.
+
+    >>> as_stored(np.array([[0.1]])).tolist()
+    [[0.0999755859375]]
+    """
+    return np.asarray(centroids, dtype=np.float16).astype(np.float32)
+
+
 def centroid_groups(centroids: np.ndarray, groups: int | None = None, seed: int = 0,
                     dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The centroids clustered into ``groups`` (default 2 ** round(log2(sqrt(C)))) by spherical

@@ -220,7 +220,10 @@ class IndexData:
 
     def compress(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Token vectors ((T, dim) float32) as this index stores them, with its centroids and
-        codec: (centroid ids (T,) int64, packed residuals (T, dim * nbits / 8) uint8)."""
+        codec: (centroid ids (T,) int64, packed residuals (T, dim * nbits / 8) uint8). The vectors
+        are first rounded to float16, as a build spills them, so that a document added later is
+        stored token for token as the same document built into the index."""
+        vectors = np.asarray(vectors, dtype=np.float16).astype(np.float32)
         codes = nearest_centroids(vectors, self.centroids).astype(np.int64)
         return codes, self.codec.encode(vectors - self.centroids[codes])
 

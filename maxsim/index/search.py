@@ -38,7 +38,8 @@ def search_defaults(n_chunks: int, k: int) -> tuple[int, float, int]:
     that of the search it replaced (0.852) with nDCG@10 within 0.005 of exact MaxSim's: 8
     centroids a query token and the 32 best chunks rescored exactly. A deeper k probes 64
     centroids and rescores none (recall@100 0.77, where rescoring a hundred chunks would
-    double the time).
+    double the time). At nbits 4 (a new index's default under 10,000 documents) the same
+    settings reach recall@10 0.904 on that slice, and nDCG@10 within 0.002 of exact.
 
     >>> search_defaults(5_000, 10), search_defaults(5_000, 100)
     ((8, 0.4, 32), (64, 0.4, 0))

@@ -18,7 +18,6 @@ from maxsim.data.mining import BM25_LANGUAGES
 from maxsim.data.prepare import prepare_training_data
 from maxsim.data.training_folder import TrainingData
 from maxsim.errors import SettingsError
-from maxsim.index_settings import default
 from maxsim.lexical import DEFAULT_LANGUAGE
 from maxsim.model.checkpoint import resolve_model_path
 from maxsim.model.formats import detect_format
@@ -103,7 +102,7 @@ class RAGTrainer:
     def train(
         self,
         batch_size: int = 32,
-        nbits: int = default("nbits"),
+        nbits: int | None = None,
         maxsteps: int = 500_000,
         use_ib_negatives: bool = True,
         learning_rate: float = 5e-6,
@@ -128,7 +127,9 @@ class RAGTrainer:
         if use_relu:
             raise SettingsError("use_relu=True is not supported: maxsim's projection is linear, as colbert-ai's "
                                 "default")
-        logger.info("nbits=%d is an index setting: pass it when indexing (RAGPretrainedModel.index uses 2)", nbits)
+        if nbits is not None:
+            logger.info("nbits=%d is an index setting: pass it when indexing (RAGPretrainedModel.index picks it by "
+                        "the corpus's size: 4 under 10,000 documents, else 2)", nbits)
         values: dict[str, Any] = {
             "data": self.data_dir / MAXSIM_DATA, "base_model": self.pretrained_model_name,
             "output": Path(".ragatouille") / "colbert" / "none" / self.model_name /
