@@ -100,6 +100,12 @@ def test_deleted_documents_are_never_found_and_their_ids_can_come_back(retriever
     assert r.index_data.positions_of(gone) == {}
     r.add([DOCS[IDS.index(gone[0])]], document_ids=[gone[0]])  # deleted, so the id is free again
     assert r.search(QUERIES[0], k=1)[0].document_id == gone[0]
+    # stored token for token as the build stored it (the same centroids and residual bytes)
+    first, added = r.index_data.segments[0], r.index_data.segments[-1]
+    built_rows = first.token_positions(np.flatnonzero(first.chunk_docs == IDS.index(gone[0])))
+    added_rows = added.token_positions(np.arange(added.n_chunks))
+    np.testing.assert_array_equal(np.asarray(added.codes[added_rows]), np.asarray(first.codes[built_rows]))
+    np.testing.assert_array_equal(np.asarray(added.residuals[added_rows]), np.asarray(first.residuals[built_rows]))
 
 
 def test_opening_maps_the_arrays_and_reads_no_document(retriever, tmp_path, monkeypatch):  # noqa: F811
