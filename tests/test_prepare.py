@@ -356,10 +356,7 @@ def test_dense_mining_through_an_index_agrees_with_exact(tmp_path, tiny_model_di
     model = ColBERT.from_pretrained(tiny_model_dir)
     queries = [data.queries.texts[q] for q in sorted({ex.query for ex in data.examples})]
     exact = DenseMiner(model, data.corpus.texts).rank(queries, 15)
-    # at 2 bits, as the miner's index is at the sizes it is used for (over 50,000 documents); on
-    # these near-duplicate texts (256 centroids for about 750 tokens) most residuals are near zero,
-    # the 4-bit cutoffs crowd around zero, and 4 bits agree less (0.59 of the top 15, 0.86 at 2)
-    indexed_miner = IndexMiner(model, data.corpus.texts, nbits=2)
+    indexed_miner = IndexMiner(model, data.corpus.texts)
     indexed = indexed_miner.rank(queries, 15)
     overlap = np.mean([len(set(a) & set(b)) / 15 for a, b in zip(exact.positions, indexed.positions)])
     assert overlap >= 0.7, overlap

@@ -239,6 +239,21 @@ def test_codec_and_ivf_by_hand():
     assert [chunks[offsets[c] : offsets[c + 1]].tolist() for c in range(3)] == [[0, 1], [1], [0, 1]]
 
 
+def test_codec_cutoffs_leave_out_tokens_on_their_centroids():
+    """Nine rows in ten of zeros (tokens that are their centroids) do not pull the cutoffs to zero:
+    the other residuals keep their four buckets, and a zero still decodes near zero."""
+    rng = np.random.default_rng(0)
+    spread = rng.uniform(-0.2, 0.2, (100, 8)).astype(np.float32)
+    residuals = np.concatenate([np.zeros((900, 8), np.float32), spread])
+    codec = Codec.fit(residuals, 2)
+    np.testing.assert_allclose(codec.cutoffs, Codec.fit(spread, 2).cutoffs)
+    assert codec.cutoffs[0] < -0.05 and codec.cutoffs[2] > 0.05
+    error = np.abs(codec.decode(codec.encode(spread), 8) - spread).mean()
+    assert error < 0.03, error  # each of four buckets about 0.1 wide
+    assert np.abs(codec.decode(codec.encode(np.zeros((1, 8), np.float32)), 8)).max() < 0.1
+    assert Codec.fit(np.zeros((10, 8), np.float32), 2).values.tolist() == [0.0] * 4  # all zeros: kept
+
+
 def test_index_by_name_goes_under_the_index_root(tmp_path, tiny_model_dir, monkeypatch):
     from maxsim.model import ColBERT
 
