@@ -319,16 +319,24 @@ def quality(folder: Path, ranking: np.ndarray) -> dict:
     return out
 
 
-def end_to_end(folder: Path, model: str, work: Path, precisions: list[str], threads: list[int]) -> dict:
-    """p50 ms of one query at a time, text to hits, through maxsim's index of ``folder`` (built by
-    its child): {(threads, precision): ms}."""
+def default_nbits(folder: Path) -> int:
+    """The nbits a new index of the corpus in ``folder`` gets by default (the one measured end to end)."""
+    from maxsim.index_settings import nbits_for
+
+    return nbits_for(len(np.load(folder / "doclens.npy", mmap_mode="r")))
+
+
+def end_to_end(folder: Path, model: str, work: Path, precisions: list[str], threads: list[int],
+               nbits: int) -> dict:
+    """p50 ms of one query at a time, text to hits, through maxsim's ``nbits`` index of ``folder``
+    (built by its child): {(threads, precision): ms}."""
     import torch
 
     from maxsim.index import IndexData, search
     from maxsim.retriever import Retriever
 
     texts = json.loads((folder / "query_texts.json").read_text())
-    data = IndexData.load(work / "maxsim-2")
+    data = IndexData.load(work / f"maxsim-{nbits}")
     retriever = Retriever.from_pretrained(None if model == "base" else model)
     out = {}
     for t in threads:
@@ -389,9 +397,9 @@ def main() -> None:
                     continue
                 result = json.loads(done.stdout.strip().splitlines()[-1])
                 e2e = {}
-                if engine == "maxsim" and corpus in TEXT_CORPORA and nbits == 2:
+                if engine == "maxsim" and corpus in TEXT_CORPORA and int(nbits) == default_nbits(folder):
                     e2e = end_to_end(folder, args.model if corpus == "scifact" else args.sentence_model, folder,
-                                     args.precisions, args.threads)
+                                     args.precisions, args.threads, int(nbits))
                 for row in result["rows"]:
                     ranking = np.load(row.pop("ranking"))
                     figures = {"engine": engine, "corpus": corpus, "nbits": None if nbits == "default" else int(nbits),
