@@ -95,8 +95,8 @@ def test_recall_against_exact_maxsim(built, corpus, exact_documents, tmp_path, n
     # residual noise (mean reconstruction cosine 0.96 at 2 bits, 0.99 at 4) and the imputed
     # similarities of unprobed centroids reorder the tail of the top 10; measured overlaps with
     # the default search settings and the middle-quantile codec: 0.56 and 0.58. With a trained
-    # model the index tracks exact MaxSim closely (bench/search_engines.py: SciFact test nDCG@10 0.7150 through a 2-bit index
-    # against 0.7215 exact, recall@10 0.836)
+    # model the index tracks exact MaxSim closely (bench/search_engines.py: SciFact test nDCG@10
+    # 0.7150 through a 2-bit index against 0.7215 exact, recall@10 0.836)
     retriever, path = built
     if nbits != json.loads((path / "index.json").read_text())["nbits"]:
         forward = retriever.inference_forward  # its traces made once, shared
