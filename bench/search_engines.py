@@ -21,7 +21,11 @@ For each engine, corpus, thread count (``--threads``, default 1 and 2) and k (10
 p95 latency of one query at a time, queries a second over all queries in one call, recall@10 and
 recall@100 against exact MaxSim over the float32 vectors, nDCG@10 where there are judgements,
 bytes per token on disk, build time and peak RSS (of the process that built and searched). Query
-encoding is excluded, except in ``end_to_end_p50_ms`` (maxsim on ``scifact``, per precision).
+encoding is excluded, except in ``end_to_end_p50_ms`` (maxsim on the text corpora, per precision,
+beside ``encode_p50_ms``, the encoding's share of it; through the index of the nbits a new index
+of the corpus gets by default, or every nbits with ``--ndocs``). ``--ndocs N`` searches maxsim
+with N chunks rescored exactly instead of its default (0: none, WARP's scores alone; rows carry
+``ndocs``), to set it beside another engine at a recall no higher than maxsim's.
 Each row is appended to ``bench/results/search_engines.jsonl``.
 """
 
@@ -143,8 +147,8 @@ def documents_of(folder: Path, meta: dict):
 class MaxsimEngine:
     """maxsim's index (this checkout's, or another's on PYTHONPATH for ``maxsim-before``)."""
 
-    def __init__(self, path: Path, nbits: int) -> None:
-        self.path, self.nbits = path, nbits
+    def __init__(self, path: Path, nbits: int, ndocs: int | None = None) -> None:
+        self.path, self.nbits, self.ndocs = path, nbits, ndocs
 
     def build(self, folder: Path, meta: dict) -> None:
         from maxsim.index import IndexSettings
@@ -175,11 +179,12 @@ class MaxsimEngine:
 
         torch.set_num_threads(threads)
         q, mask = torch.from_numpy(q), torch.from_numpy(mask)
+        settings = {} if self.ndocs is None else {"ndocs": self.ndocs}
         if len(q) == 1 or threads == 1:
-            ranking = search(self.data, q, mask, k)
+            ranking = search(self.data, q, mask, k, **settings)
         else:
             with search_pool(threads) as pool:
-                ranking = search(self.data, q, mask, k, pool=pool)
+                ranking = search(self.data, q, mask, k, pool=pool, **settings)
         return _padded([self.data.chunk_documents(row[row >= 0]) for row in ranking.positions], k)
 
 
@@ -248,14 +253,18 @@ def _padded(rows, k: int) -> np.ndarray:
     return out
 
 
-def child(engine: str, folder: Path, work: Path, threads: list[int], ks: list[int], nbits: int | None) -> None:
+def child(engine: str, folder: Path, work: Path, threads: list[int], ks: list[int], nbits: int | None,
+          ndocs: int | None = None) -> None:
     """Build the engine's index of ``folder``'s corpus, then time its searches; prints one JSON
-    line of timings and rankings (saved beside, as .npy) for the parent to score."""
+    line of timings and rankings (saved beside, as .npy) for the parent to score. ``ndocs``:
+    maxsim's chunks rescored exactly (None: its default)."""
     meta = json.loads((folder / "meta.json").read_text())
     path = work / f"{engine}-{nbits or 'default'}"
     kinds = {"maxsim": MaxsimEngine, "maxsim-before": MaxsimEngine, "xtr-warp-rs": XtrWarpEngine,
              "fast-plaid": FastPlaidEngine}
     runner = kinds[engine](path, nbits if nbits is not None or engine not in ("maxsim", "maxsim-before") else 2)
+    if engine == "maxsim":
+        runner.ndocs = ndocs
     if not path.exists():
         started = time.perf_counter()
         runner.build(folder, meta)
@@ -279,7 +288,7 @@ def child(engine: str, folder: Path, work: Path, threads: list[int], ks: list[in
             started = time.perf_counter()
             runner.search(q, mask, k, t)
             batch_s = time.perf_counter() - started
-            ranking = work / f"{path.name}-t{t}-k{k}.npy"
+            ranking = work / f"{path.name}-t{t}-k{k}{'' if ndocs is None else f'-ndocs{ndocs}'}.npy"
             np.save(ranking, np.stack(found))
             rows.append({"threads": t, "k": k, "search_p50_ms": round(1e3 * float(np.percentile(latencies, 50)), 3),
                          "search_p95_ms": round(1e3 * float(np.percentile(latencies, 95)), 3),
@@ -327,9 +336,10 @@ def default_nbits(folder: Path) -> int:
 
 
 def end_to_end(folder: Path, model: str, work: Path, precisions: list[str], threads: list[int],
-               nbits: int) -> dict:
+               nbits: int, ndocs: int | None = None) -> dict:
     """p50 ms of one query at a time, text to hits, through maxsim's ``nbits`` index of ``folder``
-    (built by its child): {(threads, precision): ms}."""
+    (built by its child), and of its encoding alone: {(threads, precision): (end to end ms,
+    encoding ms)}."""
     import torch
 
     from maxsim.index import IndexData, search
@@ -343,16 +353,19 @@ def end_to_end(folder: Path, model: str, work: Path, precisions: list[str], thre
         torch.set_num_threads(t)
         for precision in precisions:
             retriever.encoder.query_precision = precision
+            settings = {} if ndocs is None else {"ndocs": ndocs}
             for text in texts[:5]:
                 q, mask = retriever.query_vectors([text])
-                search(data, q, mask, 10)
-            latencies = []
+                search(data, q, mask, 10, **settings)
+            latencies, encodings = [], []
             for text in texts:
                 started = time.perf_counter()
                 q, mask = retriever.query_vectors([text])
-                search(data, q, mask, 10)
+                encoded = time.perf_counter()
+                search(data, q, mask, 10, **settings)
                 latencies.append(time.perf_counter() - started)
-            out[t, precision] = round(1e3 * float(np.percentile(latencies, 50)), 2)
+                encodings.append(encoded - started)
+            out[t, precision] = tuple(round(1e3 * float(np.percentile(x, 50)), 2) for x in (latencies, encodings))
     return out
 
 
@@ -371,12 +384,14 @@ def main() -> None:
     parser.add_argument("--xtr-python", default=str(HERE / ".venv-xtr-warp" / "bin" / "python"))
     parser.add_argument("--fast-plaid-python", default=str(HERE / ".venv-fast-plaid" / "bin" / "python"))
     parser.add_argument("--precisions", nargs="+", default=["float32", "bf16", "int8"])
+    parser.add_argument("--ndocs", type=int, help="maxsim's chunks rescored exactly [default: its own default]")
     parser.add_argument("--results", default=str(HERE / "results" / "search_engines.jsonl"))
     parser.add_argument("--child", nargs=4, metavar=("ENGINE", "FOLDER", "WORK", "NBITS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         engine, folder, work, nbits = args.child
-        return child(engine, Path(folder), Path(work), args.threads, args.k, None if nbits == "default" else int(nbits))
+        return child(engine, Path(folder), Path(work), args.threads, args.k, None if nbits == "default" else int(nbits),
+                     args.ndocs)
     from results_log import record
 
     work = Path(args.workdir)
@@ -391,24 +406,30 @@ def main() -> None:
             for nbits in (args.nbits if engine.startswith("maxsim") else ["default"]):
                 command = [python, __file__, "--child", engine, str(folder), str(folder), str(nbits),
                            "--threads", *map(str, args.threads), "--k", *map(str, args.k)]
+                ndocs = args.ndocs if engine == "maxsim" else None
+                if ndocs is not None:
+                    command += ["--ndocs", str(ndocs)]
                 done = subprocess.run(command, env=env, capture_output=True, text=True)
                 if done.returncode:
                     print(done.stderr[-3000:], file=sys.stderr)
                     continue
                 result = json.loads(done.stdout.strip().splitlines()[-1])
                 e2e = {}
-                if engine == "maxsim" and corpus in TEXT_CORPORA and int(nbits) == default_nbits(folder):
+                if engine == "maxsim" and corpus in TEXT_CORPORA and (int(nbits) == default_nbits(folder)
+                                                                      or ndocs is not None):
                     e2e = end_to_end(folder, args.model if corpus == "scifact" else args.sentence_model, folder,
-                                     args.precisions, args.threads, int(nbits))
+                                     args.precisions, args.threads, int(nbits), ndocs)
                 for row in result["rows"]:
                     ranking = np.load(row.pop("ranking"))
                     figures = {"engine": engine, "corpus": corpus, "nbits": None if nbits == "default" else int(nbits),
-                               "version": result["version"], **row, **quality(folder, ranking),
+                               "version": result["version"], **({} if ndocs is None else {"ndocs": ndocs}),
+                               **row, **quality(folder, ranking),
                                "bytes_per_token": result["bytes_per_token"], "build_s": result["build_s"],
                                "peak_rss_gb": result["peak_rss_gb"]}
                     extra = [{}]
                     if e2e and row["k"] == 10:
-                        extra = [{"precision": p, "end_to_end_p50_ms": e2e[row["threads"], p]} for p in args.precisions]
+                        extra = [{"precision": p, "end_to_end_p50_ms": e2e[row["threads"], p][0],
+                                  "encode_p50_ms": e2e[row["threads"], p][1]} for p in args.precisions]
                     for more in extra:
                         record(Path(args.results), {**figures, **more},
                                command="python bench/search_engines.py " + " ".join(sys.argv[1:]))
