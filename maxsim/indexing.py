@@ -89,15 +89,12 @@ def build_index(records: Sequence[dict], path: Path, settings: IndexSettings, en
         vectors, doclens, chunk_docs, spans = encode([r["content"] for r in shard])
         return Shard(vectors, doclens, chunk_docs, np.asarray(spans, dtype=np.int32).reshape(-1, 2))
 
-    context = process_group.setup(device_type) if process_group.launched() else process_group.Context()
-    try:
-        with index_lock(path) if context.is_main else contextlib.nullcontext():  # (rank 0 holds it for all)
-            if context.is_main:
-                check_replaceable(path, is_index, "maxsim index", overwrite, "--overwrite (overwrite=True)")
-            data = StreamingBuild(path, records, settings, shard_of, show_progress=show_progress,
-                                  context=context).run()
-    finally:
-        process_group.teardown(context, completed=False)
+    group = process_group.joined(device_type) if process_group.launched() else contextlib.nullcontext(
+        process_group.Context())
+    with group as context, index_lock(path) if context.is_main else contextlib.nullcontext():  # (rank 0's, for all)
+        if context.is_main:
+            check_replaceable(path, is_index, "maxsim index", overwrite, "--overwrite (overwrite=True)")
+        data = StreamingBuild(path, records, settings, shard_of, show_progress=show_progress, context=context).run()
     logger.info("indexed %d documents (%d chunks, %d tokens, %d centroids, %d segments) in %s", data.n_documents,
                 data.n_chunks, data.n_tokens, len(data.centroids), len(data.segments), path)
     return data

@@ -5,6 +5,8 @@ of this talks to anything. (Training's gathers live in :mod:`maxsim.training.dis
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -65,6 +67,19 @@ def teardown(context: Context, completed: bool = True) -> None:
         if completed:
             dist.barrier()
         dist.destroy_process_group()
+
+
+@contextmanager
+def joined(device: str = "auto") -> Iterator[Context]:
+    """:func:`setup`, then :func:`teardown` when the block ends: completed (every rank waits for
+    the others before leaving) when it returns, at once when it raises."""
+    context = setup(device)
+    completed = False
+    try:
+        yield context
+        completed = True
+    finally:
+        teardown(context, completed)
 
 
 def launched() -> bool:

@@ -106,12 +106,9 @@ def _mine(collection: Collection, train_ids: list[str], doc_ids: list[str], sett
           device: str) -> tuple[Mined, bool]:
     """:func:`mine_negatives` in this process's place under torchrun (or alone): what was mined,
     and whether this process writes the folder (rank 0). Scored inputs mine none."""
-    context = process_group.setup(device if settings.mine == "dense" else "cpu")
-    try:
+    with process_group.joined(device if settings.mine == "dense" else "cpu") as context:
         mined = mine_negatives(collection, train_ids, doc_ids, settings if not collection.scores else
                                settings.model_copy(update={"negatives": 0}), device, context)
-    finally:
-        process_group.teardown(context, completed=False)
     if collection.scores:
         mined.notes.append("scored inputs: the negatives are the scored documents, none mined (a teacher would "
                            "have to score them: maxsim score --candidates N)")

@@ -192,8 +192,7 @@ def score_training_folder(data_dir: str | Path, teacher: str, output: str | Path
     started = partial / "settings.json"
     if started.is_file():
         check_same_run(json.loads(started.read_text()), settings, output)
-    context = process_group.setup(device if teacher != "bm25" else "cpu")
-    try:
+    with process_group.joined(device if teacher != "bm25" else "cpu") as context:
         if context.is_main:
             atomic_write_text(started, json.dumps(settings))
         model = load_teacher(teacher, data.corpus.texts, batch_size, _device_of(context, device))
@@ -201,10 +200,7 @@ def score_training_folder(data_dir: str | Path, teacher: str, output: str | Path
         process_group.barrier(context)  # every rank's chunks are written
         if not context.is_main:
             return settings
-        manifest = _assemble(data_dir, output, partial, settings, model.kind, len(data.examples))
-    finally:
-        process_group.teardown(context, completed=False)
-    return manifest
+        return _assemble(data_dir, output, partial, settings, model.kind, len(data.examples))
 
 
 def _device_of(context: process_group.Context, device: str) -> str:
