@@ -179,7 +179,7 @@ class MaxsimEngine:
 
         torch.set_num_threads(threads)
         q, mask = torch.from_numpy(q), torch.from_numpy(mask)
-        settings = {} if self.ndocs is None else {"ndocs": self.ndocs}
+        settings = {} if self.ndocs is None else {"ndocs": self.ndocs}  # (maxsim-before's search: its own default)
         if len(q) == 1 or threads == 1:
             ranking = search(self.data, q, mask, k, **settings)
         else:
@@ -353,16 +353,15 @@ def end_to_end(folder: Path, model: str, work: Path, precisions: list[str], thre
         torch.set_num_threads(t)
         for precision in precisions:
             retriever.encoder.query_precision = precision
-            settings = {} if ndocs is None else {"ndocs": ndocs}
             for text in texts[:5]:
                 q, mask = retriever.query_vectors([text])
-                search(data, q, mask, 10, **settings)
+                search(data, q, mask, 10, ndocs=ndocs)
             latencies, encodings = [], []
             for text in texts:
                 started = time.perf_counter()
                 q, mask = retriever.query_vectors([text])
                 encoded = time.perf_counter()
-                search(data, q, mask, 10, **settings)
+                search(data, q, mask, 10, ndocs=ndocs)
                 latencies.append(time.perf_counter() - started)
                 encodings.append(encoded - started)
             out[t, precision] = tuple(round(1e3 * float(np.percentile(x, 50)), 2) for x in (latencies, encodings))
